@@ -1,0 +1,311 @@
+//! The KeyManager resource: a set of mirrored key-server replicas serving the same drives.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Interval, interval_rule};
+
+/// The KMIP port registered with IANA; tape libraries default to it.
+pub const KMIP_PORT: i32 = 5696;
+
+/// A key manager: replicas that serve the same drives as mirror images of one another.
+///
+/// Every replica holds the same keystore, configuration, drive table and key groups; the
+/// operator keeps them identical and keeps versioned backups of the keystore.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "shadowkeep.io",
+    version = "v1alpha1",
+    kind = "KeyManager",
+    namespaced,
+    status = "KeyManagerStatus",
+    shortname = "km",
+    category = "shadowkeep",
+    doc = "A key manager: mirrored key-server replicas that serve the same drives and hold identical keystores.",
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    derive = "PartialEq",
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 47").message("metadata.name must be at most 47 characters: Service and StatefulSet names are derived from it"),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.durability) || !has(self.durability.peerAcknowledgements) || self.durability.peerAcknowledgements < self.replicas"
+).message("durability.peerAcknowledgements must be less than replicas: a replica cannot acknowledge its own key").field_path(".durability.peerAcknowledgements"))]
+pub struct KeyManagerSpec {
+    /// How many mirrored replicas serve keys. Two or more keep keys available when one
+    /// replica is down; one is allowed but flagged, because a single server that is lost
+    /// takes every key it created with it.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 16").message("must be between 1 and 16"))]
+    pub replicas: i32,
+
+    /// The identity of this key manager, shared by its replicas and written into its
+    /// licenses. Two key managers with one server id confuse every client, so it is
+    /// unique across the estate and cannot change once set.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("is immutable"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub server_id: String,
+
+    /// Container image of the key server. Defaults to the server image released with the
+    /// operator, so operator and server versions move together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// CPU and memory for each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// How clients (tape libraries, storage arrays) reach the KMIP port.
+    #[serde(default)]
+    pub service: KmipServiceSpec,
+
+    /// Where the server certificate comes from. Clients pin the CA, so the source matters
+    /// more than the certificate itself.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// How often every replica's keystore is compared with the others and the union pushed
+    /// back. Changes are also pushed as they happen; this bounds how long a missed push can
+    /// leave a replica behind.
+    #[serde(default = "default_sync_interval")]
+    #[x_kube(validation = interval_rule!(min "1s", max "24h"))]
+    pub sync_interval: Interval,
+
+    /// Versioned keystore backups, kept apart from the live keystore.
+    #[serde(default)]
+    pub backup: BackupSpec,
+
+    /// What a replica waits for before it tells a client that a new key exists.
+    #[serde(default)]
+    pub durability: DurabilitySpec,
+
+    /// Where replicas run. Replicas are always spread over hosts; zones spread them over
+    /// failure domains, so that one site going dark leaves the others serving.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+fn default_sync_interval() -> Interval {
+    Interval::from_secs(30)
+}
+
+/// How clients reach the KMIP port of the replicas.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KmipServiceSpec {
+    /// Kubernetes Service type for the KMIP endpoint. Tape libraries outside the cluster
+    /// usually need `LoadBalancer` or `NodePort`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// TCP port of the KMIP endpoint; 5696 is the registered KMIP port.
+    #[serde(default = "default_kmip_port")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("must be a port number between 1 and 65535"))]
+    pub port: i32,
+
+    /// Annotations for the Service, for load-balancer settings of the cloud provider.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for KmipServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: KMIP_PORT,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_kmip_port() -> i32 {
+    KMIP_PORT
+}
+
+/// Kubernetes Service types that can expose the KMIP port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// An external load balancer.
+    LoadBalancer,
+}
+
+/// Where the server's TLS certificate and CA come from.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.source == 'Secret' ? has(self.secretName) : !has(self.secretName)").message("secretName is required when source is Secret and not allowed otherwise").field_path(".secretName"))]
+#[x_kube(validation = kube::core::Rule::new("self.source == 'CertManager' ? has(self.issuerRef) : !has(self.issuerRef)").message("issuerRef is required when source is CertManager and not allowed otherwise").field_path(".issuerRef"))]
+pub struct TlsSpec {
+    /// `Generated`: the operator makes a CA and certificates and keeps them in Secrets.
+    /// `Secret`: an existing Secret with `tls.crt`, `tls.key` and `ca.crt`.
+    /// `CertManager`: the operator asks cert-manager for a Certificate from `issuerRef`.
+    #[serde(default)]
+    pub source: TlsSource,
+
+    /// Name of the existing TLS Secret in the KeyManager's namespace; only with `Secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// cert-manager issuer to request the certificate from; only with `CertManager`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// The origin of the server certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TlsSource {
+    /// The operator generates and keeps a CA and the certificates.
+    #[default]
+    Generated,
+    /// An existing Secret supplied by the user.
+    Secret,
+    /// A cert-manager Certificate.
+    CertManager,
+}
+
+/// A cert-manager issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    pub name: String,
+    /// `Issuer` (namespaced) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+}
+
+/// Kinds of cert-manager issuer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum IssuerKind {
+    /// An issuer in the KeyManager's namespace.
+    #[default]
+    Issuer,
+    /// A cluster-wide issuer.
+    ClusterIssuer,
+}
+
+/// Versioned keystore backups.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// How many versions of the canonical keystore to keep. A version is written before
+    /// every change, so this is how many changes can be rolled back.
+    #[serde(default = "default_retention")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 1000").message("must be between 1 and 1000"))]
+    pub retention: i32,
+}
+
+impl Default for BackupSpec {
+    fn default() -> Self {
+        Self {
+            retention: default_retention(),
+        }
+    }
+}
+
+fn default_retention() -> i32 {
+    30
+}
+
+/// What a replica waits for before it answers a Create or Register with success.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurabilitySpec {
+    /// How many other replicas must hold a new key before the client is told it exists.
+    /// A tape written with a key that then dies with its replica is unreadable forever, so
+    /// this defaults to 1 when there are peers and 0 with a single replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("must not be negative"))]
+    pub peer_acknowledgements: Option<i32>,
+}
+
+/// Where replicas are scheduled.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Zones the replicas may run in; they are spread evenly over them. Empty means any
+    /// zone, still spread as evenly as the cluster allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 16").message("must list at most 16 zones"))]
+    #[schemars(length(max = 16), inner(length(max = 63)))]
+    pub zones: Vec<String>,
+
+    /// Node label whose values are the failure domains that `zones` names.
+    #[serde(default = "default_topology_key")]
+    pub topology_key: String,
+
+    /// Node labels a replica's node must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Default for PlacementSpec {
+    fn default() -> Self {
+        Self {
+            zones: Vec::new(),
+            topology_key: default_topology_key(),
+            node_selector: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_topology_key() -> String {
+    "topology.kubernetes.io/zone".to_owned()
+}
+
+/// What the operator observed of a KeyManager.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyManagerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Progressing, Degraded, KeystoreInSync, SingleServer, DuplicateServerId.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Replicas that exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Replicas that pass their readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Keys in the canonical keystore, destroyed ones included (they are never removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<i64>,
+
+    /// Digest of the canonical keystore; replicas reporting the same digest hold the same keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore_digest: Option<String>,
+
+    /// Addresses of this key manager's shadows, for clients to try when the replicas cannot
+    /// be reached. Addresses, not names: DNS may be down when they are needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_hints: Vec<String>,
+
+    /// The last `shadowkeep.io/reconcile-requested-at` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}

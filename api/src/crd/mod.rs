@@ -1,0 +1,36 @@
+//! The four custom resources of the `shadowkeep.io/v1alpha1` API, and their CRDs.
+//!
+//! Rules that types cannot say (ranges, immutability, cross-field constraints) are CEL
+//! rules in the schema, so the API server enforces them and `shadowkeep validate` checks
+//! the same rules offline.
+
+mod common;
+mod drive_table;
+mod key_group;
+mod key_manager;
+mod shadow;
+
+pub use common::{API_VERSION, GROUP, Interval, IntervalError, KeyManagerRef, VERSION};
+pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus, MAX_DRIVES};
+pub use key_group::{KeyGroup, KeyGroupSpec, KeyGroupStatus};
+pub use key_manager::{
+    BackupSpec, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT, KeyManager, KeyManagerSpec,
+    KeyManagerStatus, KmipServiceSpec, PlacementSpec, ServiceType, TlsSource, TlsSpec,
+};
+pub use shadow::{
+    DesiredShadowState, MAX_HINT_ADDRESSES, Shadow, ShadowPlacement, ShadowSpec, ShadowState,
+    ShadowStatus,
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The CRDs of all four kinds, in a fixed order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        KeyManager::crd(),
+        Shadow::crd(),
+        DriveTable::crd(),
+        KeyGroup::crd(),
+    ]
+}

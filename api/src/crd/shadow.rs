@@ -1,0 +1,192 @@
+//! The Shadow resource: an emergency key server that mirrors a KeyManager and serves its
+//! keys, read-only, when the KeyManager cannot be reached.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Interval, KeyManagerRef, interval_rule};
+
+/// Most hint addresses a shadow may publish, as in the KeyServer hint list.
+pub const MAX_HINT_ADDRESSES: usize = 100;
+
+/// A shadow server: it mirrors its KeyManager and serves existing keys only while the
+/// KeyManager is unreachable, within time limits, and never creates keys.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "shadowkeep.io",
+    version = "v1alpha1",
+    kind = "Shadow",
+    namespaced,
+    status = "ShadowStatus",
+    shortname = "shd",
+    category = "shadowkeep",
+    selectable = ".spec.keyManagerRef.name",
+    doc = "A shadow key server that mirrors a KeyManager and serves its keys read-only while the KeyManager is unreachable.",
+    printcolumn(
+        name = "Location",
+        type_ = "string",
+        json_path = ".spec.placement.zone"
+    ),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(
+        name = "Last Synchronized",
+        type_ = "date",
+        json_path = ".status.lastSynchronized"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    derive = "PartialEq",
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// The KeyManager this shadow mirrors. A shadow's license is bound to it, so it cannot
+    /// change; make a new Shadow instead.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("is immutable"))]
+    pub key_manager_ref: KeyManagerRef,
+
+    /// Where the shadow runs. A shadow is for when the KeyManager's site is gone, so it
+    /// belongs at another site.
+    pub placement: ShadowPlacement,
+
+    /// Among shadows of one KeyManager that could take over, the highest priority serves
+    /// and the others defer to it.
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0 && self <= 1000").message("must be between 0 and 1000"))]
+    pub priority: i32,
+
+    /// `Active`: mirror and take over when needed. `Inactive`: mirror, never serve.
+    /// `Disabled`: neither; re-enabling needs a new license.
+    #[serde(default)]
+    pub state: DesiredShadowState,
+
+    /// How often the shadow's password and license are replaced. The old password stays
+    /// valid until the shadow has authenticated with the new one.
+    #[serde(default = "default_password_rotation_interval")]
+    #[x_kube(validation = interval_rule!(min "1h"))]
+    pub password_rotation_interval: Interval,
+
+    /// How long the KeyManager must be unreachable before the shadow starts serving. Short
+    /// network blips should not make two servers answer.
+    #[serde(default = "default_takeover_grace_period")]
+    #[x_kube(validation = interval_rule!(positive))]
+    pub takeover_grace_period: Interval,
+
+    /// Longest stretch of continuous service; then the shadow goes Inactive. Shadows are
+    /// for emergencies, not a second primary.
+    #[serde(default = "default_continuous_service_limit")]
+    #[x_kube(validation = interval_rule!(positive))]
+    pub continuous_service_limit: Interval,
+
+    /// Longest time without contact with the KeyManager; then the shadow is Disabled and
+    /// needs a new license.
+    #[serde(default = "default_standalone_limit")]
+    #[x_kube(validation = interval_rule!(positive))]
+    pub standalone_limit: Interval,
+
+    /// IP addresses at which clients can reach this shadow, published in the KeyManager's
+    /// hint list. Addresses, not host names: DNS may be down when a shadow is needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 100").message("must list at most 100 addresses"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, isIP(a))").message("must be IP addresses, not host names: DNS may be down when a shadow is needed"))]
+    #[schemars(length(max = 100), inner(length(max = 45)))]
+    pub hint_addresses: Vec<String>,
+}
+
+fn default_password_rotation_interval() -> Interval {
+    Interval::from_hours(30 * 24)
+}
+
+fn default_takeover_grace_period() -> Interval {
+    Interval::from_secs(5 * 60)
+}
+
+fn default_continuous_service_limit() -> Interval {
+    Interval::from_hours(7 * 24)
+}
+
+fn default_standalone_limit() -> Interval {
+    Interval::from_hours(60 * 24)
+}
+
+/// Where a shadow is scheduled.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowPlacement {
+    /// The zone (value of the node label `topology.kubernetes.io/zone`) the shadow runs in.
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 63").message("must be 1-63 characters"))]
+    #[schemars(length(max = 63))]
+    pub zone: String,
+
+    /// Further node labels the shadow's node must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// What the user wants a shadow to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DesiredShadowState {
+    /// Mirror the KeyManager and take over when it is unreachable.
+    #[default]
+    Active,
+    /// Mirror the KeyManager but never serve.
+    Inactive,
+    /// Do nothing; the license is revoked.
+    Disabled,
+}
+
+/// What a shadow is doing, as in the KeyServer "Shadows" window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ShadowState {
+    /// The KeyManager is reachable; the shadow mirrors it.
+    Shadowing,
+    /// The KeyManager is unreachable but a shadow of higher priority is serving.
+    Deferring,
+    /// The KeyManager is unreachable past the grace period; the shadow serves existing keys.
+    Serving,
+    /// Deactivated, or the continuous-service limit ran out.
+    Inactive,
+    /// Disabled, or the standalone limit ran out; needs a new license.
+    Disabled,
+}
+
+/// What the operator observed of a Shadow.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Placement, PasswordRotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// What the shadow is doing now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ShadowState>,
+
+    /// When the shadow last held every key of its KeyManager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synchronized: Option<Time>,
+
+    /// When the shadow started serving, while it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_since: Option<Time>,
+
+    /// The address the shadow serves KMIP on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+
+    /// When the shadow's password was last replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_rotated_at: Option<Time>,
+}

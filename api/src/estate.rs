@@ -1,0 +1,315 @@
+//! Rules over a whole estate: what no single object can be checked for alone.
+//!
+//! References must resolve; a drive must belong to one KeyManager (a drive split between
+//! two splits its key history, and tapes written under one are unreadable from the other);
+//! server ids must be unique; and the placements that leave keys without a second home are
+//! flagged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt as _;
+
+use crate::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use crate::finding::{Finding, ObjectRef};
+use crate::manifest::Resource;
+
+/// The objects of an estate, as decoded from its manifests.
+#[derive(Clone, Debug, Default)]
+pub struct Estate {
+    key_managers: Vec<KeyManager>,
+    shadows: Vec<Shadow>,
+    drive_tables: Vec<DriveTable>,
+    key_groups: Vec<KeyGroup>,
+}
+
+/// Namespace and name: how objects refer to each other. `None` is the namespace the
+/// manifests are applied to.
+type Scoped = (Option<String>, String);
+
+impl Estate {
+    /// An empty estate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an object.
+    pub fn add(&mut self, resource: Resource) {
+        match resource {
+            Resource::KeyManager(o) => self.key_managers.push(o),
+            Resource::Shadow(o) => self.shadows.push(o),
+            Resource::DriveTable(o) => self.drive_tables.push(o),
+            Resource::KeyGroup(o) => self.key_groups.push(o),
+        }
+    }
+
+    /// The KeyManagers.
+    pub fn key_managers(&self) -> &[KeyManager] {
+        &self.key_managers
+    }
+
+    /// The Shadows.
+    pub fn shadows(&self) -> &[Shadow] {
+        &self.shadows
+    }
+
+    /// The DriveTables.
+    pub fn drive_tables(&self) -> &[DriveTable] {
+        &self.drive_tables
+    }
+
+    /// The KeyGroups.
+    pub fn key_groups(&self) -> &[KeyGroup] {
+        &self.key_groups
+    }
+
+    /// Every finding about the estate as a whole, sorted, errors and warnings alike.
+    pub fn validate(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        self.check_unique_objects(&mut findings);
+        self.check_references(&mut findings);
+        self.check_server_ids(&mut findings);
+        self.check_drives(&mut findings);
+        self.check_default_groups(&mut findings);
+        self.check_redundancy(&mut findings);
+        findings.sort();
+        findings.dedup();
+        findings
+    }
+
+    fn key_manager(&self, ns: Option<&String>, name: &str) -> Option<&KeyManager> {
+        self.key_managers
+            .iter()
+            .find(|km| km.metadata.namespace.as_ref() == ns && km.name_any() == name)
+    }
+
+    fn check_unique_objects(&self, findings: &mut Vec<Finding>) {
+        let mut seen = BTreeSet::new();
+        let refs = self
+            .key_managers
+            .iter()
+            .map(|o| object_ref("KeyManager", o))
+            .chain(self.shadows.iter().map(|o| object_ref("Shadow", o)))
+            .chain(
+                self.drive_tables
+                    .iter()
+                    .map(|o| object_ref("DriveTable", o)),
+            )
+            .chain(self.key_groups.iter().map(|o| object_ref("KeyGroup", o)));
+        for r in refs {
+            if !seen.insert(r.clone()) {
+                findings.push(Finding::error(
+                    Some(r),
+                    "metadata.name",
+                    "is defined more than once; the later definition would replace the earlier",
+                ));
+            }
+        }
+    }
+
+    fn check_references(&self, findings: &mut Vec<Finding>) {
+        let refs = self
+            .shadows
+            .iter()
+            .map(|o| (object_ref("Shadow", o), &o.spec.key_manager_ref.name))
+            .chain(
+                self.drive_tables
+                    .iter()
+                    .map(|o| (object_ref("DriveTable", o), &o.spec.key_manager_ref.name)),
+            )
+            .chain(
+                self.key_groups
+                    .iter()
+                    .map(|o| (object_ref("KeyGroup", o), &o.spec.key_manager_ref.name)),
+            );
+        for (object, km) in refs {
+            if self.key_manager(object.namespace.as_ref(), km).is_none() {
+                findings.push(Finding::error(
+                    Some(object.clone()),
+                    "spec.keyManagerRef.name",
+                    format!(
+                        "KeyManager {km:?} not found{}",
+                        in_namespace(object.namespace.as_ref())
+                    ),
+                ));
+            }
+        }
+        let groups: BTreeSet<(Scoped, &str)> = self
+            .key_groups
+            .iter()
+            .map(|g| {
+                (
+                    scoped_ref(g, &g.spec.key_manager_ref.name),
+                    g.metadata.name.as_deref().unwrap_or(""),
+                )
+            })
+            .collect();
+        for table in &self.drive_tables {
+            let km = scoped_ref(table, &table.spec.key_manager_ref.name);
+            for (i, drive) in table.spec.drives.iter().enumerate() {
+                let Some(group) = &drive.key_group else {
+                    continue;
+                };
+                if !groups.contains(&(km.clone(), group.as_str())) {
+                    findings.push(Finding::error(
+                        Some(object_ref("DriveTable", table)),
+                        format!("spec.drives[{i}].keyGroup"),
+                        format!(
+                            "KeyGroup {group:?} of KeyManager {:?} not found{}",
+                            km.1,
+                            in_namespace(km.0.as_ref())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_server_ids(&self, findings: &mut Vec<Finding>) {
+        let mut by_id: BTreeMap<&str, Vec<ObjectRef>> = BTreeMap::new();
+        for km in &self.key_managers {
+            by_id
+                .entry(km.spec.server_id.as_str())
+                .or_default()
+                .push(object_ref("KeyManager", km));
+        }
+        for (id, owners) in by_id {
+            if owners.len() < 2 {
+                continue;
+            }
+            for owner in &owners {
+                let others = owners
+                    .iter()
+                    .filter(|o| *o != owner)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                findings.push(Finding::error(
+                    Some(owner.clone()),
+                    "spec.serverId",
+                    format!("server id {id:?} is also used by {others}; two servers with one id confuse every client"),
+                ));
+            }
+        }
+    }
+
+    fn check_drives(&self, findings: &mut Vec<Finding>) {
+        // serial -> every (table, index, KeyManager) listing it
+        let mut listings: BTreeMap<&str, Vec<(ObjectRef, usize, Scoped)>> = BTreeMap::new();
+        for table in &self.drive_tables {
+            let km = scoped_ref(table, &table.spec.key_manager_ref.name);
+            for (i, drive) in table.spec.drives.iter().enumerate() {
+                listings.entry(drive.serial.as_str()).or_default().push((
+                    object_ref("DriveTable", table),
+                    i,
+                    km.clone(),
+                ));
+            }
+        }
+        for (serial, places) in listings {
+            for (table, i, km) in &places {
+                for (other_table, _, other_km) in places.iter().filter(|(t, _, _)| t != table) {
+                    let message = if other_km == km {
+                        format!(
+                            "drive {serial:?} is also listed in {other_table}, for the same KeyManager {:?}; list each drive once",
+                            km.1
+                        )
+                    } else {
+                        format!(
+                            "drive {serial:?} is listed under KeyManager {:?} here and under KeyManager {:?} in {other_table}; a drive served by two KeyManagers splits its key history and its old tapes become unreadable",
+                            km.1, other_km.1
+                        )
+                    };
+                    findings.push(Finding::error(
+                        Some(table.clone()),
+                        format!("spec.drives[{i}].serial"),
+                        message,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_default_groups(&self, findings: &mut Vec<Finding>) {
+        let mut defaults: BTreeMap<Scoped, Vec<ObjectRef>> = BTreeMap::new();
+        for group in self.key_groups.iter().filter(|g| g.spec.default_group) {
+            defaults
+                .entry(scoped_ref(group, &group.spec.key_manager_ref.name))
+                .or_default()
+                .push(object_ref("KeyGroup", group));
+        }
+        for ((_, km), groups) in defaults {
+            if groups.len() < 2 {
+                continue;
+            }
+            let names = groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            for group in groups {
+                findings.push(Finding::error(
+                    Some(group),
+                    "spec.default",
+                    format!(
+                        "KeyManager {km:?} has more than one default KeyGroup ({names}); mark one"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn check_redundancy(&self, findings: &mut Vec<Finding>) {
+        for km in &self.key_managers {
+            let me = scoped_ref(km, &km.name_any());
+            let shadows: Vec<&Shadow> = self
+                .shadows
+                .iter()
+                .filter(|s| scoped_ref(*s, &s.spec.key_manager_ref.name) == me)
+                .collect();
+            if km.spec.replicas == 1 && shadows.is_empty() {
+                findings.push(Finding::warning(
+                    Some(object_ref("KeyManager", km)),
+                    "spec.replicas",
+                    "a single replica and no Shadow: if it is lost, every key it created is lost with it",
+                ));
+            }
+            let zones = &km.spec.placement.zones;
+            if zones.is_empty() {
+                continue;
+            }
+            let remote = shadows
+                .iter()
+                .any(|s| !zones.contains(&s.spec.placement.zone));
+            if remote {
+                continue;
+            }
+            for shadow in shadows {
+                findings.push(Finding::warning(
+                    Some(object_ref("Shadow", shadow)),
+                    "spec.placement.zone",
+                    format!(
+                        "zone {:?} is where KeyManager {:?} runs, and it has no shadow elsewhere: one site outage takes both",
+                        shadow.spec.placement.zone, me.1
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn in_namespace(ns: Option<&String>) -> String {
+    ns.map(|ns| format!(" in namespace {ns:?}"))
+        .unwrap_or_default()
+}
+
+fn object_ref<K: kube::Resource>(kind: &str, o: &K) -> ObjectRef {
+    ObjectRef {
+        kind: kind.to_owned(),
+        namespace: o.meta().namespace.clone(),
+        name: o.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+fn scoped_ref<K: kube::Resource>(o: &K, name: &str) -> Scoped {
+    (o.meta().namespace.clone(), name.to_owned())
+}

@@ -1,0 +1,21 @@
+//! The shadowkeep API: custom resource types and the domain model, with no I/O.
+//!
+//! - [`crd`]: the four custom resources (KeyManager, Shadow, DriveTable, KeyGroup) and
+//!   their generated CRDs, CEL rules included.
+//! - [`manifest`]: strict decoding of YAML manifests into those types, every problem
+//!   reported with its field path.
+//! - [`estate`]: rules over a whole set of manifests (references, drives in two
+//!   KeyManagers, duplicate server ids, risky placement).
+//! - [`keystore`]: keys and their sealed material, merged as a grow-only set.
+//! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
+//!
+//! Nothing here touches the network, the file system or a Kubernetes client, so the server,
+//! the operator and the command line share one model and it can be tested exhaustively.
+
+pub mod crd;
+pub mod estate;
+pub mod finding;
+pub mod keystore;
+pub mod license;
+pub mod manifest;
+pub mod password;

@@ -1,0 +1,254 @@
+//! Strict decoding of manifests into the four resource types.
+//!
+//! Decoding reports every problem it can find in one pass, each with the field's path:
+//! unknown fields (the API server would silently prune them, hiding a typo), wrong types,
+//! missing fields, and failures of the CRD's CEL rules, which are evaluated here exactly as
+//! the API server would.
+
+use kube::ResourceExt as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::crd::{API_VERSION, DriveTable, GROUP, KeyGroup, KeyManager, Shadow};
+use crate::finding::{Finding, ObjectRef};
+
+/// One of the four shadowkeep resources.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    /// A KeyManager.
+    KeyManager(KeyManager),
+    /// A Shadow.
+    Shadow(Shadow),
+    /// A DriveTable.
+    DriveTable(DriveTable),
+    /// A KeyGroup.
+    KeyGroup(KeyGroup),
+}
+
+impl Resource {
+    /// Kind, namespace and name.
+    pub fn object_ref(&self) -> ObjectRef {
+        let (kind, ns, name) = match self {
+            Self::KeyManager(o) => ("KeyManager", o.namespace(), o.name_any()),
+            Self::Shadow(o) => ("Shadow", o.namespace(), o.name_any()),
+            Self::DriveTable(o) => ("DriveTable", o.namespace(), o.name_any()),
+            Self::KeyGroup(o) => ("KeyGroup", o.namespace(), o.name_any()),
+        };
+        ObjectRef {
+            kind: kind.to_owned(),
+            namespace: ns,
+            name,
+        }
+    }
+}
+
+/// What a document turned out to be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// A valid shadowkeep resource.
+    Resource(Box<Resource>),
+    /// An object of another API, which shadowkeep does not check.
+    Foreign {
+        /// Its `apiVersion`.
+        api_version: String,
+        /// Its `kind`.
+        kind: String,
+    },
+}
+
+/// A YAML text that is not YAML.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("failed to parse YAML: {0}")]
+pub struct YamlError(pub String);
+
+/// Splits a (possibly multi-document) YAML text into its documents, skipping empty ones.
+pub fn parse_yaml_documents(text: &str) -> Result<Vec<Value>, YamlError> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| YamlError(e.to_string()))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Decodes one document strictly and checks it against the CRD's CEL rules.
+pub fn decode(doc: &Value) -> Result<Decoded, Vec<Finding>> {
+    let Some(map) = doc.as_object() else {
+        return Err(vec![Finding::error(
+            None,
+            "",
+            "document is not a mapping (expected a Kubernetes object)",
+        )]);
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+    let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
+        return Err(vec![Finding::error(
+            None,
+            "",
+            "apiVersion and kind are required",
+        )]);
+    };
+    let metadata = map.get("metadata").and_then(Value::as_object);
+    let object = ObjectRef {
+        kind: kind.clone(),
+        namespace: metadata
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        name: metadata
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>")
+            .to_owned(),
+    };
+    if api_version.split('/').next() != Some(GROUP) {
+        return Ok(Decoded::Foreign { api_version, kind });
+    }
+    if api_version != API_VERSION {
+        return Err(vec![Finding::error(
+            Some(object),
+            "apiVersion",
+            format!("unsupported version {api_version:?}; this release serves {API_VERSION}"),
+        )]);
+    }
+    let mut findings = check_metadata(doc, &object);
+    let resource = match kind.as_str() {
+        "KeyManager" => typed::<KeyManager>(doc, &object, &mut findings, KeyManager::validate_cel)
+            .map(Resource::KeyManager),
+        "Shadow" => {
+            typed::<Shadow>(doc, &object, &mut findings, Shadow::validate_cel).map(Resource::Shadow)
+        }
+        "DriveTable" => typed::<DriveTable>(doc, &object, &mut findings, DriveTable::validate_cel)
+            .map(Resource::DriveTable),
+        "KeyGroup" => typed::<KeyGroup>(doc, &object, &mut findings, KeyGroup::validate_cel)
+            .map(Resource::KeyGroup),
+        _ => {
+            findings.push(Finding::error(
+                Some(object),
+                "kind",
+                format!(
+                    "unknown kind {kind:?}; {GROUP} has KeyManager, Shadow, DriveTable and KeyGroup"
+                ),
+            ));
+            None
+        }
+    };
+    findings.sort();
+    match resource {
+        Some(resource) if findings.is_empty() => Ok(Decoded::Resource(Box::new(resource))),
+        _ => Err(findings),
+    }
+}
+
+fn check_metadata(doc: &Value, object: &ObjectRef) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str);
+    match name {
+        None => findings.push(Finding::error(Some(object.clone()), "metadata.name", "is required")),
+        Some(name) if !is_dns_label(name) => findings.push(Finding::error(
+            Some(object.clone()),
+            "metadata.name",
+            "must be a DNS label: at most 63 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit",
+        )),
+        Some(_) => {}
+    }
+    if let Some(ns) = doc.pointer("/metadata/namespace").and_then(Value::as_str)
+        && !is_dns_label(ns)
+    {
+        findings.push(Finding::error(
+            Some(object.clone()),
+            "metadata.namespace",
+            "must be a DNS label",
+        ));
+    }
+    findings
+}
+
+/// A DNS-1035 label: what Service and StatefulSet names derived from the object need.
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn typed<T: DeserializeOwned>(
+    doc: &Value,
+    object: &ObjectRef,
+    findings: &mut Vec<Finding>,
+    cel: impl Fn(&T) -> Result<(), kube::core::cel::ValidationErrors>,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+    let de = serde_ignored::Deserializer::new(doc.clone(), &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    // apiVersion and kind were checked before decoding; the generated types do not keep them.
+    for field in unknown
+        .into_iter()
+        .filter(|f| f != "apiVersion" && f != "kind")
+    {
+        findings.push(Finding::error(
+            Some(object.clone()),
+            field,
+            "unknown field (the API server would drop it silently)",
+        ));
+    }
+    let decoded = match result {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = e.into_inner().to_string();
+            // serde names a missing field in the message, at its parent's path; name it in
+            // the path instead, as every other finding does.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let (field, message) = match missing {
+                Some(name) if path.is_empty() => (name.to_owned(), "is required".to_owned()),
+                Some(name) => (format!("{path}.{name}"), "is required".to_owned()),
+                None => (path, message),
+            };
+            findings.push(Finding::error(Some(object.clone()), field, message));
+            return None;
+        }
+    };
+    if let Err(errors) = cel(&decoded) {
+        for e in &errors {
+            let field = e.field_path.trim_start_matches('.').to_owned();
+            findings.push(Finding::error(
+                Some(object.clone()),
+                field,
+                e.message.clone(),
+            ));
+        }
+    }
+    Some(decoded)
+}
+
+/// Renders a `serde_ignored` path as `spec.drives[0].serail`.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}

@@ -1,0 +1,51 @@
+//! Command-line parsing and dispatch.
+
+pub mod crds;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Highly available key managers for tape and storage encryption, declared in Git.
+#[derive(Debug, Parser)]
+#[command(name = "shadowkeep", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CRDs of all four kinds, or write them to a directory.
+    Crds {
+        /// Write one file per CRD into this directory instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Check manifests (files or directories, multi-document YAML) against the CRD schemas,
+    /// their CEL rules and the estate rules. Exit 0 when valid (warnings allowed), 1 on any
+    /// error, 2 when input could not be read.
+    Validate {
+        /// Files or directories to read; directories are searched for *.yaml and *.yml.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Crds { out_dir } => crds::run(out_dir.as_deref()),
+        Command::Validate { paths } => {
+            let report = validate::validate_paths(&paths);
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            report.print(&mut out);
+            ExitCode::from(report.exit_code())
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `shadowkeep validate PATH...`: manifests checked offline, as the API server and the
+//! operator would check them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use shadowkeep_api::estate::Estate;
+use shadowkeep_api::finding::{Finding, ObjectRef};
+use shadowkeep_api::manifest::{Decoded, decode, parse_yaml_documents};
+
+/// Exit code: valid, warnings allowed.
+pub const EXIT_VALID: u8 = 0;
+/// Exit code: at least one error.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code: some input could not be read.
+pub const EXIT_UNREADABLE: u8 = 2;
+
+/// What validation found, each finding with the file it concerns.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `(file, finding)` in file order, then as found.
+    pub findings: Vec<(String, Finding)>,
+    /// Inputs that could not be read, with the reason.
+    pub unreadable: Vec<(String, String)>,
+    /// Files read.
+    pub files: usize,
+    /// shadowkeep objects decoded.
+    pub objects: usize,
+}
+
+impl Report {
+    /// 0 valid, 1 any error, 2 unreadable input.
+    pub fn exit_code(&self) -> u8 {
+        if !self.unreadable.is_empty() {
+            EXIT_UNREADABLE
+        } else if self.findings.iter().any(|(_, f)| f.is_error()) {
+            EXIT_INVALID
+        } else {
+            EXIT_VALID
+        }
+    }
+
+    /// One line per finding: `FILE: SEVERITY: KIND NAME: FIELD: MESSAGE`.
+    pub fn lines(&self) -> Vec<String> {
+        let unreadable = self
+            .unreadable
+            .iter()
+            .map(|(file, why)| format!("{file}: error: {why}"));
+        let findings = self.findings.iter().map(|(file, f)| format!("{file}: {f}"));
+        unreadable.chain(findings).collect()
+    }
+
+    /// Writes the lines and a summary; the summary goes last so a terminal shows it.
+    pub fn print(&self, out: &mut impl Write) {
+        let errors =
+            self.findings.iter().filter(|(_, f)| f.is_error()).count() + self.unreadable.len();
+        let warnings = self.findings.len() + self.unreadable.len() - errors;
+        let mut lines = self.lines();
+        lines.push(format!(
+            "{} objects in {} files: {errors} errors, {warnings} warnings\n",
+            self.objects, self.files
+        ));
+        let text = lines.join("\n");
+        // A closed pipe (`| head`) is not worth a panic; the exit code still tells.
+        let _ = out.write_all(text.as_bytes());
+    }
+}
+
+/// Reads every manifest under `paths` and validates them as one estate.
+pub fn validate_paths(paths: &[PathBuf]) -> Report {
+    let mut report = Report::default();
+    let mut files = Vec::new();
+    for path in paths {
+        if let Err(why) = collect(path, &mut files) {
+            report.unreadable.push((path.display().to_string(), why));
+        }
+    }
+    let mut estate = Estate::new();
+    let mut origin: BTreeMap<ObjectRef, String> = BTreeMap::new();
+    for file in files {
+        let name = file.display().to_string();
+        report.files += 1;
+        let docs = std::fs::read_to_string(&file)
+            .map_err(|e| format!("failed to read: {e}"))
+            .and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
+        let docs = match docs {
+            Ok(docs) => docs,
+            Err(why) => {
+                report.unreadable.push((name, why));
+                continue;
+            }
+        };
+        for doc in docs {
+            match decode(&doc) {
+                Ok(Decoded::Resource(resource)) => {
+                    report.objects += 1;
+                    origin
+                        .entry(resource.object_ref())
+                        .or_insert_with(|| name.clone());
+                    estate.add(*resource);
+                }
+                Ok(Decoded::Foreign { api_version, kind }) => report.findings.push((
+                    name.clone(),
+                    Finding::warning(
+                        None,
+                        "",
+                        format!(
+                            "{kind} ({api_version}) is not a shadowkeep.io object; not checked"
+                        ),
+                    ),
+                )),
+                Err(findings) => {
+                    report.objects += 1;
+                    report
+                        .findings
+                        .extend(findings.into_iter().map(|f| (name.clone(), f)));
+                }
+            }
+        }
+    }
+    for finding in estate.validate() {
+        let file = finding
+            .object
+            .as_ref()
+            .and_then(|o| origin.get(o))
+            .cloned()
+            .unwrap_or_default();
+        report.findings.push((file, finding));
+    }
+    report
+}
+
+/// Adds `path` (a file) or the YAML files under it (a directory), sorted, to `files`.
+fn collect(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("failed to read: {e}"))?;
+    if meta.is_file() {
+        files.push(path.to_owned());
+        return Ok(());
+    }
+    let before = files.len();
+    walk(path, files)?;
+    if files.len() == before {
+        return Err("no *.yaml or *.yml files found".to_owned());
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| {
+            entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| format!("failed to read directory {}: {e}", dir.display()))?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            walk(&entry, files)?;
+        } else if entry
+            .extension()
+            .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
