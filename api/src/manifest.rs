@@ -6,11 +6,12 @@
 //! the API server would.
 
 use kube::ResourceExt as _;
-use serde::Deserialize;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::crd::{API_VERSION, DriveTable, GROUP, KeyGroup, KeyManager, Shadow};
+use crate::crd::{API_VERSION, DriveTable, GROUP, KeyGroup, KeyManager, Shadow, crds};
 use crate::finding::{Finding, ObjectRef};
 
 /// One of the four shadowkeep resources.
@@ -74,73 +75,155 @@ pub fn parse_yaml_documents(text: &str) -> Result<Vec<Value>, YamlError> {
     Ok(docs)
 }
 
-/// Decodes one document strictly and checks it against the CRD's CEL rules.
-pub fn decode(doc: &Value) -> Result<Decoded, Vec<Finding>> {
-    let Some(map) = doc.as_object() else {
-        return Err(vec![Finding::error(
-            None,
-            "",
-            "document is not a mapping (expected a Kubernetes object)",
-        )]);
-    };
-    let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
-    let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
-        return Err(vec![Finding::error(
-            None,
-            "",
-            "apiVersion and kind are required",
-        )]);
-    };
-    let metadata = map.get("metadata").and_then(Value::as_object);
-    let object = ObjectRef {
-        kind: kind.clone(),
-        namespace: metadata
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        name: metadata
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("<unnamed>")
-            .to_owned(),
-    };
-    if api_version.split('/').next() != Some(GROUP) {
-        return Ok(Decoded::Foreign { api_version, kind });
+/// Decodes documents strictly and checks them against the CRDs' CEL rules.
+///
+/// Compiling the rules is by far the dearest step, so a decoder compiles them once and is
+/// reused for every document.
+pub struct Decoder {
+    validator: Validator,
+    schemas: Vec<(&'static str, CompiledSchema)>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").finish_non_exhaustive()
     }
-    if api_version != API_VERSION {
-        return Err(vec![Finding::error(
-            Some(object),
-            "apiVersion",
-            format!("unsupported version {api_version:?}; this release serves {API_VERSION}"),
-        )]);
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
     }
-    let mut findings = check_metadata(doc, &object);
-    let resource = match kind.as_str() {
-        "KeyManager" => typed::<KeyManager>(doc, &object, &mut findings, KeyManager::validate_cel)
-            .map(Resource::KeyManager),
-        "Shadow" => {
-            typed::<Shadow>(doc, &object, &mut findings, Shadow::validate_cel).map(Resource::Shadow)
+}
+
+impl Decoder {
+    /// A decoder with the rules of all four CRDs compiled.
+    pub fn new() -> Self {
+        let schemas = crds()
+            .into_iter()
+            .map(|crd| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .first()
+                    .and_then(|v| v.schema.as_ref())
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .unwrap_or_default();
+                (kind_name(&crd.spec.names.kind), compile_schema(&schema))
+            })
+            .collect();
+        Self {
+            validator: Validator::new(),
+            schemas,
         }
-        "DriveTable" => typed::<DriveTable>(doc, &object, &mut findings, DriveTable::validate_cel)
-            .map(Resource::DriveTable),
-        "KeyGroup" => typed::<KeyGroup>(doc, &object, &mut findings, KeyGroup::validate_cel)
-            .map(Resource::KeyGroup),
-        _ => {
-            findings.push(Finding::error(
+    }
+
+    /// Decodes one document strictly and checks it against its CRD's CEL rules.
+    pub fn decode(&self, doc: &Value) -> Result<Decoded, Vec<Finding>> {
+        let Some(map) = doc.as_object() else {
+            return Err(vec![Finding::error(
+                None,
+                "",
+                "document is not a mapping (expected a Kubernetes object)",
+            )]);
+        };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+        let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
+            return Err(vec![Finding::error(
+                None,
+                "",
+                "apiVersion and kind are required",
+            )]);
+        };
+        let metadata = map.get("metadata").and_then(Value::as_object);
+        let object = ObjectRef {
+            kind: kind.clone(),
+            namespace: metadata
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            name: metadata
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("<unnamed>")
+                .to_owned(),
+        };
+        if api_version.split('/').next() != Some(GROUP) {
+            return Ok(Decoded::Foreign { api_version, kind });
+        }
+        if api_version != API_VERSION {
+            return Err(vec![Finding::error(
                 Some(object),
-                "kind",
-                format!(
-                    "unknown kind {kind:?}; {GROUP} has KeyManager, Shadow, DriveTable and KeyGroup"
-                ),
-            ));
-            None
+                "apiVersion",
+                format!("unsupported version {api_version:?}; this release serves {API_VERSION}"),
+            )]);
         }
-    };
-    findings.sort();
-    match resource {
-        Some(resource) if findings.is_empty() => Ok(Decoded::Resource(Box::new(resource))),
-        _ => Err(findings),
+        let mut findings = check_metadata(doc, &object);
+        let resource = match kind.as_str() {
+            "KeyManager" => self
+                .typed(doc, &object, &mut findings)
+                .map(Resource::KeyManager),
+            "Shadow" => self
+                .typed(doc, &object, &mut findings)
+                .map(Resource::Shadow),
+            "DriveTable" => self
+                .typed(doc, &object, &mut findings)
+                .map(Resource::DriveTable),
+            "KeyGroup" => self
+                .typed(doc, &object, &mut findings)
+                .map(Resource::KeyGroup),
+            _ => {
+                findings.push(Finding::error(
+                    Some(object),
+                    "kind",
+                    format!(
+                        "unknown kind {kind:?}; {GROUP} has KeyManager, Shadow, DriveTable and KeyGroup"
+                    ),
+                ));
+                None
+            }
+        };
+        findings.sort();
+        match resource {
+            Some(resource) if findings.is_empty() => Ok(Decoded::Resource(Box::new(resource))),
+            _ => Err(findings),
+        }
     }
+
+    fn typed<T: DeserializeOwned + Serialize>(
+        &self,
+        doc: &Value,
+        object: &ObjectRef,
+        findings: &mut Vec<Finding>,
+    ) -> Option<T> {
+        let decoded: T = strict(doc, object, findings)?;
+        let schema = self
+            .schemas
+            .iter()
+            .find(|(kind, _)| *kind == object.kind)
+            .map(|(_, schema)| schema)?;
+        // Validate what the API server would store: the typed object, defaults filled in.
+        let stored = serde_json::to_value(&decoded).ok()?;
+        if let Err(errors) = self.validator.validate_compiled(schema, &stored, None) {
+            for e in &errors {
+                let field = e.field_path.trim_start_matches('.').to_owned();
+                findings.push(Finding::error(
+                    Some(object.clone()),
+                    field,
+                    e.message.clone(),
+                ));
+            }
+        }
+        Some(decoded)
+    }
+}
+
+fn kind_name(kind: &str) -> &'static str {
+    ["KeyManager", "Shadow", "DriveTable", "KeyGroup"]
+        .into_iter()
+        .find(|k| *k == kind)
+        .unwrap_or("")
 }
 
 fn check_metadata(doc: &Value, object: &ObjectRef) -> Vec<Finding> {
@@ -179,11 +262,11 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-fn typed<T: DeserializeOwned>(
+/// Deserialises `doc` into `T`, recording every unknown field and the first type error.
+fn strict<T: DeserializeOwned>(
     doc: &Value,
     object: &ObjectRef,
     findings: &mut Vec<Finding>,
-    cel: impl Fn(&T) -> Result<(), kube::core::cel::ValidationErrors>,
 ) -> Option<T> {
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
@@ -200,8 +283,8 @@ fn typed<T: DeserializeOwned>(
             "unknown field (the API server would drop it silently)",
         ));
     }
-    let decoded = match result {
-        Ok(decoded) => decoded,
+    match result {
+        Ok(decoded) => Some(decoded),
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -217,20 +300,9 @@ fn typed<T: DeserializeOwned>(
                 None => (path, message),
             };
             findings.push(Finding::error(Some(object.clone()), field, message));
-            return None;
-        }
-    };
-    if let Err(errors) = cel(&decoded) {
-        for e in &errors {
-            let field = e.field_path.trim_start_matches('.').to_owned();
-            findings.push(Finding::error(
-                Some(object.clone()),
-                field,
-                e.message.clone(),
-            ));
+            None
         }
     }
-    Some(decoded)
 }
 
 /// Renders a `serde_ignored` path as `spec.drives[0].serail`.

@@ -1,5 +1,8 @@
 //! The committed `crds/` directory is exactly what `shadowkeep crds` generates.
 
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

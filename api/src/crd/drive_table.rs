@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::KeyManagerRef;
 
-/// Most drives one table may list; the uniqueness rule is quadratic in this for the API server.
-pub const MAX_DRIVES: usize = 1000;
-
 /// The drives (tape drives, libraries, arrays) known to a KeyManager and the key group each
 /// one uses.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,9 +44,9 @@ pub struct DriveTableSpec {
     /// The drives, each once.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["serial"]))]
-    #[x_kube(validation = kube::core::Rule::new("self.size() <= 1000").message("must list at most 1000 drives; split larger estates into several tables"))]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 300").message("must list at most 300 drives; split larger estates into several tables"))]
     #[x_kube(validation = kube::core::Rule::new("self.all(d, self.exists_one(e, e.serial == d.serial))").message("drive serial numbers must be unique within a table"))]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 300))]
     pub drives: Vec<Drive>,
 
     /// Whether a client that is not in any table may get keys. Off, an unknown drive is

@@ -11,15 +11,14 @@ mod key_manager;
 mod shadow;
 
 pub use common::{API_VERSION, GROUP, Interval, IntervalError, KeyManagerRef, VERSION};
-pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus, MAX_DRIVES};
+pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus};
 pub use key_group::{KeyGroup, KeyGroupSpec, KeyGroupStatus};
 pub use key_manager::{
     BackupSpec, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT, KeyManager, KeyManagerSpec,
     KeyManagerStatus, KmipServiceSpec, PlacementSpec, ServiceType, TlsSource, TlsSpec,
 };
 pub use shadow::{
-    DesiredShadowState, MAX_HINT_ADDRESSES, Shadow, ShadowPlacement, ShadowSpec, ShadowState,
-    ShadowStatus,
+    DesiredShadowState, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

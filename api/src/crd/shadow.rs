@@ -10,9 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Interval, KeyManagerRef, interval_rule};
 
-/// Most hint addresses a shadow may publish, as in the KeyServer hint list.
-pub const MAX_HINT_ADDRESSES: usize = 100;
-
 /// A shadow server: it mirrors its KeyManager and serves existing keys only while the
 /// KeyManager is unreachable, within time limits, and never creates keys.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -188,6 +188,12 @@ impl Key {
         self.attributes.get(name)?.value.as_deref()
     }
 
+    /// Whether merging this record into `theirs` would change what `theirs`' holder keeps:
+    /// a later state, a newer attribute value, or a conflicting record to quarantine.
+    fn advances(&self, theirs: &Self) -> bool {
+        !self.same_key(theirs) || theirs.clone().join(self)
+    }
+
     /// Joins the mutable parts of two records of the same key: the later state, and the
     /// latest value of each attribute. Returns whether `self` changed.
     fn join(&mut self, other: &Self) -> bool {
@@ -390,7 +396,7 @@ impl Keystore {
         Ok(())
     }
 
-    /// The keys held here that `other` lacks, or holds in an earlier state: what `other`
+    /// The records held here that `other` lacks or holds in an earlier state: what `other`
     /// needs to catch up. Merging the result into `other` makes it hold everything this
     /// keystore holds.
     #[must_use]
@@ -398,7 +404,12 @@ impl Keystore {
         let keys = self
             .keys
             .values()
-            .filter(|k| other.keys.get(&k.id) != Some(k))
+            .filter(|k| {
+                other
+                    .keys
+                    .get(&k.id)
+                    .is_none_or(|theirs| k.advances(theirs))
+            })
             .map(|k| (k.id.clone(), k.clone()))
             .collect();
         let quarantine = self

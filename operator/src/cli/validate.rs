@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::finding::{Finding, ObjectRef};
-use shadowkeep_api::manifest::{Decoded, decode, parse_yaml_documents};
+use shadowkeep_api::manifest::{Decoded, Decoder, parse_yaml_documents};
 
 /// Exit code: valid, warnings allowed.
 pub const EXIT_VALID: u8 = 0;
@@ -76,6 +76,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
             report.unreadable.push((path.display().to_string(), why));
         }
     }
+    let decoder = Decoder::new();
     let mut estate = Estate::new();
     let mut origin: BTreeMap<ObjectRef, String> = BTreeMap::new();
     for file in files {
@@ -92,7 +93,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
             }
         };
         for doc in docs {
-            match decode(&doc) {
+            match decoder.decode(&doc) {
                 Ok(Decoded::Resource(resource)) => {
                     report.objects += 1;
                     origin
