@@ -81,7 +81,8 @@ pub fn parse_yaml_documents(text: &str) -> Result<Vec<Value>, YamlError> {
 /// reused for every document.
 pub struct Decoder {
     validator: Validator,
-    schemas: Vec<(&'static str, CompiledSchema)>,
+    /// Per kind: the openAPIV3Schema and its compiled CEL rules.
+    schemas: Vec<(&'static str, Value, CompiledSchema)>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -110,7 +111,8 @@ impl Decoder {
                     .and_then(|s| s.open_api_v3_schema.as_ref())
                     .and_then(|s| serde_json::to_value(s).ok())
                     .unwrap_or_default();
-                (kind_name(&crd.spec.names.kind), compile_schema(&schema))
+                let compiled = compile_schema(&schema);
+                (kind_name(&crd.spec.names.kind), schema, compiled)
             })
             .collect();
         Self {
@@ -198,14 +200,14 @@ impl Decoder {
         findings: &mut Vec<Finding>,
     ) -> Option<T> {
         let decoded: T = strict(doc, object, findings)?;
-        let schema = self
+        let (_, schema, compiled) = self
             .schemas
             .iter()
-            .find(|(kind, _)| *kind == object.kind)
-            .map(|(_, schema)| schema)?;
+            .find(|(kind, ..)| *kind == object.kind)?;
         // Validate what the API server would store: the typed object, defaults filled in.
         let stored = serde_json::to_value(&decoded).ok()?;
-        if let Err(errors) = self.validator.validate_compiled(schema, &stored, None) {
+        check_bounds(schema, &stored, "", object, findings);
+        if let Err(errors) = self.validator.validate_compiled(compiled, &stored, None) {
             for e in &errors {
                 let field = e.field_path.trim_start_matches('.').to_owned();
                 findings.push(Finding::error(
@@ -216,6 +218,56 @@ impl Decoder {
             }
         }
         Some(decoded)
+    }
+}
+
+/// Checks the schema's length and size bounds, which the CEL rules do not repeat.
+fn check_bounds(
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    object: &ObjectRef,
+    findings: &mut Vec<Finding>,
+) {
+    let bound = |key: &str| schema.get(key).and_then(Value::as_u64);
+    let mut fail =
+        |message: String| findings.push(Finding::error(Some(object.clone()), path, message));
+    match value {
+        Value::String(s) => {
+            let len = s.chars().count() as u64;
+            if let Some(max) = bound("maxLength").filter(|max| len > *max) {
+                fail(format!("must be at most {max} characters"));
+            }
+            if let Some(min) = bound("minLength").filter(|min| len < *min) {
+                fail(format!("must be at least {min} characters"));
+            }
+        }
+        Value::Array(items) => {
+            let len = items.len() as u64;
+            if let Some(max) = bound("maxItems").filter(|max| len > *max) {
+                fail(format!("must have at most {max} items"));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    check_bounds(item_schema, item, &format!("{path}[{i}]"), object, findings);
+                }
+            }
+        }
+        Value::Object(fields) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|v| v.is_object());
+            for (name, field) in fields {
+                let child = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                if let Some(s) = properties.and_then(|p| p.get(name)).or(extra) {
+                    check_bounds(s, field, &child, object, findings);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
