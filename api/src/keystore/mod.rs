@@ -153,13 +153,25 @@ impl Key {
     ) -> Result<Self, KeystoreError> {
         use aes_gcm::aead::{OsRng, rand_core::RngCore as _};
 
-        if !algorithm.valid_length(length) {
+        let mut plaintext = zeroize::Zeroizing::new(vec![0u8; usize::from(length / 8)]);
+        OsRng.fill_bytes(&mut plaintext);
+        Self::from_material(kek, name, algorithm, length, &plaintext, created_at)
+    }
+
+    /// Makes a new pre-active key from material a client supplied (KMIP Register).
+    pub fn from_material(
+        kek: &Kek,
+        name: impl Into<String>,
+        algorithm: Algorithm,
+        length: u16,
+        plaintext: &[u8],
+        created_at: Timestamp,
+    ) -> Result<Self, KeystoreError> {
+        if !algorithm.valid_length(length) || plaintext.len() * 8 != usize::from(length) {
             return Err(KeystoreError::InvalidLength { algorithm, length });
         }
         let id = KeyId::generate();
-        let mut plaintext = zeroize::Zeroizing::new(vec![0u8; usize::from(length / 8)]);
-        OsRng.fill_bytes(&mut plaintext);
-        let material = kek.seal(&id, &plaintext)?;
+        let material = kek.seal(&id, plaintext)?;
         Ok(Self {
             id,
             name: name.into(),

@@ -1,0 +1,149 @@
+//! The key server's configuration file: the one contract between the operator, which
+//! renders it from a KeyManager, its DriveTables and KeyGroups, and the server, which reads
+//! it. Every replica of a KeyManager gets the same file.
+//!
+//! The file is YAML, decoded strictly: an unknown field is an error, so a setting the
+//! server does not understand never goes unnoticed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one key server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The KeyManager's server id, reported by Query and written into licenses.
+    pub server_id: String,
+    /// Where the server listens for KMIP clients.
+    #[serde(default)]
+    pub kmip: KmipConfig,
+    /// Certificate, key and the CA that client certificates must chain to.
+    pub tls: TlsFiles,
+    /// Directory of the durable keystore (snapshot and log). Created if missing.
+    pub data_dir: PathBuf,
+    /// File holding the 32-byte key-encryption key.
+    pub kek_file: PathBuf,
+    /// Who may ask for keys.
+    #[serde(default)]
+    pub drives: DrivePolicy,
+}
+
+/// The KMIP listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KmipConfig {
+    /// Address and port; KMIP's registered port is 5696.
+    #[serde(default = "default_kmip_listen")]
+    pub listen: SocketAddr,
+    /// Seconds a connection may stay silent (between or within messages) before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; further clients wait in the listen queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for KmipConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_kmip_listen(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_kmip_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 5696))
+}
+
+fn default_idle_timeout() -> u64 {
+    120
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+/// PEM files for mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// The drive table as the server applies it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DrivePolicy {
+    /// Serve clients that match no entry. Off, they get a KMIP permission error.
+    #[serde(default)]
+    pub accept_unknown: bool,
+    /// The known drives and libraries.
+    #[serde(default)]
+    pub drives: Vec<DriveEntry>,
+}
+
+/// One known drive or library.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriveEntry {
+    /// Serial number, matched against a Device credential's serial number.
+    pub serial: String,
+    /// Identity in the client certificate (subject common name or a subject alternative
+    /// name), matched against the connection's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_identity: Option<String>,
+}
+
+/// Why a configuration file is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid server configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ServerConfig {
+    /// Parses a configuration file's text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        if config.server_id.is_empty() {
+            return Err(ConfigError("serverId: must not be empty".to_owned()));
+        }
+        if config.kmip.max_connections == 0 || config.kmip.idle_timeout_secs == 0 {
+            return Err(ConfigError(
+                "kmip: maxConnections and idleTimeoutSecs must be greater than 0".to_owned(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The file's text.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(self).map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_unknown_fields() {
+        let text = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /data\nkekFile: /kek\n";
+        let config = ServerConfig::from_yaml(text).unwrap();
+        assert_eq!(config.kmip.listen.port(), 5696);
+        assert!(!config.drives.accept_unknown);
+        let again = ServerConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, config);
+        let err = ServerConfig::from_yaml(&format!("{text}peerz: []\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `peerz`"), "{err}");
+        let err = ServerConfig::from_yaml(&text.replace("tape", "''")).unwrap_err();
+        assert!(err.to_string().contains("serverId"), "{err}");
+    }
+}

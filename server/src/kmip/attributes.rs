@@ -1,0 +1,366 @@
+//! KMIP attributes on keystore keys.
+//!
+//! A few attributes are the key itself and are computed (Unique Identifier, Object Type,
+//! Cryptographic Algorithm and Length, State, Initial Date, Last Change Date). The rest are
+//! kept in the key's attribute map, one entry per instance, under `kmip:<name>#<index>`,
+//! holding the TTLV value as JSON. Each entry carries the time it was written, so replicas
+//! that changed the same attribute agree on the latest value; a deleted instance stays as a
+//! tombstone so that the deletion, too, reaches every replica.
+
+use shadowkeep_api::keystore::{AttributeValue, Key, KeyState};
+
+use super::enums::{algorithm, object_type, result_reason, state};
+use super::{KmipError, tag};
+use crate::ttlv::{Item, Tag, Value};
+
+const PREFIX: &str = "kmip:";
+
+/// Attributes the server computes from the key; clients cannot set them.
+const COMPUTED: [&str; 7] = [
+    "Unique Identifier",
+    "Object Type",
+    "Cryptographic Algorithm",
+    "Cryptographic Length",
+    "State",
+    "Initial Date",
+    "Last Change Date",
+];
+
+/// Attributes only the server sets, as a side effect of an operation.
+const SERVER_SET: [&str; 4] = [
+    "Activation Date",
+    "Deactivation Date",
+    "Destroy Date",
+    "Revocation Reason",
+];
+
+/// Attributes a client may set, and whether they may have several instances.
+const CLIENT_SET: [(&str, bool); 7] = [
+    ("Name", true),
+    ("Application Specific Information", true),
+    ("Alternative Name", true),
+    ("Object Group", true),
+    ("Contact Information", false),
+    ("Cryptographic Usage Mask", false),
+    ("Operation Policy Name", false),
+];
+
+/// Longest text value accepted in an attribute.
+const MAX_TEXT: usize = 4096;
+
+/// One attribute instance: name, index and value (the Attribute Value item).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    /// Attribute Name.
+    pub name: String,
+    /// Attribute Index (0 for the first instance).
+    pub index: u32,
+    /// The Attribute Value.
+    pub value: Value,
+}
+
+impl Attribute {
+    /// The KMIP Attribute structure.
+    pub fn to_item(&self, with_index: bool) -> Item {
+        let mut children = vec![Item::text(tag::ATTRIBUTE_NAME, self.name.clone())];
+        if with_index && self.index > 0 {
+            children.push(Item::integer(
+                tag::ATTRIBUTE_INDEX,
+                i32::try_from(self.index).unwrap_or(i32::MAX),
+            ));
+        }
+        children.push(Item::new(tag::ATTRIBUTE_VALUE, self.value.clone()));
+        Item::structure(tag::ATTRIBUTE, children)
+    }
+}
+
+/// Reads an Attribute structure: name, optional index, value.
+pub fn parse(item: &Item) -> Result<(String, Option<u32>, Value), KmipError> {
+    if item.tag != tag::ATTRIBUTE {
+        return Err(KmipError::invalid("expected an Attribute"));
+    }
+    let name = item
+        .child(tag::ATTRIBUTE_NAME)
+        .and_then(Item::as_text)
+        .ok_or_else(|| KmipError::missing("Attribute Name"))?
+        .to_owned();
+    let index = match item.child(tag::ATTRIBUTE_INDEX) {
+        None => None,
+        Some(i) => Some(
+            i.as_int()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| {
+                    KmipError::invalid(format!(
+                        "{name}: Attribute Index must be a non-negative Integer"
+                    ))
+                })?,
+        ),
+    };
+    let value = item
+        .child(tag::ATTRIBUTE_VALUE)
+        .map(|v| v.value.clone())
+        .ok_or_else(|| KmipError::missing(&format!("{name}: Attribute Value")))?;
+    Ok((name, index, value))
+}
+
+/// Whether clients may set `name`, and if so whether it is multi-instance.
+pub fn settable(name: &str) -> Result<bool, KmipError> {
+    if is_custom(name) {
+        return Ok(true);
+    }
+    if let Some((_, multi)) = CLIENT_SET.iter().find(|(n, _)| *n == name) {
+        return Ok(*multi);
+    }
+    if COMPUTED.contains(&name) || SERVER_SET.contains(&name) {
+        return Err(KmipError::new(
+            result_reason::PERMISSION_DENIED,
+            format!("{name} is set by the server and cannot be changed by a client"),
+        ));
+    }
+    Err(KmipError::new(
+        result_reason::FEATURE_NOT_SUPPORTED,
+        format!("attribute {name:?} is not supported"),
+    ))
+}
+
+/// Custom attributes: `x-` from clients (and `y-` from servers).
+fn is_custom(name: &str) -> bool {
+    (name.starts_with("x-") || name.starts_with("y-")) && name.len() > 2
+}
+
+/// Checks that `value` has the shape `name` needs.
+pub fn check_value(name: &str, value: &Value) -> Result<(), KmipError> {
+    let bad = |what: &str| KmipError::invalid(format!("{name}: Attribute Value must be {what}"));
+    let text_ok = |s: &str| s.len() <= MAX_TEXT;
+    match name {
+        "Name" => check_struct(value, &[(tag::NAME_VALUE, "Name Value")], &[tag::NAME_TYPE])
+            .map_err(|w| bad(&w)),
+        "Application Specific Information" => check_struct(
+            value,
+            &[
+                (tag::APPLICATION_NAMESPACE, "Application Namespace"),
+                (tag::APPLICATION_DATA, "Application Data"),
+            ],
+            &[],
+        )
+        .map_err(|w| bad(&w)),
+        "Alternative Name" => check_struct(
+            value,
+            &[(Tag(0x42_00C0), "Alternative Name Value")],
+            &[Tag(0x42_00C1)],
+        )
+        .map_err(|w| bad(&w)),
+        "Cryptographic Usage Mask" => match value {
+            Value::Integer(_) => Ok(()),
+            _ => Err(bad("an Integer")),
+        },
+        "Object Group" | "Contact Information" | "Operation Policy Name" => match value {
+            Value::TextString(s) if text_ok(s) => Ok(()),
+            _ => Err(bad("a Text String of at most 4096 bytes")),
+        },
+        _ => match value {
+            Value::TextString(s) if !text_ok(s) => Err(bad("at most 4096 bytes")),
+            Value::ByteString(b) if b.len() > MAX_TEXT => Err(bad("at most 4096 bytes")),
+            Value::Structure(_) => Err(bad("a single value, not a structure")),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Checks a structure holds the `required` text fields and only them or `optional` ones.
+fn check_struct(value: &Value, required: &[(Tag, &str)], optional: &[Tag]) -> Result<(), String> {
+    let Value::Structure(children) = value else {
+        return Err("a structure".to_owned());
+    };
+    for (t, field) in required {
+        match children.iter().find(|c| c.tag == *t).map(|c| &c.value) {
+            Some(Value::TextString(s)) if s.len() <= MAX_TEXT => {}
+            _ => {
+                return Err(format!(
+                    "a structure with a {field} text of at most 4096 bytes"
+                ));
+            }
+        }
+    }
+    if let Some(extra) = children
+        .iter()
+        .find(|c| !required.iter().any(|(t, _)| *t == c.tag) && !optional.contains(&c.tag))
+    {
+        return Err(format!("a structure without the field {}", extra.tag));
+    }
+    Ok(())
+}
+
+fn storage_key(name: &str, index: u32) -> String {
+    format!("{PREFIX}{name}#{index}")
+}
+
+fn parse_storage_key(key: &str) -> Option<(&str, u32)> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let (name, index) = rest.rsplit_once('#')?;
+    Some((name, index.parse().ok()?))
+}
+
+/// The live instances of stored attribute `name`, by index.
+pub fn instances(key: &Key, name: &str) -> Vec<Attribute> {
+    stored(key).filter(|a| a.name == name).collect()
+}
+
+/// Every live stored attribute instance, in name and index order.
+fn stored(key: &Key) -> impl Iterator<Item = Attribute> + '_ {
+    key.attributes.iter().filter_map(|(k, v)| {
+        let (name, index) = parse_storage_key(k)?;
+        let value: Value = serde_json::from_str(v.value.as_deref()?).ok()?;
+        Some(Attribute {
+            name: name.to_owned(),
+            index,
+            value,
+        })
+    })
+}
+
+/// The next free index of `name` (deleted instances keep their index).
+pub fn next_index(key: &Key, name: &str) -> u32 {
+    key.attributes
+        .keys()
+        .filter_map(|k| parse_storage_key(k))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, i)| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Writes an instance. `now_ms` is raised above the instance's last write so that the
+/// write wins on every replica.
+pub fn set(key: &mut Key, attribute: &Attribute, now_ms: i64) -> Result<(), KmipError> {
+    let json = serde_json::to_string(&attribute.value)
+        .map_err(|e| KmipError::new(result_reason::GENERAL_FAILURE, e.to_string()))?;
+    write(
+        key,
+        &storage_key(&attribute.name, attribute.index),
+        Some(json),
+        now_ms,
+    );
+    Ok(())
+}
+
+/// Deletes an instance, leaving a tombstone. Returns whether it was live.
+pub fn delete(key: &mut Key, name: &str, index: u32, now_ms: i64) -> bool {
+    let k = storage_key(name, index);
+    let live = key.attributes.get(&k).is_some_and(|v| v.value.is_some());
+    if live {
+        write(key, &k, None, now_ms);
+    }
+    live
+}
+
+fn write(key: &mut Key, storage: &str, value: Option<String>, now_ms: i64) {
+    let at = key
+        .attributes
+        .get(storage)
+        .map_or(now_ms, |old| now_ms.max(old.updated_at_ms + 1));
+    key.attributes.insert(
+        storage.to_owned(),
+        AttributeValue {
+            updated_at_ms: at,
+            value,
+        },
+    );
+}
+
+/// Records a server-set date attribute (Activation Date and the like).
+pub fn set_date(key: &mut Key, name: &str, secs: i64, now_ms: i64) -> Result<(), KmipError> {
+    set(
+        key,
+        &Attribute {
+            name: name.to_owned(),
+            index: 0,
+            value: Value::DateTime(secs),
+        },
+        now_ms,
+    )
+}
+
+/// The KMIP State of a key.
+pub fn kmip_state(state: KeyState) -> u32 {
+    match state {
+        KeyState::PreActive => state::PRE_ACTIVE,
+        KeyState::Active => state::ACTIVE,
+        KeyState::Deactivated => state::DEACTIVATED,
+        KeyState::Destroyed => state::DESTROYED,
+    }
+}
+
+fn computed(key: &Key) -> Vec<Attribute> {
+    let last_change_ms = key
+        .attributes
+        .values()
+        .map(|v| v.updated_at_ms)
+        .max()
+        .unwrap_or(0)
+        .max(key.created_at.as_millisecond());
+    let attr = |name: &str, value: Value| Attribute {
+        name: name.to_owned(),
+        index: 0,
+        value,
+    };
+    vec![
+        attr("Unique Identifier", Value::TextString(key.id.to_string())),
+        attr(
+            "Object Type",
+            Value::Enumeration(object_type::SYMMETRIC_KEY),
+        ),
+        attr(
+            "Cryptographic Algorithm",
+            Value::Enumeration(algorithm::AES),
+        ),
+        attr(
+            "Cryptographic Length",
+            Value::Integer(i32::from(key.length)),
+        ),
+        attr("State", Value::Enumeration(kmip_state(key.state))),
+        attr("Initial Date", Value::DateTime(key.created_at.as_second())),
+        attr(
+            "Last Change Date",
+            Value::DateTime(last_change_ms.div_euclid(1000)),
+        ),
+    ]
+}
+
+/// Every attribute of the key, computed ones first.
+pub fn all(key: &Key) -> Vec<Attribute> {
+    let mut out = computed(key);
+    out.extend(stored(key));
+    out
+}
+
+/// The instances of `name`, computed or stored.
+pub fn named(key: &Key, name: &str) -> Vec<Attribute> {
+    if COMPUTED.contains(&name) {
+        computed(key)
+            .into_iter()
+            .filter(|a| a.name == name)
+            .collect()
+    } else {
+        instances(key, name)
+    }
+}
+
+/// Whether the key has an instance of `name` equal to `value`, as Locate asks. Names are
+/// compared by their Name Value alone, so a client need not repeat the Name Type.
+pub fn matches(key: &Key, name: &str, value: &Value) -> bool {
+    let name_value = |v: &Value| match v {
+        Value::Structure(children) => children
+            .iter()
+            .find(|c| c.tag == tag::NAME_VALUE)
+            .and_then(|c| c.as_text().map(str::to_owned)),
+        _ => None,
+    };
+    named(key, name).iter().any(|a| {
+        if name == "Name" {
+            name_value(&a.value).is_some() && name_value(&a.value) == name_value(value)
+        } else {
+            a.value == *value
+        }
+    })
+}

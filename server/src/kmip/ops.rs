@@ -1,0 +1,741 @@
+//! The KMIP operations, run over the durable store.
+//!
+//! Each operation reads its payload strictly (a wrong type or a missing field is an error
+//! naming the field) and changes nothing unless it succeeds. Writes reach the store only
+//! through [`Store::commit`], so a key is on disk before any client can see it.
+
+use jiff::Timestamp;
+use shadowkeep_api::keystore::{Algorithm, Kek, Key, KeyId, KeyState};
+use tokio::sync::Mutex;
+
+use super::attributes::{self, Attribute};
+use super::enums::{algorithm, key_format, object_type, operation, query, result_reason};
+use super::{
+    BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
+    supported, tag, text_field, version_item,
+};
+use crate::store::Store;
+use crate::ttlv::{Item, Value};
+
+/// Application namespaces of the OASIS Tape Library Profile, reported by Query.
+const TAPE_NAMESPACES: [&str; 4] = [
+    "LIBRARY-LTO",
+    "LIBRARY-LTO4",
+    "LIBRARY-LTO5",
+    "VENDOR-LIBRARY-LTO",
+];
+
+/// Serves KMIP operations for one key server.
+pub struct Kmip {
+    store: Store,
+    kek: Kek,
+    server_id: String,
+    /// Serialises changes to existing keys, so that two concurrent changes of one key do
+    /// not both read the old record. Creating keys does not need it.
+    modify: Mutex<()>,
+}
+
+impl std::fmt::Debug for Kmip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kmip")
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+type OpResult = Result<(Vec<Item>, Option<KeyId>), KmipError>;
+
+impl Kmip {
+    /// A KMIP service over `store`, sealing with `kek`.
+    pub fn new(store: Store, kek: Kek, server_id: impl Into<String>) -> Self {
+        Self {
+            store,
+            kek,
+            server_id: server_id.into(),
+            modify: Mutex::new(()),
+        }
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs a request's batch. `allowed` is the drive table's verdict on the client; a
+    /// refused client gets a permission error for every item.
+    pub async fn handle(&self, request: &Request, allowed: bool) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(request.items.len());
+        let mut placeholder: Option<KeyId> = None;
+        for item in &request.items {
+            let result = if !allowed {
+                Err(KmipError::new(
+                    result_reason::PERMISSION_DENIED,
+                    "this client is not in the drive table and unknown drives are not accepted",
+                ))
+            } else if !supported(request.version) && item.operation != operation::DISCOVER_VERSIONS
+            {
+                Err(KmipError::new(
+                    result_reason::INVALID_MESSAGE,
+                    format!(
+                        "protocol version {}.{} is not supported; this server speaks KMIP 1.0 to 1.4 (ask with Discover Versions)",
+                        request.version.0, request.version.1
+                    ),
+                ))
+            } else {
+                self.run(item, placeholder.as_ref()).await
+            };
+            let failed = result.is_err();
+            let result = result.map(|(payload, id)| {
+                if id.is_some() {
+                    placeholder = id;
+                }
+                payload
+            });
+            outcomes.push(Outcome {
+                operation: Some(item.operation),
+                unique_id: item.unique_id.clone(),
+                result,
+            });
+            if failed && !request.continue_on_error {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    async fn run(&self, item: &BatchItem, placeholder: Option<&KeyId>) -> OpResult {
+        let p = &item.payload;
+        match item.operation {
+            operation::DISCOVER_VERSIONS => Ok((discover_versions(p), None)),
+            operation::QUERY => self.query(p),
+            operation::CREATE => self.create(p).await,
+            operation::REGISTER => self.register(p).await,
+            operation::GET => self.get(p, placeholder),
+            operation::LOCATE => self.locate(p),
+            operation::GET_ATTRIBUTES => self.get_attributes(p, placeholder),
+            operation::GET_ATTRIBUTE_LIST => self.get_attribute_list(p, placeholder),
+            operation::ADD_ATTRIBUTE => self.add_attribute(p, placeholder).await,
+            operation::MODIFY_ATTRIBUTE => self.modify_attribute(p, placeholder).await,
+            operation::DELETE_ATTRIBUTE => self.delete_attribute(p, placeholder).await,
+            operation::ACTIVATE => self.activate(p, placeholder).await,
+            operation::REVOKE => self.revoke(p, placeholder).await,
+            operation::DESTROY => self.destroy(p, placeholder).await,
+            other => Err(KmipError::new(
+                result_reason::OPERATION_NOT_SUPPORTED,
+                format!("operation {other:#x} is not supported"),
+            )),
+        }
+    }
+
+    fn query(&self, p: &Item) -> OpResult {
+        let mut out = Vec::new();
+        for function in p.children_with(tag::QUERY_FUNCTION) {
+            match function.as_enum() {
+                Some(query::OPERATIONS) => out.extend(
+                    operation::SUPPORTED
+                        .iter()
+                        .map(|op| Item::enumeration(tag::OPERATION, *op)),
+                ),
+                Some(query::OBJECTS) => {
+                    out.push(Item::enumeration(
+                        tag::OBJECT_TYPE,
+                        object_type::SYMMETRIC_KEY,
+                    ));
+                }
+                Some(query::SERVER_INFORMATION) => {
+                    out.push(Item::text(
+                        tag::VENDOR_IDENTIFICATION,
+                        format!(
+                            "shadowkeep {} (server {})",
+                            env!("CARGO_PKG_VERSION"),
+                            self.server_id
+                        ),
+                    ));
+                    out.push(Item::structure(tag::SERVER_INFORMATION, Vec::new()));
+                }
+                Some(query::APPLICATION_NAMESPACES) => out.extend(
+                    TAPE_NAMESPACES
+                        .iter()
+                        .map(|ns| Item::text(tag::APPLICATION_NAMESPACE, *ns)),
+                ),
+                Some(_) => {}
+                None => return Err(KmipError::invalid("Query Function must be an Enumeration")),
+            }
+        }
+        // Query answers in a fixed field order: operations, object types, vendor, namespaces.
+        out.sort_by_key(|i| match i.tag {
+            t if t == tag::OPERATION => 0,
+            t if t == tag::OBJECT_TYPE => 1,
+            t if t == tag::VENDOR_IDENTIFICATION => 2,
+            t if t == tag::SERVER_INFORMATION => 3,
+            _ => 4,
+        });
+        Ok((out, None))
+    }
+
+    async fn create(&self, p: &Item) -> OpResult {
+        require_symmetric(p)?;
+        let template = template_attributes(p)?;
+        let (length, rest) = take_cipher(template)?;
+        let now = Timestamp::now();
+        let mut key = Key::generate(&self.kek, first_name(&rest), Algorithm::Aes, length, now)
+            .map_err(|e| KmipError::new(result_reason::CRYPTOGRAPHIC_FAILURE, e.to_string()))?;
+        apply_template(&mut key, rest, now.as_millisecond())?;
+        self.commit(key.clone()).await?;
+        Ok((
+            vec![
+                Item::enumeration(tag::OBJECT_TYPE, object_type::SYMMETRIC_KEY),
+                uid_item(&key.id),
+            ],
+            Some(key.id),
+        ))
+    }
+
+    async fn register(&self, p: &Item) -> OpResult {
+        require_symmetric(p)?;
+        let template = template_attributes(p)?;
+        let block = p
+            .child(tag::SYMMETRIC_KEY)
+            .ok_or_else(|| KmipError::missing("Symmetric Key"))?
+            .child(tag::KEY_BLOCK)
+            .ok_or_else(|| KmipError::missing("Symmetric Key: Key Block"))?;
+        if block.child(tag::KEY_WRAPPING_DATA).is_some() {
+            return Err(KmipError::new(
+                result_reason::FEATURE_NOT_SUPPORTED,
+                "wrapped key material cannot be registered; send it unwrapped over the TLS connection",
+            ));
+        }
+        let format = enum_field(block, tag::KEY_FORMAT_TYPE, "Key Format Type")?
+            .ok_or_else(|| KmipError::missing("Key Block: Key Format Type"))?;
+        let key_value = block
+            .child(tag::KEY_VALUE)
+            .ok_or_else(|| KmipError::missing("Key Block: Key Value"))?;
+        let material_item = key_value
+            .child(tag::KEY_MATERIAL)
+            .ok_or_else(|| KmipError::missing("Key Value: Key Material"))?;
+        let material = match format {
+            key_format::RAW => material_item.as_bytes(),
+            key_format::TRANSPARENT_SYMMETRIC_KEY => material_item.child(tag::KEY).and_then(Item::as_bytes),
+            other => {
+                return Err(KmipError::new(
+                    result_reason::KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                    format!("Key Format Type {other:#x} is not supported; use Raw or Transparent Symmetric Key"),
+                ));
+            }
+        }
+        .ok_or_else(|| KmipError::invalid("Key Material must hold the key bytes"))?;
+        let block_alg = enum_field(
+            block,
+            tag::CRYPTOGRAPHIC_ALGORITHM,
+            "Cryptographic Algorithm",
+        )?;
+        let block_len = int_field(block, tag::CRYPTOGRAPHIC_LENGTH, "Cryptographic Length")?;
+        let mut template = template;
+        // The key block states the cipher; the template may repeat it.
+        if let Some(alg) = block_alg {
+            template.retain(|a| a.0 != "Cryptographic Algorithm");
+            template.push((
+                "Cryptographic Algorithm".to_owned(),
+                Value::Enumeration(alg),
+            ));
+        }
+        if let Some(len) = block_len {
+            template.retain(|a| a.0 != "Cryptographic Length");
+            template.push(("Cryptographic Length".to_owned(), Value::Integer(len)));
+        }
+        let (length, rest) = take_cipher(template)?;
+        if material.len() * 8 != usize::from(length) {
+            return Err(KmipError::invalid(format!(
+                "Key Material holds {} bits but Cryptographic Length says {length}",
+                material.len() * 8
+            )));
+        }
+        let now = Timestamp::now();
+        let mut key = Key::from_material(
+            &self.kek,
+            first_name(&rest),
+            Algorithm::Aes,
+            length,
+            material,
+            now,
+        )
+        .map_err(|e| KmipError::invalid(e.to_string()))?;
+        apply_template(&mut key, rest, now.as_millisecond())?;
+        self.commit(key.clone()).await?;
+        Ok((vec![uid_item(&key.id)], Some(key.id)))
+    }
+
+    fn get(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let key = self.key(p, placeholder)?;
+        if key.state == KeyState::Destroyed {
+            return Err(KmipError::new(
+                result_reason::ITEM_NOT_FOUND,
+                format!(
+                    "key {} is destroyed; its material is no longer served",
+                    key.id
+                ),
+            ));
+        }
+        if p.child(tag::KEY_WRAPPING_SPECIFICATION).is_some()
+            || p.child(tag::KEY_COMPRESSION_TYPE).is_some()
+        {
+            return Err(KmipError::new(
+                result_reason::FEATURE_NOT_SUPPORTED,
+                "key wrapping and compression are not supported; the key travels over the TLS connection",
+            ));
+        }
+        let format =
+            enum_field(p, tag::KEY_FORMAT_TYPE, "Key Format Type")?.unwrap_or(key_format::RAW);
+        let plaintext = self.kek.open(&key.id, &key.material).map_err(|e| {
+            tracing::error!(key = %key.id, error = %e, "failed to open key material");
+            KmipError::new(
+                result_reason::CRYPTOGRAPHIC_FAILURE,
+                format!("key {} cannot be opened on this server", key.id),
+            )
+        })?;
+        let material = match format {
+            key_format::RAW => Item::bytes(tag::KEY_MATERIAL, plaintext.to_vec()),
+            key_format::TRANSPARENT_SYMMETRIC_KEY => Item::structure(
+                tag::KEY_MATERIAL,
+                vec![Item::bytes(tag::KEY, plaintext.to_vec())],
+            ),
+            other => {
+                return Err(KmipError::new(
+                    result_reason::KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                    format!(
+                        "Key Format Type {other:#x} is not supported; use Raw or Transparent Symmetric Key"
+                    ),
+                ));
+            }
+        };
+        let block = Item::structure(
+            tag::KEY_BLOCK,
+            vec![
+                Item::enumeration(tag::KEY_FORMAT_TYPE, format),
+                Item::structure(tag::KEY_VALUE, vec![material]),
+                Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, algorithm::AES),
+                Item::integer(tag::CRYPTOGRAPHIC_LENGTH, i32::from(key.length)),
+            ],
+        );
+        Ok((
+            vec![
+                Item::enumeration(tag::OBJECT_TYPE, object_type::SYMMETRIC_KEY),
+                uid_item(&key.id),
+                Item::structure(tag::SYMMETRIC_KEY, vec![block]),
+            ],
+            Some(key.id),
+        ))
+    }
+
+    fn locate(&self, p: &Item) -> OpResult {
+        let max = match int_field(p, tag::MAXIMUM_ITEMS, "Maximum Items")? {
+            Some(n) => usize::try_from(n)
+                .map_err(|_| KmipError::invalid("Maximum Items must not be negative"))?,
+            None => usize::MAX,
+        };
+        let criteria = p
+            .children_with(tag::ATTRIBUTE)
+            .map(|a| attributes::parse(a).map(|(name, _, value)| (name, value)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut found: Vec<(Timestamp, KeyId)> = self.store.read(|ks| {
+            ks.keys()
+                .filter(|k| {
+                    criteria
+                        .iter()
+                        .all(|(name, value)| attributes::matches(k, name, value))
+                })
+                .map(|k| (k.created_at, k.id.clone()))
+                .collect()
+        });
+        // Newest first: a tape library that finds several keys for a barcode wants the
+        // one it wrote last.
+        found.sort_by(|a, b| b.cmp(a));
+        found.truncate(max);
+        let first = found.first().map(|(_, id)| id.clone());
+        Ok((found.iter().map(|(_, id)| uid_item(id)).collect(), first))
+    }
+
+    fn get_attributes(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let key = self.key(p, placeholder)?;
+        let names = p
+            .children_with(tag::ATTRIBUTE_NAME)
+            .map(|n| {
+                n.as_text()
+                    .ok_or_else(|| KmipError::invalid("Attribute Name must be a Text String"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let attrs = if names.is_empty() {
+            attributes::all(&key)
+        } else {
+            names
+                .iter()
+                .flat_map(|n| attributes::named(&key, n))
+                .collect()
+        };
+        let mut out = vec![uid_item(&key.id)];
+        out.extend(attrs.iter().map(|a| a.to_item(true)));
+        Ok((out, Some(key.id)))
+    }
+
+    fn get_attribute_list(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let key = self.key(p, placeholder)?;
+        let mut names: Vec<String> = attributes::all(&key).into_iter().map(|a| a.name).collect();
+        names.dedup();
+        let mut out = vec![uid_item(&key.id)];
+        out.extend(
+            names
+                .into_iter()
+                .map(|n| Item::text(tag::ATTRIBUTE_NAME, n)),
+        );
+        Ok((out, Some(key.id)))
+    }
+
+    async fn add_attribute(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let (name, index, value) = attributes::parse(
+            p.child(tag::ATTRIBUTE)
+                .ok_or_else(|| KmipError::missing("Attribute"))?,
+        )?;
+        if index.is_some() {
+            return Err(KmipError::invalid(
+                "Add Attribute takes no Attribute Index; the server assigns it",
+            ));
+        }
+        let multi = attributes::settable(&name)?;
+        attributes::check_value(&name, &value)?;
+        self.change(p, placeholder, |key, now_ms| {
+            if !multi && !attributes::instances(key, &name).is_empty() {
+                return Err(KmipError::new(
+                    result_reason::ILLEGAL_OPERATION,
+                    format!("{name} has a single instance already; use Modify Attribute"),
+                ));
+            }
+            let attr = Attribute {
+                index: attributes::next_index(key, &name),
+                name: name.clone(),
+                value: value.clone(),
+            };
+            attributes::set(key, &attr, now_ms)?;
+            Ok(attr)
+        })
+        .await
+    }
+
+    async fn modify_attribute(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let (name, index, value) = attributes::parse(
+            p.child(tag::ATTRIBUTE)
+                .ok_or_else(|| KmipError::missing("Attribute"))?,
+        )?;
+        attributes::settable(&name)?;
+        attributes::check_value(&name, &value)?;
+        let index = index.unwrap_or(0);
+        self.change(p, placeholder, |key, now_ms| {
+            if !attributes::instances(key, &name)
+                .iter()
+                .any(|a| a.index == index)
+            {
+                return Err(KmipError::new(
+                    result_reason::ITEM_NOT_FOUND,
+                    format!("{name} has no instance with index {index}"),
+                ));
+            }
+            let attr = Attribute {
+                name: name.clone(),
+                index,
+                value: value.clone(),
+            };
+            attributes::set(key, &attr, now_ms)?;
+            Ok(attr)
+        })
+        .await
+    }
+
+    async fn delete_attribute(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let name = text_field(p, tag::ATTRIBUTE_NAME, "Attribute Name")?
+            .ok_or_else(|| KmipError::missing("Attribute Name"))?
+            .to_owned();
+        let index = int_field(p, tag::ATTRIBUTE_INDEX, "Attribute Index")?.unwrap_or(0);
+        let index = u32::try_from(index)
+            .map_err(|_| KmipError::invalid("Attribute Index must not be negative"))?;
+        attributes::settable(&name)?;
+        self.change(p, placeholder, |key, now_ms| {
+            let old = attributes::instances(key, &name)
+                .into_iter()
+                .find(|a| a.index == index)
+                .ok_or_else(|| {
+                    KmipError::new(
+                        result_reason::ITEM_NOT_FOUND,
+                        format!("{name} has no instance with index {index}"),
+                    )
+                })?;
+            attributes::delete(key, &name, index, now_ms);
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn activate(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        self.transition(p, placeholder, |key, now| {
+            if key.state != KeyState::PreActive {
+                return Err(wrong_state(key, "activated", "Pre-Active"));
+            }
+            key.state = KeyState::Active;
+            attributes::set_date(
+                key,
+                "Activation Date",
+                now.as_second(),
+                now.as_millisecond(),
+            )
+        })
+        .await
+    }
+
+    async fn revoke(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        let reason = p
+            .child(tag::REVOCATION_REASON)
+            .ok_or_else(|| KmipError::missing("Revocation Reason"))?;
+        enum_field(
+            reason,
+            tag::REVOCATION_REASON_CODE,
+            "Revocation Reason Code",
+        )?
+        .ok_or_else(|| KmipError::missing("Revocation Reason: Revocation Reason Code"))?;
+        let reason = reason.value.clone();
+        self.transition(p, placeholder, |key, now| {
+            if !matches!(key.state, KeyState::PreActive | KeyState::Active) {
+                return Err(wrong_state(key, "revoked", "Pre-Active or Active"));
+            }
+            key.state = KeyState::Deactivated;
+            let ms = now.as_millisecond();
+            attributes::set_date(key, "Deactivation Date", now.as_second(), ms)?;
+            attributes::set(
+                key,
+                &Attribute {
+                    name: "Revocation Reason".to_owned(),
+                    index: 0,
+                    value: reason.clone(),
+                },
+                ms,
+            )
+        })
+        .await
+    }
+
+    async fn destroy(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
+        self.transition(p, placeholder, |key, now| {
+            match key.state {
+                KeyState::Active => {
+                    return Err(KmipError::new(
+                        result_reason::PERMISSION_DENIED,
+                        format!("key {} is active; revoke it before destroying it", key.id),
+                    ));
+                }
+                KeyState::Destroyed => {
+                    return Err(wrong_state(key, "destroyed", "Pre-Active or Deactivated"));
+                }
+                KeyState::PreActive | KeyState::Deactivated => {}
+            }
+            key.state = KeyState::Destroyed;
+            attributes::set_date(key, "Destroy Date", now.as_second(), now.as_millisecond())
+        })
+        .await
+    }
+
+    /// A state change: applies `f` to the key and answers with its Unique Identifier.
+    async fn transition(
+        &self,
+        p: &Item,
+        placeholder: Option<&KeyId>,
+        f: impl FnOnce(&mut Key, Timestamp) -> Result<(), KmipError>,
+    ) -> OpResult {
+        let guard = self.modify.lock().await;
+        let mut key = self.key(p, placeholder)?;
+        f(&mut key, Timestamp::now())?;
+        self.commit(key.clone()).await?;
+        drop(guard);
+        Ok((vec![uid_item(&key.id)], Some(key.id)))
+    }
+
+    /// An attribute change: applies `f` and answers with the Unique Identifier and the
+    /// attribute `f` returns.
+    async fn change(
+        &self,
+        p: &Item,
+        placeholder: Option<&KeyId>,
+        f: impl FnOnce(&mut Key, i64) -> Result<Attribute, KmipError>,
+    ) -> OpResult {
+        let guard = self.modify.lock().await;
+        let mut key = self.key(p, placeholder)?;
+        if key.state == KeyState::Destroyed {
+            return Err(KmipError::new(
+                result_reason::PERMISSION_DENIED,
+                format!("key {} is destroyed; its attributes are frozen", key.id),
+            ));
+        }
+        let attr = f(&mut key, Timestamp::now().as_millisecond())?;
+        self.commit(key.clone()).await?;
+        drop(guard);
+        Ok((vec![uid_item(&key.id), attr.to_item(true)], Some(key.id)))
+    }
+
+    async fn commit(&self, key: Key) -> Result<(), KmipError> {
+        let id = key.id.clone();
+        self.store.commit(vec![key]).await.map_err(|e| {
+            tracing::error!(key = %id, error = %e, "failed to store key");
+            KmipError::new(
+                result_reason::GENERAL_FAILURE,
+                format!("key {id} could not be stored durably; nothing was changed"),
+            )
+        })
+    }
+
+    /// The key the payload names, or the ID Placeholder's.
+    fn key(&self, p: &Item, placeholder: Option<&KeyId>) -> Result<Key, KmipError> {
+        let id = match text_field(p, tag::UNIQUE_IDENTIFIER, "Unique Identifier")? {
+            Some(text) => KeyId::try_from(text.to_owned()).map_err(|_| not_found(text))?,
+            None => placeholder.cloned().ok_or_else(|| {
+                KmipError::missing(
+                    "Unique Identifier (no earlier item of this batch set the ID Placeholder)",
+                )
+            })?,
+        };
+        self.store.get(&id).ok_or_else(|| not_found(id.as_str()))
+    }
+}
+
+fn not_found(id: &str) -> KmipError {
+    KmipError::new(
+        result_reason::ITEM_NOT_FOUND,
+        format!("no key with Unique Identifier {id:?}"),
+    )
+}
+
+fn wrong_state(key: &Key, action: &str, needed: &str) -> KmipError {
+    KmipError::new(
+        result_reason::PERMISSION_DENIED,
+        format!(
+            "key {} is {:?} and cannot be {action}; it must be {needed}",
+            key.id, key.state
+        ),
+    )
+}
+
+fn uid_item(id: &KeyId) -> Item {
+    Item::text(tag::UNIQUE_IDENTIFIER, id.as_str())
+}
+
+fn discover_versions(p: &Item) -> Vec<Item> {
+    let asked: Vec<(i32, i32)> = p
+        .children_with(tag::PROTOCOL_VERSION)
+        .filter_map(parse_version)
+        .collect();
+    VERSIONS
+        .iter()
+        .filter(|v| asked.is_empty() || asked.contains(v))
+        .map(|v| version_item(*v))
+        .collect()
+}
+
+fn require_symmetric(p: &Item) -> Result<(), KmipError> {
+    match enum_field(p, tag::OBJECT_TYPE, "Object Type")? {
+        Some(object_type::SYMMETRIC_KEY) => Ok(()),
+        Some(other) => Err(KmipError::new(
+            result_reason::FEATURE_NOT_SUPPORTED,
+            format!(
+                "Object Type {other:#x} is not supported; this server keeps symmetric keys (2)"
+            ),
+        )),
+        None => Err(KmipError::missing("Object Type")),
+    }
+}
+
+/// The attributes of a Template-Attribute, in order.
+fn template_attributes(p: &Item) -> Result<Vec<(String, Value)>, KmipError> {
+    let Some(template) = p.child(tag::TEMPLATE_ATTRIBUTE) else {
+        return Ok(Vec::new());
+    };
+    if template.child(tag::NAME).is_some() {
+        return Err(KmipError::new(
+            result_reason::FEATURE_NOT_SUPPORTED,
+            "named templates are not supported; give the attributes themselves",
+        ));
+    }
+    template
+        .children_with(tag::ATTRIBUTE)
+        .map(|a| attributes::parse(a).map(|(name, _, value)| (name, value)))
+        .collect()
+}
+
+/// Takes the cipher out of a template: AES, 128/192/256 bits.
+fn take_cipher(template: Vec<(String, Value)>) -> Result<(u16, Vec<(String, Value)>), KmipError> {
+    let mut alg = None;
+    let mut len = None;
+    let mut rest = Vec::new();
+    for (name, value) in template {
+        match (name.as_str(), &value) {
+            ("Cryptographic Algorithm", Value::Enumeration(a)) => alg = Some(*a),
+            ("Cryptographic Length", Value::Integer(l)) => len = Some(*l),
+            ("Cryptographic Algorithm", _) => {
+                return Err(KmipError::invalid(
+                    "Cryptographic Algorithm must be an Enumeration",
+                ));
+            }
+            ("Cryptographic Length", _) => {
+                return Err(KmipError::invalid(
+                    "Cryptographic Length must be an Integer",
+                ));
+            }
+            _ => rest.push((name, value)),
+        }
+    }
+    match alg {
+        Some(algorithm::AES) => {}
+        Some(other) => {
+            return Err(KmipError::new(
+                result_reason::FEATURE_NOT_SUPPORTED,
+                format!("Cryptographic Algorithm {other:#x} is not supported; use AES (3)"),
+            ));
+        }
+        None => return Err(KmipError::missing("Cryptographic Algorithm")),
+    }
+    let len = len.ok_or_else(|| KmipError::missing("Cryptographic Length"))?;
+    match u16::try_from(len) {
+        Ok(bits @ (128 | 192 | 256)) => Ok((bits, rest)),
+        _ => Err(KmipError::invalid(format!(
+            "Cryptographic Length {len} is not an AES key length (128, 192, 256)"
+        ))),
+    }
+}
+
+/// The first Name's value, used as the key's label.
+fn first_name(template: &[(String, Value)]) -> String {
+    template
+        .iter()
+        .find(|(n, _)| n == "Name")
+        .and_then(|(_, v)| match v {
+            Value::Structure(children) => children
+                .iter()
+                .find(|c| c.tag == tag::NAME_VALUE)?
+                .as_text()
+                .map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Stores the client's template attributes on a new key, checking each.
+fn apply_template(
+    key: &mut Key,
+    template: Vec<(String, Value)>,
+    now_ms: i64,
+) -> Result<(), KmipError> {
+    for (name, value) in template {
+        let multi = attributes::settable(&name)?;
+        attributes::check_value(&name, &value)?;
+        let index = attributes::next_index(key, &name);
+        if index > 0 && !multi {
+            return Err(KmipError::invalid(format!("{name} may be given only once")));
+        }
+        attributes::set(key, &Attribute { name, index, value }, now_ms)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The KMIP tags this server reads or writes (KMIP 1.4 section 9.1.3.1).
+
+#![allow(missing_docs)] // Each constant is the tag of the KMIP field it is named after.
+
+use crate::ttlv::Tag;
+
+pub const ACTIVATION_DATE: Tag = Tag(0x42_0001);
+pub const APPLICATION_DATA: Tag = Tag(0x42_0002);
+pub const APPLICATION_NAMESPACE: Tag = Tag(0x42_0003);
+pub const APPLICATION_SPECIFIC_INFORMATION: Tag = Tag(0x42_0004);
+pub const ATTRIBUTE: Tag = Tag(0x42_0008);
+pub const ATTRIBUTE_INDEX: Tag = Tag(0x42_0009);
+pub const ATTRIBUTE_NAME: Tag = Tag(0x42_000A);
+pub const ATTRIBUTE_VALUE: Tag = Tag(0x42_000B);
+pub const AUTHENTICATION: Tag = Tag(0x42_000C);
+pub const BATCH_COUNT: Tag = Tag(0x42_000D);
+pub const BATCH_ERROR_CONTINUATION_OPTION: Tag = Tag(0x42_000E);
+pub const BATCH_ITEM: Tag = Tag(0x42_000F);
+pub const CREDENTIAL: Tag = Tag(0x42_0023);
+pub const CREDENTIAL_TYPE: Tag = Tag(0x42_0024);
+pub const CREDENTIAL_VALUE: Tag = Tag(0x42_0025);
+pub const CRYPTOGRAPHIC_ALGORITHM: Tag = Tag(0x42_0028);
+pub const CRYPTOGRAPHIC_LENGTH: Tag = Tag(0x42_002A);
+pub const DEACTIVATION_DATE: Tag = Tag(0x42_002F);
+pub const DESTROY_DATE: Tag = Tag(0x42_0033);
+pub const INITIAL_DATE: Tag = Tag(0x42_0039);
+pub const KEY: Tag = Tag(0x42_003F);
+pub const KEY_BLOCK: Tag = Tag(0x42_0040);
+pub const KEY_COMPRESSION_TYPE: Tag = Tag(0x42_0041);
+pub const KEY_FORMAT_TYPE: Tag = Tag(0x42_0042);
+pub const KEY_MATERIAL: Tag = Tag(0x42_0043);
+pub const KEY_VALUE: Tag = Tag(0x42_0045);
+pub const KEY_WRAPPING_DATA: Tag = Tag(0x42_0046);
+pub const KEY_WRAPPING_SPECIFICATION: Tag = Tag(0x42_0047);
+pub const LAST_CHANGE_DATE: Tag = Tag(0x42_0048);
+pub const MAXIMUM_ITEMS: Tag = Tag(0x42_004F);
+pub const NAME: Tag = Tag(0x42_0053);
+pub const NAME_TYPE: Tag = Tag(0x42_0054);
+pub const NAME_VALUE: Tag = Tag(0x42_0055);
+pub const OBJECT_TYPE: Tag = Tag(0x42_0057);
+pub const OPERATION: Tag = Tag(0x42_005C);
+pub const PROTOCOL_VERSION: Tag = Tag(0x42_0069);
+pub const PROTOCOL_VERSION_MAJOR: Tag = Tag(0x42_006A);
+pub const PROTOCOL_VERSION_MINOR: Tag = Tag(0x42_006B);
+pub const QUERY_FUNCTION: Tag = Tag(0x42_0074);
+pub const REQUEST_HEADER: Tag = Tag(0x42_0077);
+pub const REQUEST_MESSAGE: Tag = Tag(0x42_0078);
+pub const REQUEST_PAYLOAD: Tag = Tag(0x42_0079);
+pub const RESPONSE_HEADER: Tag = Tag(0x42_007A);
+pub const RESPONSE_MESSAGE: Tag = Tag(0x42_007B);
+pub const RESPONSE_PAYLOAD: Tag = Tag(0x42_007C);
+pub const RESULT_MESSAGE: Tag = Tag(0x42_007D);
+pub const RESULT_REASON: Tag = Tag(0x42_007E);
+pub const RESULT_STATUS: Tag = Tag(0x42_007F);
+pub const REVOCATION_REASON: Tag = Tag(0x42_0081);
+pub const REVOCATION_REASON_CODE: Tag = Tag(0x42_0082);
+pub const SERVER_INFORMATION: Tag = Tag(0x42_0088);
+pub const STATE: Tag = Tag(0x42_008D);
+pub const SYMMETRIC_KEY: Tag = Tag(0x42_008F);
+pub const TEMPLATE_ATTRIBUTE: Tag = Tag(0x42_0091);
+pub const TIME_STAMP: Tag = Tag(0x42_0092);
+pub const UNIQUE_BATCH_ITEM_ID: Tag = Tag(0x42_0093);
+pub const UNIQUE_IDENTIFIER: Tag = Tag(0x42_0094);
+pub const VENDOR_IDENTIFICATION: Tag = Tag(0x42_009D);
+pub const DEVICE_SERIAL_NUMBER: Tag = Tag(0x42_00B0);

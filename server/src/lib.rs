@@ -1,0 +1,23 @@
+//! The shadowkeep key server: KMIP over mutual TLS in front of a durable keystore.
+//!
+//! - [`ttlv`]: the KMIP binary encoding, strict and bounded.
+//! - [`kmip`]: requests, responses and the operations, over the store.
+//! - [`store`]: the durable keystore (fsynced log and snapshot, group commit).
+//! - [`tls`] and [`auth`]: mutual TLS, and the drive table's verdict on each client.
+//! - [`net`]: connections — framing, timeouts, graceful shutdown.
+//! - [`dev`]: the files a local development server needs.
+//! - [`client`]: a small KMIP client, for tests and the load generator.
+//!
+//! [`run`] is the whole server: the binary parses arguments and calls it, and tests bind
+//! port 0 and call it too.
+
+pub mod auth;
+pub mod client;
+pub mod dev;
+pub mod kmip;
+pub mod net;
+pub mod store;
+pub mod tls;
+pub mod ttlv;
+
+pub use net::{Server, ServerError, run};

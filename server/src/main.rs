@@ -1,0 +1,111 @@
+//! `shadowkeep-server`: see `shadowkeep-server --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use shadowkeep_api::server_config::ServerConfig;
+use shadowkeep_server::{Server, dev};
+use tokio::net::TcpListener;
+
+/// The shadowkeep key server: KMIP over mutual TLS, durable keystore.
+#[derive(Debug, Parser)]
+#[command(name = "shadowkeep-server", version, about)]
+struct Args {
+    /// Configuration file (YAML), as rendered by the operator.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "dev",
+        conflicts_with = "dev"
+    )]
+    config: Option<PathBuf>,
+    /// Development mode: make a CA, certificates and a KEK in --data-dir if missing, and serve.
+    #[arg(long, requires = "data_dir")]
+    dev: bool,
+    /// Data directory for development mode.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// KMIP listen address for development mode (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5696")]
+    listen: SocketAddr,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowkeep-server: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shadowkeep-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let config = match (&args.config, &args.data_dir) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+            ServerConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        (None, Some(dir)) => dev::prepare(dir, args.listen).map_err(|e| e.to_string())?,
+        (None, None) => return Err("either --config or --dev --data-dir is required".to_owned()),
+    };
+    let server = Server::new(&config).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(config.kmip.listen)
+        .await
+        .map_err(|e| format!("failed to listen on {}: {e}", config.kmip.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(dir) = args.data_dir.as_ref().filter(|_| args.dev) {
+        println!("shadowkeep-server (development mode)");
+        println!("  CA certificate:     {}", dir.join(dev::CA_CERT).display());
+        println!(
+            "  client certificate: {}",
+            dir.join(dev::CLIENT_CERT).display()
+        );
+        println!(
+            "  client key:         {}",
+            dir.join(dev::CLIENT_KEY).display()
+        );
+    }
+    // Tests and scripts read this line to learn the port.
+    println!("kmip listening on {addr}");
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Completes on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,310 @@
+//! Connections: TLS handshake, message framing, timeouts, and a shutdown that lets every
+//! request in flight finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use shadowkeep_api::keystore::Kek;
+use shadowkeep_api::server_config::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{DriveTable, Verdict};
+use crate::kmip::enums::result_reason;
+use crate::kmip::ops::Kmip;
+use crate::kmip::{self, KmipError};
+use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
+use crate::ttlv::{self, Item};
+
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the server could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The KEK file is missing or not a KEK.
+    #[error("failed to load the KEK from {path}: {reason}")]
+    Kek {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The keystore could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Accepting connections failed.
+    #[error("failed to accept connections: {0}")]
+    Accept(std::io::Error),
+}
+
+/// A configured server, ready to serve.
+pub struct Server {
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    kmip: Kmip,
+    drives: DriveTable,
+    idle: Duration,
+    connections: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Loads the KEK, opens the keystore and sets up TLS.
+    pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
+        let kek_error = |reason: String| ServerError::Kek {
+            path: config.kek_file.display().to_string(),
+            reason,
+        };
+        let raw = zeroize::Zeroizing::new(
+            std::fs::read(&config.kek_file).map_err(|e| kek_error(e.to_string()))?,
+        );
+        let kek = Kek::from_bytes(&raw).map_err(|e| kek_error(e.to_string()))?;
+        let store = Store::open(&config.data_dir)?;
+        let acceptor = TlsAcceptor::from(tls::server_config(&config.tls)?);
+        tracing::info!(
+            server_id = %config.server_id,
+            keys = store.read(shadowkeep_api::keystore::Keystore::len),
+            kek = kek.fingerprint(),
+            "keystore opened"
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                kmip: Kmip::new(store, kek, config.server_id.clone()),
+                drives: DriveTable::new(&config.drives),
+                idle: Duration::from_secs(config.kmip.idle_timeout_secs),
+                connections: Arc::new(Semaphore::new(config.kmip.max_connections)),
+            }),
+            acceptor,
+        })
+    }
+
+    /// The keystore served.
+    pub fn store(&self) -> &Store {
+        self.shared.kmip.store()
+    }
+
+    /// Serves KMIP on `listener` until `shutdown` completes, then lets requests in flight
+    /// finish (up to 30 seconds) and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            // Past the connection limit, new clients wait in the listen queue.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&self.shared.connections).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(error = %e, "failed to accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = Arc::clone(&self.shared);
+            let acceptor = self.acceptor.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                connection(stream, peer.to_string(), acceptor, &shared, &cancel).await;
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        cancel.cancel();
+        tracker.close();
+        if timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "requests still running after the shutdown grace period; stopping anyway"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Serves KMIP on `listener` with `config` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    Server::new(&config)?.serve(listener, shutdown).await
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: String,
+    acceptor: TlsAcceptor,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut tls = match timeout(shared.idle, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identities = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(tls::identities)
+        .unwrap_or_default();
+    loop {
+        let mut header = [0u8; 8];
+        let read = tokio::select! {
+            () = cancel.cancelled() => break,
+            read = timeout(shared.idle, tls.read_exact(&mut header)) => read,
+        };
+        match read {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::debug!(peer, "closing idle connection");
+                break;
+            }
+        }
+        let (reply, keep_open) = match read_message(&mut tls, header, shared.idle).await {
+            Ok(message) => (respond(&message, &identities, &peer, shared).await, true),
+            Err(Framing::Reply(error)) => {
+                tracing::info!(peer, error = %error, "malformed message");
+                (
+                    kmip::error_response(Timestamp::now().as_second(), error),
+                    false,
+                )
+            }
+            Err(Framing::Gone) => break,
+        };
+        let bytes = ttlv::encode(&reply);
+        let written = timeout(shared.idle, async {
+            tls.write_all(&bytes).await?;
+            tls.flush().await
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) || !keep_open {
+            break;
+        }
+    }
+    let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+enum Framing {
+    /// Answer with this error, then close: the stream can no longer be trusted.
+    Reply(KmipError),
+    /// The client went away or stalled.
+    Gone,
+}
+
+/// Reads the rest of a message whose 8-byte header was read. A message that is well framed
+/// but not valid TTLV is answered without closing; bad framing is answered and closed.
+async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    header: [u8; 8],
+    idle: Duration,
+) -> Result<Result<Item, KmipError>, Framing> {
+    let invalid = |m: String| Framing::Reply(KmipError::new(result_reason::INVALID_MESSAGE, m));
+    let (tag, item_type, len) = ttlv::read_header(&header).map_err(|e| invalid(e.to_string()))?;
+    if tag != kmip::tag::REQUEST_MESSAGE || item_type != 0x01 {
+        return Err(invalid(format!(
+            "expected a Request Message structure (tag 0x420078, type 0x01), got tag {tag} type {item_type:#04x}"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| invalid("message too large".to_owned()))?;
+    let mut bytes = vec![0u8; 8 + len];
+    bytes[..8].copy_from_slice(&header);
+    match timeout(idle, stream.read_exact(&mut bytes[8..])).await {
+        Ok(Ok(_)) => {}
+        _ => return Err(Framing::Gone),
+    }
+    Ok(ttlv::decode(&bytes)
+        .map_err(|e| KmipError::new(result_reason::INVALID_MESSAGE, e.to_string())))
+}
+
+async fn respond(
+    message: &Result<Item, KmipError>,
+    identities: &[String],
+    peer: &str,
+    shared: &Shared,
+) -> Item {
+    let now = Timestamp::now().as_second();
+    let request = match message
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(kmip::parse_request)
+    {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::info!(peer, error = %error, "invalid request");
+            return kmip::error_response(now, error);
+        }
+    };
+    let verdict = shared
+        .drives
+        .judge(identities, request.device_serial.as_deref());
+    if verdict == Verdict::Refused {
+        tracing::warn!(
+            peer,
+            identities = ?identities,
+            device_serial = request.device_serial.as_deref().unwrap_or(""),
+            "refused a client that is not in the drive table"
+        );
+    }
+    let outcomes = shared.kmip.handle(&request, verdict.allowed()).await;
+    for outcome in &outcomes {
+        let op = outcome.operation.map_or("?", kmip::operation_name);
+        match &outcome.result {
+            Ok(_) => tracing::debug!(peer, op, "ok"),
+            Err(e) => {
+                tracing::info!(peer, op, reason = e.label(), message = %e.message, "operation failed");
+            }
+        }
+    }
+    let version = if kmip::supported(request.version) {
+        request.version
+    } else {
+        kmip::VERSIONS[0]
+    };
+    kmip::response(version, now, outcomes)
+}

@@ -1,0 +1,500 @@
+//! Byte-level KMIP against a real server process on 127.0.0.1: what PyKMIP cannot send —
+//! batches, the ID Placeholder, continuation options — and malformed input, which must get
+//! a KMIP error or a closed connection, never a crash, and change nothing.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use shadowkeep_server::client::{
+    self, ClientFiles, KmipClient, application_specific, attribute, batch_items, create_aes, name,
+    payload, reason, request, status, uids,
+};
+use shadowkeep_server::kmip::enums::{key_format, operation, result_reason};
+use shadowkeep_server::kmip::tag;
+use shadowkeep_server::ttlv::{self, Item, Tag};
+use tokio_rustls::TlsConnector;
+
+const V12: (i32, i32) = (1, 2);
+
+/// A server process that is killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// A development server with its own data directory, and a config-file server with a
+    /// short idle timeout sharing its certificates.
+    fn start(name: &str, idle_secs: u64) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("shadowkeep-wire-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Let dev mode make the certificates and KEK, then serve from a config file.
+        let dev = spawn(&[
+            "--dev",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        drop(dev);
+        let config = format!(
+            "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\", idleTimeoutSecs: {idle_secs}}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives: {{acceptUnknown: true}}\n",
+            d = dir.display()
+        );
+        let config_path = dir.join("server.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let (child, addr) = spawn(&["--config", config_path.to_str().unwrap()]);
+        Self { child, addr, dir }
+    }
+
+    fn connector(&self) -> TlsConnector {
+        client::connector(&ClientFiles::dev(&self.dir)).unwrap()
+    }
+
+    async fn client(&self) -> KmipClient {
+        KmipClient::connect(self.addr, &self.connector())
+            .await
+            .unwrap()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Starts the binary and waits for its `kmip listening on` line.
+fn spawn(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(addr) = line.strip_prefix("kmip listening on ") {
+            return (child, addr.parse().unwrap());
+        }
+    }
+    panic!("server exited before listening: {:?}", child.wait());
+}
+
+fn item(items: &[&Item], i: usize) -> Item {
+    (*items.get(i).unwrap()).clone()
+}
+
+async fn create_tape_key(client: &mut KmipClient, barcode: &str, data: &str) -> String {
+    let more = vec![
+        attribute("Name", name(barcode)),
+        attribute(
+            "Application Specific Information",
+            application_specific("LIBRARY-LTO", data),
+        ),
+    ];
+    let response = client
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, more))],
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert_eq!(status(items[0]), Some(0), "{response:?}");
+    uids(payload(items[0]).unwrap())[0].clone()
+}
+
+async fn key_count(client: &mut KmipClient) -> usize {
+    let response = client
+        .call(&request(V12, vec![(operation::LOCATE, vec![])]))
+        .await
+        .unwrap();
+    uids(payload(batch_items(&response)[0]).unwrap()).len()
+}
+
+#[tokio::test]
+async fn locate_then_get_in_one_batch_uses_the_id_placeholder() {
+    let server = Server::start("placeholder", 60);
+    let mut c = server.client().await;
+    let uid = create_tape_key(&mut c, "ABC123L6", "0123456789ABCDEF").await;
+    create_tape_key(&mut c, "ABC124L6", "FEDCBA9876543210").await;
+
+    // TL-M-3: Locate by Object Type and Application Specific Information, then Get with
+    // an empty payload, in one batch.
+    let locate = vec![
+        attribute("Object Type", Item::enumeration(tag::ATTRIBUTE_VALUE, 2)),
+        attribute(
+            "Application Specific Information",
+            application_specific("LIBRARY-LTO", "0123456789ABCDEF"),
+        ),
+    ];
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::LOCATE, locate), (operation::GET, vec![])],
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert_eq!(items.len(), 2);
+    assert_eq!(uids(payload(items[0]).unwrap()), vec![uid.clone()]);
+    let get = payload(items[1]).unwrap();
+    assert_eq!(uids(get), vec![uid.clone()]);
+    let material = client::material(get).unwrap().to_vec();
+    assert_eq!(material.len(), 32);
+
+    // The same key by its id, in the transparent format.
+    let by_id = vec![
+        Item::text(tag::UNIQUE_IDENTIFIER, uid.clone()),
+        Item::enumeration(tag::KEY_FORMAT_TYPE, key_format::TRANSPARENT_SYMMETRIC_KEY),
+    ];
+    let response = c
+        .call(&request(V12, vec![(operation::GET, by_id)]))
+        .await
+        .unwrap();
+    let get = item(&batch_items(&response), 0);
+    let transparent = payload(&get)
+        .and_then(|p| p.child(tag::SYMMETRIC_KEY))
+        .and_then(|s| s.child(tag::KEY_BLOCK))
+        .and_then(|b| b.child(tag::KEY_VALUE))
+        .and_then(|v| v.child(tag::KEY_MATERIAL))
+        .and_then(|m| m.child(tag::KEY))
+        .and_then(Item::as_bytes)
+        .unwrap();
+    assert_eq!(transparent, material.as_slice());
+}
+
+#[tokio::test]
+async fn create_activate_and_read_state_in_one_batch() {
+    let server = Server::start("chain", 60);
+    let mut c = server.client().await;
+    let state_of = vec![Item::text(tag::ATTRIBUTE_NAME, "State")];
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::CREATE, create_aes(128, vec![])),
+                (operation::ACTIVATE, vec![]),
+                (operation::GET_ATTRIBUTES, state_of),
+            ],
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert!(items.iter().all(|i| status(i) == Some(0)), "{response:?}");
+    let attrs = payload(items[2]).unwrap();
+    let state = attrs
+        .child(tag::ATTRIBUTE)
+        .and_then(|a| a.child(tag::ATTRIBUTE_VALUE))
+        .and_then(Item::as_enum);
+    assert_eq!(state, Some(2), "Active");
+}
+
+fn header_with(items: Vec<(u32, Vec<Item>)>, continue_on_error: bool) -> Item {
+    let mut message = request(V12, items);
+    if continue_on_error
+        && let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
+        && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+    {
+        header.push(Item::enumeration(tag::BATCH_ERROR_CONTINUATION_OPTION, 1));
+    }
+    message
+}
+
+#[tokio::test]
+async fn a_failed_item_stops_the_batch_unless_asked_to_continue() {
+    let server = Server::start("continue", 60);
+    let mut c = server.client().await;
+    let bogus = vec![Item::text(tag::UNIQUE_IDENTIFIER, "no-such-key")];
+    let items = || {
+        vec![
+            (operation::GET, bogus.clone()),
+            (operation::CREATE, create_aes(256, vec![])),
+        ]
+    };
+    let response = c.call(&header_with(items(), false)).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(out.len(), 1, "stop: nothing after the failure runs");
+    assert_eq!(reason(out[0]), Some(result_reason::ITEM_NOT_FOUND));
+    assert_eq!(key_count(&mut c).await, 0);
+
+    let response = c.call(&header_with(items(), true)).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(out.len(), 2);
+    assert_eq!(reason(out[0]), Some(result_reason::ITEM_NOT_FOUND));
+    assert_eq!(status(out[1]), Some(0));
+    assert_eq!(key_count(&mut c).await, 1);
+}
+
+#[tokio::test]
+async fn batches_of_more_than_32_items_are_refused_whole() {
+    let server = Server::start("batch33", 60);
+    let mut c = server.client().await;
+    let ok = vec![(operation::CREATE, create_aes(256, vec![])); 32];
+    let response = c.call(&request(V12, ok)).await.unwrap();
+    assert_eq!(batch_items(&response).len(), 32);
+    let too_many = vec![(operation::CREATE, create_aes(256, vec![])); 33];
+    let response = c.call(&request(V12, too_many)).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(out.len(), 1);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_MESSAGE));
+    assert!(client::message(out[0]).unwrap().contains("at most 32"));
+    assert_eq!(
+        key_count(&mut c).await,
+        32,
+        "the refused batch created nothing"
+    );
+}
+
+#[tokio::test]
+async fn unknown_operations_and_versions_get_clear_errors() {
+    let server = Server::start("unsupported", 60);
+    let mut c = server.client().await;
+    let response = c.call(&request(V12, vec![(0x2C, vec![])])).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::OPERATION_NOT_SUPPORTED));
+
+    let response = c
+        .call(&request(
+            (3, 0),
+            vec![(operation::CREATE, create_aes(256, vec![]))],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_MESSAGE));
+    assert!(client::message(out[0]).unwrap().contains("KMIP 1.0 to 1.4"));
+
+    // Discover Versions works in any version, and answers the intersection.
+    let asked = vec![
+        shadowkeep_server::kmip::version_item((2, 0)),
+        shadowkeep_server::kmip::version_item((1, 2)),
+    ];
+    let response = c
+        .call(&request(
+            (2, 0),
+            vec![(operation::DISCOVER_VERSIONS, asked)],
+        ))
+        .await
+        .unwrap();
+    let versions: Vec<(i32, i32)> = payload(batch_items(&response)[0])
+        .unwrap()
+        .children_with(tag::PROTOCOL_VERSION)
+        .filter_map(shadowkeep_server::kmip::parse_version)
+        .collect();
+    assert_eq!(versions, vec![(1, 2)]);
+}
+
+#[tokio::test]
+async fn register_checks_the_material_against_the_length() {
+    let server = Server::start("register", 60);
+    let mut c = server.client().await;
+    let block = |bytes: Vec<u8>| {
+        Item::structure(
+            tag::SYMMETRIC_KEY,
+            vec![Item::structure(
+                tag::KEY_BLOCK,
+                vec![
+                    Item::enumeration(tag::KEY_FORMAT_TYPE, key_format::RAW),
+                    Item::structure(tag::KEY_VALUE, vec![Item::bytes(tag::KEY_MATERIAL, bytes)]),
+                    Item::enumeration(tag::CRYPTOGRAPHIC_ALGORITHM, 3),
+                    Item::integer(tag::CRYPTOGRAPHIC_LENGTH, 256),
+                ],
+            )],
+        )
+    };
+    let register = |bytes: Vec<u8>| {
+        vec![
+            Item::enumeration(tag::OBJECT_TYPE, 2),
+            Item::structure(tag::TEMPLATE_ATTRIBUTE, vec![]),
+            block(bytes),
+        ]
+    };
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::REGISTER, register(vec![7; 16]))],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_FIELD));
+    assert!(
+        client::message(out[0])
+            .unwrap()
+            .contains("128 bits but Cryptographic Length says 256")
+    );
+
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::REGISTER, register(vec![7; 32])),
+                (operation::GET, vec![]),
+            ],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(
+        client::material(payload(out[1]).unwrap()),
+        Some(&[7u8; 32][..])
+    );
+}
+
+#[tokio::test]
+async fn malformed_messages_get_errors_and_change_nothing() {
+    let mut server = Server::start("malformed", 60);
+    let mut c = server.client().await;
+    create_tape_key(&mut c, "KEEP0001", "00").await;
+
+    // Well framed, but the body is not TTLV: answered, and the connection stays usable.
+    let mut bad = ttlv::encode(&request(
+        V12,
+        vec![(operation::CREATE, create_aes(256, vec![]))],
+    ));
+    bad[8 + 3] = 0x0F; // the first child's type byte: no such type
+    let response = c.send_raw(&bad).await.unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::INVALID_MESSAGE)
+    );
+    assert_eq!(key_count(&mut c).await, 1);
+
+    // A structure that is not a Request Message: answered, then closed.
+    let wrong = ttlv::encode(&Item::structure(Tag(0x42_007B), vec![]));
+    let response = c.send_raw(&wrong).await.unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::INVALID_MESSAGE)
+    );
+    assert!(c.is_closed().await);
+
+    // A header claiming 16 MiB: refused at once, without waiting for the bytes.
+    let mut c = server.client().await;
+    let mut huge = vec![0x42, 0x00, 0x78, 0x01];
+    huge.extend_from_slice(&(16u32 << 20).to_be_bytes());
+    let response = tokio::time::timeout(Duration::from_secs(5), c.send_raw(&huge))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        client::message(batch_items(&response)[0])
+            .unwrap()
+            .contains("1048576")
+    );
+    assert!(c.is_closed().await);
+
+    // A request header with a Batch Count that lies.
+    let mut c = server.client().await;
+    let mut lying = request(V12, vec![(operation::LOCATE, vec![])]);
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut lying.value
+        && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+    {
+        header[1] = Item::integer(tag::BATCH_COUNT, 5);
+    }
+    let response = c.call(&lying).await.unwrap();
+    assert!(
+        client::message(batch_items(&response)[0])
+            .unwrap()
+            .contains("Batch Count says 5")
+    );
+
+    assert!(server.alive());
+    let mut c = server.client().await;
+    assert_eq!(key_count(&mut c).await, 1, "nothing was created or lost");
+}
+
+#[tokio::test]
+async fn random_corruption_never_crashes_the_server_or_changes_the_keystore() {
+    let mut server = Server::start("random", 1);
+    let connector = server.connector();
+    let mut c = server.client().await;
+    create_tape_key(&mut c, "KEEP0002", "01").await;
+    let good = ttlv::encode(&request(
+        V12,
+        vec![
+            (
+                operation::GET_ATTRIBUTES,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, "x")],
+            ),
+            (operation::DISCOVER_VERSIONS, vec![]),
+        ],
+    ));
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut answered = 0;
+    for round in 0..300 {
+        let mut bytes = good.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] = rng.r#gen();
+        }
+        if round % 50 == 0 {
+            bytes.truncate(rng.gen_range(9..bytes.len()));
+        }
+        let mut client = KmipClient::connect(server.addr, &connector).await.unwrap();
+        // Either a response (of any verdict) or a closed connection; never a hang. A
+        // truncated message leaves the server waiting for the rest until its idle timeout.
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(2), client.send_raw(&bytes)).await
+        {
+            assert_eq!(response.tag, tag::RESPONSE_MESSAGE);
+            answered += 1;
+        }
+    }
+    assert!(
+        answered > 100,
+        "only {answered} of 300 corrupted messages were answered"
+    );
+    assert!(server.alive());
+    let mut c = server.client().await;
+    assert_eq!(key_count(&mut c).await, 1);
+}
+
+#[tokio::test]
+async fn silent_and_certificate_less_clients_are_cut_off() {
+    let mut server = Server::start("idle", 1);
+    // A client that stops halfway through a message is closed after the idle timeout.
+    let mut c = server.client().await;
+    let whole = ttlv::encode(&request(V12, vec![(operation::LOCATE, vec![])]));
+    let started = tokio::time::Instant::now();
+    let result = c.send_raw(&whole[..whole.len() / 2]).await;
+    assert!(result.is_err(), "a half message gets no answer");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // TLS without a client certificate: no KMIP at all.
+    let anonymous = client::connector(&ClientFiles {
+        ca: server.dir.join("ca.pem"),
+        cert: None,
+        key: None,
+    })
+    .unwrap();
+    let refused = match KmipClient::connect(server.addr, &anonymous).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .call(&request(V12, vec![(operation::LOCATE, vec![])]))
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+    assert!(server.alive());
+    let mut c = server.client().await;
+    assert_eq!(key_count(&mut c).await, 0);
+}
