@@ -28,6 +28,69 @@ pub struct ServerConfig {
     /// Who may ask for keys.
     #[serde(default)]
     pub drives: DrivePolicy,
+    /// The admin and replication API and the peer replicas; absent for a lone server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationConfig>,
+    /// A keystore file the operator writes from its canonical keystore Secret. It is merged
+    /// into the store at start and whenever it changes; it never replaces what the store
+    /// holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore_file: Option<PathBuf>,
+}
+
+/// The admin and replication API (HTTPS) and the mirrors of this replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Where the admin API listens: health, readiness and metrics for anyone; keystore
+    /// digest, delta and merge for peers. It uses the KMIP listener's certificate.
+    pub listen: SocketAddr,
+    /// The certificate and key this replica presents to its peers.
+    pub client_cert: PathBuf,
+    /// The key of `clientCert`.
+    pub client_key: PathBuf,
+    /// Certificate identities allowed to read and merge the keystore (the peers', and the
+    /// operator's).
+    pub allowed_identities: Vec<String>,
+    /// The other replicas.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// How many peers must hold a new key before Create or Register succeeds. Defaults to
+    /// 1 when there are peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_acknowledgements: Option<usize>,
+    /// Seconds between anti-entropy rounds with every peer.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_secs: u64,
+    /// Milliseconds to wait for peer acknowledgements before a Create fails.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+}
+
+impl ReplicationConfig {
+    /// The acknowledgements a new key needs: as configured, else 1 when there are peers.
+    pub fn required_acks(&self) -> usize {
+        self.peer_acknowledgements
+            .unwrap_or_else(|| usize::from(!self.peers.is_empty()))
+    }
+}
+
+fn default_sync_interval() -> u64 {
+    30
+}
+
+fn default_ack_timeout() -> u64 {
+    2000
+}
+
+/// Another replica of the same KeyManager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// `host:port` of the peer's admin API; the host must match its certificate.
+    pub address: String,
 }
 
 /// The KMIP listener.
@@ -114,6 +177,21 @@ impl ServerConfig {
         let config: Self = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         if config.server_id.is_empty() {
             return Err(ConfigError("serverId: must not be empty".to_owned()));
+        }
+        if let Some(r) = &config.replication {
+            if r.required_acks() > r.peers.len() {
+                return Err(ConfigError(format!(
+                    "replication.peerAcknowledgements: {} acknowledgements asked of {} peers",
+                    r.required_acks(),
+                    r.peers.len()
+                )));
+            }
+            if r.sync_interval_secs == 0 || r.ack_timeout_ms == 0 {
+                return Err(ConfigError(
+                    "replication: syncIntervalSecs and ackTimeoutMs must be greater than 0"
+                        .to_owned(),
+                ));
+            }
         }
         if config.kmip.max_connections == 0 || config.kmip.idle_timeout_secs == 0 {
             return Err(ConfigError(

@@ -137,6 +137,69 @@ impl KmipClient {
     }
 }
 
+/// Opens an HTTP/1.1 connection over TLS to `address` (`host:port`, the host checked
+/// against the server certificate) and drives it in the background.
+pub async fn http1_connect(
+    address: &str,
+    connector: &TlsConnector,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>, String>
+{
+    use std::time::Duration;
+
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| format!("address {address:?} needs a port"))?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One HTTPS request on a fresh connection: the status and body.
+pub async fn https(
+    address: &str,
+    connector: &TlsConnector,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(hyper::StatusCode, Vec<u8>), String> {
+    use http_body_util::BodyExt as _;
+
+    let mut sender = http1_connect(address, connector).await?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, address)
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes.to_vec()))
+}
+
 /// Builds a request message of KMIP `version` with one batch item per `(operation, payload)`.
 pub fn request(version: (i32, i32), items: Vec<(u32, Vec<Item>)>) -> Item {
     let count = i32::try_from(items.len()).unwrap_or(i32::MAX);

@@ -1,6 +1,7 @@
 //! Development mode: everything a KMIP client needs to talk to a local server, made once
 //! in a data directory — a CA, a server certificate for 127.0.0.1 and localhost, a client
-//! certificate and key, and a KEK — and a configuration that uses them.
+//! certificate and key, a certificate for replicas to present to each other, and a KEK —
+//! and a configuration that uses them.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -23,8 +24,14 @@ pub const SERVER_KEY: &str = "server-key.pem";
 pub const CLIENT_CERT: &str = "client.pem";
 /// The client key.
 pub const CLIENT_KEY: &str = "client-key.pem";
+/// The certificate replicas present to each other.
+pub const PEER_CERT: &str = "peer.pem";
+/// Its key.
+pub const PEER_KEY: &str = "peer-key.pem";
 /// The KEK.
 pub const KEK: &str = "kek.bin";
+/// The identity in the dev peer certificate.
+pub const PEER_IDENTITY: &str = "shadowkeep-dev-peer";
 /// The identity in the dev client certificate.
 pub const CLIENT_IDENTITY: &str = "shadowkeep-dev-client";
 
@@ -76,6 +83,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<ServerConfig, DevError>
             accept_unknown: true,
             drives: Vec::new(),
         },
+        replication: None,
+        keystore_file: None,
     })
 }
 
@@ -114,6 +123,14 @@ fn generate(dir: &Path) -> Result<(), DevError> {
         ExtendedKeyUsagePurpose::ClientAuth,
         "the client certificate",
     )?;
+    let (peer_cert, peer_key) = leaf(
+        PEER_IDENTITY,
+        vec![PEER_IDENTITY.to_owned()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "the peer certificate",
+    )?;
+    write(dir, PEER_CERT, peer_cert.as_bytes(), false)?;
+    write(dir, PEER_KEY, peer_key.as_bytes(), true)?;
     write(dir, SERVER_CERT, server_cert.as_bytes(), false)?;
     write(dir, SERVER_KEY, server_key.as_bytes(), true)?;
     write(dir, CLIENT_CERT, client_cert.as_bytes(), false)?;

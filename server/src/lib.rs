@@ -11,11 +11,15 @@
 //! [`run`] is the whole server: the binary parses arguments and calls it, and tests bind
 //! port 0 and call it too.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod dev;
+pub mod import;
 pub mod kmip;
+pub mod metrics;
 pub mod net;
+pub mod replication;
 pub mod store;
 pub mod tls;
 pub mod ttlv;

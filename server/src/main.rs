@@ -73,6 +73,7 @@ async fn serve(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("failed to listen on {}: {e}", config.kmip.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin = server.bind_admin().await.map_err(|e| e.to_string())?;
     if let Some(dir) = args.data_dir.as_ref().filter(|_| args.dev) {
         println!("shadowkeep-server (development mode)");
         println!("  CA certificate:     {}", dir.join(dev::CA_CERT).display());
@@ -87,8 +88,11 @@ async fn serve(args: Args) -> Result<(), String> {
     }
     // Tests and scripts read this line to learn the port.
     println!("kmip listening on {addr}");
+    if let Some((_, admin_addr)) = &admin {
+        println!("admin listening on {admin_addr}");
+    }
     server
-        .serve(listener, shutdown_signal())
+        .serve(listener, admin.map(|(l, _)| l), shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

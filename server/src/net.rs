@@ -16,12 +16,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::auth::{DriveTable, Verdict};
 use crate::kmip::enums::result_reason;
 use crate::kmip::ops::Kmip;
 use crate::kmip::{self, KmipError};
+use crate::metrics::Metrics;
+use crate::replication::{Replication, ReplicationError};
 use crate::store::{Store, StoreError};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, ClientAuth, TlsError};
 use crate::ttlv::{self, Item};
 
 /// How long shutdown waits for requests in flight.
@@ -44,15 +47,26 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Accepting connections failed.
-    #[error("failed to accept connections: {0}")]
-    Accept(std::io::Error),
+    /// Replication could not be set up.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A listener could not be opened.
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A configured server, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
+    admin: Option<(std::net::SocketAddr, TlsAcceptor, AdminState)>,
+    keystore_file: Option<std::path::PathBuf>,
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Server {
@@ -72,7 +86,8 @@ struct Shared {
 }
 
 impl Server {
-    /// Loads the KEK, opens the keystore and sets up TLS.
+    /// Loads the KEK, opens the keystore, sets up TLS and starts replication with the
+    /// peers. Call it within a Tokio runtime.
     pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
         let kek_error = |reason: String| ServerError::Kek {
             path: config.kek_file.display().to_string(),
@@ -83,22 +98,76 @@ impl Server {
         );
         let kek = Kek::from_bytes(&raw).map_err(|e| kek_error(e.to_string()))?;
         let store = Store::open(&config.data_dir)?;
-        let acceptor = TlsAcceptor::from(tls::server_config(&config.tls)?);
+        let acceptor = TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Required)?);
+        let peers: Vec<String> = config
+            .replication
+            .iter()
+            .flat_map(|r| r.peers.iter().map(|p| p.name.clone()))
+            .collect();
+        let metrics = Metrics::new(&peers);
+        let cancel = CancellationToken::new();
+        let (replication, admin) = match &config.replication {
+            Some(r) => {
+                let replication = Replication::start(
+                    r,
+                    &config.tls.client_ca,
+                    store.clone(),
+                    Arc::clone(&metrics),
+                    cancel.clone(),
+                )?;
+                let state = AdminState {
+                    store: store.clone(),
+                    metrics: Arc::clone(&metrics),
+                    allowed: Arc::new(r.allowed_identities.iter().cloned().collect()),
+                    ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                };
+                let admin_tls =
+                    TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Optional)?);
+                (Some(replication), Some((r.listen, admin_tls, state)))
+            }
+            None => (None, None),
+        };
         tracing::info!(
             server_id = %config.server_id,
             keys = store.read(shadowkeep_api::keystore::Keystore::len),
             kek = kek.fingerprint(),
+            peers = peers.len(),
             "keystore opened"
         );
         Ok(Self {
             shared: Arc::new(Shared {
-                kmip: Kmip::new(store, kek, config.server_id.clone()),
+                kmip: Kmip::new(store, kek, config.server_id.clone(), replication, metrics),
                 drives: DriveTable::new(&config.drives),
                 idle: Duration::from_secs(config.kmip.idle_timeout_secs),
                 connections: Arc::new(Semaphore::new(config.kmip.max_connections)),
             }),
             acceptor,
+            admin,
+            keystore_file: config.keystore_file.clone(),
+            cancel,
         })
+    }
+
+    /// Binds the admin API's listener, if replication is configured, and returns its address.
+    pub async fn bind_admin(
+        &self,
+    ) -> Result<Option<(TcpListener, std::net::SocketAddr)>, ServerError> {
+        let Some((addr, ..)) = &self.admin else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Some((listener, local)))
     }
 
     /// The keystore served.
@@ -106,15 +175,36 @@ impl Server {
         self.shared.kmip.store()
     }
 
-    /// Serves KMIP on `listener` until `shutdown` completes, then lets requests in flight
-    /// finish (up to 30 seconds) and returns.
+    /// Serves KMIP on `listener` (and the admin API on `admin`, from [`Server::bind_admin`])
+    /// until `shutdown` completes, then lets requests in flight finish (up to 30 seconds)
+    /// and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
+        admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        let cancel = CancellationToken::new();
+        let cancel = self.cancel.clone();
         let tracker = TaskTracker::new();
+        if let Some(path) = &self.keystore_file {
+            crate::import::merge_file(path, self.store()).await;
+            tracker.spawn(crate::import::watch(
+                path.clone(),
+                self.store().clone(),
+                cancel.clone(),
+            ));
+        }
+        if let (Some(listener), Some((_, acceptor, state))) = (admin, &self.admin) {
+            state
+                .ready
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracker.spawn(admin::serve(
+                listener,
+                acceptor.clone(),
+                admin::router(state.clone()),
+                cancel.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             // Past the connection limit, new clients wait in the listen queue.
@@ -163,7 +253,9 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    Server::new(&config)?.serve(listener, shutdown).await
+    let server = Server::new(&config)?;
+    let admin = server.bind_admin().await?.map(|(listener, _)| listener);
+    server.serve(listener, admin, shutdown).await
 }
 
 async fn connection(

@@ -50,9 +50,19 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// A rustls configuration that requires a client certificate from the configured CA and
+/// Whether a listener insists on a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a certificate from the CA (KMIP).
+    Required,
+    /// A certificate is checked when presented; callers without one reach only the
+    /// endpoints that need none (the admin API's probes and metrics).
+    Optional,
+}
+
+/// A rustls configuration that checks client certificates against the configured CA and
 /// speaks TLS 1.2 and 1.3 (tape libraries in the field are often TLS 1.2 only).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<RustlsConfig>, TlsError> {
+pub fn server_config(files: &TlsFiles, auth: ClientAuth) -> Result<Arc<RustlsConfig>, TlsError> {
     let chain = load_certs(&files.cert, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| load_error("the server private key", &files.key)(e.to_string()))?;
@@ -63,10 +73,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<RustlsConfig>, TlsError> {
             .map_err(|e| load_error("the client CA", &files.client_ca)(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if auth == ClientAuth::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     let config = RustlsConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -5,12 +5,13 @@
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::V12;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use shadowkeep_server::client::{
@@ -22,50 +23,32 @@ use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::{self, Item, Tag};
 use tokio_rustls::TlsConnector;
 
-const V12: (i32, i32) = (1, 2);
-
-/// A server process that is killed when dropped.
+/// A server process with a short or long idle timeout, and its certificates.
 struct Server {
-    child: Child,
+    proc: common::Proc,
     addr: SocketAddr,
     dir: PathBuf,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
-    /// A development server with its own data directory, and a config-file server with a
-    /// short idle timeout sharing its certificates.
     fn start(name: &str, idle_secs: u64) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("shadowkeep-wire-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // Let dev mode make the certificates and KEK, then serve from a config file.
-        let dev = spawn(&[
-            "--dev",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        drop(dev);
+        let dir = common::certificates(&format!("wire-{name}"));
         let config = format!(
             "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\", idleTimeoutSecs: {idle_secs}}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives: {{acceptUnknown: true}}\n",
             d = dir.display()
         );
         let config_path = dir.join("server.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let (child, addr) = spawn(&["--config", config_path.to_str().unwrap()]);
-        Self { child, addr, dir }
+        let proc = common::Proc::start(&config_path);
+        Self {
+            addr: proc.kmip,
+            proc,
+            dir,
+        }
     }
 
     fn connector(&self) -> TlsConnector {
-        client::connector(&ClientFiles::dev(&self.dir)).unwrap()
+        common::connector(&self.dir)
     }
 
     async fn client(&self) -> KmipClient {
@@ -75,26 +58,8 @@ impl Server {
     }
 
     fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.proc.alive()
     }
-}
-
-/// Starts the binary and waits for its `kmip listening on` line.
-fn spawn(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(addr) = line.strip_prefix("kmip listening on ") {
-            return (child, addr.parse().unwrap());
-        }
-    }
-    panic!("server exited before listening: {:?}", child.wait());
 }
 
 fn item(items: &[&Item], i: usize) -> Item {

@@ -4,6 +4,9 @@
 //! naming the field) and changes nothing unless it succeeds. Writes reach the store only
 //! through [`Store::commit`], so a key is on disk before any client can see it.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use shadowkeep_api::keystore::{Algorithm, Kek, Key, KeyId, KeyState};
 use tokio::sync::Mutex;
@@ -14,8 +17,14 @@ use super::{
     BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
     supported, tag, text_field, version_item,
 };
+use crate::metrics::{Metrics, OpLabels, OperationLabels};
+use crate::replication::Replication;
 use crate::store::Store;
 use crate::ttlv::{Item, Value};
+
+/// Attribute marking a key whose Create failed for want of peer acknowledgements: it stays
+/// in the keystore (nothing is ever removed) but no client sees it.
+pub const ABORTED: &str = "shadowkeep:aborted";
 
 /// Application namespaces of the OASIS Tape Library Profile, reported by Query.
 const TAPE_NAMESPACES: [&str; 4] = [
@@ -33,6 +42,11 @@ pub struct Kmip {
     /// Serialises changes to existing keys, so that two concurrent changes of one key do
     /// not both read the old record. Creating keys does not need it.
     modify: Mutex<()>,
+    /// Peers that new keys must reach before a Create succeeds.
+    replication: Option<Arc<Replication>>,
+    /// Keys stored locally whose peer acknowledgements are still awaited: not yet visible.
+    inflight: std::sync::Mutex<HashSet<KeyId>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Kmip {
@@ -47,13 +61,102 @@ type OpResult = Result<(Vec<Item>, Option<KeyId>), KmipError>;
 
 impl Kmip {
     /// A KMIP service over `store`, sealing with `kek`.
-    pub fn new(store: Store, kek: Kek, server_id: impl Into<String>) -> Self {
+    pub fn new(
+        store: Store,
+        kek: Kek,
+        server_id: impl Into<String>,
+        replication: Option<Arc<Replication>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
+            metrics,
             store,
             kek,
             server_id: server_id.into(),
             modify: Mutex::new(()),
+            replication,
+            inflight: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether clients may see `key`: not aborted, not awaiting acknowledgements.
+    fn visible(&self, key: &Key) -> bool {
+        key.attribute(ABORTED).is_none()
+            && !self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&key.id)
+    }
+
+    fn set_inflight(&self, id: &KeyId, inflight: bool) {
+        let mut set = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight {
+            set.insert(id.clone());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// Stores a new key locally and on the required number of peers. If the peers do not
+    /// acknowledge it in time, the key is marked aborted (and stays hidden) and the client
+    /// is told nothing was created.
+    async fn commit_new(&self, key: Key) -> Result<(), KmipError> {
+        let Some(replication) = self.replication.clone().filter(|r| r.required() > 0) else {
+            return self.commit(key).await;
+        };
+        self.set_inflight(&key.id, true);
+        let result = self.replicate_new(&replication, key).await;
+        if let Err((id, _)) = &result {
+            self.set_inflight(id, false);
+        }
+        result.map_err(|(_, e)| e)
+    }
+
+    async fn replicate_new(
+        &self,
+        replication: &Replication,
+        key: Key,
+    ) -> Result<(), (KeyId, KmipError)> {
+        let id = key.id.clone();
+        self.commit(key.clone())
+            .await
+            .map_err(|e| (id.clone(), e))?;
+        let acks = replication.replicate(std::slice::from_ref(&key)).await;
+        if acks >= replication.required() {
+            self.set_inflight(&id, false);
+            return Ok(());
+        }
+        let mut aborted = key;
+        let now = Timestamp::now();
+        aborted.attributes.insert(
+            ABORTED.to_owned(),
+            shadowkeep_api::keystore::AttributeValue {
+                updated_at_ms: now.as_millisecond(),
+                value: Some(format!(
+                    "{acks} of {} peer acknowledgements",
+                    replication.required()
+                )),
+            },
+        );
+        let stored = self.commit(aborted.clone()).await;
+        replication.publish(&[aborted]);
+        self.set_inflight(&id, false);
+        tracing::warn!(key = %id, acks, required = replication.required(), "new key not acknowledged by enough peers; aborted");
+        stored.map_err(|e| (id.clone(), e))?;
+        Err((
+            id,
+            KmipError::new(
+                result_reason::GENERAL_FAILURE,
+                format!(
+                    "the key was not created: {acks} of the {} required peer replicas acknowledged it in time; retry when the replicas are reachable",
+                    replication.required()
+                ),
+            ),
+        ))
     }
 
     /// The store served.
@@ -67,6 +170,7 @@ impl Kmip {
         let mut outcomes = Vec::with_capacity(request.items.len());
         let mut placeholder: Option<KeyId> = None;
         for item in &request.items {
+            let started = std::time::Instant::now();
             let result = if !allowed {
                 Err(KmipError::new(
                     result_reason::PERMISSION_DENIED,
@@ -85,6 +189,24 @@ impl Kmip {
                 self.run(item, placeholder.as_ref()).await
             };
             let failed = result.is_err();
+            let operation = super::operation_name(item.operation).to_owned();
+            self.metrics
+                .latency
+                .get_or_create(&OperationLabels {
+                    operation: operation.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .requests
+                .get_or_create(&OpLabels {
+                    operation,
+                    result: result
+                        .as_ref()
+                        .err()
+                        .map_or("ok", KmipError::label)
+                        .to_owned(),
+                })
+                .inc();
             let result = result.map(|(payload, id)| {
                 if id.is_some() {
                     placeholder = id;
@@ -181,7 +303,7 @@ impl Kmip {
         let mut key = Key::generate(&self.kek, first_name(&rest), Algorithm::Aes, length, now)
             .map_err(|e| KmipError::new(result_reason::CRYPTOGRAPHIC_FAILURE, e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
-        self.commit(key.clone()).await?;
+        self.commit_new(key.clone()).await?;
         Ok((
             vec![
                 Item::enumeration(tag::OBJECT_TYPE, object_type::SYMMETRIC_KEY),
@@ -261,7 +383,7 @@ impl Kmip {
         )
         .map_err(|e| KmipError::invalid(e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
-        self.commit(key.clone()).await?;
+        self.commit_new(key.clone()).await?;
         Ok((vec![uid_item(&key.id)], Some(key.id)))
     }
 
@@ -339,6 +461,7 @@ impl Kmip {
             .collect::<Result<Vec<_>, _>>()?;
         let mut found: Vec<(Timestamp, KeyId)> = self.store.read(|ks| {
             ks.keys()
+                .filter(|k| self.visible(k))
                 .filter(|k| {
                     criteria
                         .iter()
@@ -552,6 +675,9 @@ impl Kmip {
         f(&mut key, Timestamp::now())?;
         self.commit(key.clone()).await?;
         drop(guard);
+        if let Some(r) = &self.replication {
+            r.publish(std::slice::from_ref(&key));
+        }
         Ok((vec![uid_item(&key.id)], Some(key.id)))
     }
 
@@ -574,6 +700,9 @@ impl Kmip {
         let attr = f(&mut key, Timestamp::now().as_millisecond())?;
         self.commit(key.clone()).await?;
         drop(guard);
+        if let Some(r) = &self.replication {
+            r.publish(std::slice::from_ref(&key));
+        }
         Ok((vec![uid_item(&key.id), attr.to_item(true)], Some(key.id)))
     }
 
@@ -598,7 +727,10 @@ impl Kmip {
                 )
             })?,
         };
-        self.store.get(&id).ok_or_else(|| not_found(id.as_str()))
+        self.store
+            .get(&id)
+            .filter(|k| self.visible(k))
+            .ok_or_else(|| not_found(id.as_str()))
     }
 }
 

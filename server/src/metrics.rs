@@ -1,0 +1,147 @@
+//! Prometheus metrics: KMIP requests by operation and result, their latency, keys held,
+//! and how far behind each peer the replica is.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a KMIP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation, e.g. `Get`.
+    pub operation: String,
+    /// `ok`, or the failure's label (e.g. `permission_denied`).
+    pub result: String,
+}
+
+/// Labels naming a peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's configured name.
+    pub peer: String,
+}
+
+/// Labels naming an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The operation.
+    pub operation: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// KMIP batch items served.
+    pub requests: Family<OpLabels, Counter>,
+    /// Time to serve a batch item.
+    pub latency: Family<OperationLabels, Histogram>,
+    /// Keys held (destroyed included).
+    pub keys: Gauge,
+    /// Seconds since the last successful exchange with each peer.
+    pub replication_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    /// Failed pushes and pulls per peer.
+    pub replication_failures: Family<PeerLabels, Counter>,
+    last_sync: Mutex<Vec<(String, Option<Instant>)>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `shadowkeep` prefix.
+    pub fn new(peers: &[String]) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("shadowkeep");
+        let requests = Family::<OpLabels, Counter>::default();
+        registry.register("kmip_requests", "KMIP batch items served", requests.clone());
+        let latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+            ])
+        });
+        registry.register(
+            "kmip_request_duration_seconds",
+            "Time to serve a KMIP batch item",
+            latency.clone(),
+        );
+        let keys = Gauge::default();
+        registry.register(
+            "keystore_keys",
+            "Keys held, destroyed ones included",
+            keys.clone(),
+        );
+        let replication_lag = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds since the last successful exchange with a peer (since start when never)",
+            replication_lag.clone(),
+        );
+        let replication_failures = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "replication_failures",
+            "Failed pushes to and pulls from a peer",
+            replication_failures.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            latency,
+            keys,
+            replication_lag,
+            replication_failures,
+            last_sync: Mutex::new(peers.iter().map(|p| (p.clone(), None)).collect()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Records a successful exchange with `peer`.
+    pub fn synced(&self, peer: &str) {
+        let mut last = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = last.iter_mut().find(|(p, _)| p == peer) {
+            entry.1 = Some(Instant::now());
+        }
+    }
+
+    /// Records a failed exchange with `peer`.
+    pub fn failed(&self, peer: &str) {
+        self.replication_failures
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the lag gauges brought up to date.
+    pub fn encode(&self, keys: usize) -> String {
+        self.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        let last = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (peer, at) in last.iter() {
+            let since = at.unwrap_or(self.started).elapsed().as_secs_f64();
+            self.replication_lag
+                .get_or_create(&PeerLabels { peer: peer.clone() })
+                .set(since);
+        }
+        drop(last);
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

@@ -1,0 +1,337 @@
+//! Mirrored replicas: new keys are pushed to every peer as they are made (and a Create
+//! waits for the configured number of acknowledgements), and every replica pulls what it
+//! lacks from every peer at start-up and on an interval (anti-entropy), so that after a
+//! crash or a partition all replicas converge to the union of their keystores.
+//!
+//! Peers talk over the admin API (HTTPS with client certificates); see [`crate::admin`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use shadowkeep_api::keystore::{Key, Keystore};
+use shadowkeep_api::server_config::ReplicationConfig;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientFiles, connector, http1_connect};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Most keys pushed to a peer in one request.
+const MAX_PUSH: usize = 1024;
+
+/// The summary a replica sends when it asks a peer for what it lacks: a hash of every
+/// record it holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// Key id to the SHA-256 of the record's canonical JSON.
+    pub have: BTreeMap<String, String>,
+}
+
+/// The hash of a record, as carried in a [`Summary`].
+pub fn record_hash(key: &Key) -> String {
+    let json = serde_json::to_vec(key).unwrap_or_default();
+    hex_lower(&Sha256::digest(&json))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The summary of a keystore.
+pub fn summary(keystore: &Keystore) -> Summary {
+    Summary {
+        have: keystore
+            .keys()
+            .map(|k| (k.id.to_string(), record_hash(k)))
+            .collect(),
+    }
+}
+
+/// The records of `keystore` that a holder of `summary` lacks or holds differently.
+pub fn delta(keystore: &Keystore, summary: &Summary) -> Keystore {
+    let mut out = Keystore::new();
+    for key in keystore.keys() {
+        if summary.have.get(key.id.as_str()) != Some(&record_hash(key)) {
+            // Records of one keystore never conflict with each other.
+            let _ = out.insert(key.clone());
+        }
+    }
+    out
+}
+
+struct Push {
+    keys: Vec<Key>,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to set up replication: {0}")]
+pub struct ReplicationError(String);
+
+/// The peers of this replica and the tasks that keep them level.
+pub struct Replication {
+    pushers: Vec<mpsc::Sender<Push>>,
+    required: usize,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("peers", &self.pushers.len())
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replication {
+    /// Starts a pusher per peer and the anti-entropy loop. `ca` is the CA that signed the
+    /// peers' certificates.
+    pub fn start(
+        config: &ReplicationConfig,
+        ca: &std::path::Path,
+        store: Store,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, ReplicationError> {
+        let connector = connector(&ClientFiles {
+            ca: ca.to_owned(),
+            cert: Some(config.client_cert.clone()),
+            key: Some(config.client_key.clone()),
+        })
+        .map_err(|e| ReplicationError(e.to_string()))?;
+        let mut pushers = Vec::new();
+        let mut pullers = Vec::new();
+        for peer in &config.peers {
+            let (tx, rx) = mpsc::channel(8192);
+            pushers.push(tx);
+            let link = PeerLink::new(&peer.name, &peer.address, connector.clone());
+            tokio::spawn(push_loop(link, rx, Arc::clone(&metrics)));
+            pullers.push(PeerLink::new(&peer.name, &peer.address, connector.clone()));
+        }
+        tokio::spawn(anti_entropy(
+            pullers,
+            store,
+            metrics,
+            Duration::from_secs(config.sync_interval_secs),
+            cancel,
+        ));
+        Ok(Arc::new(Self {
+            pushers,
+            required: config.required_acks(),
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+        }))
+    }
+
+    /// Acknowledgements a new key needs.
+    pub fn required(&self) -> usize {
+        self.required
+    }
+
+    /// Pushes `keys` to every peer and waits until `required` have stored them or the ack
+    /// timeout passes. Returns the acknowledgements received.
+    pub async fn replicate(&self, keys: &[Key]) -> usize {
+        let mut waits = JoinSet::new();
+        for pusher in &self.pushers {
+            let (done, wait) = oneshot::channel();
+            let push = Push {
+                keys: keys.to_vec(),
+                done: Some(done),
+            };
+            if pusher.try_send(push).is_ok() {
+                waits.spawn(async move { wait.await.unwrap_or(false) });
+            }
+        }
+        let mut acks = 0;
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        while acks < self.required {
+            match tokio::time::timeout_at(deadline, waits.join_next()).await {
+                Ok(Some(Ok(true))) => acks += 1,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        acks
+    }
+
+    /// Pushes `keys` to every peer without waiting (state changes; anti-entropy repairs
+    /// what a push misses).
+    pub fn publish(&self, keys: &[Key]) {
+        for pusher in &self.pushers {
+            let _ = pusher.try_send(Push {
+                keys: keys.to_vec(),
+                done: None,
+            });
+        }
+    }
+}
+
+async fn push_loop(mut link: PeerLink, mut rx: mpsc::Receiver<Push>, metrics: Arc<Metrics>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut count = group[0].keys.len();
+        while count < MAX_PUSH {
+            match rx.try_recv() {
+                Ok(more) => {
+                    count += more.keys.len();
+                    group.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut batch = Keystore::new();
+        for push in &group {
+            for key in &push.keys {
+                let _ = batch.insert(key.clone());
+            }
+        }
+        let ok = match batch.to_bytes() {
+            Ok(body) => match link.post("/v1/keystore/merge", body).await {
+                Ok((StatusCode::OK, _)) => true,
+                Ok((status, body)) => {
+                    tracing::warn!(peer = %link.name, %status, body = %String::from_utf8_lossy(&body), "peer refused pushed keys");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %link.name, error = %e, "failed to push keys to peer");
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if ok {
+            metrics.synced(&link.name);
+        } else {
+            metrics.failed(&link.name);
+        }
+        for push in group {
+            if let Some(done) = push.done {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
+
+async fn anti_entropy(
+    mut peers: Vec<PeerLink>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        for peer in &mut peers {
+            match pull(peer, &store).await {
+                Ok(n) => {
+                    metrics.synced(&peer.name);
+                    if n > 0 {
+                        tracing::info!(peer = %peer.name, records = n, "pulled missing records from peer");
+                    }
+                }
+                Err(e) => {
+                    metrics.failed(&peer.name);
+                    tracing::warn!(peer = %peer.name, error = %e, "anti-entropy with peer failed");
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Asks `peer` for what this replica lacks and stores it. Returns the records taken.
+async fn pull(peer: &mut PeerLink, store: &Store) -> Result<usize, String> {
+    let mine = store.read(summary);
+    let body = serde_json::to_vec(&mine).map_err(|e| e.to_string())?;
+    let (status, reply) = peer.post("/v1/keystore/delta", body).await?;
+    if status != StatusCode::OK {
+        return Err(format!(
+            "peer answered {status}: {}",
+            String::from_utf8_lossy(&reply)
+        ));
+    }
+    let theirs = Keystore::from_bytes(&reply).map_err(|e| e.to_string())?;
+    let wanted: Vec<Key> = store.read(|local| theirs.delta_for(local).keys().cloned().collect());
+    let n = wanted.len();
+    if n > 0 {
+        store.commit(wanted).await.map_err(|e| e.to_string())?;
+    }
+    Ok(n)
+}
+
+/// One HTTP/1.1 connection to a peer's admin API, reopened when it breaks.
+struct PeerLink {
+    name: String,
+    address: String,
+    connector: TlsConnector,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl PeerLink {
+    fn new(name: &str, address: &str, connector: TlsConnector) -> Self {
+        Self {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            connector,
+            sender: None,
+        }
+    }
+
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
+        let result = self.try_post(path, body).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn try_post(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
+            self.sender = Some(http1_connect(&self.address, &self.connector).await?);
+        }
+        let sender = self
+            .sender
+            .as_mut()
+            .ok_or_else(|| "not connected".to_owned())?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, self.address.clone())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+            .await
+            .map_err(|_| "request timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes.to_vec()))
+    }
+}
