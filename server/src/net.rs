@@ -286,9 +286,12 @@ async fn connection(
         .unwrap_or_default();
     loop {
         let mut header = [0u8; 8];
+        // A message already arriving is read and answered even during shutdown; only a
+        // connection waiting for its next message is closed.
         let read = tokio::select! {
-            () = cancel.cancelled() => break,
+            biased;
             read = timeout(shared.idle, tls.read_exact(&mut header)) => read,
+            () = cancel.cancelled() => break,
         };
         match read {
             Ok(Ok(_)) => {}

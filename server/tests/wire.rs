@@ -463,3 +463,30 @@ async fn silent_and_certificate_less_clients_are_cut_off() {
     let mut c = server.client().await;
     assert_eq!(key_count(&mut c).await, 0);
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let mut server = Server::start("sigterm", 60);
+    let mut c = server.client().await;
+    let batch = request(V12, vec![(operation::CREATE, create_aes(256, vec![])); 32]);
+    let pending = tokio::spawn(async move {
+        let response = c.call(&batch).await;
+        (response, c)
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let pid = server.proc.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (response, mut c) = pending.await.unwrap();
+    let response = response.expect("the batch in flight is answered");
+    let items = batch_items(&response);
+    assert_eq!(items.len(), 32);
+    assert!(items.iter().all(|i| status(i) == Some(0)));
+    assert!(c.is_closed().await, "then the connection is closed");
+    let exit = server.proc.child.wait().unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    assert!(!server.alive());
+}
