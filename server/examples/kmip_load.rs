@@ -86,7 +86,12 @@ fn main() -> ExitCode {
 }
 
 fn create_request(version: (i32, i32)) -> Item {
-    request(version, vec![(operation::CREATE, create_aes(256, vec![]))])
+    // PyKMIP's server insists on a usage mask: Encrypt | Decrypt.
+    let mask = client::attribute(
+        "Cryptographic Usage Mask",
+        Item::integer(tag::ATTRIBUTE_VALUE, 0x0C),
+    );
+    request(version, vec![(operation::CREATE, create_aes(256, vec![mask]))])
 }
 
 async fn run(args: &Args) -> Result<(), String> {
