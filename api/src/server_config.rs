@@ -152,6 +152,20 @@ pub struct DrivePolicy {
     /// The known drives and libraries.
     #[serde(default)]
     pub drives: Vec<DriveEntry>,
+    /// The key groups drives belong to; keys a drive creates are tagged with its group.
+    #[serde(default)]
+    pub key_groups: Vec<KeyGroupEntry>,
+}
+
+/// A key group, as the server knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyGroupEntry {
+    /// The KeyGroup's name.
+    pub name: String,
+    /// The group of drives that name none, and of accepted unknown drives.
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// One known drive or library.
@@ -164,6 +178,9 @@ pub struct DriveEntry {
     /// name), matched against the connection's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_identity: Option<String>,
+    /// The key group of the drive's keys; the default group when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_group: Option<String>,
 }
 
 /// Why a configuration file is refused.
@@ -177,6 +194,21 @@ impl ServerConfig {
         let config: Self = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         if config.server_id.is_empty() {
             return Err(ConfigError("serverId: must not be empty".to_owned()));
+        }
+        let groups = &config.drives.key_groups;
+        if groups.iter().filter(|g| g.default).count() > 1 {
+            return Err(ConfigError(
+                "drives.keyGroups: more than one default group".to_owned(),
+            ));
+        }
+        for (i, drive) in config.drives.drives.iter().enumerate() {
+            if let Some(group) = &drive.key_group
+                && !groups.iter().any(|g| &g.name == group)
+            {
+                return Err(ConfigError(format!(
+                    "drives.drives[{i}].keyGroup: {group:?} is not in drives.keyGroups"
+                )));
+            }
         }
         if let Some(r) = &config.replication {
             if r.required_acks() > r.peers.len() {
@@ -223,5 +255,26 @@ mod tests {
         assert!(err.to_string().contains("unknown field `peerz`"), "{err}");
         let err = ServerConfig::from_yaml(&text.replace("tape", "''")).unwrap_err();
         assert!(err.to_string().contains("serverId"), "{err}");
+    }
+
+    #[test]
+    fn drive_key_groups_must_exist_and_one_default_at_most() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\n";
+        let drives = "drives:\n  keyGroups: [{name: lto, default: true}]\n  drives: [{serial: D1, keyGroup: gold}]\n";
+        let err = ServerConfig::from_yaml(&format!("{base}{drives}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid server configuration: drives.drives[0].keyGroup: \"gold\" is not in drives.keyGroups"
+        );
+        let two = "drives:\n  keyGroups: [{name: a, default: true}, {name: b, default: true}]\n";
+        let err = ServerConfig::from_yaml(&format!("{base}{two}")).unwrap_err();
+        assert!(err.to_string().contains("more than one default"), "{err}");
+        let peers = "replication: {listen: \"127.0.0.1:1\", clientCert: c, clientKey: k, allowedIdentities: [], peerAcknowledgements: 2, peers: [{name: b, address: \"h:1\"}]}\n";
+        let err = ServerConfig::from_yaml(&format!("{base}{peers}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("2 acknowledgements asked of 1 peers"),
+            "{err}"
+        );
     }
 }

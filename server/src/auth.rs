@@ -1,6 +1,6 @@
 //! Who may ask for keys: the drive table applied to a connection.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use shadowkeep_api::server_config::DrivePolicy;
 
@@ -8,17 +8,28 @@ use shadowkeep_api::server_config::DrivePolicy;
 #[derive(Clone, Debug, Default)]
 pub struct DriveTable {
     accept_unknown: bool,
-    identities: BTreeSet<String>,
-    serials: BTreeSet<String>,
+    /// Certificate identity or serial to the drive's key group.
+    by_identity: BTreeMap<String, Option<String>>,
+    by_serial: BTreeMap<String, Option<String>>,
+    default_group: Option<String>,
 }
 
 /// The drive table's verdict on a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// The client matched an entry (by this certificate identity or serial).
-    Known(String),
-    /// No entry matched, and unknown drives are accepted.
-    Unknown,
+    /// The client matched an entry by this certificate identity or serial; its keys belong
+    /// to this key group.
+    Known {
+        /// What matched.
+        by: String,
+        /// The drive's key group, or the default group.
+        key_group: Option<String>,
+    },
+    /// No entry matched, unknown drives are accepted, and use the default group.
+    Unknown {
+        /// The default key group.
+        key_group: Option<String>,
+    },
     /// No entry matched, and unknown drives are refused.
     Refused,
 }
@@ -28,33 +39,60 @@ impl Verdict {
     pub fn allowed(&self) -> bool {
         !matches!(self, Self::Refused)
     }
+
+    /// The key group the client's new keys belong to.
+    pub fn key_group(&self) -> Option<&str> {
+        match self {
+            Self::Known { key_group, .. } | Self::Unknown { key_group } => key_group.as_deref(),
+            Self::Refused => None,
+        }
+    }
 }
 
 impl DriveTable {
     /// Indexes a configured policy.
     pub fn new(policy: &DrivePolicy) -> Self {
+        let default_group = policy
+            .key_groups
+            .iter()
+            .find(|g| g.default)
+            .map(|g| g.name.clone());
+        let group = |d: &shadowkeep_api::server_config::DriveEntry| {
+            d.key_group.clone().or_else(|| default_group.clone())
+        };
         Self {
             accept_unknown: policy.accept_unknown,
-            identities: policy
+            by_identity: policy
                 .drives
                 .iter()
-                .filter_map(|d| d.certificate_identity.clone())
+                .filter_map(|d| Some((d.certificate_identity.clone()?, group(d))))
                 .collect(),
-            serials: policy.drives.iter().map(|d| d.serial.clone()).collect(),
+            by_serial: policy
+                .drives
+                .iter()
+                .map(|d| (d.serial.clone(), group(d)))
+                .collect(),
+            default_group,
         }
     }
 
     /// Judges a client by the names in its certificate and, when the request carries a
     /// Device credential, its serial number.
     pub fn judge(&self, identities: &[String], device_serial: Option<&str>) -> Verdict {
-        if let Some(id) = identities.iter().find(|id| self.identities.contains(*id)) {
-            return Verdict::Known(id.clone());
-        }
-        if let Some(serial) = device_serial.filter(|s| self.serials.contains(*s)) {
-            return Verdict::Known(serial.to_owned());
+        let by_identity = identities
+            .iter()
+            .find_map(|id| Some((id, self.by_identity.get(id)?)));
+        let by_serial = device_serial.and_then(|s| Some((s, self.by_serial.get(s)?)));
+        if let Some((by, key_group)) = by_identity.map(|(a, g)| (a.as_str(), g)).or(by_serial) {
+            return Verdict::Known {
+                by: by.to_owned(),
+                key_group: key_group.clone(),
+            };
         }
         if self.accept_unknown {
-            Verdict::Unknown
+            Verdict::Unknown {
+                key_group: self.default_group.clone(),
+            }
         } else {
             Verdict::Refused
         }
@@ -63,7 +101,7 @@ impl DriveTable {
 
 #[cfg(test)]
 mod tests {
-    use shadowkeep_api::server_config::DriveEntry;
+    use shadowkeep_api::server_config::{DriveEntry, KeyGroupEntry};
 
     use super::*;
 
@@ -71,27 +109,45 @@ mod tests {
     fn clients_are_known_by_certificate_or_serial_else_policy_decides() {
         let mut policy = DrivePolicy {
             accept_unknown: false,
-            drives: vec![DriveEntry {
-                serial: "1013000123".to_owned(),
-                certificate_identity: Some("library-a".to_owned()),
-            }],
+            drives: vec![
+                DriveEntry {
+                    serial: "1013000123".to_owned(),
+                    certificate_identity: Some("library-a".to_owned()),
+                    key_group: Some("gold".to_owned()),
+                },
+                DriveEntry {
+                    serial: "1013000124".to_owned(),
+                    certificate_identity: None,
+                    key_group: None,
+                },
+            ],
+            key_groups: vec![
+                KeyGroupEntry {
+                    name: "gold".to_owned(),
+                    default: false,
+                },
+                KeyGroupEntry {
+                    name: "lto".to_owned(),
+                    default: true,
+                },
+            ],
         };
         let table = DriveTable::new(&policy);
         let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(
-            table.judge(&names(&["x", "library-a"]), None),
-            Verdict::Known("library-a".to_owned())
-        );
-        assert_eq!(
-            table.judge(&names(&["x"]), Some("1013000123")),
-            Verdict::Known("1013000123".to_owned())
-        );
+        let known = table.judge(&names(&["x", "library-a"]), None);
+        assert_eq!(known.key_group(), Some("gold"));
+        assert!(matches!(known, Verdict::Known { by, .. } if by == "library-a"));
+        let by_serial = table.judge(&names(&["x"]), Some("1013000124"));
+        assert_eq!(by_serial.key_group(), Some("lto"), "the default group");
         assert_eq!(table.judge(&names(&["x"]), Some("999")), Verdict::Refused);
         assert!(!Verdict::Refused.allowed());
         policy.accept_unknown = true;
+        let unknown = DriveTable::new(&policy).judge(&names(&["x"]), None);
         assert_eq!(
-            DriveTable::new(&policy).judge(&names(&["x"]), None),
-            Verdict::Unknown
+            unknown,
+            Verdict::Unknown {
+                key_group: Some("lto".to_owned())
+            }
         );
     }
 }

@@ -81,7 +81,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<ServerConfig, DevError>
         kek_file: dir.join(KEK),
         drives: DrivePolicy {
             accept_unknown: true,
-            drives: Vec::new(),
+            ..DrivePolicy::default()
         },
         replication: None,
         keystore_file: None,

@@ -386,7 +386,7 @@ async fn respond(
             "refused a client that is not in the drive table"
         );
     }
-    let outcomes = shared.kmip.handle(&request, verdict.allowed()).await;
+    let outcomes = shared.kmip.handle(&request, &verdict).await;
     for outcome in &outcomes {
         let op = outcome.operation.map_or("?", kmip::operation_name);
         match &outcome.result {

@@ -291,7 +291,11 @@ impl Writer {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for write in group {
             for key in &write.keys {
-                state.insert(key.clone()).map_err(|e| e.to_string())?;
+                let report = state.insert(key.clone()).map_err(|e| e.to_string())?;
+                for conflict in &report.conflicts {
+                    // Kept and quarantined, never overwritten; a person has to look.
+                    tracing::error!(key = %conflict.id, "{conflict}");
+                }
                 self.records += 1;
             }
         }

@@ -490,3 +490,52 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     assert!(exit.success(), "graceful exit: {exit:?}");
     assert!(!server.alive());
 }
+
+#[tokio::test]
+async fn keys_a_known_drive_creates_carry_its_key_group() {
+    let dir = common::certificates("wire-groups");
+    let config = format!(
+        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives:\n  acceptUnknown: false\n  keyGroups: [{{name: lto-default, default: true}}, {{name: vault}}]\n  drives:\n    - {{serial: \"1013000123\", certificateIdentity: shadowkeep-dev-client, keyGroup: vault}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proc = common::Proc::start(&path);
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    let group_of = vec![Item::text(tag::ATTRIBUTE_NAME, "y-KeyGroup")];
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::GET_ATTRIBUTES, group_of),
+            ],
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    let group = payload(items[1])
+        .and_then(|p| p.child(tag::ATTRIBUTE))
+        .and_then(|a| a.child(tag::ATTRIBUTE_VALUE))
+        .and_then(Item::as_text);
+    assert_eq!(group, Some("vault"));
+
+    // Clients cannot forge or change a server-defined attribute.
+    let forged = vec![attribute(
+        "y-KeyGroup",
+        Item::text(tag::ATTRIBUTE_VALUE, "lto-default"),
+    )];
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, forged))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::PERMISSION_DENIED)
+    );
+}

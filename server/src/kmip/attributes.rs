@@ -26,6 +26,9 @@ const COMPUTED: [&str; 7] = [
     "Last Change Date",
 ];
 
+/// The server-defined attribute naming the key group of the drive that made a key.
+pub const KEY_GROUP: &str = "y-KeyGroup";
+
 /// Attributes only the server sets, as a side effect of an operation.
 const SERVER_SET: [&str; 4] = [
     "Activation Date",
@@ -111,7 +114,7 @@ pub fn settable(name: &str) -> Result<bool, KmipError> {
     if let Some((_, multi)) = CLIENT_SET.iter().find(|(n, _)| *n == name) {
         return Ok(*multi);
     }
-    if COMPUTED.contains(&name) || SERVER_SET.contains(&name) {
+    if COMPUTED.contains(&name) || SERVER_SET.contains(&name) || name.starts_with("y-") {
         return Err(KmipError::new(
             result_reason::PERMISSION_DENIED,
             format!("{name} is set by the server and cannot be changed by a client"),
@@ -123,9 +126,9 @@ pub fn settable(name: &str) -> Result<bool, KmipError> {
     ))
 }
 
-/// Custom attributes: `x-` from clients (and `y-` from servers).
+/// Custom attributes a client may set: `x-` (`y-` ones are the server's).
 fn is_custom(name: &str) -> bool {
-    (name.starts_with("x-") || name.starts_with("y-")) && name.len() > 2
+    name.starts_with("x-") && name.len() > 2
 }
 
 /// Checks that `value` has the shape `name` needs.

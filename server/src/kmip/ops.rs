@@ -17,6 +17,7 @@ use super::{
     BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
     supported, tag, text_field, version_item,
 };
+use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
 use crate::replication::Replication;
 use crate::store::Store;
@@ -164,9 +165,11 @@ impl Kmip {
         &self.store
     }
 
-    /// Runs a request's batch. `allowed` is the drive table's verdict on the client; a
-    /// refused client gets a permission error for every item.
-    pub async fn handle(&self, request: &Request, allowed: bool) -> Vec<Outcome> {
+    /// Runs a request's batch for a client the drive table judged: a refused client gets a
+    /// permission error for every item, and keys a known client creates are tagged with
+    /// its key group.
+    pub async fn handle(&self, request: &Request, client: &Verdict) -> Vec<Outcome> {
+        let allowed = client.allowed();
         let mut outcomes = Vec::with_capacity(request.items.len());
         let mut placeholder: Option<KeyId> = None;
         for item in &request.items {
@@ -186,7 +189,8 @@ impl Kmip {
                     ),
                 ))
             } else {
-                self.run(item, placeholder.as_ref()).await
+                self.run(item, placeholder.as_ref(), client.key_group())
+                    .await
             };
             let failed = result.is_err();
             let operation = super::operation_name(item.operation).to_owned();
@@ -225,13 +229,18 @@ impl Kmip {
         outcomes
     }
 
-    async fn run(&self, item: &BatchItem, placeholder: Option<&KeyId>) -> OpResult {
+    async fn run(
+        &self,
+        item: &BatchItem,
+        placeholder: Option<&KeyId>,
+        group: Option<&str>,
+    ) -> OpResult {
         let p = &item.payload;
         match item.operation {
             operation::DISCOVER_VERSIONS => Ok((discover_versions(p), None)),
             operation::QUERY => self.query(p),
-            operation::CREATE => self.create(p).await,
-            operation::REGISTER => self.register(p).await,
+            operation::CREATE => self.create(p, group).await,
+            operation::REGISTER => self.register(p, group).await,
             operation::GET => self.get(p, placeholder),
             operation::LOCATE => self.locate(p),
             operation::GET_ATTRIBUTES => self.get_attributes(p, placeholder),
@@ -295,7 +304,7 @@ impl Kmip {
         Ok((out, None))
     }
 
-    async fn create(&self, p: &Item) -> OpResult {
+    async fn create(&self, p: &Item, group: Option<&str>) -> OpResult {
         require_symmetric(p)?;
         let template = template_attributes(p)?;
         let (length, rest) = take_cipher(template)?;
@@ -303,6 +312,7 @@ impl Kmip {
         let mut key = Key::generate(&self.kek, first_name(&rest), Algorithm::Aes, length, now)
             .map_err(|e| KmipError::new(result_reason::CRYPTOGRAPHIC_FAILURE, e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
+        tag_group(&mut key, group, now.as_millisecond())?;
         self.commit_new(key.clone()).await?;
         Ok((
             vec![
@@ -313,7 +323,7 @@ impl Kmip {
         ))
     }
 
-    async fn register(&self, p: &Item) -> OpResult {
+    async fn register(&self, p: &Item, group: Option<&str>) -> OpResult {
         require_symmetric(p)?;
         let template = template_attributes(p)?;
         let block = p
@@ -383,6 +393,7 @@ impl Kmip {
         )
         .map_err(|e| KmipError::invalid(e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
+        tag_group(&mut key, group, now.as_millisecond())?;
         self.commit_new(key.clone()).await?;
         Ok((vec![uid_item(&key.id)], Some(key.id)))
     }
@@ -852,6 +863,20 @@ fn first_name(template: &[(String, Value)]) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// Tags a new key with the key group of the drive that made it.
+fn tag_group(key: &mut Key, group: Option<&str>, now_ms: i64) -> Result<(), KmipError> {
+    let Some(group) = group else { return Ok(()) };
+    attributes::set(
+        key,
+        &Attribute {
+            name: attributes::KEY_GROUP.to_owned(),
+            index: 0,
+            value: Value::TextString(group.to_owned()),
+        },
+        now_ms,
+    )
 }
 
 /// Stores the client's template attributes on a new key, checking each.
