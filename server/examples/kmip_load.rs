@@ -91,7 +91,10 @@ fn create_request(version: (i32, i32)) -> Item {
         "Cryptographic Usage Mask",
         Item::integer(tag::ATTRIBUTE_VALUE, 0x0C),
     );
-    request(version, vec![(operation::CREATE, create_aes(256, vec![mask]))])
+    request(
+        version,
+        vec![(operation::CREATE, create_aes(256, vec![mask]))],
+    )
 }
 
 async fn run(args: &Args) -> Result<(), String> {
