@@ -52,7 +52,9 @@ pub struct ReplicationConfig {
     /// Certificate identities allowed to read and merge the keystore (the peers', and the
     /// operator's).
     pub allowed_identities: Vec<String>,
-    /// The other replicas.
+    /// The replicas of the KeyManager. A replica leaves out the entry named like itself
+    /// (environment `SHADOWKEEP_REPLICA_NAME`, else `HOSTNAME`), so that every replica can
+    /// share one configuration.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// How many peers must hold a new key before Create or Register succeeds. Defaults to

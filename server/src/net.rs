@@ -102,7 +102,11 @@ impl Server {
         let peers: Vec<String> = config
             .replication
             .iter()
-            .flat_map(|r| r.peers.iter().map(|p| p.name.clone()))
+            .flat_map(|r| {
+                crate::replication::peers_of(r)
+                    .into_iter()
+                    .map(|p| p.name.clone())
+            })
             .collect();
         let metrics = Metrics::new(&peers);
         let cancel = CancellationToken::new();

@@ -16,7 +16,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use shadowkeep_api::keystore::{Key, Keystore};
-use shadowkeep_api::server_config::ReplicationConfig;
+use shadowkeep_api::server_config::{PeerConfig, ReplicationConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
@@ -73,6 +73,16 @@ pub fn delta(keystore: &Keystore, summary: &Summary) -> Keystore {
     out
 }
 
+/// The configured peers, less this replica. The operator renders one configuration for
+/// every replica, listing them all; each leaves itself out by name (a StatefulSet pod's host
+/// name is its replica name).
+pub fn peers_of(config: &ReplicationConfig) -> Vec<&PeerConfig> {
+    let me = std::env::var("SHADOWKEEP_REPLICA_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    config.peers.iter().filter(|p| p.name != me).collect()
+}
+
 struct Push {
     keys: Vec<Key>,
     done: Option<oneshot::Sender<bool>>,
@@ -115,9 +125,19 @@ impl Replication {
             key: Some(config.client_key.clone()),
         })
         .map_err(|e| ReplicationError(e.to_string()))?;
+        let peers = peers_of(config);
+        let required = config
+            .peer_acknowledgements
+            .unwrap_or_else(|| usize::from(!peers.is_empty()));
+        if required > peers.len() {
+            return Err(ReplicationError(format!(
+                "{required} peer acknowledgements required but only {} peers besides this replica",
+                peers.len()
+            )));
+        }
         let mut pushers = Vec::new();
         let mut pullers = Vec::new();
-        for peer in &config.peers {
+        for peer in peers {
             let (tx, rx) = mpsc::channel(8192);
             pushers.push(tx);
             let link = PeerLink::new(&peer.name, &peer.address, connector.clone());
@@ -133,7 +153,7 @@ impl Replication {
         ));
         Ok(Arc::new(Self {
             pushers,
-            required: config.required_acks(),
+            required,
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
         }))
     }

@@ -34,8 +34,8 @@ impl Cluster {
         let d = certs.display();
         let configs = (0..3)
             .map(|i| {
+                // Every replica gets the full list, itself included, as the operator renders it.
                 let peers = (0..3)
-                    .filter(|j| *j != i)
                     .map(|j| format!("    - {{name: r{j}, address: \"{}\"}}", admins[j]))
                     .collect::<Vec<_>>()
                     .join("\n");
@@ -62,7 +62,7 @@ impl Cluster {
     }
 
     fn start(&self, i: usize) -> Proc {
-        Proc::start(&self.configs[i])
+        Proc::start_as(&self.configs[i], Some(&format!("r{i}")))
     }
 
     fn connector(&self) -> tokio_rustls::TlsConnector {

@@ -53,7 +53,13 @@ impl Drop for Proc {
 impl Proc {
     /// Starts a server from a configuration file.
     pub fn start(config: &Path) -> Self {
-        let (child, kmip, admin) = spawn(&["--config", config.to_str().unwrap()]);
+        Self::start_as(config, None)
+    }
+
+    /// Starts a server from a configuration file under a replica name (the name a
+    /// StatefulSet pod would have), so it leaves itself out of the shared peer list.
+    pub fn start_as(config: &Path, replica: Option<&str>) -> Self {
+        let (child, kmip, admin) = spawn_env(&["--config", config.to_str().unwrap()], replica);
         Self {
             child,
             kmip,
@@ -76,7 +82,15 @@ impl Proc {
 
 /// Starts the binary and waits for its listening lines.
 pub fn spawn(args: &[&str]) -> (Child, SocketAddr, Option<SocketAddr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+    spawn_env(args, None)
+}
+
+fn spawn_env(args: &[&str], replica: Option<&str>) -> (Child, SocketAddr, Option<SocketAddr>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"));
+    if let Some(name) = replica {
+        command.env("SHADOWKEEP_REPLICA_NAME", name);
+    }
+    let mut child = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
