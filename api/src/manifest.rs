@@ -15,6 +15,8 @@ use crate::crd::{API_VERSION, DriveTable, GROUP, KeyGroup, KeyManager, Shadow, c
 use crate::finding::{Finding, ObjectRef};
 
 /// One of the four shadowkeep resources.
+// A manifest holds a handful of these; boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     /// A KeyManager.

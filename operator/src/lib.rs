@@ -7,4 +7,5 @@
 //! The domain model and the resource types live in `shadowkeep-api`; this crate adds the
 //! file system and, later, the Kubernetes client.
 
+pub mod build;
 pub mod cli;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -93,6 +94,36 @@ pub struct KeyManagerSpec {
     /// failure domains, so that one site going dark leaves the others serving.
     #[serde(default)]
     pub placement: PlacementSpec,
+
+    /// Each replica's data volume, which holds its keystore.
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// The persistent volume of each replica.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each replica's volume. A keystore of a million keys takes about 1 GiB.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+
+    /// Storage class of the volumes; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_owned())
 }
 
 fn default_replicas() -> i32 {

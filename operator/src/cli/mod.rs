@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 pub mod crds;
+pub mod render;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -26,6 +27,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Print, offline, every Kubernetes object the operator would apply for the manifests,
+    /// in apply order, with Secret data masked.
+    Render {
+        /// Files or directories to read; directories are searched for *.yaml and *.yml.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Check manifests (files or directories, multi-document YAML) against the CRD schemas,
     /// their CEL rules and the estate rules. Exit 0 when valid (warnings allowed), 1 on any
     /// error, 2 when input could not be read.
@@ -40,6 +48,10 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds::run(out_dir.as_deref()),
+        Command::Render { paths } => {
+            let code = render::render(&paths, &mut std::io::stdout().lock());
+            ExitCode::from(code)
+        }
         Command::Validate { paths } => {
             let report = validate::validate_paths(&paths);
             let stdout = std::io::stdout();

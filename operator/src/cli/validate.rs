@@ -69,6 +69,12 @@ impl Report {
 
 /// Reads every manifest under `paths` and validates them as one estate.
 pub fn validate_paths(paths: &[PathBuf]) -> Report {
+    load(paths).0
+}
+
+/// Reads every manifest under `paths`: what validation found, and the estate of the
+/// objects that decoded.
+pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
     let mut report = Report::default();
     let mut files = Vec::new();
     for path in paths {
@@ -129,7 +135,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
             .unwrap_or_default();
         report.findings.push((file, finding));
     }
-    report
+    (report, estate)
 }
 
 /// Adds `path` (a file) or the YAML files under it (a directory), sorted, to `files`.

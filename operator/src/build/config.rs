@@ -1,0 +1,144 @@
+//! The server configuration, rendered from the KeyManager, its DriveTables and KeyGroups
+//! into one ConfigMap that every replica mounts: identical by construction.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt as _;
+use sha2::{Digest as _, Sha256};
+use shadowkeep_api::server_config::{
+    DriveEntry, DrivePolicy, KeyGroupEntry, KmipConfig, PeerConfig, ReplicationConfig,
+    ServerConfig, TlsFiles,
+};
+
+use super::{ADMIN_PORT, BuildError, Inputs, KMIP_PORT};
+
+/// Where the configuration is mounted, and its file name.
+pub const CONFIG_DIR: &str = "/etc/shadowkeep/config";
+/// The configuration file's key in the ConfigMap.
+pub const CONFIG_FILE: &str = "server.yaml";
+/// Where the replica certificate is mounted (`tls.crt`, `tls.key`, `ca.crt`).
+pub const TLS_DIR: &str = "/etc/shadowkeep/tls";
+/// Where the KEK Secret is mounted (key `kek`).
+pub const KEK_DIR: &str = "/etc/shadowkeep/kek";
+/// Where the canonical keystore Secret is mounted (key `keystore`).
+pub const KEYSTORE_DIR: &str = "/etc/shadowkeep/keystore";
+/// The data volume.
+pub const DATA_DIR: &str = "/var/lib/shadowkeep";
+
+/// The server configuration of the KeyManager's replicas.
+pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
+    let km = inputs.key_manager;
+    let names = inputs.names();
+    let ns = inputs.namespace();
+    let replicas = usize::try_from(km.spec.replicas).unwrap_or(1);
+    let tls = |f: &str| PathBuf::from(format!("{TLS_DIR}/{f}"));
+    let mut drives: Vec<DriveEntry> = inputs
+        .drive_tables
+        .iter()
+        .flat_map(|t| t.spec.drives.iter())
+        .map(|d| DriveEntry {
+            serial: d.serial.clone(),
+            certificate_identity: d.certificate_identity.clone(),
+            key_group: d.key_group.clone(),
+        })
+        .collect();
+    drives.sort_by(|a, b| a.serial.cmp(&b.serial));
+    let mut key_groups: Vec<KeyGroupEntry> = inputs
+        .key_groups
+        .iter()
+        .map(|g| KeyGroupEntry {
+            name: g.name_any(),
+            default: g.spec.default_group,
+        })
+        .collect();
+    key_groups.sort_by(|a, b| a.name.cmp(&b.name));
+    let peers = (0..replicas)
+        .map(|i| PeerConfig {
+            name: format!("{}-{i}", names.statefulset),
+            address: format!(
+                "{}-{i}.{}.{ns}.svc:{ADMIN_PORT}",
+                names.statefulset, names.peers
+            ),
+        })
+        .collect();
+    let acks = km
+        .spec
+        .durability
+        .peer_acknowledgements
+        .map_or(usize::from(replicas > 1), |n| {
+            usize::try_from(n).unwrap_or(0)
+        });
+    ServerConfig {
+        server_id: km.spec.server_id.clone(),
+        kmip: KmipConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], port(KMIP_PORT))),
+            ..KmipConfig::default()
+        },
+        tls: TlsFiles {
+            cert: tls("tls.crt"),
+            key: tls("tls.key"),
+            client_ca: tls("ca.crt"),
+        },
+        data_dir: PathBuf::from(format!("{DATA_DIR}/store")),
+        kek_file: PathBuf::from(format!("{KEK_DIR}/kek")),
+        drives: DrivePolicy {
+            // Tables of one KeyManager are one drive table; any of them may open it up.
+            accept_unknown: inputs
+                .drive_tables
+                .iter()
+                .any(|t| t.spec.accept_unknown_drives),
+            drives,
+            key_groups,
+        },
+        replication: Some(ReplicationConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], port(ADMIN_PORT))),
+            client_cert: tls("tls.crt"),
+            client_key: tls("tls.key"),
+            allowed_identities: vec![inputs.peer_identity()],
+            peers,
+            peer_acknowledgements: Some(acks),
+            sync_interval_secs: km.spec.sync_interval.as_duration().as_secs().max(1),
+            ack_timeout_ms: 2000,
+        }),
+        keystore_file: Some(PathBuf::from(format!("{KEYSTORE_DIR}/keystore"))),
+    }
+}
+
+fn port(p: i32) -> u16 {
+    u16::try_from(p).unwrap_or_default()
+}
+
+/// The ConfigMap holding the configuration file.
+pub fn config_map(inputs: &Inputs<'_>) -> Result<ConfigMap, BuildError> {
+    let yaml = server_config(inputs)
+        .to_yaml()
+        .map_err(|e| BuildError(e.to_string()))?;
+    Ok(ConfigMap {
+        metadata: inputs.meta(&inputs.names().config, true),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), yaml)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// A hash of the configuration, put on the pod template so that a change rolls the pods.
+pub fn config_hash(config: &ConfigMap) -> String {
+    let mut hash = Sha256::new();
+    for (key, value) in config.data.iter().flatten() {
+        hash.update(key.as_bytes());
+        hash.update([0]);
+        hash.update(value.as_bytes());
+        hash.update([0]);
+    }
+    hex_lower(&hash.finalize()[..16])
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

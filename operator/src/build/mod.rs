@@ -1,0 +1,224 @@
+//! Pure builders: a KeyManager with its DriveTables, KeyGroups and Shadows in, the
+//! Kubernetes objects the operator applies out. No client, no clock, no randomness: what
+//! must be generated (the KEK, certificates, the license) is passed in, so the same input
+//! always builds the same objects, and `shadowkeep render` shows exactly what the
+//! controller would apply.
+
+mod config;
+mod pdb;
+mod secret;
+mod service;
+mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource as _, ResourceExt as _};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::estate::Estate;
+
+pub use config::{config_hash, config_map, server_config};
+pub use pdb::pod_disruption_budget;
+pub use secret::{Material, kek_secret, keystore_secret, license_secret, tls_secret};
+pub use service::{client_service, peer_service};
+pub use statefulset::statefulset;
+
+/// The server image used when a KeyManager names none: the one released with this operator.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/shadowkeep/shadowkeep-server:",
+    env!("CARGO_PKG_VERSION")
+);
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "shadowkeep-operator";
+/// Port of KMIP inside the pod.
+pub const KMIP_PORT: i32 = 5696;
+/// Port of the admin API (health, metrics, replication) inside the pod.
+pub const ADMIN_PORT: i32 = 9443;
+
+/// A KeyManager and the objects that refer to it: what its children are built from.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The KeyManager.
+    pub key_manager: &'a KeyManager,
+    /// Its drive tables.
+    pub drive_tables: Vec<&'a DriveTable>,
+    /// Its key groups.
+    pub key_groups: Vec<&'a KeyGroup>,
+    /// Its shadows.
+    pub shadows: Vec<&'a Shadow>,
+}
+
+impl<'a> Inputs<'a> {
+    /// Gathers, for every KeyManager of `estate`, the objects that refer to it.
+    pub fn from_estate(estate: &'a Estate) -> Vec<Self> {
+        estate
+            .key_managers()
+            .iter()
+            .map(|km| {
+                let ns = km.namespace();
+                let name = km.name_any();
+                let mine = |o_ns: Option<String>, r: &str| o_ns == ns && r == name;
+                Self {
+                    key_manager: km,
+                    drive_tables: estate
+                        .drive_tables()
+                        .iter()
+                        .filter(|t| mine(t.namespace(), &t.spec.key_manager_ref.name))
+                        .collect(),
+                    key_groups: estate
+                        .key_groups()
+                        .iter()
+                        .filter(|g| mine(g.namespace(), &g.spec.key_manager_ref.name))
+                        .collect(),
+                    shadows: estate
+                        .shadows()
+                        .iter()
+                        .filter(|s| mine(s.namespace(), &s.spec.key_manager_ref.name))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The KeyManager's name.
+    pub fn name(&self) -> String {
+        self.key_manager.name_any()
+    }
+
+    /// The KeyManager's namespace (`default` when the manifest names none).
+    pub fn namespace(&self) -> String {
+        self.key_manager
+            .namespace()
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// Names of the children.
+    pub fn names(&self) -> Names {
+        Names::of(&self.name())
+    }
+
+    /// The labels every child carries.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector();
+        labels.insert(
+            "app.kubernetes.io/name".to_owned(),
+            "shadowkeep-server".to_owned(),
+        );
+        labels.insert(
+            "app.kubernetes.io/component".to_owned(),
+            "key-server".to_owned(),
+        );
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        );
+        labels
+    }
+
+    /// The labels that select the KeyManager's pods.
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/instance".to_owned(), self.name()),
+            ("shadowkeep.io/key-manager".to_owned(), self.name()),
+        ])
+    }
+
+    /// Metadata for a child: name, namespace, labels, and — unless the child must outlive
+    /// the KeyManager — an owner reference so Kubernetes removes it with the KeyManager.
+    pub fn meta(&self, name: &str, owned: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace()),
+            labels: Some(self.labels()),
+            owner_references: owned.then(|| vec![self.owner_reference()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn owner_reference(&self) -> OwnerReference {
+        let km = self.key_manager;
+        OwnerReference {
+            api_version: KeyManager::api_version(&()).into_owned(),
+            kind: KeyManager::kind(&()).into_owned(),
+            name: self.name(),
+            uid: km.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// The identity replicas present to each other (a subject alternative name of the
+    /// replica certificate).
+    pub fn peer_identity(&self) -> String {
+        format!("*.{}.{}.svc", self.names().peers, self.namespace())
+    }
+}
+
+/// The names of a KeyManager's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// StatefulSet and PodDisruptionBudget.
+    pub statefulset: String,
+    /// Headless Service for the replicas to find each other.
+    pub peers: String,
+    /// Service for KMIP clients.
+    pub kmip: String,
+    /// ConfigMap with the server configuration.
+    pub config: String,
+    /// Secret with the KEK.
+    pub kek: String,
+    /// Secret with the replica certificate.
+    pub tls: String,
+    /// Secret with the canonical keystore.
+    pub keystore: String,
+    /// Secret with the server license.
+    pub license: String,
+}
+
+impl Names {
+    /// The names derived from a KeyManager's name (at most 47 characters, so these fit).
+    pub fn of(name: &str) -> Self {
+        Self {
+            statefulset: name.to_owned(),
+            peers: format!("{name}-peers"),
+            kmip: format!("{name}-kmip"),
+            config: format!("{name}-config"),
+            kek: format!("{name}-kek"),
+            tls: format!("{name}-tls"),
+            keystore: format!("{name}-keystore"),
+            license: format!("{name}-license"),
+        }
+    }
+}
+
+/// Every object of one KeyManager, in apply order: Secrets, ConfigMap, Services,
+/// StatefulSet, PodDisruptionBudget. `material` holds what must be generated.
+pub fn children(
+    inputs: &Inputs<'_>,
+    material: &Material,
+) -> Result<Vec<serde_json::Value>, BuildError> {
+    let mut out = Vec::new();
+    let mut push = |v: Result<serde_json::Value, serde_json::Error>| -> Result<(), BuildError> {
+        out.push(v.map_err(|e| BuildError(e.to_string()))?);
+        Ok(())
+    };
+    push(serde_json::to_value(kek_secret(inputs, material)))?;
+    push(serde_json::to_value(keystore_secret(inputs, material)))?;
+    if let Some(tls) = tls_secret(inputs, material) {
+        push(serde_json::to_value(tls))?;
+    }
+    push(serde_json::to_value(license_secret(inputs, material)))?;
+    let config = config_map(inputs)?;
+    let hash = config_hash(&config);
+    push(serde_json::to_value(config))?;
+    push(serde_json::to_value(peer_service(inputs)))?;
+    push(serde_json::to_value(client_service(inputs)))?;
+    push(serde_json::to_value(statefulset(inputs, &hash)))?;
+    push(serde_json::to_value(pod_disruption_budget(inputs)))?;
+    Ok(out)
+}
+
+/// A child could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to build: {0}")]
+pub struct BuildError(pub String);

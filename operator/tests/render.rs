@@ -1,0 +1,217 @@
+//! The pure builders, from the quickstart manifests: a golden rendering, the rules the
+//! children must keep (what survives deletion, what rolls the pods), and masking.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shadowkeep::build::{Inputs, Material, children};
+use shadowkeep::cli::render::render;
+use shadowkeep::cli::validate::load;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rendered(paths: &[PathBuf]) -> (u8, String) {
+    let mut out = Vec::new();
+    let code = render(paths, &mut out);
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// `SHADOWKEEP_BLESS=1 cargo test -p shadowkeep --test render` rewrites the golden file.
+#[test]
+fn quickstart_renders_as_the_golden_file() {
+    let (code, text) = rendered(&[repo().join("examples/quickstart")]);
+    assert_eq!(code, 0, "{text}");
+    let golden = repo().join("operator/tests/golden/quickstart.yaml");
+    if std::env::var_os("SHADOWKEEP_BLESS").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert!(
+        text == expected,
+        "rendering changed; review it and run `SHADOWKEEP_BLESS=1 cargo test -p shadowkeep --test render`\n{text}"
+    );
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Secret",
+            "Secret",
+            "Secret",
+            "Secret",
+            "ConfigMap",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "PodDisruptionBudget"
+        ],
+        "apply order"
+    );
+}
+
+#[test]
+fn invalid_manifests_render_nothing_and_say_why() {
+    let (code, text) =
+        rendered(&[repo().join("tests/invalid-manifests/drive-in-two-keymanagers.yaml")]);
+    assert_eq!(code, 1);
+    assert!(!text.contains("kind: StatefulSet"));
+    assert!(text.contains("splits its key history"), "{text}");
+}
+
+fn objects(dir: &Path, material: &Material) -> Vec<Value> {
+    let (report, estate) = load(&[dir.to_owned()]);
+    assert_eq!(report.exit_code(), 0);
+    let inputs = Inputs::from_estate(&estate);
+    assert_eq!(inputs.len(), 1);
+    children(&inputs[0], material).unwrap()
+}
+
+fn material() -> Material {
+    Material {
+        kek: vec![7; 32],
+        keystore: b"{\"format\":1,\"keys\":[]}".to_vec(),
+        tls: Some((b"crt".to_vec(), b"key".to_vec(), b"ca".to_vec())),
+        license: b"skl1.x.y".to_vec(),
+    }
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn key_material_outlives_the_key_manager_and_the_rest_is_owned() {
+    let objects = objects(&repo().join("examples/quickstart"), &material());
+    for name in ["tape-keys-kek", "tape-keys-keystore", "tape-keys-tls"] {
+        let secret = named(&objects, "Secret", name);
+        assert!(
+            secret["metadata"]["ownerReferences"].is_null(),
+            "{name} must survive deletion"
+        );
+        assert_eq!(
+            secret["metadata"]["annotations"]["shadowkeep.io/keep-on-delete"],
+            "true"
+        );
+    }
+    assert_eq!(
+        named(&objects, "Secret", "tape-keys-kek")["immutable"],
+        true
+    );
+    for (kind, name) in [
+        ("ConfigMap", "tape-keys-config"),
+        ("StatefulSet", "tape-keys"),
+        ("Service", "tape-keys-kmip"),
+        ("PodDisruptionBudget", "tape-keys"),
+    ] {
+        let owner = &named(&objects, kind, name)["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "KeyManager", "{kind} {name}");
+        assert_eq!(owner["controller"], true);
+    }
+    // The StatefulSet keeps its volumes when deleted or scaled down: they hold keystores.
+    let sts = named(&objects, "StatefulSet", "tape-keys");
+    let retention = &sts["spec"]["persistentVolumeClaimRetentionPolicy"];
+    assert_eq!(retention["whenDeleted"], "Retain");
+    assert_eq!(retention["whenScaled"], "Retain");
+}
+
+#[test]
+fn the_pods_are_locked_down_spread_and_probed() {
+    let objects = objects(&repo().join("examples/quickstart"), &material());
+    let pod = &named(&objects, "StatefulSet", "tape-keys")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let zones = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(
+        zones["values"],
+        serde_json::json!(["eu-west-1a", "eu-west-1b"])
+    );
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    let pdb = named(&objects, "PodDisruptionBudget", "tape-keys");
+    assert_eq!(pdb["spec"]["minAvailable"], 1, "replicas - 1");
+}
+
+#[test]
+fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
+    let dir = std::env::temp_dir().join(format!("shadowkeep-render-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "keymanager.yaml",
+        "keygroup.yaml",
+        "drivetable.yaml",
+        "shadow.yaml",
+    ] {
+        std::fs::copy(repo().join("examples/quickstart").join(f), dir.join(f)).unwrap();
+    }
+    let hash = |objects: &[Value]| {
+        named(objects, "StatefulSet", "tape-keys")["spec"]["template"]["metadata"]["annotations"]
+            ["shadowkeep.io/config-hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let before = objects(&dir, &material());
+    // The same inputs build the same objects.
+    assert_eq!(objects(&dir, &material()), before);
+    let table = std::fs::read_to_string(dir.join("drivetable.yaml")).unwrap();
+    std::fs::write(
+        dir.join("drivetable.yaml"),
+        table.replace("1013000125", "1013000126"),
+    )
+    .unwrap();
+    let after = objects(&dir, &material());
+    assert_ne!(hash(&before), hash(&after));
+    let config = named(&after, "ConfigMap", "tape-keys-config")["data"]["server.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("1013000126") && !config.contains("1013000125"));
+    // The configuration the server reads is one it accepts.
+    let parsed = shadowkeep_api::server_config::ServerConfig::from_yaml(config).unwrap();
+    assert_eq!(parsed.server_id, "tape-keys-eu1");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn rendered_secrets_show_no_material() {
+    let (_, text) = rendered(&[repo().join("examples/quickstart")]);
+    // Render builds with placeholders and then masks every value.
+    assert!(
+        text.contains(
+            "shadowkeep.io/rendered-data: 'masked: kek; generated or read by the operator'"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        "the placeholder KEK is not shown"
+    );
+}
