@@ -177,19 +177,35 @@ pub async fn https(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(hyper::StatusCode, Vec<u8>), String> {
+    let mut sender = http1_connect(address, connector).await?;
+    send(&mut sender, address, method, path, body).await
+}
+
+/// Sends one request on an open connection (waiting at most 30 seconds for the answer)
+/// and reads the whole response: the status and body.
+pub async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    address: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(hyper::StatusCode, Vec<u8>), String> {
     use http_body_util::BodyExt as _;
 
-    let mut sender = http1_connect(address, connector).await?;
+    sender.ready().await.map_err(|e| e.to_string())?;
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, address)
         .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sender.send_request(request),
+    )
+    .await
+    .map_err(|_| "request timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
     let status = response.status();
     let bytes = response
         .into_body()

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use shadowkeep_api::keystore::{Key, Keystore};
@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientFiles, connector, http1_connect};
+use crate::client::{ClientFiles, connector, http1_connect, send};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -334,24 +334,6 @@ impl PeerLink {
             .sender
             .as_mut()
             .ok_or_else(|| "not connected".to_owned())?;
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(hyper::header::HOST, self.address.clone())
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
-            .await
-            .map_err(|_| "request timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, bytes.to_vec()))
+        send(sender, &self.address, Method::POST, path, body).await
     }
 }
