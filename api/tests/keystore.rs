@@ -34,6 +34,7 @@ fn state() -> impl Strategy<Value = KeyState> {
         Just(KeyState::PreActive),
         Just(KeyState::Active),
         Just(KeyState::Deactivated),
+        Just(KeyState::Compromised),
         Just(KeyState::Destroyed),
     ]
 }

@@ -539,3 +539,54 @@ async fn keys_a_known_drive_creates_carry_its_key_group() {
         Some(result_reason::PERMISSION_DENIED)
     );
 }
+
+#[tokio::test]
+async fn a_key_revoked_for_compromise_is_compromised_then_destroyed_compromised() {
+    let server = Server::start("compromise", 60);
+    let mut c = server.client().await;
+    let state_and_date = || {
+        vec![
+            Item::text(tag::ATTRIBUTE_NAME, "State"),
+            Item::text(tag::ATTRIBUTE_NAME, "Compromise Occurrence Date"),
+        ]
+    };
+    let revoke = vec![
+        Item::structure(
+            tag::REVOCATION_REASON,
+            vec![Item::enumeration(tag::REVOCATION_REASON_CODE, 2)],
+        ),
+        Item::date_time(tag::COMPROMISE_OCCURRENCE_DATE, 1_700_000_000),
+    ];
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::ACTIVATE, vec![]),
+                (operation::REVOKE, revoke),
+                (operation::GET_ATTRIBUTES, state_and_date()),
+                (operation::GET, vec![]),
+                (operation::DESTROY, vec![]),
+                (operation::GET_ATTRIBUTES, state_and_date()),
+            ],
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert!(items.iter().all(|i| status(i) == Some(0)), "{response:?}");
+    let values = |i: usize| -> Vec<Item> {
+        payload(items[i])
+            .unwrap()
+            .children_with(tag::ATTRIBUTE)
+            .map(|a| a.child(tag::ATTRIBUTE_VALUE).unwrap().clone())
+            .collect()
+    };
+    let compromised = values(3);
+    assert_eq!(compromised[0].as_enum(), Some(4), "Compromised");
+    assert_eq!(compromised[1].as_date_time(), Some(1_700_000_000));
+    assert_eq!(
+        client::material(payload(items[4]).unwrap()).unwrap().len(),
+        32
+    );
+    assert_eq!(values(6)[0].as_enum(), Some(6), "Destroyed Compromised");
+}

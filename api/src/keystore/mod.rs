@@ -104,6 +104,9 @@ pub enum KeyState {
     Active,
     /// Only for processing existing data (reading old tapes).
     Deactivated,
+    /// Revoked because the key (or its CA) may be known to others; still readable for
+    /// old data, never for new.
+    Compromised,
     /// Material no longer served; the record and sealed material stay.
     Destroyed,
 }

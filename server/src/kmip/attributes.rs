@@ -30,11 +30,13 @@ const COMPUTED: [&str; 7] = [
 pub const KEY_GROUP: &str = "y-KeyGroup";
 
 /// Attributes only the server sets, as a side effect of an operation.
-const SERVER_SET: [&str; 4] = [
+const SERVER_SET: [&str; 6] = [
     "Activation Date",
     "Deactivation Date",
     "Destroy Date",
     "Revocation Reason",
+    "Compromise Date",
+    "Compromise Occurrence Date",
 ];
 
 /// Attributes a client may set, and whether they may have several instances.
@@ -284,12 +286,17 @@ pub fn set_date(key: &mut Key, name: &str, secs: i64, now_ms: i64) -> Result<(),
     )
 }
 
-/// The KMIP State of a key.
-pub fn kmip_state(state: KeyState) -> u32 {
-    match state {
+/// The KMIP State of a key. A destroyed key that had been revoked for compromise is
+/// Destroyed Compromised.
+pub fn kmip_state(key: &Key) -> u32 {
+    match key.state {
         KeyState::PreActive => state::PRE_ACTIVE,
         KeyState::Active => state::ACTIVE,
         KeyState::Deactivated => state::DEACTIVATED,
+        KeyState::Compromised => state::COMPROMISED,
+        KeyState::Destroyed if !instances(key, "Compromise Date").is_empty() => {
+            state::DESTROYED_COMPROMISED
+        }
         KeyState::Destroyed => state::DESTROYED,
     }
 }
@@ -321,7 +328,7 @@ fn computed(key: &Key) -> Vec<Attribute> {
             "Cryptographic Length",
             Value::Integer(i32::from(key.length)),
         ),
-        attr("State", Value::Enumeration(kmip_state(key.state))),
+        attr("State", Value::Enumeration(kmip_state(key))),
         attr("Initial Date", Value::DateTime(key.created_at.as_second())),
         attr(
             "Last Change Date",

@@ -108,7 +108,15 @@ pub mod state {
     pub const PRE_ACTIVE: u32 = 1;
     pub const ACTIVE: u32 = 2;
     pub const DEACTIVATED: u32 = 3;
+    pub const COMPROMISED: u32 = 4;
     pub const DESTROYED: u32 = 5;
+    pub const DESTROYED_COMPROMISED: u32 = 6;
+}
+
+/// Revocation Reason Code.
+pub mod revocation {
+    pub const KEY_COMPROMISE: u32 = 2;
+    pub const CA_COMPROMISE: u32 = 3;
 }
 
 /// Query Function.

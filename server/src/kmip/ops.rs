@@ -12,7 +12,9 @@ use shadowkeep_api::keystore::{Algorithm, Kek, Key, KeyId, KeyState};
 use tokio::sync::Mutex;
 
 use super::attributes::{self, Attribute};
-use super::enums::{algorithm, key_format, object_type, operation, query, result_reason};
+use super::enums::{
+    algorithm, key_format, object_type, operation, query, result_reason, revocation,
+};
 use super::{
     BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
     supported, tag, text_field, version_item,
@@ -627,20 +629,47 @@ impl Kmip {
         let reason = p
             .child(tag::REVOCATION_REASON)
             .ok_or_else(|| KmipError::missing("Revocation Reason"))?;
-        enum_field(
+        let code = enum_field(
             reason,
             tag::REVOCATION_REASON_CODE,
             "Revocation Reason Code",
         )?
         .ok_or_else(|| KmipError::missing("Revocation Reason: Revocation Reason Code"))?;
+        let compromised = matches!(code, revocation::KEY_COMPROMISE | revocation::CA_COMPROMISE);
+        let occurred = match p.child(tag::COMPROMISE_OCCURRENCE_DATE) {
+            None => None,
+            Some(d) => Some(d.as_date_time().ok_or_else(|| {
+                KmipError::invalid("Compromise Occurrence Date must be a Date-Time")
+            })?),
+        };
         let reason = reason.value.clone();
         self.transition(p, placeholder, |key, now| {
-            if !matches!(key.state, KeyState::PreActive | KeyState::Active) {
+            // A compromised key may be revoked again (from any state but Destroyed, KMIP
+            // 1.4 section 4.20); otherwise only a usable key is revoked.
+            let allowed = if compromised {
+                key.state != KeyState::Destroyed
+            } else {
+                matches!(key.state, KeyState::PreActive | KeyState::Active)
+            };
+            if !allowed {
                 return Err(wrong_state(key, "revoked", "Pre-Active or Active"));
             }
-            key.state = KeyState::Deactivated;
             let ms = now.as_millisecond();
-            attributes::set_date(key, "Deactivation Date", now.as_second(), ms)?;
+            if compromised {
+                key.state = KeyState::Compromised;
+                attributes::set_date(key, "Compromise Date", now.as_second(), ms)?;
+                attributes::set_date(
+                    key,
+                    "Compromise Occurrence Date",
+                    occurred.unwrap_or_else(|| now.as_second()),
+                    ms,
+                )?;
+            } else {
+                key.state = KeyState::Deactivated;
+            }
+            if attributes::instances(key, "Deactivation Date").is_empty() {
+                attributes::set_date(key, "Deactivation Date", now.as_second(), ms)?;
+            }
             attributes::set(
                 key,
                 &Attribute {
@@ -666,7 +695,7 @@ impl Kmip {
                 KeyState::Destroyed => {
                     return Err(wrong_state(key, "destroyed", "Pre-Active or Deactivated"));
                 }
-                KeyState::PreActive | KeyState::Deactivated => {}
+                KeyState::PreActive | KeyState::Deactivated | KeyState::Compromised => {}
             }
             key.state = KeyState::Destroyed;
             attributes::set_date(key, "Destroy Date", now.as_second(), now.as_millisecond())

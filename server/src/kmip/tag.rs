@@ -16,6 +16,7 @@ pub const AUTHENTICATION: Tag = Tag(0x42_000C);
 pub const BATCH_COUNT: Tag = Tag(0x42_000D);
 pub const BATCH_ERROR_CONTINUATION_OPTION: Tag = Tag(0x42_000E);
 pub const BATCH_ITEM: Tag = Tag(0x42_000F);
+pub const COMPROMISE_OCCURRENCE_DATE: Tag = Tag(0x42_0021);
 pub const CREDENTIAL: Tag = Tag(0x42_0023);
 pub const CREDENTIAL_TYPE: Tag = Tag(0x42_0024);
 pub const CREDENTIAL_VALUE: Tag = Tag(0x42_0025);
