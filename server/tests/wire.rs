@@ -590,3 +590,107 @@ async fn a_key_revoked_for_compromise_is_compromised_then_destroyed_compromised(
     );
     assert_eq!(values(6)[0].as_enum(), Some(6), "Destroyed Compromised");
 }
+
+#[tokio::test]
+async fn a_drive_may_be_known_by_the_serial_in_its_device_credential() {
+    let dir = common::certificates("wire-serial");
+    let config = format!(
+        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives:\n  acceptUnknown: false\n  drives: [{{serial: \"1013000123\"}}]\n",
+        d = dir.display()
+    );
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proc = common::Proc::start(&path);
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    let with_serial = |serial: &str| {
+        let mut message = request(V12, vec![(operation::CREATE, create_aes(256, vec![]))]);
+        let credential = Item::structure(
+            tag::AUTHENTICATION,
+            vec![Item::structure(
+                tag::CREDENTIAL,
+                vec![
+                    Item::enumeration(tag::CREDENTIAL_TYPE, 2),
+                    Item::structure(
+                        tag::CREDENTIAL_VALUE,
+                        vec![Item::text(tag::DEVICE_SERIAL_NUMBER, serial)],
+                    ),
+                ],
+            )],
+        );
+        if let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
+            && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+        {
+            header.insert(1, credential);
+        }
+        message
+    };
+    let response = c.call(&with_serial("1013000123")).await.unwrap();
+    assert_eq!(status(batch_items(&response)[0]), Some(0), "{response:?}");
+    let response = c.call(&with_serial("9999999999")).await.unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::PERMISSION_DENIED)
+    );
+}
+
+#[tokio::test]
+async fn the_operators_keystore_file_is_merged_at_start_and_on_change_and_never_shrinks() {
+    use shadowkeep_api::keystore::{Algorithm, Kek, Key, Keystore};
+
+    let dir = common::certificates("wire-import");
+    let kek = Kek::from_bytes(&std::fs::read(dir.join("kek.bin")).unwrap()).unwrap();
+    let made = |name: &str| {
+        Key::generate(&kek, name, Algorithm::Aes, 256, jiff::Timestamp::now()).unwrap()
+    };
+    let (first, second) = (made("FROM-SECRET-1"), made("FROM-SECRET-2"));
+    let write = |keys: &[&Key]| {
+        let mut ks = Keystore::new();
+        for k in keys {
+            ks.insert((*k).clone()).unwrap();
+        }
+        let tmp = dir.join("keystore.tmp");
+        std::fs::write(&tmp, ks.to_bytes().unwrap()).unwrap();
+        // Swapped in whole, as a mounted Secret is.
+        std::fs::rename(&tmp, dir.join("keystore")).unwrap();
+    };
+    write(&[&first]);
+    let config = format!(
+        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives: {{acceptUnknown: true}}\nkeystoreFile: {d}/keystore\n",
+        d = dir.display()
+    );
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, config).unwrap();
+    let proc = common::Proc::start(&path);
+    let connector = common::connector(&dir);
+    let ids = |keys: &[&Key]| {
+        let mut ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(common::all_ids(proc.kmip, &connector).await, ids(&[&first]));
+
+    write(&[&first, &second]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while common::all_ids(proc.kmip, &connector).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed file was not merged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A file that lost a key takes nothing away.
+    write(&[&second]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        common::all_ids(proc.kmip, &connector).await,
+        ids(&[&first, &second])
+    );
+    let mut c = KmipClient::connect(proc.kmip, &connector).await.unwrap();
+    let served = common::material(&mut c, first.id.as_str()).await.unwrap();
+    assert_eq!(
+        served,
+        kek.open(&first.id, &first.material).unwrap().to_vec()
+    );
+}
