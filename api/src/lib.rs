@@ -8,6 +8,7 @@
 //!   KeyManagers, duplicate server ids, risky placement).
 //! - [`keystore`]: keys and their sealed material, merged as a grow-only set.
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
+//! - [`pki`]: certificate authorities and the certificates they sign.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
 //!
 //! Nothing here touches the network, the file system or a Kubernetes client, so the server,
@@ -20,4 +21,5 @@ pub mod keystore;
 pub mod license;
 pub mod manifest;
 pub mod password;
+pub mod pki;
 pub mod server_config;

@@ -7,11 +7,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use shadowkeep_api::keystore::Kek;
+use shadowkeep_api::pki::{Authority, PkiError, Usage};
 use shadowkeep_api::server_config::{DrivePolicy, KmipConfig, ServerConfig, TlsFiles};
 
 /// File names in the data directory.
@@ -39,13 +36,8 @@ pub const CLIENT_IDENTITY: &str = "shadowkeep-dev-client";
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     /// Certificate generation failed.
-    #[error("failed to generate {what}: {source}")]
-    Generate {
-        /// Which certificate.
-        what: &'static str,
-        /// The cause.
-        source: rcgen::Error,
-    },
+    #[error(transparent)]
+    Generate(#[from] PkiError),
     /// Writing a file failed.
     #[error("failed to write {path}: {source}")]
     Write {
@@ -89,46 +81,21 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<ServerConfig, DevError>
 }
 
 fn generate(dir: &Path) -> Result<(), DevError> {
-    let gen_err = |what| move |source| DevError::Generate { what, source };
-    let ca_key = KeyPair::generate().map_err(gen_err("the CA key"))?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("the CA"))?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "shadowkeep dev CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).map_err(gen_err("the CA"))?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let leaf = |cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose, what: &'static str| {
-        let key = KeyPair::generate().map_err(gen_err(what))?;
-        let mut params = CertificateParams::new(sans).map_err(gen_err(what))?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).map_err(gen_err(what))?;
-        Ok::<_, DevError>((cert.pem(), key.serialize_pem()))
-    };
-    let (server_cert, server_key) = leaf(
+    let ca = Authority::generate("shadowkeep dev CA")?;
+    let server = ca.leaf(
         "localhost",
-        vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        "the server certificate",
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+        Usage::Server,
     )?;
-    let (client_cert, client_key) = leaf(
+    let client = ca.leaf(
         CLIENT_IDENTITY,
-        vec![CLIENT_IDENTITY.to_owned()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-        "the client certificate",
+        &[CLIENT_IDENTITY.to_owned()],
+        Usage::Client,
     )?;
-    let (peer_cert, peer_key) = leaf(
-        PEER_IDENTITY,
-        vec![PEER_IDENTITY.to_owned()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-        "the peer certificate",
-    )?;
+    let peer = ca.leaf(PEER_IDENTITY, &[PEER_IDENTITY.to_owned()], Usage::Client)?;
+    let (server_cert, server_key) = (server.cert_pem, server.key_pem);
+    let (client_cert, client_key) = (client.cert_pem, client.key_pem);
+    let (peer_cert, peer_key) = (peer.cert_pem, peer.key_pem);
     write(dir, PEER_CERT, peer_cert.as_bytes(), false)?;
     write(dir, PEER_KEY, peer_key.as_bytes(), true)?;
     write(dir, SERVER_CERT, server_cert.as_bytes(), false)?;
@@ -137,7 +104,7 @@ fn generate(dir: &Path) -> Result<(), DevError> {
     write(dir, CLIENT_KEY, client_key.as_bytes(), true)?;
     write(dir, KEK, Kek::generate().as_bytes(), true)?;
     // The CA last: its presence is what says the set is complete.
-    write(dir, CA_CERT, ca_cert.pem().as_bytes(), false)
+    write(dir, CA_CERT, ca.cert_pem().as_bytes(), false)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Result<(), DevError> {
