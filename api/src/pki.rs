@@ -43,6 +43,7 @@ pub struct Pair {
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    key_pem: Zeroizing<String>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -62,15 +63,22 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).map_err(err("the CA"))?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
         Ok(Self {
             issuer: Issuer::new(params, key),
             cert_pem: cert.pem(),
+            key_pem,
         })
     }
 
     /// The CA certificate, for clients and servers to trust.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The CA's private key, to keep where no pod can read it.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// A leaf certificate for `common_name` with subject alternative names `sans` (IP

@@ -46,6 +46,7 @@ fn quickstart_renders_as_the_golden_file() {
             "Secret",
             "Secret",
             "Secret",
+            "Secret",
             "ConfigMap",
             "Service",
             "Service",
@@ -79,6 +80,7 @@ fn material() -> Material {
         keystore: b"{\"format\":1,\"keys\":[]}".to_vec(),
         tls: Some((b"crt".to_vec(), b"key".to_vec(), b"ca".to_vec())),
         license: b"skl1.x.y".to_vec(),
+        ca_key: Some(b"ca key".to_vec()),
     }
 }
 
@@ -92,7 +94,12 @@ fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 #[test]
 fn key_material_outlives_the_key_manager_and_the_rest_is_owned() {
     let objects = objects(&repo().join("examples/quickstart"), &material());
-    for name in ["tape-keys-kek", "tape-keys-keystore", "tape-keys-tls"] {
+    for name in [
+        "tape-keys-kek",
+        "tape-keys-keystore",
+        "tape-keys-ca",
+        "tape-keys-tls",
+    ] {
         let secret = named(&objects, "Secret", name);
         assert!(
             secret["metadata"]["ownerReferences"].is_null(),

@@ -26,7 +26,7 @@ def test_quickstart_renders_objects_that_pass_strict_validation(tmp_path):
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     kinds = [
-        "secret/tape-keys-kek", "secret/tape-keys-keystore", "secret/tape-keys-tls",
+        "secret/tape-keys-kek", "secret/tape-keys-keystore", "secret/tape-keys-ca", "secret/tape-keys-tls",
         "secret/tape-keys-license", "configmap/tape-keys-config", "service/tape-keys-peers",
         "service/tape-keys-kmip", "statefulset/tape-keys", "poddisruptionbudget/tape-keys",
     ]

@@ -19,7 +19,9 @@ use shadowkeep_api::estate::Estate;
 
 pub use config::{config_hash, config_map, server_config};
 pub use pdb::pod_disruption_budget;
-pub use secret::{Material, kek_secret, keystore_secret, license_secret, tls_secret};
+pub use secret::{
+    KEEP_ANNOTATION, Material, ca_secret, kek_secret, keystore_secret, license_secret, tls_secret,
+};
 pub use service::{client_service, peer_service};
 pub use statefulset::statefulset;
 
@@ -169,6 +171,10 @@ pub struct Names {
     pub kek: String,
     /// Secret with the replica certificate.
     pub tls: String,
+    /// Secret with the generated CA's key.
+    pub ca: String,
+    /// Secret with the license signing key.
+    pub signing: String,
     /// Secret with the canonical keystore.
     pub keystore: String,
     /// Secret with the server license.
@@ -185,6 +191,8 @@ impl Names {
             config: format!("{name}-config"),
             kek: format!("{name}-kek"),
             tls: format!("{name}-tls"),
+            ca: format!("{name}-ca"),
+            signing: format!("{name}-license-signing"),
             keystore: format!("{name}-keystore"),
             license: format!("{name}-license"),
         }
@@ -204,6 +212,9 @@ pub fn children(
     };
     push(serde_json::to_value(kek_secret(inputs, material)))?;
     push(serde_json::to_value(keystore_secret(inputs, material)))?;
+    if let Some(ca) = ca_secret(inputs, material) {
+        push(serde_json::to_value(ca))?;
+    }
     if let Some(tls) = tls_secret(inputs, material) {
         push(serde_json::to_value(tls))?;
     }

@@ -25,6 +25,8 @@ pub struct Material {
     pub tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     /// The signed server license.
     pub license: Vec<u8>,
+    /// PEM key of the generated CA, kept apart from what pods mount.
+    pub ca_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Material {
@@ -90,6 +92,22 @@ pub fn tls_secret(inputs: &Inputs<'_>, material: &Material) -> Option<Secret> {
     );
     s.type_ = Some("kubernetes.io/tls".to_owned());
     Some(s)
+}
+
+/// The generated CA (certificate and key), which signs replica certificates. No pod
+/// mounts it.
+pub fn ca_secret(inputs: &Inputs<'_>, material: &Material) -> Option<Secret> {
+    if inputs.key_manager.spec.tls.source != TlsSource::Generated {
+        return None;
+    }
+    let (_, _, ca) = material.tls.as_ref()?;
+    let key = material.ca_key.as_ref()?;
+    Some(secret(
+        inputs,
+        &inputs.names().ca,
+        false,
+        vec![("ca.crt", ca), ("ca.key", key)],
+    ))
 }
 
 /// The signed server license.

@@ -21,6 +21,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: reconcile KeyManagers (and the DriveTables, KeyGroups and Shadows
+    /// that name them) into key-server replicas, using the kubeconfig or in-cluster config.
+    Operator {
+        /// Watch only this namespace.
+        #[arg(long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
+    },
     /// Print the CRDs of all four kinds, or write them to a directory.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -48,6 +55,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds::run(out_dir.as_deref()),
+        Command::Operator { namespace } => operator(namespace),
         Command::Render { paths } => {
             let code = render::render(&paths, &mut std::io::stdout().lock());
             ExitCode::from(code)
@@ -58,6 +66,30 @@ pub fn run(cli: Cli) -> ExitCode {
             let mut out = stdout.lock();
             report.print(&mut out);
             ExitCode::from(report.exit_code())
+        }
+    }
+}
+
+fn operator(namespace: Option<String>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowkeep operator: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::controller::run::run(namespace)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shadowkeep operator: {e}");
+            ExitCode::FAILURE
         }
     }
 }

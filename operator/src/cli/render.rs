@@ -29,6 +29,7 @@ pub fn render(paths: &[PathBuf], out: &mut impl Write) -> u8 {
         keystore: Vec::new(),
         tls: Some((Vec::new(), Vec::new(), Vec::new())),
         license: Vec::new(),
+        ca_key: Some(Vec::new()),
     };
     let mut text = String::new();
     for input in &inputs {

@@ -1,0 +1,523 @@
+//! The KeyManager controller: a KeyManager and the DriveTables, KeyGroups and Shadows that
+//! name it become running key-server replicas.
+//!
+//! read → validate → material (created once, never overwritten) → build → apply → status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow, TlsSource};
+use shadowkeep_api::estate::Estate;
+use shadowkeep_api::keystore::{Kek, Keystore};
+use shadowkeep_api::license::{License, LicenseSigner};
+use shadowkeep_api::manifest::Resource as Object;
+use shadowkeep_api::pki::{Authority, Usage};
+
+use super::conditions::{condition, merge, reasons, types};
+use super::{Context, Error};
+use crate::build::{
+    self, FIELD_MANAGER, Inputs, Material, client_service, config_hash, config_map, license_secret,
+    peer_service, pod_disruption_budget, statefulset,
+};
+
+/// Annotation that asks for an immediate reconcile; its value is echoed in
+/// `status.lastHandledReconcileAt`.
+pub const RECONCILE_REQUESTED_AT: &str = "shadowkeep.io/reconcile-requested-at";
+
+/// Reconciles one KeyManager.
+pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = km.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = km.name_any();
+    if km.meta().deletion_timestamp.is_some() {
+        // Owned children go with it; the KEK, keystore and CA stay (no owner reference).
+        return Ok(Action::await_change());
+    }
+    let client = ctx.client.clone();
+    let tables = list::<DriveTable>(&client, &ns).await?;
+    let groups = list::<KeyGroup>(&client, &ns).await?;
+    let shadows = list::<Shadow>(&client, &ns).await?;
+    let all_kms: Vec<KeyManager> = Api::<KeyManager>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list KeyManagers"))?
+        .items;
+
+    let now = Time(Timestamp::now());
+    let generation = km.meta().generation;
+    if let Some(invalid) = invalid_spec(&km, &tables, &groups, &shadows) {
+        tracing::info!(key_manager = %name, namespace = %ns, %invalid, "invalid spec; nothing changed");
+        let ready = condition(
+            types::READY,
+            false,
+            reasons::INVALID_SPEC,
+            invalid,
+            generation,
+            &now,
+        );
+        patch_status(&client, &km, vec![ready], None).await?;
+        return Ok(Action::await_change());
+    }
+
+    let mut estate = Estate::new();
+    estate.add(Object::KeyManager((*km).clone()));
+    for t in &tables {
+        estate.add(Object::DriveTable(t.clone()));
+    }
+    for g in &groups {
+        estate.add(Object::KeyGroup(g.clone()));
+    }
+    for s in &shadows {
+        estate.add(Object::Shadow(s.clone()));
+    }
+    let inputs = Inputs::from_estate(&estate)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Build("the KeyManager vanished from its own estate".to_owned()))?;
+
+    let material = ensure_material(&client, &inputs).await?;
+    apply_children(&client, &inputs, &material).await?;
+    let status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
+    patch_status(&client, &km, status.0, Some(status.1)).await?;
+    let interval = km
+        .spec
+        .sync_interval
+        .as_duration()
+        .max(Duration::from_secs(30));
+    Ok(Action::requeue(interval))
+}
+
+async fn list<K>(client: &kube::Client, ns: &str) -> Result<Vec<K>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube(format!("list {}", K::kind(&()))))?
+        .items)
+}
+
+/// The first reason the spec cannot be applied, naming the field: the CRD's CEL rules (the
+/// API server checks them too, but an object may predate a rule) and the estate rules that
+/// concern this KeyManager.
+fn invalid_spec(
+    km: &KeyManager,
+    tables: &[DriveTable],
+    groups: &[KeyGroup],
+    shadows: &[Shadow],
+) -> Option<String> {
+    if let Err(errors) = km.validate_cel() {
+        let mut all: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field_path.trim_start_matches('.'), e.message))
+            .collect();
+        all.sort();
+        return Some(all.join("; "));
+    }
+    let name = km.name_any();
+    let mine = |r: &str| r == name;
+    let mut estate = Estate::new();
+    estate.add(Object::KeyManager(km.clone()));
+    for t in tables.iter().filter(|t| mine(&t.spec.key_manager_ref.name)) {
+        estate.add(Object::DriveTable(t.clone()));
+    }
+    for g in groups.iter().filter(|g| mine(&g.spec.key_manager_ref.name)) {
+        estate.add(Object::KeyGroup(g.clone()));
+    }
+    for s in shadows
+        .iter()
+        .filter(|s| mine(&s.spec.key_manager_ref.name))
+    {
+        estate.add(Object::Shadow(s.clone()));
+    }
+    estate
+        .validate()
+        .into_iter()
+        .find(shadowkeep_api::finding::Finding::is_error)
+        .map(|f| f.to_string().trim_start_matches("error: ").to_owned())
+}
+
+/// Reads the Secret `name`, or creates it with `data` if it does not exist. Never
+/// overwrites: a KEK or CA, once made, is the only one that opens what it protected.
+async fn create_once(secrets: &Api<Secret>, desired: Secret) -> Result<Secret, Error> {
+    let name = desired.name_any();
+    if let Some(existing) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("read Secret {name}")))?
+    {
+        return Ok(existing);
+    }
+    match secrets.create(&PostParams::default(), &desired).await {
+        Ok(created) => Ok(created),
+        // Another reconcile made it first: use that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => secrets
+            .get(&name)
+            .await
+            .map_err(Error::kube(format!("read Secret {name}"))),
+        Err(e) => Err(Error::kube(format!("create Secret {name}"))(e)),
+    }
+}
+
+fn bytes(secret: &Secret, key: &str) -> Vec<u8> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .unwrap_or_default()
+}
+
+/// The KEK, keystore, certificates and license: read when they exist, made once otherwise.
+async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<Material, Error> {
+    let ns = inputs.namespace();
+    let names = inputs.names();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut material = Material::default();
+
+    let kek = Kek::generate();
+    let fresh = Material {
+        kek: kek.as_bytes().to_vec(),
+        keystore: Keystore::new()
+            .to_bytes()
+            .map_err(|e| Error::Build(e.to_string()))?,
+        ..Material::default()
+    };
+    let kek_secret = create_once(&secrets, build::kek_secret(inputs, &fresh)).await?;
+    material.kek = bytes(&kek_secret, "kek");
+    Kek::from_bytes(&material.kek)
+        .map_err(|e| Error::Build(format!("Secret {}: {e}", names.kek)))?;
+    let keystore_secret = create_once(&secrets, build::keystore_secret(inputs, &fresh)).await?;
+    material.keystore = bytes(&keystore_secret, "keystore");
+
+    if inputs.key_manager.spec.tls.source == TlsSource::Generated {
+        material.tls = Some(ensure_tls(&secrets, inputs).await?);
+    }
+
+    let signing_name = names.signing.clone();
+    let signer = LicenseSigner::generate();
+    let mut signing = Secret {
+        metadata: inputs.meta(&signing_name, false),
+        data: Some(
+            [(
+                "seed".to_owned(),
+                k8s_openapi::ByteString(signer.seed().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    signing.metadata.annotations =
+        Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
+    let signing = create_once(&secrets, signing).await?;
+    let signer = LicenseSigner::from_seed(&bytes(&signing, "seed"))
+        .map_err(|e| Error::Build(format!("Secret {signing_name}: {e}")))?;
+    // Issued at the KeyManager's creation: the same license every reconcile.
+    let issued = inputs
+        .key_manager
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+    let license = License::primary(inputs.key_manager.spec.server_id.clone(), issued);
+    material.license = signer
+        .sign(&license)
+        .map_err(|e| Error::Build(e.to_string()))?
+        .into_bytes();
+    Ok(material)
+}
+
+/// The replica certificate and its CA, made once. The CA key stays in its own Secret,
+/// which no pod mounts.
+async fn ensure_tls(
+    secrets: &Api<Secret>,
+    inputs: &Inputs<'_>,
+) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), Error> {
+    let names = inputs.names();
+    if let Some(existing) = secrets
+        .get_opt(&names.tls)
+        .await
+        .map_err(Error::kube(format!("read Secret {}", names.tls)))?
+    {
+        return Ok((
+            bytes(&existing, "tls.crt"),
+            bytes(&existing, "tls.key"),
+            bytes(&existing, "ca.crt"),
+        ));
+    }
+    let ns = inputs.namespace();
+    let ca = Authority::generate(&format!("shadowkeep {ns}/{} CA", inputs.name()))
+        .map_err(|e| Error::Build(e.to_string()))?;
+    let sans = vec![
+        names.kmip.clone(),
+        format!("{}.{ns}", names.kmip),
+        format!("{}.{ns}.svc", names.kmip),
+        inputs.peer_identity(),
+        format!("*.{}", names.peers),
+    ];
+    let leaf = ca
+        .leaf(
+            &format!("{}.{ns}", inputs.name()),
+            &sans,
+            Usage::ServerAndClient,
+        )
+        .map_err(|e| Error::Build(e.to_string()))?;
+    let tls = (
+        leaf.cert_pem.into_bytes(),
+        leaf.key_pem.as_bytes().to_vec(),
+        ca.cert_pem().as_bytes().to_vec(),
+    );
+    let material = Material {
+        tls: Some(tls.clone()),
+        ca_key: Some(ca.key_pem().as_bytes().to_vec()),
+        ..Material::default()
+    };
+    // The CA first: a replica certificate without its CA's key could never be renewed.
+    if let Some(secret) = build::ca_secret(inputs, &material) {
+        create_once(secrets, secret).await?;
+    }
+    let secret = build::tls_secret(inputs, &material)
+        .ok_or_else(|| Error::Build("no TLS Secret for a generated certificate".to_owned()))?;
+    let created = create_once(secrets, secret).await?;
+    Ok((
+        bytes(&created, "tls.crt"),
+        bytes(&created, "tls.key"),
+        bytes(&created, "ca.crt"),
+    ))
+}
+
+async fn apply<K>(client: &kube::Client, ns: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.name_any();
+    let mut value = serde_json::to_value(object).map_err(|e| Error::Build(e.to_string()))?;
+    value["apiVersion"] = json!(K::api_version(&()));
+    value["kind"] = json!(K::kind(&()));
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .map_err(Error::kube(format!("apply {} {name}", K::kind(&()))))?;
+    Ok(())
+}
+
+/// Applies every child built from the inputs (the created-once Secrets are not reapplied).
+async fn apply_children(
+    client: &kube::Client,
+    inputs: &Inputs<'_>,
+    material: &Material,
+) -> Result<(), Error> {
+    let ns = inputs.namespace();
+    apply(client, &ns, &license_secret(inputs, material)).await?;
+    let config = config_map(inputs).map_err(|e| Error::Build(e.to_string()))?;
+    let hash = config_hash(&config);
+    apply::<ConfigMap>(client, &ns, &config).await?;
+    apply::<Service>(client, &ns, &peer_service(inputs)).await?;
+    apply::<Service>(client, &ns, &client_service(inputs)).await?;
+    apply::<StatefulSet>(client, &ns, &statefulset(inputs, &hash)).await?;
+    apply::<PodDisruptionBudget>(client, &ns, &pod_disruption_budget(inputs)).await?;
+    Ok(())
+}
+
+/// The fields of `status` other than the conditions.
+struct Observed {
+    replicas: i32,
+    ready: i32,
+    keys: i64,
+    digest: String,
+}
+
+async fn status(
+    client: &kube::Client,
+    km: &KeyManager,
+    inputs: &Inputs<'_>,
+    all: &[KeyManager],
+    material: &Material,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<
+    (
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        Observed,
+    ),
+    Error,
+> {
+    let ns = inputs.namespace();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&inputs.names().statefulset)
+        .await
+        .map_err(Error::kube("read the StatefulSet"))?;
+    let (replicas, ready) = sts
+        .and_then(|s| s.status)
+        .map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
+    let keystore = Keystore::from_bytes(&material.keystore).unwrap_or_default();
+    let digest = keystore.digest().map(|d| d.to_string()).unwrap_or_default();
+    let twins: Vec<String> = all
+        .iter()
+        .filter(|o| o.spec.server_id == km.spec.server_id && o.uid() != km.uid())
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    let conditions = key_manager_conditions(km, inputs, ready, replicas, &twins, generation, now);
+    Ok((
+        conditions,
+        Observed {
+            replicas,
+            ready,
+            keys: i64::try_from(keystore.len()).unwrap_or(i64::MAX),
+            digest,
+        },
+    ))
+}
+
+/// The conditions of a KeyManager whose spec was applied.
+fn key_manager_conditions(
+    km: &KeyManager,
+    inputs: &Inputs<'_>,
+    ready: i32,
+    replicas: i32,
+    twins: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let wanted = km.spec.replicas;
+    let single = wanted == 1 && inputs.shadows.is_empty();
+    let all_ready = ready >= wanted;
+    vec![
+        condition(
+            types::READY,
+            all_ready,
+            if all_ready {
+                reasons::REPLICAS_READY
+            } else {
+                reasons::REPLICAS_NOT_READY
+            },
+            format!("{ready} of {wanted} replicas ready"),
+            generation,
+            now,
+        ),
+        condition(
+            types::PROGRESSING,
+            !all_ready,
+            if all_ready {
+                reasons::AS_EXPECTED
+            } else {
+                reasons::REPLICAS_NOT_READY
+            },
+            format!("{ready} of {wanted} replicas ready"),
+            generation,
+            now,
+        ),
+        condition(
+            types::DEGRADED,
+            wanted > 1 && ready < wanted - 1 && replicas > 0,
+            if ready < wanted - 1 {
+                reasons::REPLICAS_MISSING
+            } else {
+                reasons::AS_EXPECTED
+            },
+            format!("{} replicas missing", (wanted - ready).max(0)),
+            generation,
+            now,
+        ),
+        condition(
+            types::SINGLE_SERVER,
+            single,
+            if single {
+                reasons::SINGLE_SERVER
+            } else {
+                reasons::AS_EXPECTED
+            },
+            if single {
+                "one replica and no Shadow: if it is lost, every key it created is lost with it"
+            } else {
+                "keys have a second home"
+            },
+            generation,
+            now,
+        ),
+        condition(
+            types::DUPLICATE_SERVER_ID,
+            !twins.is_empty(),
+            if twins.is_empty() {
+                reasons::AS_EXPECTED
+            } else {
+                reasons::DUPLICATE_SERVER_ID
+            },
+            if twins.is_empty() {
+                "server id is unique".to_owned()
+            } else {
+                format!(
+                    "server id {:?} is also used by {}",
+                    km.spec.server_id,
+                    twins.join(", ")
+                )
+            },
+            generation,
+            now,
+        ),
+    ]
+}
+
+async fn patch_status(
+    client: &kube::Client,
+    km: &KeyManager,
+    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    observed: Option<Observed>,
+) -> Result<(), Error> {
+    let previous = km
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut all = previous.clone();
+    for c in merge(&previous, conditions) {
+        all.retain(|o| o.type_ != c.type_);
+        all.push(c);
+    }
+    all.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let mut status = json!({
+        "observedGeneration": km.meta().generation,
+        "conditions": all,
+    });
+    if let Some(o) = observed {
+        status["replicas"] = json!(o.replicas);
+        status["readyReplicas"] = json!(o.ready);
+        status["keyCount"] = json!(o.keys);
+        status["keystoreDigest"] = json!(o.digest);
+    }
+    if let Some(at) = km.annotations().get(RECONCILE_REQUESTED_AT) {
+        status["lastHandledReconcileAt"] = json!(at);
+    }
+    let ns = km.namespace().unwrap_or_else(|| "default".to_owned());
+    Api::<KeyManager>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &km.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(Error::kube("update the KeyManager status"))?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The KeyManager reconcile against an in-memory API server (kube-fake-client): the
+//! quickstart converges, a second reconcile changes nothing, key material survives the
+//! KeyManager's deletion, and an invalid spec changes nothing.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::controller::Action;
+use kube_fake_client::ClientBuilder;
+use shadowkeep::controller::{Context, key_manager::reconcile};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::keystore::Kek;
+use shadowkeep_api::manifest::{Decoded, Decoder, Resource, parse_yaml_documents};
+use shadowkeep_api::server_config::ServerConfig;
+
+const NS: &str = "default";
+
+/// An in-memory API holding the quickstart manifests (in namespace `default`).
+async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let decoder = Decoder::new();
+    let mut builder = ClientBuilder::new()
+        .with_resource::<KeyManager>()
+        .with_resource::<DriveTable>()
+        .with_resource::<KeyGroup>()
+        .with_resource::<Shadow>();
+    for file in [
+        "keymanager.yaml",
+        "keygroup.yaml",
+        "drivetable.yaml",
+        "shadow.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in parse_yaml_documents(&text).unwrap() {
+            let Ok(Decoded::Resource(resource)) = decoder.decode(&doc) else {
+                panic!("{file} does not decode");
+            };
+            builder = match *resource {
+                Resource::KeyManager(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    edit(&mut o);
+                    builder.with_object(o)
+                }
+                Resource::DriveTable(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+                Resource::KeyGroup(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+                Resource::Shadow(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+            };
+        }
+    }
+    builder.build().await.unwrap()
+}
+
+async fn run(client: &kube::Client) -> Action {
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+    });
+    reconcile(Arc::new(km), ctx).await.unwrap()
+}
+
+fn data(secret: &Secret, key: &str) -> Vec<u8> {
+    secret.data.as_ref().unwrap()[key].0.clone()
+}
+
+/// Everything the reconcile writes, without the fields the fake server bumps.
+async fn snapshot(client: &kube::Client) -> Vec<serde_json::Value> {
+    let lp = ListParams::default();
+    let mut out = Vec::new();
+    let strip = |v: &mut serde_json::Value| {
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+            m.remove("generation");
+        }
+    };
+    macro_rules! take {
+        ($t:ty) => {
+            for o in Api::<$t>::namespaced(client.clone(), NS)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                let mut v = serde_json::to_value(o).unwrap();
+                strip(&mut v);
+                out.push(v);
+            }
+        };
+    }
+    take!(Secret);
+    take!(ConfigMap);
+    take!(Service);
+    take!(StatefulSet);
+    take!(PodDisruptionBudget);
+    out
+}
+
+#[tokio::test]
+async fn the_quickstart_converges_to_a_fixed_point() {
+    let client = cluster(|_| {}).await;
+    run(&client).await;
+
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let kek = secrets.get("tape-keys-kek").await.unwrap();
+    Kek::from_bytes(&data(&kek, "kek")).unwrap();
+    let tls = secrets.get("tape-keys-tls").await.unwrap();
+    let cert = String::from_utf8(data(&tls, "tls.crt")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let ca = secrets.get("tape-keys-ca").await.unwrap();
+    assert!(
+        String::from_utf8(data(&ca, "ca.key"))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get("tape-keys-config")
+        .await
+        .unwrap();
+    let parsed = ServerConfig::from_yaml(&config.data.unwrap()["server.yaml"]).unwrap();
+    assert_eq!(parsed.drives.drives.len(), 3);
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    let status = km.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ReplicasNotReady")
+    );
+    let single = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SingleServer")
+        .unwrap();
+    assert_eq!(single.status, "False");
+    assert_eq!(status.key_count, Some(0));
+    assert!(status.keystore_digest.unwrap().starts_with("sha256:"));
+
+    // A second reconcile writes the same objects: the KEK and certificates are not remade.
+    let before = snapshot(&client).await;
+    run(&client).await;
+    assert_eq!(snapshot(&client).await, before);
+    let again = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    let ready_again = again
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        ready_again.last_transition_time, ready.last_transition_time,
+        "unchanged conditions keep their time"
+    );
+}
+
+#[tokio::test]
+async fn key_material_survives_deleting_the_key_manager() {
+    let client = cluster(|_| {}).await;
+    run(&client).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let kek = data(&secrets.get("tape-keys-kek").await.unwrap(), "kek");
+    Api::<KeyManager>::namespaced(client.clone(), NS)
+        .delete("tape-keys", &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in [
+        "tape-keys-kek",
+        "tape-keys-keystore",
+        "tape-keys-ca",
+        "tape-keys-tls",
+        "tape-keys-license-signing",
+    ] {
+        assert!(
+            secrets.get_opt(name).await.unwrap().is_some(),
+            "{name} was deleted"
+        );
+    }
+    // Recreated, the KeyManager finds its old KEK instead of making a new one.
+    let km: KeyManager = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/keymanager.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    Api::<KeyManager>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &km)
+        .await
+        .unwrap();
+    run(&client).await;
+    assert_eq!(
+        data(&secrets.get("tape-keys-kek").await.unwrap(), "kek"),
+        kek
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_changes_nothing_and_waits_for_a_change() {
+    let client = cluster(|km| km.spec.replicas = 0).await;
+    let action = run(&client).await;
+    assert_eq!(action, Action::await_change());
+    assert!(snapshot(&client).await.is_empty(), "no child was created");
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    let ready = km
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert_eq!(
+        ready.message,
+        "spec.durability.peerAcknowledgements: durability.peerAcknowledgements must be less than replicas: a replica cannot acknowledge its own key; spec.replicas: must be between 1 and 16"
+    );
+}
