@@ -73,6 +73,8 @@ async fn run(client: &kube::Client) -> Action {
         .unwrap();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        metrics: shadowkeep::controller::telemetry::Metrics::new(),
+        server_image: None,
     });
     reconcile(Arc::new(km), ctx).await.unwrap()
 }

@@ -48,6 +48,8 @@ pub struct Inputs<'a> {
     pub key_groups: Vec<&'a KeyGroup>,
     /// Its shadows.
     pub shadows: Vec<&'a Shadow>,
+    /// The key-server image for a KeyManager that names none; [`DEFAULT_IMAGE`] when unset.
+    pub default_image: Option<String>,
 }
 
 impl<'a> Inputs<'a> {
@@ -77,6 +79,7 @@ impl<'a> Inputs<'a> {
                         .iter()
                         .filter(|s| mine(s.namespace(), &s.spec.key_manager_ref.name))
                         .collect(),
+                    default_image: None,
                 }
             })
             .collect()

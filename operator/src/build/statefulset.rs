@@ -68,7 +68,12 @@ fn container(inputs: &Inputs<'_>) -> Container {
     let km = &inputs.key_manager.spec;
     Container {
         name: "server".to_owned(),
-        image: Some(km.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_owned())),
+        image: Some(
+            km.image
+                .clone()
+                .or_else(|| inputs.default_image.clone())
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+        ),
         args: Some(vec![
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),

@@ -27,6 +27,15 @@ pub enum Command {
         /// Watch only this namespace.
         #[arg(long, value_name = "NAMESPACE")]
         namespace: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Take the `shadowkeep-operator` Lease before reconciling, so that one replica leads.
+        #[arg(long)]
+        leader_elect: bool,
+        /// Namespace of the Lease (default: the `POD_NAMESPACE` environment variable).
+        #[arg(long, value_name = "NAMESPACE")]
+        lease_namespace: Option<String>,
     },
     /// Print the CRDs of all four kinds, or write them to a directory.
     Crds {
@@ -55,7 +64,17 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds::run(out_dir.as_deref()),
-        Command::Operator { namespace } => operator(namespace),
+        Command::Operator {
+            namespace,
+            listen,
+            leader_elect,
+            lease_namespace,
+        } => operator(crate::controller::run::Options {
+            namespace,
+            listen,
+            leader_elect,
+            lease_namespace,
+        }),
         Command::Render { paths } => {
             let code = render::render(&paths, &mut std::io::stdout().lock());
             ExitCode::from(code)
@@ -70,7 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn operator(namespace: Option<String>) -> ExitCode {
+fn operator(options: crate::controller::run::Options) -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -85,7 +104,7 @@ fn operator(namespace: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::controller::run::run(namespace)) {
+    match runtime.block_on(crate::controller::run::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shadowkeep operator: {e}");

@@ -80,10 +80,11 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     for s in &shadows {
         estate.add(Object::Shadow(s.clone()));
     }
-    let inputs = Inputs::from_estate(&estate)
+    let mut inputs = Inputs::from_estate(&estate)
         .into_iter()
         .next()
         .ok_or_else(|| Error::Build("the KeyManager vanished from its own estate".to_owned()))?;
+    inputs.default_image.clone_from(&ctx.server_image);
 
     let material = ensure_material(&client, &inputs).await?;
     apply_children(&client, &inputs, &material).await?;

@@ -4,7 +4,9 @@
 
 pub mod conditions;
 pub mod key_manager;
+pub mod lease;
 pub mod run;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -16,6 +18,11 @@ use kube::runtime::controller::Action;
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
+    /// Reconcile metrics.
+    pub metrics: std::sync::Arc<telemetry::Metrics>,
+    /// The key-server image for KeyManagers that name none (the operator's own release by
+    /// default).
+    pub server_image: Option<String>,
 }
 
 impl std::fmt::Debug for Context {

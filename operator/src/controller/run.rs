@@ -1,19 +1,56 @@
-//! `shadowkeep operator`: the controllers, watching KeyManagers and the objects that
-//! refer to them, until SIGTERM or Ctrl-C.
+//! `shadowkeep operator`: telemetry, leader election, then the controllers, watching
+//! KeyManagers and the objects that refer to them until SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
-use super::{Context, error_policy, key_manager};
+use super::lease::LeaderLease;
+use super::telemetry::{self, Metrics};
+use super::{Context, Error, error_policy, key_manager};
+
+/// The Lease the operator replicas compete for.
+pub const LEASE_NAME: &str = "shadowkeep-operator";
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Take the Lease before reconciling.
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`).
+    pub lease_namespace: Option<String>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No cluster to talk to, or the API refused.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The telemetry address could not be bound.
+    #[error("failed to listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// Leader election needs a namespace for its Lease.
+    #[error("leader election needs --lease-namespace or the POD_NAMESPACE environment variable")]
+    LeaseNamespace,
+    /// Another replica took over.
+    #[error("lost leadership; stopping so that the new leader reconciles alone")]
+    LostLeadership,
+}
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -31,15 +68,51 @@ fn owner<K: kube::Resource>(o: &K, name: &str) -> Option<ObjectRef<KeyManager>> 
     Some(ObjectRef::new(name).within(&o.meta().namespace.clone()?))
 }
 
-/// Runs the KeyManager controller, in `namespace` only when given.
-pub async fn run(namespace: Option<String>) -> Result<(), kube::Error> {
+async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = key_manager::reconcile(km, Arc::clone(&ctx)).await;
+    ctx.metrics.record(
+        "KeyManager",
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    result
+}
+
+/// Runs the operator until a signal, or until leadership is lost.
+pub async fn run(options: Options) -> Result<(), RunError> {
     let client = Client::try_default().await?;
-    let ns = namespace.as_deref();
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| RunError::Listen(options.listen, e))?;
+    tokio::spawn(telemetry::serve(listener, Arc::clone(&metrics)));
+
+    let lease = if options.leader_elect {
+        let ns = options
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .ok_or(RunError::LeaseNamespace)?;
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "shadowkeep-operator".to_owned());
+        let lease = LeaderLease::new(client.clone(), &ns, LEASE_NAME, &identity);
+        lease.acquire().await?;
+        Some(lease)
+    } else {
+        None
+    };
+    telemetry::set_ready(&metrics);
+
+    let ns = options.namespace.as_deref();
     let config = watcher::Config::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        metrics,
+        server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
     });
-    Controller::new(api::<KeyManager>(&client, ns), config.clone())
+    let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone())
         .owns(api::<StatefulSet>(&client, ns), config.clone())
         .owns(api::<ConfigMap>(&client, ns), config.clone())
         .owns(api::<Service>(&client, ns), config.clone())
@@ -54,13 +127,23 @@ pub async fn run(namespace: Option<String>) -> Result<(), kube::Error> {
             owner(&o, &o.spec.key_manager_ref.name)
         })
         .shutdown_on_signal()
-        .run(key_manager::reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((object, _)) => tracing::info!(key_manager = %object.name, namespace = ?object.namespace, "reconciled"),
+                Ok((object, _)) => {
+                    tracing::info!(key_manager = %object.name, namespace = ?object.namespace, "reconciled");
+                }
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
-    Ok(())
+        });
+    match lease {
+        None => {
+            controller.await;
+            Ok(())
+        }
+        Some(lease) => tokio::select! {
+            () = controller => Ok(()),
+            () = lease.hold() => Err(RunError::LostLeadership),
+        },
+    }
 }
