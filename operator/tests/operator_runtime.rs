@@ -27,7 +27,7 @@ async fn one_operator_leads_and_another_takes_over_an_expired_lease() {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "ops");
     let mut lease = leases.get("shadowkeep-operator").await.unwrap();
     let spec = lease.spec.as_mut().unwrap();
-    spec.renew_time = Some(MicroTime(Timestamp::now() - Duration::from_secs(60)));
+    spec.renew_time = Some(MicroTime(Timestamp::now() - Duration::from_mins(1)));
     leases
         .replace("shadowkeep-operator", &PostParams::default(), &lease)
         .await
