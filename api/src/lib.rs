@@ -7,6 +7,7 @@
 //! - [`estate`]: rules over a whole set of manifests (references, drives in two
 //!   KeyManagers, duplicate server ids, risky placement).
 //! - [`keystore`]: keys and their sealed material, merged as a grow-only set.
+//! - [`key_groups`]: pools of keys generated ahead of need and rotated on schedule.
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
 //! - [`pki`]: certificate authorities and the certificates they sign.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
@@ -17,6 +18,7 @@
 pub mod crd;
 pub mod estate;
 pub mod finding;
+pub mod key_groups;
 pub mod keystore;
 pub mod license;
 pub mod manifest;

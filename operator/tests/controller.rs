@@ -14,6 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube_fake_client::ClientBuilder;
+use sha2::{Digest as _, Sha256};
 use shadowkeep::controller::{Context, key_manager::reconcile};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::keystore::Kek;
@@ -74,6 +75,7 @@ async fn run(client: &kube::Client) -> Action {
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics: shadowkeep::controller::telemetry::Metrics::new(),
+        namespace: None,
         server_image: None,
     });
     reconcile(Arc::new(km), ctx).await.unwrap()
@@ -81,6 +83,14 @@ async fn run(client: &kube::Client) -> Action {
 
 fn data(secret: &Secret, key: &str) -> Vec<u8> {
     secret.data.as_ref().unwrap()[key].0.clone()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Everything the reconcile writes, without the fields the fake server bumps.
@@ -92,6 +102,14 @@ async fn snapshot(client: &kube::Client) -> Vec<serde_json::Value> {
             m.remove("resourceVersion");
             m.remove("managedFields");
             m.remove("generation");
+        }
+        // Key material must never reach test output, even in a failed assertion: data is
+        // compared by digest.
+        if let Some(data) = v.get_mut("data").and_then(serde_json::Value::as_object_mut) {
+            for value in data.values_mut() {
+                let digest = Sha256::digest(value.to_string());
+                *value = serde_json::Value::String(format!("sha256:{}", hex_of(&digest)));
+            }
         }
     };
     macro_rules! take {
@@ -127,7 +145,6 @@ async fn the_quickstart_converges_to_a_fixed_point() {
     assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(2));
     let secrets = Api::<Secret>::namespaced(client.clone(), NS);
     let kek = secrets.get("tape-keys-kek").await.unwrap();
-    Kek::from_bytes(&data(&kek, "kek")).unwrap();
     let tls = secrets.get("tape-keys-tls").await.unwrap();
     let cert = String::from_utf8(data(&tls, "tls.crt")).unwrap();
     assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
@@ -163,13 +180,50 @@ async fn the_quickstart_converges_to_a_fixed_point() {
         .find(|c| c.type_ == "SingleServer")
         .unwrap();
     assert_eq!(single.status, "False");
-    assert_eq!(status.key_count, Some(0));
+    // The KeyGroup's pool: one active key and ten spares, in the canonical keystore.
+    assert_eq!(status.key_count, Some(11));
+    let group = Api::<KeyGroup>::namespaced(client.clone(), NS)
+        .get("lto-default")
+        .await
+        .unwrap();
+    let group_status = group.status.unwrap();
+    assert_eq!(group_status.keys, Some(11));
+    assert_eq!(group_status.active_key.as_deref(), Some("LTO-000001"));
+    let keystore = shadowkeep_api::keystore::Keystore::from_bytes(&data(
+        &secrets.get("tape-keys-keystore").await.unwrap(),
+        "keystore",
+    ))
+    .unwrap();
+    assert_eq!(keystore.len(), 11);
+    let kek = Kek::from_bytes(&data(&kek, "kek")).unwrap();
+    assert!(
+        keystore
+            .keys()
+            .all(|k| kek.open(&k.id, &k.material).is_ok())
+    );
+    // The empty keystore it replaced was kept as a backup.
+    let backups = secrets
+        .list(&ListParams::default().labels("shadowkeep.io/keystore-backup-of=tape-keys"))
+        .await
+        .unwrap();
+    assert_eq!(backups.items.len(), 1);
     assert!(status.keystore_digest.unwrap().starts_with("sha256:"));
 
     // A second reconcile writes the same objects: the KEK and certificates are not remade.
     let before = snapshot(&client).await;
     run(&client).await;
-    assert_eq!(snapshot(&client).await, before);
+    let after = snapshot(&client).await;
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|o| !before.contains(o))
+        .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+        .collect();
+    assert_eq!(
+        changed,
+        Vec::<String>::new(),
+        "changed by the second reconcile"
+    );
+    assert_eq!(after.len(), before.len());
     let again = Api::<KeyManager>::namespaced(client.clone(), NS)
         .get("tape-keys")
         .await

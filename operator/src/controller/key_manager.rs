@@ -13,12 +13,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt as _};
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow, TlsSource};
 use shadowkeep_api::estate::Estate;
+use shadowkeep_api::key_groups::{Pool, maintain};
 use shadowkeep_api::keystore::{Kek, Keystore};
 use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::manifest::Resource as Object;
@@ -47,7 +48,11 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let tables = list::<DriveTable>(&client, &ns).await?;
     let groups = list::<KeyGroup>(&client, &ns).await?;
     let shadows = list::<Shadow>(&client, &ns).await?;
-    let all_kms: Vec<KeyManager> = Api::<KeyManager>::all(client.clone())
+    let key_managers: Api<KeyManager> = match &ctx.namespace {
+        Some(watched) => Api::namespaced(client.clone(), watched),
+        None => Api::all(client.clone()),
+    };
+    let all_kms: Vec<KeyManager> = key_managers
         .list(&ListParams::default())
         .await
         .map_err(Error::kube("list KeyManagers"))?
@@ -86,7 +91,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .ok_or_else(|| Error::Build("the KeyManager vanished from its own estate".to_owned()))?;
     inputs.default_image.clone_from(&ctx.server_image);
 
-    let material = ensure_material(&client, &inputs).await?;
+    let mut material = ensure_material(&client, &inputs).await?;
+    maintain_key_groups(&client, &inputs, &mut material, generation).await?;
     apply_children(&client, &inputs, &material).await?;
     let status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
     patch_status(&client, &km, status.0, Some(status.1)).await?;
@@ -299,6 +305,135 @@ async fn ensure_tls(
         bytes(&created, "tls.key"),
         bytes(&created, "ca.crt"),
     ))
+}
+
+/// Label on keystore backups, naming their KeyManager.
+pub const BACKUP_LABEL: &str = "shadowkeep.io/keystore-backup-of";
+
+/// Generates and rotates every KeyGroup's keys in the canonical keystore, keeping a
+/// versioned backup before each change, and reports each group's status.
+async fn maintain_key_groups(
+    client: &kube::Client,
+    inputs: &Inputs<'_>,
+    material: &mut Material,
+    _generation: Option<i64>,
+) -> Result<(), Error> {
+    if inputs.key_groups.is_empty() {
+        return Ok(());
+    }
+    let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
+    let mut keystore = Keystore::from_bytes(&material.keystore)
+        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
+    let now = Timestamp::now();
+    let mut changed = false;
+    let mut statuses = Vec::new();
+    for group in &inputs.key_groups {
+        let name = group.name_any();
+        let pool = Pool {
+            name: &name,
+            prefix: group.spec.name_prefix.as_deref().unwrap_or(&name),
+            length: u16::try_from(group.spec.length).unwrap_or(256),
+            count: usize::try_from(group.spec.key_count).unwrap_or(1),
+            rotation: group
+                .spec
+                .rotation_interval
+                .map(shadowkeep_api::crd::Interval::as_duration),
+        };
+        let (status, group_changed) =
+            maintain(&kek, &mut keystore, &pool, now).map_err(|e| Error::Build(e.to_string()))?;
+        changed |= group_changed;
+        statuses.push((name.clone(), group.meta().generation, status));
+    }
+    if changed {
+        let bytes = keystore
+            .to_bytes()
+            .map_err(|e| Error::Build(e.to_string()))?;
+        update_keystore(client, inputs, &material.keystore, &bytes).await?;
+        material.keystore = bytes;
+    }
+    let ns = inputs.namespace();
+    let groups: Api<KeyGroup> = Api::namespaced(client.clone(), &ns);
+    for (name, generation, status) in statuses {
+        let patch = json!({"status": {
+            "observedGeneration": generation,
+            "keys": i32::try_from(status.keys).unwrap_or(i32::MAX),
+            "activeKey": status.active_key,
+            "lastRotatedAt": status.last_rotated_at.map(Time),
+        }});
+        groups
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(Error::kube(format!("update KeyGroup {name} status")))?;
+    }
+    Ok(())
+}
+
+/// Replaces the canonical keystore Secret's content, `old` by `new`, after keeping `old`
+/// as a backup; prunes backups beyond the KeyManager's retention. The replace carries the
+/// Secret's resourceVersion, so a concurrent change makes it fail (and retry) rather than
+/// lose keys.
+async fn update_keystore(
+    client: &kube::Client,
+    inputs: &Inputs<'_>,
+    old: &[u8],
+    new: &[u8],
+) -> Result<(), Error> {
+    let ns = inputs.namespace();
+    let names = inputs.names();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut current = secrets
+        .get(&names.keystore)
+        .await
+        .map_err(Error::kube(format!("read Secret {}", names.keystore)))?;
+    if bytes(&current, "keystore") != old {
+        return Err(Error::Build(format!(
+            "Secret {} changed while keys were generated; retrying",
+            names.keystore
+        )));
+    }
+    let stamp = Timestamp::now().as_millisecond();
+    let mut backup = build::keystore_secret(
+        inputs,
+        &Material {
+            keystore: old.to_vec(),
+            ..Material::default()
+        },
+    );
+    backup.metadata.name = Some(format!("{}-backup-{stamp}", names.keystore));
+    backup
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(BACKUP_LABEL.to_owned(), inputs.name());
+    backup.immutable = Some(true);
+    secrets
+        .create(&PostParams::default(), &backup)
+        .await
+        .map_err(Error::kube("create a keystore backup"))?;
+    current.data = Some([("keystore".to_owned(), k8s_openapi::ByteString(new.to_vec()))].into());
+    secrets
+        .replace(&names.keystore, &PostParams::default(), &current)
+        .await
+        .map_err(Error::kube(format!("update Secret {}", names.keystore)))?;
+    let retention = usize::try_from(inputs.key_manager.spec.backup.retention).unwrap_or(1);
+    let mut backups: Vec<String> = secrets
+        .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={}", inputs.name())))
+        .await
+        .map_err(Error::kube("list keystore backups"))?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    // Names end in a millisecond stamp of equal width: name order is age order.
+    backups.sort();
+    let excess = backups.len().saturating_sub(retention);
+    for name in backups.into_iter().take(excess) {
+        secrets
+            .delete(&name, &kube::api::DeleteParams::default())
+            .await
+            .map_err(Error::kube(format!("prune keystore backup {name}")))?;
+    }
+    Ok(())
 }
 
 async fn apply<K>(client: &kube::Client, ns: &str, object: &K) -> Result<(), Error>

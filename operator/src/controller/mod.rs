@@ -20,6 +20,9 @@ pub struct Context {
     pub client: Client,
     /// Reconcile metrics.
     pub metrics: std::sync::Arc<telemetry::Metrics>,
+    /// The namespace watched, when the operator is restricted to one: lists stay within it
+    /// (its RBAC grants nothing cluster-wide).
+    pub namespace: Option<String>,
     /// The key-server image for KeyManagers that name none (the operator's own release by
     /// default).
     pub server_image: Option<String>,

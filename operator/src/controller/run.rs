@@ -110,6 +110,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
+        namespace: options.namespace.clone(),
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
     });
     let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone())
