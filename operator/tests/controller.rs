@@ -67,17 +67,31 @@ async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
     builder.build().await.unwrap()
 }
 
+/// A Context over the in-memory API, its KeyManager store filled as a watch would fill it.
+async fn context(client: &kube::Client) -> Arc<Context> {
+    let (store, mut writer) = kube::runtime::reflector::store();
+    for km in Api::<KeyManager>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(km));
+    }
+    Arc::new(Context {
+        client: client.clone(),
+        metrics: shadowkeep::controller::telemetry::Metrics::new(),
+        namespace: None,
+        key_managers: store,
+        server_image: None,
+    })
+}
+
 async fn run(client: &kube::Client) -> Action {
     let km = Api::<KeyManager>::namespaced(client.clone(), NS)
         .get("tape-keys")
         .await
         .unwrap();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        metrics: shadowkeep::controller::telemetry::Metrics::new(),
-        namespace: None,
-        server_image: None,
-    });
+    let ctx = context(client).await;
     reconcile(Arc::new(km), ctx).await.unwrap()
 }
 
@@ -304,4 +318,55 @@ async fn an_invalid_spec_changes_nothing_and_waits_for_a_change() {
         ready.message,
         "spec.durability.peerAcknowledgements: durability.peerAcknowledgements must be less than replicas: a replica cannot acknowledge its own key; spec.replicas: must be between 1 and 16"
     );
+}
+
+#[tokio::test]
+async fn two_key_managers_with_one_server_id_are_both_flagged_and_both_served() {
+    let client = cluster(|_| {}).await;
+    let mut twin: KeyManager = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/keymanager.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    twin.metadata.namespace = Some("dr".to_owned());
+    Api::<KeyManager>::namespaced(client.clone(), "dr")
+        .create(&PostParams::default(), &twin)
+        .await
+        .unwrap();
+    let ctx = context(&client).await;
+    for ns in [NS, "dr"] {
+        let km = Api::<KeyManager>::namespaced(client.clone(), ns)
+            .get("tape-keys")
+            .await
+            .unwrap();
+        reconcile(Arc::new(km), Arc::clone(&ctx)).await.unwrap();
+    }
+    for (ns, other) in [(NS, "dr/tape-keys"), ("dr", "default/tape-keys")] {
+        let km = Api::<KeyManager>::namespaced(client.clone(), ns)
+            .get("tape-keys")
+            .await
+            .unwrap();
+        let dup = km
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "DuplicateServerId")
+            .unwrap();
+        assert_eq!(
+            (dup.status.as_str(), dup.reason.as_str()),
+            ("True", "DuplicateServerId")
+        );
+        assert!(dup.message.contains(other), "{}", dup.message);
+        // Flagged, not stopped: its replicas are still there.
+        assert!(
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt("tape-keys")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
 }

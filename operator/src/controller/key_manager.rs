@@ -48,15 +48,12 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let tables = list::<DriveTable>(&client, &ns).await?;
     let groups = list::<KeyGroup>(&client, &ns).await?;
     let shadows = list::<Shadow>(&client, &ns).await?;
-    let key_managers: Api<KeyManager> = match &ctx.namespace {
-        Some(watched) => Api::namespaced(client.clone(), watched),
-        None => Api::all(client.clone()),
-    };
-    let all_kms: Vec<KeyManager> = key_managers
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list KeyManagers"))?
-        .items;
+    let all_kms: Vec<KeyManager> = ctx
+        .key_managers
+        .state()
+        .iter()
+        .map(|k| (**k).clone())
+        .collect();
 
     let now = Time(Timestamp::now());
     let generation = km.meta().generation;

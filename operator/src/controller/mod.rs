@@ -23,6 +23,9 @@ pub struct Context {
     /// The namespace watched, when the operator is restricted to one: lists stay within it
     /// (its RBAC grants nothing cluster-wide).
     pub namespace: Option<String>,
+    /// Every KeyManager the operator sees, kept by the controller's watch: the duplicate
+    /// server id check reads it instead of listing the cluster on every reconcile.
+    pub key_managers: kube::runtime::reflector::Store<shadowkeep_api::crd::KeyManager>,
     /// The key-server image for KeyManagers that name none (the operator's own release by
     /// default).
     pub server_image: Option<String>,

@@ -107,13 +107,15 @@ pub async fn run(options: Options) -> Result<(), RunError> {
 
     let ns = options.namespace.as_deref();
     let config = watcher::Config::default();
+    let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
         namespace: options.namespace.clone(),
+        key_managers: controller.store(),
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
     });
-    let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone())
+    let controller = controller
         .owns(api::<StatefulSet>(&client, ns), config.clone())
         .owns(api::<ConfigMap>(&client, ns), config.clone())
         .owns(api::<Service>(&client, ns), config.clone())
