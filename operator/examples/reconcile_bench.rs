@@ -90,6 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         metrics: Metrics::new(),
         namespace: None,
         key_managers: store,
+        recorder: kube::runtime::events::Recorder::new(client.clone(), "shadowkeep-test".into()),
         server_image: None,
     });
     let started = Instant::now();

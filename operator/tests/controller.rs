@@ -82,6 +82,7 @@ async fn context(client: &kube::Client) -> Arc<Context> {
         metrics: shadowkeep::controller::telemetry::Metrics::new(),
         namespace: None,
         key_managers: store,
+        recorder: kube::runtime::events::Recorder::new(client.clone(), "shadowkeep-test".into()),
         server_image: None,
     })
 }
@@ -369,4 +370,138 @@ async fn two_key_managers_with_one_server_id_are_both_flagged_and_both_served() 
                 .is_some()
         );
     }
+}
+
+/// A second KeyManager, `dr-keys`, whose table `moved` lists drive 1013000123 of the
+/// quickstart's `tape-keys` and a drive of its own.
+async fn second_key_manager_claiming_a_drive(client: &kube::Client) {
+    let second: KeyManager = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+        "metadata": {"name": "dr-keys", "namespace": NS},
+        "spec": {"serverId": "dr-keys"},
+    }))
+    .unwrap();
+    Api::<KeyManager>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &second)
+        .await
+        .unwrap();
+    let moved: DriveTable = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+        "metadata": {"name": "moved", "namespace": NS},
+        "spec": {"keyManagerRef": {"name": "dr-keys"},
+                 "drives": [{"serial": "1013000123"}, {"serial": "2000000001"}]},
+    }))
+    .unwrap();
+    Api::<DriveTable>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &moved)
+        .await
+        .unwrap();
+}
+
+/// The drive serials in a KeyManager's applied configuration.
+async fn served(client: &kube::Client, name: &str) -> Vec<String> {
+    let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get(&format!("{name}-config"))
+        .await
+        .unwrap();
+    ServerConfig::from_yaml(&config.data.unwrap()["server.yaml"])
+        .unwrap()
+        .drives
+        .drives
+        .into_iter()
+        .map(|d| d.serial)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_drive_claimed_by_a_second_key_manager_stays_where_its_keys_are() {
+    use k8s_openapi::api::events::v1::Event;
+
+    let client = cluster(|_| {}).await;
+    run(&client).await;
+    let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
+    second_key_manager_claiming_a_drive(&client).await;
+    let ctx = context(&client).await;
+    for name in ["dr-keys", "tape-keys"] {
+        let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap();
+        reconcile(Arc::new(km), Arc::clone(&ctx)).await.unwrap();
+    }
+    assert!(
+        served(&client, "tape-keys")
+            .await
+            .contains(&"1013000123".to_owned()),
+        "the drive stays with its keys"
+    );
+    assert_eq!(
+        served(&client, "dr-keys").await,
+        vec!["2000000001".to_owned()],
+        "held back from the new KeyManager"
+    );
+    let status = tables.get("moved").await.unwrap().status.unwrap();
+    let risk = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeyHistoryAtRisk")
+        .unwrap();
+    assert_eq!(risk.status, "True");
+    for needle in [
+        "\"1013000123\"",
+        "\"dr-keys\"",
+        "\"tape-keys\"",
+        "not served here",
+    ] {
+        assert!(
+            risk.message.contains(needle),
+            "{needle} missing from: {}",
+            risk.message
+        );
+    }
+    assert_eq!(status.drives, Some(1));
+    let events = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("KeyHistoryAtRisk")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("moved")),
+        "a Warning Event on the DriveTable"
+    );
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("dr-keys")
+        .await
+        .unwrap();
+    let c = km
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "KeyHistoryAtRisk")
+        .unwrap();
+    assert_eq!(c.status, "True");
+
+    // Resolved by taking the drive out of the second table.
+    let mut table = tables.get("moved").await.unwrap();
+    table.spec.drives.retain(|d| d.serial != "1013000123");
+    tables
+        .replace("moved", &PostParams::default(), &table)
+        .await
+        .unwrap();
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("dr-keys")
+        .await
+        .unwrap();
+    reconcile(Arc::new(km), Arc::clone(&ctx)).await.unwrap();
+    let status = tables.get("moved").await.unwrap().status.unwrap();
+    let risk = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeyHistoryAtRisk")
+        .unwrap();
+    assert_eq!(risk.status, "False");
 }

@@ -17,7 +17,7 @@ use kube::{Resource as _, ResourceExt as _};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 
-pub use config::{config_hash, config_map, server_config};
+pub use config::{CONFIG_FILE, config_hash, config_map, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
     KEEP_ANNOTATION, Material, ca_secret, kek_secret, keystore_secret, license_secret, tls_secret,

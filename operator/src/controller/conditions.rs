@@ -15,6 +15,8 @@ pub mod types {
     pub const SINGLE_SERVER: &str = "SingleServer";
     /// Another KeyManager has the same server id.
     pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
+    /// A drive is listed under two KeyManagers: its keys would be split between them.
+    pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes conventions ask).
@@ -33,6 +35,8 @@ pub mod reasons {
     pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
     /// Replicas are missing.
     pub const REPLICAS_MISSING: &str = "ReplicasMissing";
+    /// A drive is claimed by another KeyManager.
+    pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
 }
 
 /// A condition as computed now.

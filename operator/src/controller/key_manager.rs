@@ -71,10 +71,12 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
+    let applied = applied_drives(&client, &ns, &name).await?;
+    let risks = drive_conflicts(&name, &tables, &applied);
     let mut estate = Estate::new();
     estate.add(Object::KeyManager((*km).clone()));
     for t in &tables {
-        estate.add(Object::DriveTable(t.clone()));
+        estate.add(Object::DriveTable(without_blocked(t, &name, &risks)));
     }
     for g in &groups {
         estate.add(Object::KeyGroup(g.clone()));
@@ -91,7 +93,9 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let mut material = ensure_material(&client, &inputs).await?;
     maintain_key_groups(&client, &inputs, &mut material, generation).await?;
     apply_children(&client, &inputs, &material).await?;
-    let status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
+    let mut status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
+    status.0.push(risk_condition(&risks, generation, &now));
+    report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
     patch_status(&client, &km, status.0, Some(status.1)).await?;
     let interval = km
         .spec
@@ -302,6 +306,205 @@ async fn ensure_tls(
         bytes(&created, "tls.key"),
         bytes(&created, "ca.crt"),
     ))
+}
+
+/// A drive listed in a table of this KeyManager and in a table of another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DriveRisk {
+    serial: String,
+    table: String,
+    other_key_manager: String,
+    other_table: String,
+    /// Whether this KeyManager already serves the drive (it stays) or not (it is held back).
+    kept: bool,
+}
+
+/// The drive serials this KeyManager's applied configuration serves now.
+async fn applied_drives(client: &kube::Client, ns: &str, name: &str) -> Result<Vec<String>, Error> {
+    let config = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&build::Names::of(name).config)
+        .await
+        .map_err(Error::kube("read the applied configuration"))?;
+    let text = config
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(build::CONFIG_FILE).cloned())
+        .unwrap_or_default();
+    Ok(
+        shadowkeep_api::server_config::ServerConfig::from_yaml(&text)
+            .map(|c| c.drives.drives.into_iter().map(|d| d.serial).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// The drives of `name`'s tables that another KeyManager's tables list too. A drive this
+/// KeyManager already serves stays (its keys are here); one it does not serve yet is held
+/// back, because serving it here would split its key history.
+fn drive_conflicts(name: &str, tables: &[DriveTable], applied: &[String]) -> Vec<DriveRisk> {
+    let mut risks = Vec::new();
+    for mine in tables
+        .iter()
+        .filter(|t| t.spec.key_manager_ref.name == name)
+    {
+        for drive in &mine.spec.drives {
+            for other in tables
+                .iter()
+                .filter(|t| t.spec.key_manager_ref.name != name)
+            {
+                if other.spec.drives.iter().any(|d| d.serial == drive.serial) {
+                    risks.push(DriveRisk {
+                        serial: drive.serial.clone(),
+                        table: mine.name_any(),
+                        other_key_manager: other.spec.key_manager_ref.name.clone(),
+                        other_table: other.name_any(),
+                        kept: applied.contains(&drive.serial),
+                    });
+                }
+            }
+        }
+    }
+    risks
+}
+
+/// A copy of `table` without the drives held back from this KeyManager.
+fn without_blocked(table: &DriveTable, name: &str, risks: &[DriveRisk]) -> DriveTable {
+    let mut table = table.clone();
+    if table.spec.key_manager_ref.name == name {
+        table
+            .spec
+            .drives
+            .retain(|d| !risks.iter().any(|r| !r.kept && r.serial == d.serial));
+    }
+    table
+}
+
+fn risk_message(risks: &[DriveRisk], name: &str) -> String {
+    risks
+        .iter()
+        .map(|r| {
+            format!(
+                "drive {:?} is listed under KeyManager {name:?} (DriveTable {}) and KeyManager {:?} (DriveTable {}); {}",
+                r.serial,
+                r.table,
+                r.other_key_manager,
+                r.other_table,
+                if r.kept {
+                    "it stays here, where its keys are"
+                } else {
+                    "it is not served here until resolved, so its key history is not split"
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn risk_condition(
+    risks: &[DriveRisk],
+    generation: Option<i64>,
+    now: &Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    if risks.is_empty() {
+        condition(
+            types::KEY_HISTORY_AT_RISK,
+            false,
+            reasons::AS_EXPECTED,
+            "every drive has one KeyManager",
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            types::KEY_HISTORY_AT_RISK,
+            true,
+            reasons::KEY_HISTORY_AT_RISK,
+            format!("{} drive(s) claimed by another KeyManager", risks.len()),
+            generation,
+            now,
+        )
+    }
+}
+
+/// Puts the risk on each affected DriveTable (a condition naming the drive and both
+/// KeyManagers, and the drive count) and publishes a Warning Event for each new one.
+async fn report_risks(
+    client: &kube::Client,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    tables: &[DriveTable],
+    risks: &[DriveRisk],
+    now: &Time,
+) -> Result<(), Error> {
+    let api: Api<DriveTable> = Api::namespaced(client.clone(), ns);
+    for table in tables
+        .iter()
+        .filter(|t| t.spec.key_manager_ref.name == name)
+    {
+        let table_name = table.name_any();
+        let mine: Vec<DriveRisk> = risks
+            .iter()
+            .filter(|r| r.table == table_name)
+            .cloned()
+            .collect();
+        let c = if mine.is_empty() {
+            condition(
+                types::KEY_HISTORY_AT_RISK,
+                false,
+                reasons::AS_EXPECTED,
+                "every drive has one KeyManager",
+                table.meta().generation,
+                now,
+            )
+        } else {
+            condition(
+                types::KEY_HISTORY_AT_RISK,
+                true,
+                reasons::KEY_HISTORY_AT_RISK,
+                risk_message(&mine, name),
+                table.meta().generation,
+                now,
+            )
+        };
+        let previous = table
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let was_at_risk = previous.iter().any(|p| {
+            p.type_ == types::KEY_HISTORY_AT_RISK && p.status == "True" && p.message == c.message
+        });
+        let conditions = merge(&previous, vec![c.clone()]);
+        let served = table.spec.drives.len()
+            - table
+                .spec
+                .drives
+                .iter()
+                .filter(|d| mine.iter().any(|r| !r.kept && r.serial == d.serial))
+                .count();
+        let patch = json!({"status": {
+            "observedGeneration": table.meta().generation,
+            "conditions": conditions,
+            "drives": i32::try_from(served).unwrap_or(i32::MAX),
+        }});
+        api.patch_status(&table_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(Error::kube(format!(
+                "update DriveTable {table_name} status"
+            )))?;
+        if c.status == "True" && !was_at_risk {
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: reasons::KEY_HISTORY_AT_RISK.to_owned(),
+                note: Some(c.message.chars().take(1000).collect()),
+                action: "HoldBackDrive".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &table.object_ref(&())).await {
+                tracing::warn!(error = %e, table = %table_name, "failed to publish an Event");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Label on keystore backups, naming their KeyManager.

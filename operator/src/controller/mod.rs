@@ -26,6 +26,8 @@ pub struct Context {
     /// Every KeyManager the operator sees, kept by the controller's watch: the duplicate
     /// server id check reads it instead of listing the cluster on every reconcile.
     pub key_managers: kube::runtime::reflector::Store<shadowkeep_api::crd::KeyManager>,
+    /// Publishes Kubernetes Events.
+    pub recorder: kube::runtime::events::Recorder,
     /// The key-server image for KeyManagers that name none (the operator's own release by
     /// default).
     pub server_image: Option<String>,

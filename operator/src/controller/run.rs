@@ -113,6 +113,13 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         metrics,
         namespace: options.namespace.clone(),
         key_managers: controller.store(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "shadowkeep-operator".to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
     });
     let controller = controller
