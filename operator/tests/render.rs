@@ -222,3 +222,55 @@ fn rendered_secrets_show_no_material() {
         "the placeholder KEK is not shown"
     );
 }
+
+#[test]
+fn a_cert_manager_key_manager_gets_a_certificate_for_its_replicas() {
+    let dir = std::env::temp_dir().join(format!("shadowkeep-render-cm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let km = std::fs::read_to_string(repo().join("examples/quickstart/keymanager.yaml")).unwrap();
+    let km = km.replace(
+        "  tls:\n    source: Generated\n",
+        "  tls:\n    source: CertManager\n    issuerRef: {name: corp-ca, kind: ClusterIssuer}\n",
+    );
+    assert!(km.contains("CertManager"));
+    std::fs::write(dir.join("keymanager.yaml"), km).unwrap();
+    let objects = objects(&dir, &material());
+    let cert = named(&objects, "Certificate", "tape-keys-tls");
+    assert_eq!(cert["spec"]["secretName"], "tape-keys-tls");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "corp-ca");
+    let dns: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        dns.contains(&"*.tape-keys-peers.default.svc"),
+        "the replication identity"
+    );
+    assert!(dns.contains(&"tape-keys-kmip.default.svc"));
+    assert!(
+        cert["spec"]["usages"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("client auth"))
+    );
+    // No operator-made CA or certificate Secret then; the pods mount cert-manager's.
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["metadata"]["name"] != "tape-keys-ca")
+    );
+    let sts = named(&objects, "StatefulSet", "tape-keys");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "tape-keys-tls")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -37,6 +37,8 @@ WATCHED = {
     ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
     *{("apps", "statefulsets", v) for v in ("get", "list", "watch", "create", "patch")},
     *{("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "patch")},
+    # Replica certificates for KeyManagers that ask cert-manager (server-side apply).
+    *{("cert-manager.io", "certificates", v) for v in ("get", "create", "patch")},
 }
 LEASES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
 CRD_NAMES = {

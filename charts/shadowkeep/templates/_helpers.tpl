@@ -111,4 +111,8 @@ and delete (keystore backups beyond the KeyManager's retention). */}}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+{{- /* Replica certificates of KeyManagers with spec.tls.source CertManager. */}}
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch"]
 {{- end }}

@@ -4,6 +4,7 @@
 //! always builds the same objects, and `shadowkeep render` shows exactly what the
 //! controller would apply.
 
+mod certificate;
 mod config;
 mod pdb;
 mod secret;
@@ -17,6 +18,7 @@ use kube::{Resource as _, ResourceExt as _};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 
+pub use certificate::certificate;
 pub use config::{CONFIG_FILE, config_hash, config_map, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
@@ -202,8 +204,8 @@ impl Names {
     }
 }
 
-/// Every object of one KeyManager, in apply order: Secrets, ConfigMap, Services,
-/// StatefulSet, PodDisruptionBudget. `material` holds what must be generated.
+/// Every object of one KeyManager, in apply order: Secrets, the cert-manager Certificate
+/// (when asked for), ConfigMap, Services, StatefulSet, PodDisruptionBudget. `material` holds what must be generated.
 pub fn children(
     inputs: &Inputs<'_>,
     material: &Material,
@@ -222,6 +224,9 @@ pub fn children(
         push(serde_json::to_value(tls))?;
     }
     push(serde_json::to_value(license_secret(inputs, material)))?;
+    if let Some(certificate) = certificate(inputs) {
+        push(Ok(certificate))?;
+    }
     let config = config_map(inputs)?;
     let hash = config_hash(&config);
     push(serde_json::to_value(config))?;

@@ -667,6 +667,26 @@ async fn apply_children(
 ) -> Result<(), Error> {
     let ns = inputs.namespace();
     apply(client, &ns, &license_secret(inputs, material)).await?;
+    if let Some(certificate) = build::certificate(inputs) {
+        let resource = kube::discovery::ApiResource {
+            group: "cert-manager.io".to_owned(),
+            version: "v1".to_owned(),
+            api_version: "cert-manager.io/v1".to_owned(),
+            kind: "Certificate".to_owned(),
+            plural: "certificates".to_owned(),
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &resource);
+        api.patch(
+            &inputs.names().tls,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&certificate),
+        )
+        .await
+        .map_err(Error::kube(
+            "apply the cert-manager Certificate (is cert-manager installed?)",
+        ))?;
+    }
     let config = config_map(inputs).map_err(|e| Error::Build(e.to_string()))?;
     let hash = config_hash(&config);
     apply::<ConfigMap>(client, &ns, &config).await?;
