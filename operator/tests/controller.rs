@@ -315,6 +315,23 @@ async fn an_invalid_spec_changes_nothing_and_waits_for_a_change() {
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert_eq!(ready.reason, "InvalidSpec");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let invalid = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        .expect("a Warning Event says the spec was refused");
+    assert_eq!(invalid.type_.as_deref(), Some("Warning"));
+    assert!(
+        invalid
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("spec.replicas")
+    );
     assert_eq!(
         ready.message,
         "spec.durability.peerAcknowledgements: durability.peerAcknowledgements must be less than replicas: a replica cannot acknowledge its own key; spec.replicas: must be between 1 and 16"
@@ -359,6 +376,17 @@ async fn two_key_managers_with_one_server_id_are_both_flagged_and_both_served() 
         assert_eq!(
             (dup.status.as_str(), dup.reason.as_str()),
             ("True", "DuplicateServerId")
+        );
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        assert!(
+            events
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("DuplicateServerId")),
+            "a DuplicateServerId Event in {ns}"
         );
         assert!(dup.message.contains(other), "{}", dup.message);
         // Flagged, not stopped: its replicas are still there.

@@ -67,7 +67,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
             generation,
             &now,
         );
-        patch_status(&client, &km, vec![ready], None).await?;
+        patch_status(&client, &ctx, &km, vec![ready], None).await?;
         return Ok(Action::await_change());
     }
 
@@ -96,7 +96,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let mut status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
     status.0.push(risk_condition(&risks, generation, &now));
     report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
-    patch_status(&client, &km, status.0, Some(status.1)).await?;
+    patch_status(&client, &ctx, &km, status.0, Some(status.1)).await?;
     let interval = km
         .spec
         .sync_interval
@@ -836,8 +836,52 @@ fn key_manager_conditions(
     ]
 }
 
+/// Whether a condition in this state is news someone should hear of: a Warning Event.
+fn is_warning(c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool {
+    match c.type_.as_str() {
+        types::READY => c.reason == reasons::INVALID_SPEC,
+        types::PROGRESSING => false,
+        _ => c.status == "True",
+    }
+}
+
+/// Publishes an Event for every condition whose status or reason changed: a Warning when
+/// it signals trouble, Normal otherwise.
+async fn publish_transitions(
+    ctx: &Context,
+    km: &KeyManager,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    next: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    for c in next {
+        let changed = previous
+            .iter()
+            .find(|p| p.type_ == c.type_)
+            .is_none_or(|p| p.status != c.status || p.reason != c.reason);
+        let first_and_quiet = !previous.iter().any(|p| p.type_ == c.type_) && !is_warning(c);
+        if !changed || first_and_quiet {
+            continue;
+        }
+        let event = kube::runtime::events::Event {
+            type_: if is_warning(c) {
+                kube::runtime::events::EventType::Warning
+            } else {
+                kube::runtime::events::EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &km.object_ref(&())).await {
+            tracing::warn!(error = %e, "failed to publish an Event");
+        }
+    }
+}
+
 async fn patch_status(
     client: &kube::Client,
+    ctx: &Context,
     km: &KeyManager,
     conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     observed: Option<Observed>,
@@ -847,6 +891,7 @@ async fn patch_status(
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
+    publish_transitions(ctx, km, &previous, &conditions).await;
     let mut all = previous.clone();
     for c in merge(&previous, conditions) {
         all.retain(|o| o.type_ != c.type_);
