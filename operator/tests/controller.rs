@@ -533,3 +533,55 @@ async fn a_drive_claimed_by_a_second_key_manager_stays_where_its_keys_are() {
         .unwrap();
     assert_eq!(risk.status, "False");
 }
+
+#[tokio::test]
+async fn a_table_or_group_naming_a_missing_key_manager_says_so() {
+    let client = cluster(|_| {}).await;
+    let ctx = context(&client).await;
+    let orphan: DriveTable = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+        "metadata": {"name": "orphan", "namespace": NS},
+        "spec": {"keyManagerRef": {"name": "no-such-km"}, "drives": [{"serial": "X1"}]},
+    }))
+    .unwrap();
+    let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
+    let orphan = tables
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    shadowkeep::controller::references::reconcile(Arc::new(orphan), Arc::clone(&ctx))
+        .await
+        .unwrap();
+    let ready = tables
+        .get("orphan")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "KeyManagerNotFound")
+    );
+    assert!(ready.message.contains("\"no-such-km\""));
+
+    let groups = Api::<KeyGroup>::namespaced(client.clone(), NS);
+    let group = groups.get("lto-default").await.unwrap();
+    shadowkeep::controller::references::reconcile(Arc::new(group), ctx)
+        .await
+        .unwrap();
+    let ready = groups
+        .get("lto-default")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+}

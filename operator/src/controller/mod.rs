@@ -5,6 +5,7 @@
 pub mod conditions;
 pub mod key_manager;
 pub mod lease;
+pub mod references;
 pub mod run;
 pub mod telemetry;
 

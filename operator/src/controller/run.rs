@@ -17,7 +17,7 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, error_policy, key_manager};
+use super::{Context, Error, error_policy, key_manager, references};
 
 /// The Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "shadowkeep-operator";
@@ -108,7 +108,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let ns = options.namespace.as_deref();
     let config = watcher::Config::default();
     let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone());
-    let ctx = Arc::new(Context {
+    let ctx: Arc<Context> = Arc::new(Context {
         client: client.clone(),
         metrics,
         namespace: options.namespace.clone(),
@@ -137,7 +137,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             owner(&o, &o.spec.key_manager_ref.name)
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => {
@@ -146,13 +146,27 @@ pub async fn run(options: Options) -> Result<(), RunError> {
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
         });
+    // DriveTables and KeyGroups whose KeyManager is missing say so.
+    let referrers = {
+        let ctx = Arc::clone(&ctx);
+        let tables = Controller::new(api::<DriveTable>(&client, ns), watcher::Config::default())
+            .shutdown_on_signal()
+            .run(references::reconcile, error_policy, Arc::clone(&ctx))
+            .for_each(|_| async {});
+        let groups = Controller::new(api::<KeyGroup>(&client, ns), watcher::Config::default())
+            .shutdown_on_signal()
+            .run(references::reconcile, error_policy, ctx)
+            .for_each(|_| async {});
+        futures::future::join(tables, groups)
+    };
+    let all = futures::future::join(controller, referrers);
     match lease {
         None => {
-            controller.await;
+            all.await;
             Ok(())
         }
         Some(lease) => tokio::select! {
-            () = controller => Ok(()),
+            _ = all => Ok(()),
             () = lease.hold() => Err(RunError::LostLeadership),
         },
     }

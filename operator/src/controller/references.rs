@@ -1,0 +1,114 @@
+//! The DriveTable and KeyGroup controllers. Their work is done by the reconcile of the
+//! KeyManager they name (which renders drives into the configuration and generates keys);
+//! what is theirs alone is saying so when that KeyManager does not exist.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt as _};
+use serde_json::json;
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
+
+use super::conditions::{condition, merge, reasons, types};
+use super::{Context, Error};
+
+/// Reason: the KeyManager named is not there.
+pub const KEY_MANAGER_NOT_FOUND: &str = "KeyManagerNotFound";
+
+/// Something that names a KeyManager and carries conditions.
+pub trait References:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+{
+    /// The KeyManager named.
+    fn key_manager(&self) -> &str;
+    /// The current conditions.
+    fn conditions(&self) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>;
+}
+
+impl References for DriveTable {
+    fn key_manager(&self) -> &str {
+        &self.spec.key_manager_ref.name
+    }
+    fn conditions(&self) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl References for KeyGroup {
+    fn key_manager(&self) -> &str {
+        &self.spec.key_manager_ref.name
+    }
+    fn conditions(&self) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Sets `Ready` on the object: False (`KeyManagerNotFound`) when the KeyManager it names is
+/// missing, True once it exists (its reconcile reports the rest).
+pub async fn reconcile<K>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
+where
+    K: References + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let ns = object.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = object.name_any();
+    let km = Api::<KeyManager>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(object.key_manager())
+        .await
+        .map_err(Error::kube("read the KeyManager"))?;
+    let now = Time(jiff::Timestamp::now());
+    let generation = object.meta().generation;
+    let ready = if km.is_some() {
+        condition(
+            types::READY,
+            true,
+            reasons::AS_EXPECTED,
+            format!("KeyManager {:?} found", object.key_manager()),
+            generation,
+            &now,
+        )
+    } else {
+        condition(
+            types::READY,
+            false,
+            KEY_MANAGER_NOT_FOUND,
+            format!(
+                "spec.keyManagerRef.name: KeyManager {:?} not found in namespace {ns:?}",
+                object.key_manager()
+            ),
+            generation,
+            &now,
+        )
+    };
+    let previous = object.conditions();
+    let mut all = previous.clone();
+    for c in merge(&previous, vec![ready]) {
+        all.retain(|o| o.type_ != c.type_);
+        all.push(c);
+    }
+    all.sort_by(|a, b| a.type_.cmp(&b.type_));
+    Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": all}})),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "update {} {name} status",
+            K::kind(&())
+        )))?;
+    // A KeyManager that appears later wakes this object through the KeyManager watch.
+    Ok(if km.is_some() {
+        Action::await_change()
+    } else {
+        Action::requeue(std::time::Duration::from_mins(5))
+    })
+}
