@@ -19,15 +19,20 @@ use serde_json::json;
 use shadowkeep::controller::{Context, key_manager, telemetry::Metrics};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
-fn peak_rss_kib() -> u64 {
+/// A `/proc/self/status` figure in KiB (`VmHWM` peak, `VmRSS` now).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
 }
 
 #[tokio::main]
@@ -78,6 +83,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
     }
     let setup = setup.elapsed();
+    // What the in-memory API server holds before the operator does anything.
+    let rss_after_setup = status_kib("VmRSS:");
     let (store, mut writer) = reflector::store();
     let all = Api::<KeyManager>::all(client.clone())
         .list(&ListParams::default())
@@ -111,16 +118,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .collect::<Result<_, _>>()?;
     let total = started.elapsed();
+    let peak_kib = status_kib("VmHWM:");
+    // The objects the in-memory API server holds now, inputs and children (their JSON size).
+    let mut stored_bytes = 0usize;
+    macro_rules! size {
+        ($t:ty) => {
+            for o in Api::<$t>::all(client.clone()).list(&ListParams::default()).await? {
+                stored_bytes += serde_json::to_vec(&o)?.len();
+            }
+        };
+    }
+    size!(KeyManager);
+    size!(DriveTable);
+    size!(KeyGroup);
+    size!(k8s_openapi::api::core::v1::Secret);
+    size!(k8s_openapi::api::core::v1::ConfigMap);
+    size!(k8s_openapi::api::core::v1::Service);
+    size!(k8s_openapi::api::apps::v1::StatefulSet);
+    size!(k8s_openapi::api::policy::v1::PodDisruptionBudget);
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100].as_secs_f64() * 1000.0;
     println!(
-        "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"reconcile_total_s\":{:.2},\"reconciles_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"peak_rss_mib\":{:.1}}}",
+        "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"reconcile_total_s\":{:.2},\"reconciles_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"rss_after_setup_mib\":{:.1},\"peak_rss_mib\":{:.1},\"api_objects_mib\":{:.1}}}",
         setup.as_secs_f64(),
         total.as_secs_f64(),
         f64::from(u32::try_from(latencies.len())?) / total.as_secs_f64(),
         pct(50),
         pct(99),
-        f64::from(u32::try_from(peak_rss_kib())?) / 1024.0,
+        mib(rss_after_setup),
+        mib(peak_kib),
+        mib(u64::try_from(stored_bytes / 1024)?),
     );
     Ok(())
 }
