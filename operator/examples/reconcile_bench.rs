@@ -35,6 +35,30 @@ fn mib(kib: u64) -> f64 {
     f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
 }
 
+/// The JSON size of every object the in-memory API server holds, inputs and children.
+async fn stored_bytes(client: &kube::Client) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut stored_bytes = 0usize;
+    macro_rules! size {
+        ($t:ty) => {
+            for o in Api::<$t>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+            {
+                stored_bytes += serde_json::to_vec(&o)?.len();
+            }
+        };
+    }
+    size!(KeyManager);
+    size!(DriveTable);
+    size!(KeyGroup);
+    size!(k8s_openapi::api::core::v1::Secret);
+    size!(k8s_openapi::api::core::v1::ConfigMap);
+    size!(k8s_openapi::api::core::v1::Service);
+    size!(k8s_openapi::api::apps::v1::StatefulSet);
+    size!(k8s_openapi::api::policy::v1::PodDisruptionBudget);
+    Ok(stored_bytes)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -119,23 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let total = started.elapsed();
     let peak_kib = status_kib("VmHWM:");
-    // The objects the in-memory API server holds now, inputs and children (their JSON size).
-    let mut stored_bytes = 0usize;
-    macro_rules! size {
-        ($t:ty) => {
-            for o in Api::<$t>::all(client.clone()).list(&ListParams::default()).await? {
-                stored_bytes += serde_json::to_vec(&o)?.len();
-            }
-        };
-    }
-    size!(KeyManager);
-    size!(DriveTable);
-    size!(KeyGroup);
-    size!(k8s_openapi::api::core::v1::Secret);
-    size!(k8s_openapi::api::core::v1::ConfigMap);
-    size!(k8s_openapi::api::core::v1::Service);
-    size!(k8s_openapi::api::apps::v1::StatefulSet);
-    size!(k8s_openapi::api::policy::v1::PodDisruptionBudget);
+    let stored_bytes = stored_bytes(&client).await?;
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100].as_secs_f64() * 1000.0;
     println!(
