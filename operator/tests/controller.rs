@@ -450,6 +450,10 @@ async fn a_drive_claimed_by_a_second_key_manager_stays_where_its_keys_are() {
     let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
     second_key_manager_claiming_a_drive(&client).await;
     let ctx = context(&client).await;
+    let moved = tables.get("moved").await.unwrap();
+    shadowkeep::controller::references::reconcile(Arc::new(moved), Arc::clone(&ctx))
+        .await
+        .unwrap();
     for name in ["dr-keys", "tape-keys"] {
         let km = Api::<KeyManager>::namespaced(client.clone(), NS)
             .get(name)
@@ -488,6 +492,10 @@ async fn a_drive_claimed_by_a_second_key_manager_stays_where_its_keys_are() {
         );
     }
     assert_eq!(status.drives, Some(1));
+    assert!(
+        status.conditions.iter().any(|c| c.type_ == "Ready"),
+        "the risk report keeps the conditions other controllers set"
+    );
     let events = Api::<Event>::namespaced(client.clone(), NS)
         .list(&ListParams::default())
         .await

@@ -58,14 +58,20 @@ pub fn condition(
     }
 }
 
-/// The new conditions, keeping each previous `lastTransitionTime` whose status is unchanged.
-pub fn merge(previous: &[Condition], mut next: Vec<Condition>) -> Vec<Condition> {
-    for c in &mut next {
+/// The previous conditions with `next` written over them by type, sorted by type. Other
+/// types are kept (a status patch replaces the whole list), and a condition whose status
+/// is unchanged keeps its `lastTransitionTime`.
+pub fn merge(previous: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
+    let mut all = previous.to_vec();
+    for mut c in next {
         if let Some(old) = previous.iter().find(|o| o.type_ == c.type_)
             && old.status == c.status
         {
             c.last_transition_time = old.last_transition_time.clone();
         }
+        all.retain(|o| o.type_ != c.type_);
+        all.push(c);
     }
-    next
+    all.sort_by(|a, b| a.type_.cmp(&b.type_));
+    all
 }

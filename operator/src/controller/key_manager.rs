@@ -892,12 +892,7 @@ async fn patch_status(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     publish_transitions(ctx, km, &previous, &conditions).await;
-    let mut all = previous.clone();
-    for c in merge(&previous, conditions) {
-        all.retain(|o| o.type_ != c.type_);
-        all.push(c);
-    }
-    all.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let all = merge(&previous, conditions);
     let mut status = json!({
         "observedGeneration": km.meta().generation,
         "conditions": all,

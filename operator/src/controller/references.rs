@@ -88,12 +88,7 @@ where
         )
     };
     let previous = object.conditions();
-    let mut all = previous.clone();
-    for c in merge(&previous, vec![ready]) {
-        all.retain(|o| o.type_ != c.type_);
-        all.push(c);
-    }
-    all.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let all = merge(&previous, vec![ready]);
     Api::<K>::namespaced(ctx.client.clone(), &ns)
         .patch_status(
             &name,
