@@ -40,15 +40,7 @@ pub struct Summary {
 /// The hash of a record, as carried in a [`Summary`].
 pub fn record_hash(key: &Key) -> String {
     let json = serde_json::to_vec(key).unwrap_or_default();
-    hex_lower(&Sha256::digest(&json))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex::encode(Sha256::digest(&json))
 }
 
 /// The summary of a keystore.

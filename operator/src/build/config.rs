@@ -132,13 +132,5 @@ pub fn config_hash(config: &ConfigMap) -> String {
         hash.update(value.as_bytes());
         hash.update([0]);
     }
-    hex_lower(&hash.finalize()[..16])
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex::encode(&hash.finalize()[..16])
 }
