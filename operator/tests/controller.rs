@@ -84,6 +84,7 @@ async fn context(client: &kube::Client) -> Arc<Context> {
         key_managers: store,
         recorder: kube::runtime::events::Recorder::new(client.clone(), "shadowkeep-test".into()),
         server_image: None,
+        backoff: shadowkeep::controller::Backoff::default(),
     })
 }
 

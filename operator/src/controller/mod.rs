@@ -9,13 +9,15 @@ pub mod references;
 pub mod run;
 pub mod telemetry;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use kube::Client;
 use kube::runtime::controller::Action;
+use kube::{Client, Resource, ResourceExt};
+use rand::Rng as _;
 
 /// What every reconcile shares.
-#[derive(Clone)]
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
@@ -32,6 +34,8 @@ pub struct Context {
     /// The key-server image for KeyManagers that name none (the operator's own release by
     /// default).
     pub server_image: Option<String>,
+    /// Consecutive failures per object, so that retries back off.
+    pub backoff: Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -71,12 +75,117 @@ impl Error {
     }
 }
 
-/// Transient failures are retried with a pause, never in a hot loop.
-pub fn error_policy<K>(
-    _object: std::sync::Arc<K>,
+/// Exponential backoff per object: an API server that is down or refusing is asked again
+/// after 5 s, 10 s, 20 s … up to 5 minutes, with ±20 % jitter so that many objects that
+/// failed together do not retry together. A success starts the count again.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// The first pause.
+    pub const FIRST: Duration = Duration::from_secs(5);
+    /// The longest pause.
+    pub const MAX: Duration = Duration::from_mins(5);
+
+    /// Records a failure of `key` and returns how long to wait before the next attempt.
+    pub fn failed(&self, key: &str) -> Duration {
+        let failures = {
+            let mut map = self
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = map.entry(key.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let exponent = failures.saturating_sub(1).min(16);
+        let base = Self::FIRST.saturating_mul(1 << exponent).min(Self::MAX);
+        base.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
+    }
+
+    /// Records a success of `key`.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// The consecutive failures of `key` so far.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The backoff key of an object: kind, namespace and name.
+pub fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Failures are retried with a growing pause, never in a hot loop.
+#[allow(clippy::needless_pass_by_value)] // the signature `Controller::run` asks for
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: std::sync::Arc<K>,
     error: &Error,
-    _ctx: std::sync::Arc<Context>,
+    ctx: std::sync::Arc<Context>,
 ) -> Action {
-    tracing::warn!(error = %error, category = error.metric_label(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+    let key = backoff_key(object.as_ref());
+    let pause = ctx.backoff.failed(&key);
+    tracing::warn!(
+        error = %error,
+        category = error.metric_label(),
+        object = %key,
+        failures = ctx.backoff.failures(&key),
+        retry_in_s = pause.as_secs(),
+        "reconcile failed; retrying"
+    );
+    Action::requeue(pause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets_on_success() {
+        let backoff = Backoff::default();
+        let mut previous = Duration::ZERO;
+        for n in 1..=12u32 {
+            let pause = backoff.failed("KeyManager/ns/a");
+            let base = Backoff::FIRST
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(Backoff::MAX);
+            assert!(
+                pause >= base.mul_f64(0.8) && pause <= base.mul_f64(1.2),
+                "failure {n}: {pause:?} is not within 20 % of {base:?}"
+            );
+            if base < Backoff::MAX {
+                assert!(
+                    pause > previous.mul_f64(1.2 / 1.6),
+                    "failure {n} did not grow"
+                );
+            }
+            previous = pause;
+        }
+        assert!(previous <= Backoff::MAX.mul_f64(1.2));
+        assert_eq!(backoff.failures("KeyManager/ns/a"), 12);
+        // Another object has its own count.
+        assert!(backoff.failed("KeyManager/ns/b") <= Backoff::FIRST.mul_f64(1.2));
+        backoff.succeeded("KeyManager/ns/a");
+        assert_eq!(backoff.failures("KeyManager/ns/a"), 0);
+        assert!(backoff.failed("KeyManager/ns/a") <= Backoff::FIRST.mul_f64(1.2));
+    }
 }

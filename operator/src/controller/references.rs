@@ -100,6 +100,7 @@ where
             "update {} {name} status",
             K::kind(&())
         )))?;
+    ctx.backoff.succeeded(&super::backoff_key(object.as_ref()));
     // A KeyManager that appears later wakes this object through the KeyManager watch.
     Ok(if km.is_some() {
         Action::await_change()

@@ -70,7 +70,11 @@ fn owner<K: kube::Resource>(o: &K, name: &str) -> Option<ObjectRef<KeyManager>> 
 
 async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let key = super::backoff_key(km.as_ref());
     let result = key_manager::reconcile(km, Arc::clone(&ctx)).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key);
+    }
     ctx.metrics.record(
         "KeyManager",
         started.elapsed(),
@@ -121,6 +125,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             },
         ),
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
+        backoff: super::Backoff::default(),
     });
     let controller = controller
         .owns(api::<StatefulSet>(&client, ns), config.clone())
