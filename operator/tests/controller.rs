@@ -13,59 +13,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube_fake_client::ClientBuilder;
 use sha2::{Digest as _, Sha256};
 use shadowkeep::controller::{Context, key_manager::reconcile};
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::keystore::Kek;
-use shadowkeep_api::manifest::{Decoded, Decoder, Resource, parse_yaml_documents};
 use shadowkeep_api::server_config::ServerConfig;
 
-const NS: &str = "default";
+mod common;
 
-/// An in-memory API holding the quickstart manifests (in namespace `default`).
-async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-    let decoder = Decoder::new();
-    let mut builder = ClientBuilder::new()
-        .with_resource::<KeyManager>()
-        .with_resource::<DriveTable>()
-        .with_resource::<KeyGroup>()
-        .with_resource::<Shadow>();
-    for file in [
-        "keymanager.yaml",
-        "keygroup.yaml",
-        "drivetable.yaml",
-        "shadow.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        for doc in parse_yaml_documents(&text).unwrap() {
-            let Ok(Decoded::Resource(resource)) = decoder.decode(&doc) else {
-                panic!("{file} does not decode");
-            };
-            builder = match *resource {
-                Resource::KeyManager(mut o) => {
-                    o.metadata.namespace = Some(NS.to_owned());
-                    edit(&mut o);
-                    builder.with_object(o)
-                }
-                Resource::DriveTable(mut o) => {
-                    o.metadata.namespace = Some(NS.to_owned());
-                    builder.with_object(o)
-                }
-                Resource::KeyGroup(mut o) => {
-                    o.metadata.namespace = Some(NS.to_owned());
-                    builder.with_object(o)
-                }
-                Resource::Shadow(mut o) => {
-                    o.metadata.namespace = Some(NS.to_owned());
-                    builder.with_object(o)
-                }
-            };
-        }
-    }
-    builder.build().await.unwrap()
-}
+use common::{NS, cluster};
 
 /// A Context over the in-memory API, its KeyManager store filled as a watch would fill it.
 async fn context(client: &kube::Client) -> Arc<Context> {

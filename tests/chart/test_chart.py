@@ -3,6 +3,7 @@ no helm binary), validate the rendered objects against the Kubernetes 1.32 schem
 what matters: the operator's arguments, its security context, least-privilege RBAC, and that
 the chart's CRDs are the generated ones."""
 
+import os
 import pathlib
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+SHADOWKEEP = os.environ.get("SHADOWKEEP", str(REPO / "target" / "debug" / "shadowkeep"))
 CHART = REPO / "charts" / "shadowkeep"
 VALIDATE = pathlib.Path(sys.executable).parent / "kubernetes-validate"
 RELEASE = "shadowkeep"
@@ -147,6 +149,7 @@ def test_default_deployment_runs_the_operator_with_leader_election(chart):
     args = container["args"]
     assert args[0] == "operator"
     assert args[args.index("--listen") + 1] == "0.0.0.0:8080"
+    assert args[args.index("--concurrency") + 1] == "4"
     assert "--leader-elect" in args
     assert "--namespace" not in args
 
@@ -323,6 +326,7 @@ def test_values_reach_the_deployment(chart):
         "serverImage": "registry.example/shadowkeep-server:0.1.0",
         "logLevel": "shadowkeep=debug,info",
         "metrics": {"port": 9090},
+        "concurrency": 16,
         "replicaCount": 2,
         "imagePullSecrets": [{"name": "regcred"}],
         "podAnnotations": {"prometheus.io/scrape": "true"},
@@ -336,6 +340,7 @@ def test_values_reach_the_deployment(chart):
     assert env["RUST_LOG"] == "shadowkeep=debug,info"
     args = container["args"]
     assert args[args.index("--listen") + 1] == "0.0.0.0:9090"
+    assert args[args.index("--concurrency") + 1] == "16"
     assert container["ports"][0]["containerPort"] == 9090
     [service] = of_kind(objects, "Service")
     assert service["spec"]["ports"][0]["port"] == 9090
@@ -386,3 +391,17 @@ def test_images_provide_what_the_chart_and_the_operator_run():
         assert f"docker build -f {dockerfile} " in text, dockerfile
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {"target/", ".venv/", "server/fuzz/target/"} <= set(ignored)
+
+
+def test_every_flag_the_chart_passes_is_one_the_operator_takes(chart):
+    """A flag the binary does not know would crash-loop the operator pod on install."""
+    help_text = subprocess.run(
+        [SHADOWKEEP, "operator", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    for values in [{}, {"watchNamespaces": ["tapes"], "concurrency": 8}]:
+        _, container = operator_container(render(chart, values))
+        assert container["args"][0] == "operator"
+        flags = [a for a in container["args"] if a.startswith("--")]
+        assert "--concurrency" in flags
+        for flag in flags:
+            assert flag in help_text, f"the chart passes {flag}, which `shadowkeep operator` does not take"

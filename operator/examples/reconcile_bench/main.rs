@@ -1,11 +1,25 @@
 //! Reconcile benchmark: N KeyManagers (one per namespace), each with a DriveTable of D
 //! drives and a KeyGroup of 10 keys, reconciled against the in-memory API server
-//! (kube-fake-client). Prints the total time, reconcile latency percentiles, and the
-//! process's peak resident memory, as one JSON line.
+//! (kube-fake-client). Prints one JSON line.
+//!
+//! In-process (the reconcile function called directly, a few at a time): total time,
+//! latency percentiles, and the peak memory of the process, API server included.
 //!
 //! ```sh
 //! cargo run --release -p shadowkeep --example reconcile_bench -- 1000 100
 //! ```
+//!
+//! Out of process (`--operator BIN`): the in-memory API server is served over HTTP with
+//! watches, `BIN operator` runs against it as its own process with a kubeconfig, and the
+//! figures are the time until every KeyManager has a full status and the operator
+//! process's own peak memory.
+//!
+//! ```sh
+//! cargo build --release -p shadowkeep
+//! cargo run --release -p shadowkeep --example reconcile_bench -- 1000 100 --operator target/release/shadowkeep
+//! ```
+
+mod apiserver;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +35,12 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
 /// A `/proc/self/status` figure in KiB (`VmHWM` peak, `VmRSS` now).
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_kib("self", field)
+}
+
+/// A `/proc/PID/status` figure in KiB.
+fn process_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -61,9 +80,29 @@ async fn stored_bytes(client: &kube::Client) -> Result<usize, Box<dyn std::error
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let count: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
-    let drives: usize = args.next().map_or(Ok(100), |a| a.parse())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let operator = args
+        .iter()
+        .position(|a| a == "--operator")
+        .map(|i| args.get(i + 1).cloned().ok_or("--operator needs a path"))
+        .transpose()?;
+    let mut numbers = args
+        .iter()
+        .take_while(|a| *a != "--operator")
+        .map(|a| a.parse::<usize>());
+    let count = numbers.next().unwrap_or(Ok(1000))?;
+    let drives = numbers.next().unwrap_or(Ok(100))?;
+    let setup = Instant::now();
+    let client = seed(count, drives).await?;
+    let setup = setup.elapsed();
+    match operator {
+        Some(bin) => out_of_process(&client, &bin, count, drives, setup).await,
+        None => in_process(&client, count, drives, setup).await,
+    }
+}
+
+/// A fresh in-memory API server holding `count` estates.
+async fn seed(count: usize, drives: usize) -> Result<kube::Client, Box<dyn std::error::Error>> {
     let client = ClientBuilder::new()
         .with_resource::<KeyManager>()
         .with_resource::<DriveTable>()
@@ -71,7 +110,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_resource::<Shadow>()
         .build()
         .await?;
-    let setup = Instant::now();
     for i in 0..count {
         let ns = format!("site-{i:04}");
         let km: KeyManager = serde_json::from_value(json!({
@@ -106,7 +144,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .create(&PostParams::default(), &group)
             .await?;
     }
-    let setup = setup.elapsed();
+    Ok(client)
+}
+
+async fn in_process(
+    client: &kube::Client,
+    count: usize,
+    drives: usize,
+    setup: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
     // What the in-memory API server holds before the operator does anything.
     let rss_after_setup = status_kib("VmRSS:");
     let (store, mut writer) = reflector::store();
@@ -123,10 +169,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key_managers: store,
         recorder: kube::runtime::events::Recorder::new(client.clone(), "shadowkeep-test".into()),
         server_image: None,
+        backoff: shadowkeep::controller::Backoff::default(),
     });
     let started = Instant::now();
     // As the controller runs them: a few reconciles at a time.
-    let mut latencies: Vec<Duration> = futures::stream::iter(all.items.into_iter())
+    let mut latencies: Vec<Duration> = futures::stream::iter(all.items)
         .map(|km| {
             let ctx = Arc::clone(&ctx);
             async move {
@@ -143,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let total = started.elapsed();
     let peak_kib = status_kib("VmHWM:");
-    let stored_bytes = stored_bytes(&client).await?;
+    let stored_bytes = stored_bytes(client).await?;
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() - 1) * p / 100].as_secs_f64() * 1000.0;
     println!(
@@ -156,6 +203,84 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         mib(rss_after_setup),
         mib(peak_kib),
         mib(u64::try_from(stored_bytes / 1024)?),
+    );
+    Ok(())
+}
+
+/// Whether every KeyManager carries the status only a complete reconcile writes.
+async fn all_reconciled(client: &kube::Client, count: usize) -> Result<bool, kube::Error> {
+    let done = Api::<KeyManager>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|km| {
+            km.status
+                .as_ref()
+                .is_some_and(|s| s.keystore_digest.is_some())
+        })
+        .count();
+    Ok(done == count)
+}
+
+async fn out_of_process(
+    client: &kube::Client,
+    bin: &str,
+    count: usize,
+    drives: usize,
+    setup: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = apiserver::ApiServer::new(client.clone());
+    tokio::spawn(Arc::clone(&server).serve(listener));
+    let dir = std::env::temp_dir().join(format!("reconcile-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{address}\"}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: default}}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .args(["operator", "--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("the operator exited at once")?.to_string();
+    let deadline = Duration::from_mins(10);
+    let converged = loop {
+        if let Some(exit) = child.try_wait()? {
+            return Err(format!("the operator exited: {exit}").into());
+        }
+        if all_reconciled(client, count).await? {
+            break started.elapsed();
+        }
+        if started.elapsed() > deadline {
+            return Err(format!("not every KeyManager reconciled within {deadline:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let peak_converged = process_kib(&pid, "VmHWM:");
+    // Steady state: watches open, requeues pending, nothing to do, nothing written.
+    let writes = server.writes();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_writes = server.writes() - writes;
+    let rss_idle = process_kib(&pid, "VmRSS:");
+    let peak = process_kib(&pid, "VmHWM:");
+    child.kill().await?;
+    std::fs::remove_dir_all(&dir)?;
+    println!(
+        "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"converged_s\":{:.2},\"operator_peak_rss_mib\":{:.1},\"operator_peak_rss_at_convergence_mib\":{:.1},\"operator_idle_rss_mib\":{:.1},\"writes_in_10s_idle\":{idle_writes}}}",
+        setup.as_secs_f64(),
+        converged.as_secs_f64(),
+        mib(peak),
+        mib(peak_converged),
+        mib(rss_idle),
     );
     Ok(())
 }

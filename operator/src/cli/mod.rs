@@ -36,6 +36,11 @@ pub enum Command {
         /// Namespace of the Lease (default: the `POD_NAMESPACE` environment variable).
         #[arg(long, value_name = "NAMESPACE")]
         lease_namespace: Option<String>,
+        /// How many KeyManagers are reconciled at once. Each reconcile holds its estate's
+        /// objects while it runs, so this bounds the operator's memory; more is faster only
+        /// while the API server keeps up.
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
     },
     /// Print the CRDs of all four kinds, or write them to a directory.
     Crds {
@@ -69,11 +74,13 @@ pub fn run(cli: Cli) -> ExitCode {
             listen,
             leader_elect,
             lease_namespace,
+            concurrency,
         } => operator(crate::controller::run::Options {
             namespace,
             listen,
             leader_elect,
             lease_namespace,
+            concurrency,
         }),
         Command::Render { paths } => {
             let code = render::render(&paths, &mut std::io::stdout().lock());

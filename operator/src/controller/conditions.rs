@@ -75,3 +75,45 @@ pub fn merge(previous: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
     all.sort_by(|a, b| a.type_.cmp(&b.type_));
     all
 }
+
+/// Writes a status computed from a fresh read of the object, with its resourceVersion as
+/// a precondition, and tries again on a conflict. Two controllers write conditions of a
+/// DriveTable (and of a KeyGroup), and the status patch replaces the whole list: a patch
+/// made from a stale copy would drop the other controller's condition, which would write
+/// it back, forever.
+///
+/// `status` gets the fresh object and returns the `status` value to merge. Returns the
+/// object as it was before the write, or `None` when it does not exist.
+pub async fn update_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    mut status: impl FnMut(&K) -> serde_json::Value,
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(fresh) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": fresh.meta().resource_version},
+            "status": status(&fresh),
+        });
+        match api
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(Some(fresh)),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -25,7 +25,7 @@ use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::manifest::Resource as Object;
 use shadowkeep_api::pki::{Authority, Usage};
 
-use super::conditions::{condition, merge, reasons, types};
+use super::conditions::{condition, merge, reasons, types, update_status};
 use super::{Context, Error};
 use crate::build::{
     self, FIELD_MANAGER, Inputs, Material, client_service, config_hash, config_map, license_secret,
@@ -465,15 +465,6 @@ async fn report_risks(
                 now,
             )
         };
-        let previous = table
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let was_at_risk = previous.iter().any(|p| {
-            p.type_ == types::KEY_HISTORY_AT_RISK && p.status == "True" && p.message == c.message
-        });
-        let conditions = merge(&previous, vec![c.clone()]);
         let served = table.spec.drives.len()
             - table
                 .spec
@@ -481,16 +472,29 @@ async fn report_risks(
                 .iter()
                 .filter(|d| mine.iter().any(|r| !r.kept && r.serial == d.serial))
                 .count();
-        let patch = json!({"status": {
-            "observedGeneration": table.meta().generation,
-            "conditions": conditions,
-            "drives": i32::try_from(served).unwrap_or(i32::MAX),
-        }});
-        api.patch_status(&table_name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map_err(Error::kube(format!(
-                "update DriveTable {table_name} status"
-            )))?;
+        let before = update_status(&api, &table_name, |fresh: &DriveTable| {
+            let previous = fresh
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            json!({
+                "observedGeneration": table.meta().generation,
+                "conditions": merge(&previous, vec![c.clone()]),
+                "drives": i32::try_from(served).unwrap_or(i32::MAX),
+            })
+        })
+        .await
+        .map_err(Error::kube(format!(
+            "update DriveTable {table_name} status"
+        )))?;
+        let was_at_risk = before.and_then(|t| t.status).is_some_and(|s| {
+            s.conditions.iter().any(|p| {
+                p.type_ == types::KEY_HISTORY_AT_RISK
+                    && p.status == "True"
+                    && p.message == c.message
+            })
+        });
         if c.status == "True" && !was_at_risk {
             let event = kube::runtime::events::Event {
                 type_: kube::runtime::events::EventType::Warning,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt as _};
 use serde_json::json;
@@ -87,19 +87,16 @@ where
             &now,
         )
     };
-    let previous = object.conditions();
-    let all = merge(&previous, vec![ready]);
-    Api::<K>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"conditions": all}})),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "update {} {name} status",
-            K::kind(&())
-        )))?;
+    super::conditions::update_status(
+        &Api::<K>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        |fresh| json!({"conditions": merge(&fresh.conditions(), vec![ready.clone()])}),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "update {} {name} status",
+        K::kind(&())
+    )))?;
     ctx.backoff.succeeded(&super::backoff_key(object.as_ref()));
     // A KeyManager that appears later wakes this object through the KeyManager watch.
     Ok(if km.is_some() {

@@ -33,6 +33,8 @@ pub struct Options {
     pub leader_elect: bool,
     /// Namespace of the Lease (default: `POD_NAMESPACE`).
     pub lease_namespace: Option<String>,
+    /// Reconciles run at once, per controller.
+    pub concurrency: u16,
 }
 
 /// Why the operator stopped.
@@ -85,6 +87,10 @@ async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Err
 
 /// Runs the operator until a signal, or until leadership is lost.
 pub async fn run(options: Options) -> Result<(), RunError> {
+    // Built together with the dev-dependencies (as tests and benchmarks build it), rustls
+    // has both of its providers, cannot pick one, and would panic at the first connection to
+    // the API server. An error here means one is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -111,7 +117,11 @@ pub async fn run(options: Options) -> Result<(), RunError> {
 
     let ns = options.namespace.as_deref();
     let config = watcher::Config::default();
-    let controller = Controller::new(api::<KeyManager>(&client, ns), config.clone());
+    // Unbounded, every KeyManager would be reconciled at once on start, each holding its
+    // estate and its own API connection: memory would grow with the estate's size.
+    let limits = kube::runtime::controller::Config::default().concurrency(options.concurrency);
+    let controller =
+        Controller::new(api::<KeyManager>(&client, ns), config.clone()).with_config(limits.clone());
     let ctx: Arc<Context> = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -155,10 +165,12 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let referrers = {
         let ctx = Arc::clone(&ctx);
         let tables = Controller::new(api::<DriveTable>(&client, ns), watcher::Config::default())
+            .with_config(limits.clone())
             .shutdown_on_signal()
             .run(references::reconcile, error_policy, Arc::clone(&ctx))
             .for_each(|_| async {});
         let groups = Controller::new(api::<KeyGroup>(&client, ns), watcher::Config::default())
+            .with_config(limits)
             .shutdown_on_signal()
             .run(references::reconcile, error_policy, ctx)
             .for_each(|_| async {});

@@ -1,0 +1,55 @@
+//! What the operator's integration tests share: the quickstart estate in an in-memory API
+//! server.
+
+use std::path::Path;
+
+use kube_fake_client::ClientBuilder;
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::manifest::{Decoded, Decoder, Resource, parse_yaml_documents};
+
+/// The namespace the quickstart is put in.
+pub const NS: &str = "default";
+
+/// An in-memory API holding the quickstart manifests (in namespace `default`).
+pub async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let decoder = Decoder::new();
+    let mut builder = ClientBuilder::new()
+        .with_resource::<KeyManager>()
+        .with_resource::<DriveTable>()
+        .with_resource::<KeyGroup>()
+        .with_resource::<Shadow>();
+    for file in [
+        "keymanager.yaml",
+        "keygroup.yaml",
+        "drivetable.yaml",
+        "shadow.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in parse_yaml_documents(&text).unwrap() {
+            let Ok(Decoded::Resource(resource)) = decoder.decode(&doc) else {
+                panic!("{file} does not decode");
+            };
+            builder = match *resource {
+                Resource::KeyManager(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    edit(&mut o);
+                    builder.with_object(o)
+                }
+                Resource::DriveTable(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+                Resource::KeyGroup(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+                Resource::Shadow(mut o) => {
+                    o.metadata.namespace = Some(NS.to_owned());
+                    builder.with_object(o)
+                }
+            };
+        }
+    }
+    builder.build().await.unwrap()
+}
