@@ -44,6 +44,12 @@ async fn context(client: &kube::Client) -> Arc<Context> {
     })
 }
 
+/// What a metadata-only watch hands the DriveTable and KeyGroup controllers.
+fn partial<K: kube::Resource<DynamicType = ()>>(object: &K) -> kube::core::PartialObjectMeta<K> {
+    use kube::core::PartialObjectMetaExt as _;
+    object.meta().clone().into_request_partial::<K>()
+}
+
 async fn run(client: &kube::Client) -> Action {
     let km = Api::<KeyManager>::namespaced(client.clone(), NS)
         .get("tape-keys")
@@ -408,7 +414,7 @@ async fn a_drive_claimed_by_a_second_key_manager_stays_where_its_keys_are() {
     second_key_manager_claiming_a_drive(&client).await;
     let ctx = context(&client).await;
     let moved = tables.get("moved").await.unwrap();
-    shadowkeep::controller::references::reconcile(Arc::new(moved), Arc::clone(&ctx))
+    shadowkeep::controller::references::reconcile(Arc::new(partial(&moved)), Arc::clone(&ctx))
         .await
         .unwrap();
     for name in ["dr-keys", "tape-keys"] {
@@ -514,7 +520,7 @@ async fn a_table_or_group_naming_a_missing_key_manager_says_so() {
         .create(&PostParams::default(), &orphan)
         .await
         .unwrap();
-    shadowkeep::controller::references::reconcile(Arc::new(orphan), Arc::clone(&ctx))
+    shadowkeep::controller::references::reconcile(Arc::new(partial(&orphan)), Arc::clone(&ctx))
         .await
         .unwrap();
     let ready = tables
@@ -535,7 +541,7 @@ async fn a_table_or_group_naming_a_missing_key_manager_says_so() {
 
     let groups = Api::<KeyGroup>::namespaced(client.clone(), NS);
     let group = groups.get("lto-default").await.unwrap();
-    shadowkeep::controller::references::reconcile(Arc::new(group), ctx)
+    shadowkeep::controller::references::reconcile(Arc::new(partial(&group)), ctx)
         .await
         .unwrap();
     let ready = groups

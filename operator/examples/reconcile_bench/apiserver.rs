@@ -123,7 +123,15 @@ impl ApiServer {
         }
         let method = request.method().clone();
         let path_text = request.uri().to_string();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let page = if method == Method::GET {
+            split_page(&parts.uri).map(|(uri, page)| {
+                parts.uri = uri;
+                page
+            })
+        } else {
+            None
+        };
         let Ok(body) = body.collect().await.map(|b| b.to_bytes().to_vec()) else {
             return status(StatusCode::BAD_REQUEST);
         };
@@ -136,11 +144,16 @@ impl ApiServer {
             }
         };
         let (parts, body) = response.into_parts();
-        let body = body
+        let mut body = body
             .collect()
             .await
             .map(|b| b.to_bytes().to_vec())
             .unwrap_or_default();
+        if let Some(page) = page
+            && parts.status.is_success()
+        {
+            body = cut(body, &page);
+        }
         if parts.status.is_success()
             && method != Method::GET
             && let Some(path) = path
@@ -151,6 +164,9 @@ impl ApiServer {
             }
             self.publish(&method, path, &body);
         }
+        let mut parts = parts;
+        // The body may have been cut to a page: its length is the new body's.
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
         Response::from_parts(parts, AxumBody::from(body))
     }
 
@@ -219,6 +235,60 @@ impl ApiServer {
             .body(AxumBody::from_stream(stream))
             .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR))
     }
+}
+
+/// A list request's page: `limit` and `continue` (an offset, in this server).
+struct Page {
+    limit: usize,
+    offset: usize,
+}
+
+/// The URI without `limit` and `continue`, and the page they asked for. kube-fake-client
+/// cuts a list at the limit but gives no `continue` token, so a paged list (the watcher
+/// asks for 500 at a time) would silently miss the rest; pages are cut here instead.
+fn split_page(uri: &axum::http::Uri) -> Option<(axum::http::Uri, Page)> {
+    let query = uri.query()?;
+    let mut page = Page {
+        limit: 0,
+        offset: 0,
+    };
+    let mut kept = Vec::new();
+    for p in query.split('&') {
+        if let Some(v) = p.strip_prefix("limit=") {
+            page.limit = v.parse().ok()?;
+        } else if let Some(v) = p.strip_prefix("continue=") {
+            page.offset = if v.is_empty() { 0 } else { v.parse().ok()? };
+        } else {
+            kept.push(p);
+        }
+    }
+    if page.limit == 0 {
+        return None;
+    }
+    let uri = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    Some((uri.parse().ok()?, page))
+}
+
+/// The page of a whole list, with a `continue` token when more follow.
+fn cut(body: Vec<u8>, page: &Page) -> Vec<u8> {
+    let Ok(mut list) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) else {
+        return body;
+    };
+    let total = items.len();
+    let end = (page.offset + page.limit).min(total);
+    let kept: Vec<Value> = items.drain(page.offset.min(total)..end).collect();
+    *items = kept;
+    if end < total {
+        list["metadata"]["continue"] = Value::String(end.to_string());
+    }
+    serde_json::to_vec(&list).unwrap_or(body)
 }
 
 fn status(code: StatusCode) -> Response<AxumBody> {

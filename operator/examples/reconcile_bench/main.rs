@@ -18,6 +18,8 @@
 //! cargo build --release -p shadowkeep
 //! cargo run --release -p shadowkeep --example reconcile_bench -- 1000 100 --operator target/release/shadowkeep
 //! ```
+//!
+//! Arguments after a second `--` are passed to `BIN operator` (`-- --concurrency 8`).
 
 mod apiserver;
 
@@ -80,7 +82,13 @@ async fn stored_bytes(client: &kube::Client) -> Result<usize, Box<dyn std::error
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Everything after `--` goes to `BIN operator`.
+    let extra = args
+        .iter()
+        .position(|a| a == "--")
+        .map(|i| args.split_off(i).into_iter().skip(1).collect::<Vec<_>>())
+        .unwrap_or_default();
     let operator = args
         .iter()
         .position(|a| a == "--operator")
@@ -96,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = seed(count, drives).await?;
     let setup = setup.elapsed();
     match operator {
-        Some(bin) => out_of_process(&client, &bin, count, drives, setup).await,
+        Some(bin) => out_of_process(&client, &bin, &extra, count, drives, setup).await,
         None => in_process(&client, count, drives, setup).await,
     }
 }
@@ -226,6 +234,7 @@ async fn all_reconciled(client: &kube::Client, count: usize) -> Result<bool, kub
 async fn out_of_process(
     client: &kube::Client,
     bin: &str,
+    extra: &[String],
     count: usize,
     drives: usize,
     setup: Duration,
@@ -246,6 +255,7 @@ async fn out_of_process(
     let started = Instant::now();
     let mut child = tokio::process::Command::new(bin)
         .args(["operator", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())

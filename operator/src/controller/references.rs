@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt as _};
 use serde_json::json;
@@ -53,12 +54,26 @@ impl References for KeyGroup {
 
 /// Sets `Ready` on the object: False (`KeyManagerNotFound`) when the KeyManager it names is
 /// missing, True once it exists (its reconcile reports the rest).
-pub async fn reconcile<K>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
+///
+/// The controller watches only the objects' metadata (a DriveTable of hundreds of drives
+/// need not sit in the operator's memory); the object itself is read here.
+pub async fn reconcile<K>(
+    meta: Arc<PartialObjectMeta<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error>
 where
     K: References + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let ns = object.namespace().unwrap_or_else(|| "default".to_owned());
-    let name = object.name_any();
+    let ns = meta.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = meta.name_any();
+    let Some(object) = Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("read {} {name}", K::kind(&()))))?
+    else {
+        // Deleted since the event: nothing to report on.
+        return Ok(Action::await_change());
+    };
     let km = Api::<KeyManager>::namespaced(ctx.client.clone(), &ns)
         .get_opt(object.key_manager())
         .await
@@ -97,7 +112,7 @@ where
         "update {} {name} status",
         K::kind(&())
     )))?;
-    ctx.backoff.succeeded(&super::backoff_key(object.as_ref()));
+    ctx.backoff.succeeded(&super::backoff_key(&object));
     // A KeyManager that appears later wakes this object through the KeyManager watch.
     Ok(if km.is_some() {
         Action::await_change()

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -116,7 +117,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     telemetry::set_ready(&metrics);
 
     let ns = options.namespace.as_deref();
-    let config = watcher::Config::default();
+    // Initial lists come in pages of 100 rather than 500: a page of DriveTables is held
+    // whole while it is decoded, and 500 tables of 300 drives is most of the memory budget.
+    let config = watcher::Config::default().page_size(100);
     // Unbounded, every KeyManager would be reconciled at once on start, each holding its
     // estate and its own API connection: memory would grow with the estate's size.
     let limits = kube::runtime::controller::Config::default().concurrency(options.concurrency);
@@ -148,7 +151,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         .watches(api::<KeyGroup>(&client, ns), config.clone(), |o| {
             owner(&o, &o.spec.key_manager_ref.name)
         })
-        .watches(api::<Shadow>(&client, ns), config, |o| {
+        .watches(api::<Shadow>(&client, ns), config.clone(), |o| {
             owner(&o, &o.spec.key_manager_ref.name)
         })
         .shutdown_on_signal()
@@ -164,16 +167,22 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     // DriveTables and KeyGroups whose KeyManager is missing say so.
     let referrers = {
         let ctx = Arc::clone(&ctx);
-        let tables = Controller::new(api::<DriveTable>(&client, ns), watcher::Config::default())
-            .with_config(limits.clone())
-            .shutdown_on_signal()
-            .run(references::reconcile, error_policy, Arc::clone(&ctx))
-            .for_each(|_| async {});
-        let groups = Controller::new(api::<KeyGroup>(&client, ns), watcher::Config::default())
-            .with_config(limits)
-            .shutdown_on_signal()
-            .run(references::reconcile, error_policy, ctx)
-            .for_each(|_| async {});
+        let tables = Controller::new(
+            api::<PartialObjectMeta<DriveTable>>(&client, ns),
+            config.clone(),
+        )
+        .with_config(limits.clone())
+        .shutdown_on_signal()
+        .run(references::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|_| async {});
+        let groups = Controller::new(
+            api::<PartialObjectMeta<KeyGroup>>(&client, ns),
+            config.clone(),
+        )
+        .with_config(limits)
+        .shutdown_on_signal()
+        .run(references::reconcile, error_policy, ctx)
+        .for_each(|_| async {});
         futures::future::join(tables, groups)
     };
     let all = futures::future::join(controller, referrers);
