@@ -8,6 +8,7 @@
 //!   KeyManagers, duplicate server ids, risky placement).
 //! - [`keystore`]: keys and their sealed material, merged as a grow-only set.
 //! - [`key_groups`]: pools of keys generated ahead of need and rotated on schedule.
+//! - [`drive_history`]: the drives each KeyManager has served, and carrying their keys.
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
 //! - [`pki`]: certificate authorities and the certificates they sign.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
@@ -16,6 +17,7 @@
 //! the operator and the command line share one model and it can be tested exhaustively.
 
 pub mod crd;
+pub mod drive_history;
 pub mod estate;
 pub mod finding;
 pub mod key_groups;

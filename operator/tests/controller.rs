@@ -21,27 +21,15 @@ use shadowkeep_api::server_config::ServerConfig;
 
 mod common;
 
-use common::{NS, cluster};
+use common::{NS, cluster, data, served};
 
-/// A Context over the in-memory API, its KeyManager store filled as a watch would fill it.
+/// A Context over the in-memory API, its stores filled as a watch would fill them.
 async fn context(client: &kube::Client) -> Arc<Context> {
-    let (store, mut writer) = kube::runtime::reflector::store();
-    for km in Api::<KeyManager>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(km));
-    }
-    Arc::new(Context {
-        client: client.clone(),
-        metrics: shadowkeep::controller::telemetry::Metrics::new(),
-        namespace: None,
-        key_managers: store,
-        recorder: kube::runtime::events::Recorder::new(client.clone(), "shadowkeep-test".into()),
-        server_image: None,
-        backoff: shadowkeep::controller::Backoff::default(),
-    })
+    Arc::new(
+        Context::listed(client.clone(), "shadowkeep-test")
+            .await
+            .unwrap(),
+    )
 }
 
 /// What a metadata-only watch hands the DriveTable and KeyGroup controllers.
@@ -57,10 +45,6 @@ async fn run(client: &kube::Client) -> Action {
         .unwrap();
     let ctx = context(client).await;
     reconcile(Arc::new(km), ctx).await.unwrap()
-}
-
-fn data(secret: &Secret, key: &str) -> Vec<u8> {
-    secret.data.as_ref().unwrap()[key].0.clone()
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -387,21 +371,6 @@ async fn second_key_manager_claiming_a_drive(client: &kube::Client) {
         .create(&PostParams::default(), &moved)
         .await
         .unwrap();
-}
-
-/// The drive serials in a KeyManager's applied configuration.
-async fn served(client: &kube::Client, name: &str) -> Vec<String> {
-    let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
-        .get(&format!("{name}-config"))
-        .await
-        .unwrap();
-    ServerConfig::from_yaml(&config.data.unwrap()["server.yaml"])
-        .unwrap()
-        .drives
-        .drives
-        .into_iter()
-        .map(|d| d.serial)
-        .collect()
 }
 
 #[tokio::test]

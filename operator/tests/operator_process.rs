@@ -1,6 +1,6 @@
 //! `shadowkeep operator` as a process, against the in-memory API server served over HTTP
-//! with watches: the quickstart converges, the operator then writes nothing while nothing
-//! changes, an edited DriveTable reaches the rendered configuration through the watch, and
+//! with watches: the quickstart converges, the operator then changes nothing while nothing
+//! else does, an edited DriveTable reaches the rendered configuration through the watch, and
 //! SIGTERM stops it cleanly.
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
@@ -75,14 +75,16 @@ async fn operator_process_converges_settles_follows_watches_and_stops_on_sigterm
     })
     .await;
 
-    // Settled: with nothing changing, nothing is written.
+    // Everything went through the HTTP server.
+    assert!(server.writes() >= server.changes() && server.changes() > 10);
+    // Settled: with nothing else changing, the operator changes nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = server.writes();
+    let before = server.changes();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        server.writes() - before,
+        server.changes() - before,
         0,
-        "the operator kept writing while nothing changed"
+        "the operator kept changing objects while nothing else did"
     );
 
     // An edit through the API server reaches the configuration by the watch alone. (The

@@ -29,9 +29,9 @@ WATCHED = {
     *{("shadowkeep.io", f"{r}/status", v)
       for r in ("keymanagers", "drivetables", "keygroups", "shadows")
       for v in ("get", "patch", "update")},
-    *{("", r, v)
-      for r in ("configmaps", "services")
-      for v in ("get", "list", "watch", "create", "patch")},
+    *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
+    # Drive histories are replaced (update) with a resourceVersion precondition.
+    *{("", "configmaps", v) for v in ("get", "list", "watch", "create", "patch", "update")},
     # The canonical keystore is replaced (update) and old keystore backups pruned (delete).
     *{("", "secrets", v)
       for v in ("get", "list", "watch", "create", "patch", "update", "delete")},

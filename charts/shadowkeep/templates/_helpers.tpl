@@ -92,8 +92,13 @@ election, release namespace only).
   resources: ["keymanagers/status", "drivetables/status", "keygroups/status", "shadows/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
+  resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]
+{{- /* ConfigMaps also: update (each KeyManager's drive history, with a resourceVersion
+precondition; a move marks the old KeyManager's history too). */}}
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
 {{- /* Secrets also: update (the canonical keystore, with a resourceVersion precondition)
 and delete (keystore backups beyond the KeyManager's retention). */}}
 - apiGroups: [""]

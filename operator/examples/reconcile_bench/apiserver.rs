@@ -38,11 +38,13 @@ struct Change {
 /// The server's shared state.
 pub struct ApiServer {
     client: kube::Client,
-    changes: broadcast::Sender<Change>,
+    watchers: broadcast::Sender<Change>,
     /// The last published form of each object, to drop writes that change nothing.
     last: Mutex<HashMap<String, Value>>,
     /// Successful writes so far.
     writes: AtomicU64,
+    /// Writes that changed an object (published to watches) so far.
+    changes: AtomicU64,
 }
 
 /// A request path split into its parts.
@@ -83,18 +85,25 @@ fn comparable(object: &Value) -> Value {
 impl ApiServer {
     /// Serves `client` (a kube-fake-client) with watch events.
     pub fn new(client: kube::Client) -> Arc<Self> {
-        let (changes, _) = broadcast::channel(1 << 16);
+        let (watchers, _) = broadcast::channel(1 << 16);
         Arc::new(Self {
             client,
-            changes,
+            watchers,
             last: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         })
     }
 
-    /// Successful writes so far: an idle operator makes none.
+    /// Successful writes so far, changing anything or not (a periodic reconcile applies
+    /// its children again).
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes that changed an object: an operator that has settled makes none.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Serves HTTP on `listener` until the process ends.
@@ -210,8 +219,9 @@ impl ApiServer {
         let mut line = serde_json::to_vec(&serde_json::json!({"type": kind, "object": object}))
             .unwrap_or_default();
         line.push(b'\n');
+        self.changes.fetch_add(1, Ordering::Relaxed);
         // No open watch is not an error.
-        let _ = self.changes.send(Change {
+        let _ = self.watchers.send(Change {
             collection: path.collection,
             namespace,
             line: Arc::new(line),
@@ -219,7 +229,7 @@ impl ApiServer {
     }
 
     fn watch(&self, path: Path) -> Response<AxumBody> {
-        let receiver = self.changes.subscribe();
+        let receiver = self.watchers.subscribe();
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             // Lagged or closed: end the watch, and the watcher lists again.
             let change = receiver.recv().await.ok()?;

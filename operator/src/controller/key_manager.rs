@@ -25,7 +25,8 @@ use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::manifest::Resource as Object;
 use shadowkeep_api::pki::{Authority, Usage};
 
-use super::conditions::{condition, merge, reasons, types, update_status};
+use super::conditions::{condition, merge, reasons, types};
+use super::drive_moves;
 use super::{Context, Error};
 use crate::build::{
     self, FIELD_MANAGER, Inputs, Material, client_service, config_hash, config_map, license_secret,
@@ -71,31 +72,46 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
-    let applied = applied_drives(&client, &ns, &name).await?;
-    let risks = drive_conflicts(&name, &tables, &applied);
-    let mut estate = Estate::new();
-    estate.add(Object::KeyManager((*km).clone()));
-    for t in &tables {
-        estate.add(Object::DriveTable(without_blocked(t, &name, &risks)));
-    }
-    for g in &groups {
-        estate.add(Object::KeyGroup(g.clone()));
-    }
-    for s in &shadows {
-        estate.add(Object::Shadow(s.clone()));
-    }
-    let mut inputs = Inputs::from_estate(&estate)
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Build("the KeyManager vanished from its own estate".to_owned()))?;
-    inputs.default_image.clone_from(&ctx.server_image);
+    let me = drive_moves::key_manager_ref(&ns, &name);
+    let (mut history, stored_history) = drive_moves::read_history(&client, &ns, &name).await?;
+    let mut risks = drive_moves::conflicts(&name, &tables, &history, |serial| {
+        ctx.drive_index.others_serving(serial, &me)
+    });
+    let carried = if risks
+        .iter()
+        .any(|r| matches!(r.claim, drive_moves::Claim::History { accepted: true, .. }))
+    {
+        // The keys come first: the drive is served here only once they are.
+        let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
+        let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
+        let mut material = ensure_material(&client, &inputs).await?;
+        drive_moves::carry_accepted(
+            &client,
+            &ctx,
+            &inputs,
+            &mut material,
+            &tables,
+            &mut history,
+            &mut risks,
+        )
+        .await?
+    } else {
+        false
+    };
+    let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
+    let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
 
     let mut material = ensure_material(&client, &inputs).await?;
+    // Recorded before the configuration serves them: a drive is never served by a
+    // KeyManager whose history does not say so.
+    drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
     maintain_key_groups(&client, &inputs, &mut material, generation).await?;
     apply_children(&client, &inputs, &material).await?;
     let mut status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
-    status.0.push(risk_condition(&risks, generation, &now));
-    report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
+    status
+        .0
+        .push(drive_moves::risk_condition(&risks, generation, &now));
+    drive_moves::report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
     patch_status(&client, &ctx, &km, status.0, Some(status.1)).await?;
     let interval = km
         .spec
@@ -103,6 +119,41 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .as_duration()
         .max(Duration::from_secs(30));
     Ok(Action::requeue(interval))
+}
+
+/// The estate this KeyManager is reconciled from, without the drives held back.
+fn estate_of(
+    km: &KeyManager,
+    tables: &[DriveTable],
+    groups: &[KeyGroup],
+    shadows: &[Shadow],
+    name: &str,
+    risks: &[drive_moves::DriveRisk],
+) -> Estate {
+    let mut estate = Estate::new();
+    estate.add(Object::KeyManager(km.clone()));
+    for t in tables {
+        estate.add(Object::DriveTable(drive_moves::without_blocked(
+            t, name, risks,
+        )));
+    }
+    for g in groups {
+        estate.add(Object::KeyGroup(g.clone()));
+    }
+    for s in shadows {
+        estate.add(Object::Shadow(s.clone()));
+    }
+    estate
+}
+
+fn inputs_of<'a>(estate: &'a Estate, ctx: &Context) -> Option<Inputs<'a>> {
+    let mut inputs = Inputs::from_estate(estate).into_iter().next()?;
+    inputs.default_image.clone_from(&ctx.server_image);
+    Some(inputs)
+}
+
+fn vanished() -> Error {
+    Error::Build("the KeyManager vanished from its own estate".to_owned())
 }
 
 async fn list<K>(client: &kube::Client, ns: &str) -> Result<Vec<K>, Error>
@@ -181,7 +232,7 @@ async fn create_once(secrets: &Api<Secret>, desired: Secret) -> Result<Secret, E
     }
 }
 
-fn bytes(secret: &Secret, key: &str) -> Vec<u8> {
+pub(crate) fn bytes(secret: &Secret, key: &str) -> Vec<u8> {
     secret
         .data
         .as_ref()
@@ -308,209 +359,6 @@ async fn ensure_tls(
     ))
 }
 
-/// A drive listed in a table of this KeyManager and in a table of another.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct DriveRisk {
-    serial: String,
-    table: String,
-    other_key_manager: String,
-    other_table: String,
-    /// Whether this KeyManager already serves the drive (it stays) or not (it is held back).
-    kept: bool,
-}
-
-/// The drive serials this KeyManager's applied configuration serves now.
-async fn applied_drives(client: &kube::Client, ns: &str, name: &str) -> Result<Vec<String>, Error> {
-    let config = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&build::Names::of(name).config)
-        .await
-        .map_err(Error::kube("read the applied configuration"))?;
-    let text = config
-        .and_then(|c| c.data)
-        .and_then(|d| d.get(build::CONFIG_FILE).cloned())
-        .unwrap_or_default();
-    Ok(
-        shadowkeep_api::server_config::ServerConfig::from_yaml(&text)
-            .map(|c| c.drives.drives.into_iter().map(|d| d.serial).collect())
-            .unwrap_or_default(),
-    )
-}
-
-/// The drives of `name`'s tables that another KeyManager's tables list too. A drive this
-/// KeyManager already serves stays (its keys are here); one it does not serve yet is held
-/// back, because serving it here would split its key history.
-fn drive_conflicts(name: &str, tables: &[DriveTable], applied: &[String]) -> Vec<DriveRisk> {
-    let mut risks = Vec::new();
-    for mine in tables
-        .iter()
-        .filter(|t| t.spec.key_manager_ref.name == name)
-    {
-        for drive in &mine.spec.drives {
-            for other in tables
-                .iter()
-                .filter(|t| t.spec.key_manager_ref.name != name)
-            {
-                if other.spec.drives.iter().any(|d| d.serial == drive.serial) {
-                    risks.push(DriveRisk {
-                        serial: drive.serial.clone(),
-                        table: mine.name_any(),
-                        other_key_manager: other.spec.key_manager_ref.name.clone(),
-                        other_table: other.name_any(),
-                        kept: applied.contains(&drive.serial),
-                    });
-                }
-            }
-        }
-    }
-    risks
-}
-
-/// A copy of `table` without the drives held back from this KeyManager.
-fn without_blocked(table: &DriveTable, name: &str, risks: &[DriveRisk]) -> DriveTable {
-    let mut table = table.clone();
-    if table.spec.key_manager_ref.name == name {
-        table
-            .spec
-            .drives
-            .retain(|d| !risks.iter().any(|r| !r.kept && r.serial == d.serial));
-    }
-    table
-}
-
-fn risk_message(risks: &[DriveRisk], name: &str) -> String {
-    risks
-        .iter()
-        .map(|r| {
-            format!(
-                "drive {:?} is listed under KeyManager {name:?} (DriveTable {}) and KeyManager {:?} (DriveTable {}); {}",
-                r.serial,
-                r.table,
-                r.other_key_manager,
-                r.other_table,
-                if r.kept {
-                    "it stays here, where its keys are"
-                } else {
-                    "it is not served here until resolved, so its key history is not split"
-                }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn risk_condition(
-    risks: &[DriveRisk],
-    generation: Option<i64>,
-    now: &Time,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    if risks.is_empty() {
-        condition(
-            types::KEY_HISTORY_AT_RISK,
-            false,
-            reasons::AS_EXPECTED,
-            "every drive has one KeyManager",
-            generation,
-            now,
-        )
-    } else {
-        condition(
-            types::KEY_HISTORY_AT_RISK,
-            true,
-            reasons::KEY_HISTORY_AT_RISK,
-            format!("{} drive(s) claimed by another KeyManager", risks.len()),
-            generation,
-            now,
-        )
-    }
-}
-
-/// Puts the risk on each affected DriveTable (a condition naming the drive and both
-/// KeyManagers, and the drive count) and publishes a Warning Event for each new one.
-async fn report_risks(
-    client: &kube::Client,
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    tables: &[DriveTable],
-    risks: &[DriveRisk],
-    now: &Time,
-) -> Result<(), Error> {
-    let api: Api<DriveTable> = Api::namespaced(client.clone(), ns);
-    for table in tables
-        .iter()
-        .filter(|t| t.spec.key_manager_ref.name == name)
-    {
-        let table_name = table.name_any();
-        let mine: Vec<DriveRisk> = risks
-            .iter()
-            .filter(|r| r.table == table_name)
-            .cloned()
-            .collect();
-        let c = if mine.is_empty() {
-            condition(
-                types::KEY_HISTORY_AT_RISK,
-                false,
-                reasons::AS_EXPECTED,
-                "every drive has one KeyManager",
-                table.meta().generation,
-                now,
-            )
-        } else {
-            condition(
-                types::KEY_HISTORY_AT_RISK,
-                true,
-                reasons::KEY_HISTORY_AT_RISK,
-                risk_message(&mine, name),
-                table.meta().generation,
-                now,
-            )
-        };
-        let served = table.spec.drives.len()
-            - table
-                .spec
-                .drives
-                .iter()
-                .filter(|d| mine.iter().any(|r| !r.kept && r.serial == d.serial))
-                .count();
-        let before = update_status(&api, &table_name, |fresh: &DriveTable| {
-            let previous = fresh
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            json!({
-                "observedGeneration": table.meta().generation,
-                "conditions": merge(&previous, vec![c.clone()]),
-                "drives": i32::try_from(served).unwrap_or(i32::MAX),
-            })
-        })
-        .await
-        .map_err(Error::kube(format!(
-            "update DriveTable {table_name} status"
-        )))?;
-        let was_at_risk = before.and_then(|t| t.status).is_some_and(|s| {
-            s.conditions.iter().any(|p| {
-                p.type_ == types::KEY_HISTORY_AT_RISK
-                    && p.status == "True"
-                    && p.message == c.message
-            })
-        });
-        if c.status == "True" && !was_at_risk {
-            let event = kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Warning,
-                reason: reasons::KEY_HISTORY_AT_RISK.to_owned(),
-                note: Some(c.message.chars().take(1000).collect()),
-                action: "HoldBackDrive".to_owned(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &table.object_ref(&())).await {
-                tracing::warn!(error = %e, table = %table_name, "failed to publish an Event");
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Label on keystore backups, naming their KeyManager.
 pub const BACKUP_LABEL: &str = "shadowkeep.io/keystore-backup-of";
 
@@ -576,7 +424,7 @@ async fn maintain_key_groups(
 /// as a backup; prunes backups beyond the KeyManager's retention. The replace carries the
 /// Secret's resourceVersion, so a concurrent change makes it fail (and retry) rather than
 /// lose keys.
-async fn update_keystore(
+pub(crate) async fn update_keystore(
     client: &kube::Client,
     inputs: &Inputs<'_>,
     old: &[u8],

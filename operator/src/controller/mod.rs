@@ -3,6 +3,7 @@
 //! and each step fails with its own error.
 
 pub mod conditions;
+pub mod drive_moves;
 pub mod key_manager;
 pub mod lease;
 pub mod references;
@@ -29,6 +30,9 @@ pub struct Context {
     /// Every KeyManager the operator sees, kept by the controller's watch: the duplicate
     /// server id check reads it instead of listing the cluster on every reconcile.
     pub key_managers: kube::runtime::reflector::Store<shadowkeep_api::crd::KeyManager>,
+    /// Which KeyManagers serve each drive, from a watch of every drive history
+    /// (ConfigMaps labelled [`drive_moves::HISTORY_LABEL`]).
+    pub drive_index: std::sync::Arc<drive_moves::SharedDriveIndex>,
     /// Publishes Kubernetes Events.
     pub recorder: kube::runtime::events::Recorder,
     /// The key-server image for KeyManagers that name none (the operator's own release by
@@ -36,6 +40,38 @@ pub struct Context {
     pub server_image: Option<String>,
     /// Consecutive failures per object, so that retries back off.
     pub backoff: Backoff,
+}
+
+impl Context {
+    /// A context whose stores are filled by one list each instead of a watch, for running
+    /// reconciles outside the controllers (tests, benchmarks). Events are published as
+    /// `reporter`.
+    pub async fn listed(client: Client, reporter: &str) -> Result<Self, kube::Error> {
+        use kube::api::{Api, ListParams};
+        use kube::runtime::{reflector, watcher::Event};
+
+        let (key_managers, mut writer) = reflector::store();
+        for km in Api::<shadowkeep_api::crd::KeyManager>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+        {
+            writer.apply_watcher_event(&Event::Apply(km));
+        }
+        let histories = Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone())
+            .list(&ListParams::default().labels(drive_moves::HISTORY_LABEL))
+            .await?;
+        let drive_index = std::sync::Arc::new(drive_moves::SharedDriveIndex::of(&histories.items));
+        Ok(Self {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter.into()),
+            client,
+            metrics: telemetry::Metrics::new(),
+            namespace: None,
+            key_managers,
+            drive_index,
+            server_image: None,
+            backoff: Backoff::default(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -53,7 +89,7 @@ pub enum Error {
         /// What was being done.
         action: String,
         /// The cause.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A child could not be built or material could not be made.
     #[error("failed to build: {0}")]
@@ -71,7 +107,10 @@ impl Error {
 
     pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
         let action = action.into();
-        move |source| Self::Kube { action, source }
+        move |source| Self::Kube {
+            action,
+            source: Box::new(source),
+        }
     }
 }
 

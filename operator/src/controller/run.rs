@@ -12,13 +12,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, error_policy, key_manager, references};
+use super::{Context, Error, drive_moves, error_policy, key_manager, references};
 
 /// The Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "shadowkeep-operator";
@@ -86,6 +86,43 @@ async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Err
     result
 }
 
+/// Every KeyManager's drive history, watched and listed before the first reconcile: a
+/// reconcile that ran on an empty index would take a moved drive for a new one.
+async fn watch_drive_histories(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+) -> Arc<drive_moves::SharedDriveIndex> {
+    let index = Arc::new(drive_moves::SharedDriveIndex::default());
+    let events = watcher(
+        api::<ConfigMap>(client, ns),
+        config.clone().labels(drive_moves::HISTORY_LABEL),
+    )
+    .default_backoff();
+    let follower = Arc::clone(&index);
+    tokio::spawn(async move { follower.follow(events).await });
+    index.wait_until_ready().await;
+    index
+}
+
+/// The Lease, taken, when leader election is on.
+async fn leader_lease(options: &Options, client: &Client) -> Result<Option<LeaderLease>, RunError> {
+    if !options.leader_elect {
+        return Ok(None);
+    }
+    let ns = options
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .ok_or(RunError::LeaseNamespace)?;
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "shadowkeep-operator".to_owned());
+    let lease = LeaderLease::new(client.clone(), &ns, LEASE_NAME, &identity);
+    lease.acquire().await?;
+    Ok(Some(lease))
+}
+
 /// Runs the operator until a signal, or until leadership is lost.
 pub async fn run(options: Options) -> Result<(), RunError> {
     // Built together with the dev-dependencies (as tests and benchmarks build it), rustls
@@ -99,21 +136,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         .map_err(|e| RunError::Listen(options.listen, e))?;
     tokio::spawn(telemetry::serve(listener, Arc::clone(&metrics)));
 
-    let lease = if options.leader_elect {
-        let ns = options
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .ok_or(RunError::LeaseNamespace)?;
-        let identity = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "shadowkeep-operator".to_owned());
-        let lease = LeaderLease::new(client.clone(), &ns, LEASE_NAME, &identity);
-        lease.acquire().await?;
-        Some(lease)
-    } else {
-        None
-    };
+    let lease = leader_lease(&options, &client).await?;
     telemetry::set_ready(&metrics);
 
     let ns = options.namespace.as_deref();
@@ -125,11 +148,13 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let limits = kube::runtime::controller::Config::default().concurrency(options.concurrency);
     let controller =
         Controller::new(api::<KeyManager>(&client, ns), config.clone()).with_config(limits.clone());
+    let drive_index = watch_drive_histories(&client, ns, &config).await;
     let ctx: Arc<Context> = Arc::new(Context {
         client: client.clone(),
         metrics,
         namespace: options.namespace.clone(),
         key_managers: controller.store(),
+        drive_index,
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {

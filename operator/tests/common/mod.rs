@@ -1,5 +1,8 @@
 //! What the operator's integration tests share: the quickstart estate in an in-memory API
-//! server.
+//! server, and readers of what the operator wrote.
+
+// Each test file uses its own share of these.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
 
@@ -52,4 +55,29 @@ pub async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
         }
     }
     builder.build().await.unwrap()
+}
+
+/// A value of a Secret.
+pub fn data(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Vec<u8> {
+    secret.data.as_ref().unwrap()[key].0.clone()
+}
+
+/// The drive serials in the applied configuration of KeyManager `name` in `default`.
+pub async fn served(client: &kube::Client, name: &str) -> Vec<String> {
+    served_in(client, NS, name).await
+}
+
+/// The drive serials in the applied configuration of KeyManager `name` in `ns`.
+pub async fn served_in(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let config = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .get(&format!("{name}-config"))
+        .await
+        .unwrap();
+    shadowkeep_api::server_config::ServerConfig::from_yaml(&config.data.unwrap()["server.yaml"])
+        .unwrap()
+        .drives
+        .drives
+        .into_iter()
+        .map(|d| d.serial)
+        .collect()
 }
