@@ -287,7 +287,17 @@ async fn out_of_process(
     let idle_changes = server.changes() - changes;
     let rss_idle = process_kib(&pid, "VmRSS:");
     let peak = process_kib(&pid, "VmHWM:");
-    child.kill().await?;
+    // SIGTERM, as Kubernetes stops it (and as a profiler wrapping it needs to write its
+    // report); SIGKILL if it does not stop.
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    if tokio::time::timeout(Duration::from_mins(1), child.wait())
+        .await
+        .is_err()
+    {
+        child.kill().await?;
+    }
     std::fs::remove_dir_all(&dir)?;
     println!(
         "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"converged_s\":{:.2},\"settled_s\":{:.2},\"operator_peak_rss_mib\":{:.1},\"operator_peak_rss_at_convergence_mib\":{:.1},\"operator_idle_rss_mib\":{:.1},\"writes_in_10s_after\":{idle_writes},\"changes_in_10s_after\":{idle_changes}}}",
