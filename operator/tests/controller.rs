@@ -21,7 +21,7 @@ use shadowkeep_api::server_config::ServerConfig;
 
 mod common;
 
-use common::{NS, cluster, data, served};
+use common::{NS, cluster, create, data, served};
 
 /// A Context over the in-memory API, its stores filled as a watch would fill them.
 async fn context(client: &kube::Client) -> Arc<Context> {
@@ -47,14 +47,6 @@ async fn run(client: &kube::Client) -> Action {
     reconcile(Arc::new(km), ctx).await.unwrap()
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// Everything the reconcile writes, without the fields the fake server bumps.
 async fn snapshot(client: &kube::Client) -> Vec<serde_json::Value> {
     let lp = ListParams::default();
@@ -70,7 +62,7 @@ async fn snapshot(client: &kube::Client) -> Vec<serde_json::Value> {
         if let Some(data) = v.get_mut("data").and_then(serde_json::Value::as_object_mut) {
             for value in data.values_mut() {
                 let digest = Sha256::digest(value.to_string());
-                *value = serde_json::Value::String(format!("sha256:{}", hex_of(&digest)));
+                *value = serde_json::Value::String(format!("sha256:{}", hex::encode(digest)));
             }
         }
     };
@@ -350,27 +342,25 @@ async fn two_key_managers_with_one_server_id_are_both_flagged_and_both_served() 
 /// A second KeyManager, `dr-keys`, whose table `moved` lists drive 1013000123 of the
 /// quickstart's `tape-keys` and a drive of its own.
 async fn second_key_manager_claiming_a_drive(client: &kube::Client) {
-    let second: KeyManager = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
-        "metadata": {"name": "dr-keys", "namespace": NS},
-        "spec": {"serverId": "dr-keys"},
-    }))
-    .unwrap();
-    Api::<KeyManager>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &second)
-        .await
-        .unwrap();
-    let moved: DriveTable = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
-        "metadata": {"name": "moved", "namespace": NS},
-        "spec": {"keyManagerRef": {"name": "dr-keys"},
-                 "drives": [{"serial": "1013000123"}, {"serial": "2000000001"}]},
-    }))
-    .unwrap();
-    Api::<DriveTable>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &moved)
-        .await
-        .unwrap();
+    create::<KeyManager>(
+        client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "dr-keys", "namespace": NS},
+            "spec": {"serverId": "dr-keys"},
+        }),
+    )
+    .await;
+    create::<DriveTable>(
+        client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+            "metadata": {"name": "moved", "namespace": NS},
+            "spec": {"keyManagerRef": {"name": "dr-keys"},
+                     "drives": [{"serial": "1013000123"}, {"serial": "2000000001"}]},
+        }),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use shadowkeep::controller::{Context, key_manager::reconcile};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::drive_history::{DriveHistory, in_key_group};
 use shadowkeep_api::keystore::{Kek, Keystore};
 
-use common::{NS, cluster, data, served, served_in};
+use common::{NS, cluster, create, data, edit, served, served_in};
 
 const MOVED: &str = "1013000123";
 const SITE_B: &str = "site-b";
@@ -72,60 +72,52 @@ fn condition(
 /// namespace `site-b` (with its own default KeyGroup) whose table `moved` lists it.
 async fn move_the_drive_to_site_b(client: &kube::Client) {
     let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
-    let mut library = tables.get("library-a").await.unwrap();
-    library.spec.drives.retain(|d| d.serial != MOVED);
-    tables
-        .replace("library-a", &PostParams::default(), &library)
-        .await
-        .unwrap();
-    let km: KeyManager = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
-        "metadata": {"name": "dr-keys", "namespace": SITE_B},
-        "spec": {"serverId": "dr-keys", "replicas": 2},
-    }))
-    .unwrap();
-    Api::<KeyManager>::namespaced(client.clone(), SITE_B)
-        .create(&PostParams::default(), &km)
-        .await
-        .unwrap();
-    let group: KeyGroup = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyGroup",
-        "metadata": {"name": "site-b-lto", "namespace": SITE_B},
-        "spec": {"keyManagerRef": {"name": "dr-keys"}, "keyCount": 2, "default": true},
-    }))
-    .unwrap();
-    Api::<KeyGroup>::namespaced(client.clone(), SITE_B)
-        .create(&PostParams::default(), &group)
-        .await
-        .unwrap();
-    let table: DriveTable = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
-        "metadata": {"name": "moved", "namespace": SITE_B},
-        "spec": {"keyManagerRef": {"name": "dr-keys"},
-                 "drives": [{"serial": MOVED}, {"serial": "2000000001"}]},
-    }))
-    .unwrap();
-    Api::<DriveTable>::namespaced(client.clone(), SITE_B)
-        .create(&PostParams::default(), &table)
-        .await
-        .unwrap();
+    edit(&tables, "library-a", |t: &mut DriveTable| {
+        t.spec.drives.retain(|d| d.serial != MOVED);
+    })
+    .await;
+    create::<KeyManager>(
+        client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "dr-keys", "namespace": SITE_B},
+            "spec": {"serverId": "dr-keys", "replicas": 2},
+        }),
+    )
+    .await;
+    create::<KeyGroup>(
+        client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyGroup",
+            "metadata": {"name": "site-b-lto", "namespace": SITE_B},
+            "spec": {"keyManagerRef": {"name": "dr-keys"}, "keyCount": 2, "default": true},
+        }),
+    )
+    .await;
+    create::<DriveTable>(
+        client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+            "metadata": {"name": "moved", "namespace": SITE_B},
+            "spec": {"keyManagerRef": {"name": "dr-keys"},
+                     "drives": [{"serial": MOVED}, {"serial": "2000000001"}]},
+        }),
+    )
+    .await;
 }
 
 /// Annotates DriveTable `name` to accept the moves of `serials`.
 async fn accept(tables: &Api<DriveTable>, name: &str, serials: &str) {
-    let mut table = tables.get(name).await.unwrap();
-    table
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(
-            "shadowkeep.io/accept-drive-moves".to_owned(),
-            serials.to_owned(),
-        );
-    tables
-        .replace(name, &PostParams::default(), &table)
-        .await
-        .unwrap();
+    edit(tables, name, |t: &mut DriveTable| {
+        t.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "shadowkeep.io/accept-drive-moves".to_owned(),
+                serials.to_owned(),
+            );
+    })
+    .await;
 }
 
 /// Every key of `old` (of `group`, when given) is in `new` with the same material under
@@ -291,14 +283,12 @@ async fn a_moved_drive_is_held_back_until_accepted_then_its_keys_are_carried_onc
 
     // Put back under the old KeyManager without accepting: now that one holds it back.
     let old_tables = Api::<DriveTable>::namespaced(client.clone(), NS);
-    let mut library = old_tables.get("library-a").await.unwrap();
-    let mut drive = library.spec.drives[0].clone();
-    drive.serial = MOVED.to_owned();
-    library.spec.drives.push(drive);
-    old_tables
-        .replace("library-a", &PostParams::default(), &library)
-        .await
-        .unwrap();
+    edit(&old_tables, "library-a", |t: &mut DriveTable| {
+        let mut drive = t.spec.drives[0].clone();
+        drive.serial = MOVED.to_owned();
+        t.spec.drives.push(drive);
+    })
+    .await;
     reconcile_in(&client, NS, "tape-keys").await;
     assert!(
         !served(&client, "tape-keys")
@@ -323,30 +313,25 @@ async fn a_deleted_key_managers_history_still_holds_its_drives_back() {
     assert!(kept.serves(MOVED), "the history outlives its KeyManager");
 
     // Its table and group now name a successor, which has none of the keys.
-    let successor: KeyManager = serde_json::from_value(serde_json::json!({
-        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
-        "metadata": {"name": "successor", "namespace": NS},
-        "spec": {"serverId": "successor", "replicas": 2},
-    }))
-    .unwrap();
-    Api::<KeyManager>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &successor)
-        .await
-        .unwrap();
+    create::<KeyManager>(
+        &client,
+        serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "successor", "namespace": NS},
+            "spec": {"serverId": "successor", "replicas": 2},
+        }),
+    )
+    .await;
     let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
-    let mut library = tables.get("library-a").await.unwrap();
-    library.spec.key_manager_ref.name = "successor".to_owned();
-    tables
-        .replace("library-a", &PostParams::default(), &library)
-        .await
-        .unwrap();
+    edit(&tables, "library-a", |t: &mut DriveTable| {
+        t.spec.key_manager_ref.name = "successor".to_owned();
+    })
+    .await;
     let groups = Api::<KeyGroup>::namespaced(client.clone(), NS);
-    let mut group = groups.get("lto-default").await.unwrap();
-    group.spec.key_manager_ref.name = "successor".to_owned();
-    groups
-        .replace("lto-default", &PostParams::default(), &group)
-        .await
-        .unwrap();
+    edit(&groups, "lto-default", |g: &mut KeyGroup| {
+        g.spec.key_manager_ref.name = "successor".to_owned();
+    })
+    .await;
     reconcile_in(&client, NS, "successor").await;
     assert!(
         served(&client, "successor").await.is_empty(),
@@ -358,7 +343,10 @@ async fn a_deleted_key_managers_history_still_holds_its_drives_back() {
     assert!(message.contains("\"default/tape-keys\""), "{message}");
 
     // Accepting carries them from the Secrets the deleted KeyManager left behind.
-    let serials: Vec<String> = library
+    let serials: Vec<String> = tables
+        .get("library-a")
+        .await
+        .unwrap()
         .spec
         .drives
         .iter()

@@ -629,27 +629,36 @@ fn risk_message(risks: &[DriveRisk], name: &str) -> String {
         .join("; ")
 }
 
-/// The KeyManager's `KeyHistoryAtRisk` condition.
-pub fn risk_condition(risks: &[DriveRisk], generation: Option<i64>, now: &Time) -> Condition {
-    if risks.is_empty() {
-        condition(
+/// `KeyHistoryAtRisk`: True with `risk` as its message, or False.
+fn at_risk(risk: Option<String>, generation: Option<i64>, now: &Time) -> Condition {
+    match risk {
+        None => condition(
             types::KEY_HISTORY_AT_RISK,
             false,
             reasons::AS_EXPECTED,
             "every drive has one KeyManager",
             generation,
             now,
-        )
-    } else {
-        condition(
+        ),
+        Some(message) => condition(
             types::KEY_HISTORY_AT_RISK,
             true,
             reasons::KEY_HISTORY_AT_RISK,
-            format!("{} drive(s) claimed by another KeyManager", risks.len()),
+            message,
             generation,
             now,
-        )
+        ),
     }
+}
+
+/// The KeyManager's `KeyHistoryAtRisk` condition.
+pub fn risk_condition(risks: &[DriveRisk], generation: Option<i64>, now: &Time) -> Condition {
+    at_risk(
+        (!risks.is_empty())
+            .then(|| format!("{} drive(s) claimed by another KeyManager", risks.len())),
+        generation,
+        now,
+    )
 }
 
 async fn publish(
@@ -694,25 +703,11 @@ pub async fn report_risks(
             .filter(|r| r.table == table_name)
             .cloned()
             .collect();
-        let c = if mine.is_empty() {
-            condition(
-                types::KEY_HISTORY_AT_RISK,
-                false,
-                reasons::AS_EXPECTED,
-                "every drive has one KeyManager",
-                table.meta().generation,
-                now,
-            )
-        } else {
-            condition(
-                types::KEY_HISTORY_AT_RISK,
-                true,
-                reasons::KEY_HISTORY_AT_RISK,
-                risk_message(&mine, name),
-                table.meta().generation,
-                now,
-            )
-        };
+        let c = at_risk(
+            (!mine.is_empty()).then(|| risk_message(&mine, name)),
+            table.meta().generation,
+            now,
+        );
         let served = table.spec.drives.len()
             - table
                 .spec

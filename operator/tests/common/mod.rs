@@ -81,3 +81,32 @@ pub async fn served_in(client: &kube::Client, ns: &str, name: &str) -> Vec<Strin
         .map(|d| d.serial)
         .collect()
 }
+
+/// Creates the object `value` describes, in the namespace its metadata names.
+pub async fn create<K>(client: &kube::Client, value: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).unwrap();
+    let ns = object.meta().namespace.clone().unwrap();
+    kube::Api::<K>::namespaced(client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .unwrap()
+}
+
+/// Reads object `name`, changes it with `change`, and writes it back.
+pub async fn edit<K>(api: &kube::Api<K>, name: &str, change: impl FnOnce(&mut K))
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut object = api.get(name).await.unwrap();
+    change(&mut object);
+    api.replace(name, &kube::api::PostParams::default(), &object)
+        .await
+        .unwrap();
+}
