@@ -69,6 +69,7 @@ impl Estate {
         self.check_references(&mut findings);
         self.check_server_ids(&mut findings);
         self.check_drives(&mut findings);
+        self.check_shared_certificates(&mut findings);
         self.check_default_groups(&mut findings);
         self.check_redundancy(&mut findings);
         findings.sort();
@@ -225,6 +226,53 @@ impl Estate {
                         message,
                     ));
                 }
+            }
+        }
+    }
+
+    /// Drives behind one certificate (a library's drives usually share its certificate)
+    /// in different key groups: the key server can tell them apart only by the serial a
+    /// request's Device credential carries.
+    fn check_shared_certificates(&self, findings: &mut Vec<Finding>) {
+        // (KeyManager, identity) -> the first drive behind it and its key group
+        let mut first: BTreeMap<(Scoped, &str), (&str, Option<&str>)> = BTreeMap::new();
+        for table in &self.drive_tables {
+            let km = scoped_ref(table, &table.spec.key_manager_ref.name);
+            for (i, drive) in table.spec.drives.iter().enumerate() {
+                let Some(identity) = drive.certificate_identity.as_deref() else {
+                    continue;
+                };
+                // A drive without a group is in the KeyManager's default group.
+                let group = drive.key_group.as_deref().or_else(|| {
+                    self.key_groups
+                        .iter()
+                        .find(|g| {
+                            g.spec.default_group
+                                && scoped_ref(*g, &g.spec.key_manager_ref.name) == km
+                        })
+                        .map(|g| g.metadata.name.as_deref().unwrap_or_default())
+                });
+                let (other, other_group) = *first
+                    .entry((km.clone(), identity))
+                    .or_insert((drive.serial.as_str(), group));
+                if other_group == group {
+                    continue;
+                }
+                let name = |g: Option<&str>| {
+                    g.map_or("the default KeyGroup".to_owned(), |g| {
+                        format!("KeyGroup {g:?}")
+                    })
+                };
+                findings.push(Finding::warning(
+                    Some(object_ref("DriveTable", table)),
+                    format!("spec.drives[{i}].keyGroup"),
+                    format!(
+                        "drive {:?} shares certificate identity {identity:?} with drive {other:?} but uses {} instead of {}: the key server tells them apart only by the serial in a request's Device credential, and without one gives {other:?}'s group",
+                        drive.serial,
+                        name(group),
+                        name(other_group),
+                    ),
+                ));
             }
         }
     }

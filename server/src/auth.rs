@@ -8,9 +8,11 @@ use shadowkeep_api::server_config::DrivePolicy;
 #[derive(Clone, Debug, Default)]
 pub struct DriveTable {
     accept_unknown: bool,
-    /// Certificate identity or serial to the drive's key group.
-    by_identity: BTreeMap<String, Option<String>>,
-    by_serial: BTreeMap<String, Option<String>>,
+    /// Certificate identity to the key groups of the drives behind it, in table order: a
+    /// library's drives usually share its one certificate.
+    by_identity: BTreeMap<String, Vec<Option<String>>>,
+    /// Serial to the drive's certificate identity (if the table names one) and key group.
+    by_serial: BTreeMap<String, (Option<String>, Option<String>)>,
     default_group: Option<String>,
 }
 
@@ -60,17 +62,22 @@ impl DriveTable {
         let group = |d: &shadowkeep_api::server_config::DriveEntry| {
             d.key_group.clone().or_else(|| default_group.clone())
         };
+        let mut by_identity: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+        for d in &policy.drives {
+            if let Some(identity) = &d.certificate_identity {
+                by_identity
+                    .entry(identity.clone())
+                    .or_default()
+                    .push(group(d));
+            }
+        }
         Self {
             accept_unknown: policy.accept_unknown,
-            by_identity: policy
-                .drives
-                .iter()
-                .filter_map(|d| Some((d.certificate_identity.clone()?, group(d))))
-                .collect(),
+            by_identity,
             by_serial: policy
                 .drives
                 .iter()
-                .map(|d| (d.serial.clone(), group(d)))
+                .map(|d| (d.serial.clone(), (d.certificate_identity.clone(), group(d))))
                 .collect(),
             default_group,
         }
@@ -78,12 +85,28 @@ impl DriveTable {
 
     /// Judges a client by the names in its certificate and, when the request carries a
     /// Device credential, its serial number.
+    ///
+    /// The serial is what the client says, so it counts only for a drive whose entry names
+    /// no certificate identity, or names one the client's certificate carries: a library
+    /// cannot take another library's drive's key group by naming its serial. A serial that
+    /// counts is the most specific match, and wins: drives behind one library certificate
+    /// may belong to different key groups. Without one, the certificate identity decides,
+    /// in the key group of the first of its drives in the table.
     pub fn judge(&self, identities: &[String], device_serial: Option<&str>) -> Verdict {
-        let by_identity = identities
-            .iter()
-            .find_map(|id| Some((id, self.by_identity.get(id)?)));
-        let by_serial = device_serial.and_then(|s| Some((s, self.by_serial.get(s)?)));
-        if let Some((by, key_group)) = by_identity.map(|(a, g)| (a.as_str(), g)).or(by_serial) {
+        let by_serial = device_serial.and_then(|serial| {
+            let (identity, key_group) = self.by_serial.get(serial)?;
+            identity
+                .as_ref()
+                .is_none_or(|id| identities.contains(id))
+                .then_some((serial, key_group))
+        });
+        let by_identity = || {
+            identities.iter().find_map(|id| {
+                let first = self.by_identity.get(id)?.first()?;
+                Some((id.as_str(), first))
+            })
+        };
+        if let Some((by, key_group)) = by_serial.or_else(by_identity) {
             return Verdict::Known {
                 by: by.to_owned(),
                 key_group: key_group.clone(),
@@ -141,6 +164,11 @@ mod tests {
         assert_eq!(by_serial.key_group(), Some("lto"), "the default group");
         assert_eq!(table.judge(&names(&["x"]), Some("999")), Verdict::Refused);
         assert!(!Verdict::Refused.allowed());
+        // A serial the certificate does not back counts for nothing.
+        assert_eq!(
+            table.judge(&names(&["library-b"]), Some("1013000123")),
+            Verdict::Refused
+        );
         policy.accept_unknown = true;
         let unknown = DriveTable::new(&policy).judge(&names(&["x"]), None);
         assert_eq!(
@@ -149,5 +177,49 @@ mod tests {
                 key_group: Some("lto".to_owned())
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod shared_certificate {
+    use shadowkeep_api::server_config::{DriveEntry, KeyGroupEntry};
+
+    use super::*;
+
+    fn drive(serial: &str, identity: &str, group: &str) -> DriveEntry {
+        DriveEntry {
+            serial: serial.to_owned(),
+            certificate_identity: Some(identity.to_owned()),
+            key_group: Some(group.to_owned()),
+        }
+    }
+
+    #[test]
+    fn drives_behind_one_library_certificate_keep_their_own_key_groups() {
+        let policy = DrivePolicy {
+            accept_unknown: false,
+            drives: vec![
+                drive("D1", "library-a", "gold"),
+                drive("D2", "library-a", "silver"),
+                drive("D3", "library-b", "bronze"),
+            ],
+            key_groups: ["gold", "silver", "bronze"]
+                .iter()
+                .map(|g| KeyGroupEntry {
+                    name: (*g).to_owned(),
+                    default: false,
+                })
+                .collect(),
+        };
+        let table = DriveTable::new(&policy);
+        let a = ["library-a".to_owned()];
+        assert_eq!(table.judge(&a, Some("D1")).key_group(), Some("gold"));
+        assert_eq!(table.judge(&a, Some("D2")).key_group(), Some("silver"));
+        // No serial: the certificate's first drive, whatever order the groups sort in.
+        assert_eq!(table.judge(&a, None).key_group(), Some("gold"));
+        // Another library's serial: only the certificate counts.
+        assert_eq!(table.judge(&a, Some("D3")).key_group(), Some("gold"));
+        let b = ["library-b".to_owned()];
+        assert_eq!(table.judge(&b, Some("D1")).key_group(), Some("bronze"));
     }
 }
