@@ -305,8 +305,15 @@ async fn connection(
                 break;
             }
         }
-        let (reply, keep_open) = match read_message(&mut tls, header, shared.idle).await {
-            Ok(message) => (respond(&message, &identities, &peer, shared).await, true),
+        let (mut reply, keep_open) = match read_message(&mut tls, header, shared.idle).await {
+            Ok(mut message) => {
+                let reply = respond(&message, &identities, &peer, shared).await;
+                // A Register carries key material in.
+                if let Ok(item) = message.as_mut() {
+                    ttlv::wipe(item);
+                }
+                (reply, true)
+            }
             Err(Framing::Reply(error)) => {
                 tracing::info!(peer, error = %error, "malformed message");
                 (
@@ -316,7 +323,9 @@ async fn connection(
             }
             Err(Framing::Gone) => break,
         };
-        let bytes = ttlv::encode(&reply);
+        // A Get carries key material out: neither copy outlives the write.
+        let bytes = zeroize::Zeroizing::new(ttlv::encode(&reply));
+        ttlv::wipe(&mut reply);
         let written = timeout(shared.idle, async {
             tls.write_all(&bytes).await?;
             tls.flush().await

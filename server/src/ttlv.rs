@@ -514,6 +514,19 @@ pub fn encode(item: &Item) -> Vec<u8> {
     out
 }
 
+/// Overwrites every byte string and big integer in `item` (key material travels as byte
+/// strings) with zeros and empties it, so that a message's copy of a key does not linger
+/// in freed memory.
+pub fn wipe(item: &mut Item) {
+    use zeroize::Zeroize as _;
+
+    match &mut item.value {
+        Value::Structure(children) => children.iter_mut().for_each(wipe),
+        Value::ByteString(bytes) | Value::BigInteger(bytes) => bytes.zeroize(),
+        _ => {}
+    }
+}
+
 /// Appends the encoding of `item` to `out`.
 pub fn encode_into(item: &Item, out: &mut Vec<u8>) {
     let start = out.len();
@@ -821,6 +834,40 @@ mod tests {
             .chunks(2)
             .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn wipe_clears_byte_strings_and_big_integers_at_any_depth_and_nothing_else() {
+        let inner = Item::new(
+            T,
+            Value::Structure(vec![
+                Item::new(T, Value::ByteString(vec![0xAB; 32])),
+                Item::new(T, Value::TextString("name".to_owned())),
+            ]),
+        );
+        let mut item = Item::new(
+            T,
+            Value::Structure(vec![
+                inner,
+                Item::new(T, Value::BigInteger(vec![7; 8])),
+                Item::new(T, Value::Integer(5)),
+            ]),
+        );
+        wipe(&mut item);
+        let Value::Structure(top) = &item.value else {
+            panic!()
+        };
+        let Value::Structure(inner) = &top[0].value else {
+            panic!()
+        };
+        assert_eq!(
+            inner[0].value,
+            Value::ByteString(Vec::new()),
+            "zeroed, then emptied"
+        );
+        assert_eq!(inner[1].value, Value::TextString("name".to_owned()));
+        assert_eq!(top[1].value, Value::BigInteger(Vec::new()));
+        assert_eq!(top[2].value, Value::Integer(5));
     }
 
     /// Checks both directions: `item` encodes to `wire` and `wire` decodes to `item`.
