@@ -77,6 +77,7 @@ fn context(client: kube::Client) -> Arc<Context> {
         drive_index: Arc::new(SharedDriveIndex::of(&[])),
         server_image: None,
         backoff: Backoff::default(),
+        replica_resolver: None,
     })
 }
 

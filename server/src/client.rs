@@ -14,7 +14,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::kmip::{tag, version_item};
-use crate::tls::load_certs;
 use crate::ttlv::{self, Item};
 
 /// The PEM files a client presents and trusts.
@@ -55,26 +54,54 @@ pub enum ClientError {
 
 /// Builds the TLS connector for `files`.
 pub fn connector(files: &ClientFiles) -> Result<TlsConnector, ClientError> {
-    let tls = |e: String| ClientError::Tls(e);
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))
+    };
+    let ca = read(&files.ca)?;
+    let identity = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    connector_from_pem(
+        &ca,
+        identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+}
+
+/// Builds a TLS connector trusting the CA certificates in `ca_pem` and, when given,
+/// presenting the certificate chain and key of `identity` (both PEM).
+pub fn connector_from_pem(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<TlsConnector, ClientError> {
+    use rustls_pki_types::CertificateDer;
+
+    let tls = |what: &str, e: &dyn std::fmt::Display| ClientError::Tls(format!("{what}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
-    for ca in load_certs(&files.ca, "the CA").map_err(|e| tls(e.to_string()))? {
-        roots.add(ca).map_err(|e| tls(e.to_string()))?;
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(ca.map_err(|e| tls("the CA", &e))?)
+            .map_err(|e| tls("the CA", &e))?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Tls("the CA: no certificate".to_owned()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
+        .map_err(|e| tls("TLS versions", &e))?
         .with_root_certificates(roots);
-    let config = match (&files.cert, &files.key) {
-        (Some(cert), Some(key)) => {
-            let chain =
-                load_certs(cert, "the client certificate").map_err(|e| tls(e.to_string()))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(e.to_string()))?;
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls("the client certificate", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| tls("the client key", &e))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| tls(e.to_string()))?
+                .map_err(|e| tls("the client certificate", &e))?
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     Ok(TlsConnector::from(Arc::new(config)))
 }
@@ -144,13 +171,25 @@ pub async fn http1_connect(
     connector: &TlsConnector,
 ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>, String>
 {
-    use std::time::Duration;
-
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .ok_or_else(|| format!("address {address:?} needs a port"))?;
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
+    http1_connect_as(address, host, connector).await
+}
+
+/// Like [`http1_connect`], but checks the server's certificate for `server_name` rather
+/// than the address's host (a replica reached by IP, say, known by its DNS name).
+pub async fn http1_connect_as(
+    address: &str,
+    server_name: &str,
+    connector: &TlsConnector,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>, String>
+{
+    use std::time::Duration;
+
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("{server_name:?}: {e}"))?;
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
         .await
         .map_err(|_| "connect timed out".to_owned())?

@@ -31,8 +31,6 @@ pub const DATA_DIR: &str = "/var/lib/shadowkeep";
 /// The server configuration of the KeyManager's replicas.
 pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
     let km = inputs.key_manager;
-    let names = inputs.names();
-    let ns = inputs.namespace();
     let replicas = usize::try_from(km.spec.replicas).unwrap_or(1);
     let tls = |f: &str| PathBuf::from(format!("{TLS_DIR}/{f}"));
     let mut drives: Vec<DriveEntry> = inputs
@@ -55,15 +53,7 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
         })
         .collect();
     key_groups.sort_by(|a, b| a.name.cmp(&b.name));
-    let peers = (0..replicas)
-        .map(|i| PeerConfig {
-            name: format!("{}-{i}", names.statefulset),
-            address: format!(
-                "{}-{i}.{}.{ns}.svc:{ADMIN_PORT}",
-                names.statefulset, names.peers
-            ),
-        })
-        .collect();
+    let peers = replicas_of(inputs);
     let acks = km
         .spec
         .durability
@@ -109,6 +99,21 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
 
 fn port(p: i32) -> u16 {
     u16::try_from(p).unwrap_or_default()
+}
+
+/// Every replica by pod name, with the address of its admin API (replication, keystore).
+pub fn replicas_of(inputs: &Inputs<'_>) -> Vec<PeerConfig> {
+    let names = inputs.names();
+    let ns = inputs.namespace();
+    (0..inputs.key_manager.spec.replicas)
+        .map(|i| PeerConfig {
+            name: format!("{}-{i}", names.statefulset),
+            address: format!(
+                "{}-{i}.{}.{ns}.svc:{ADMIN_PORT}",
+                names.statefulset, names.peers
+            ),
+        })
+        .collect()
 }
 
 /// The ConfigMap holding the configuration file.

@@ -19,7 +19,7 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 
 pub use certificate::certificate;
-pub use config::{CONFIG_FILE, config_hash, config_map, server_config};
+pub use config::{CONFIG_FILE, config_hash, config_map, replicas_of, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
     KEEP_ANNOTATION, Material, ca_secret, kek_secret, keystore_secret, license_secret, tls_secret,
@@ -151,6 +151,18 @@ impl<'a> Inputs<'a> {
             uid: km.uid().unwrap_or_default(),
             controller: Some(true),
             block_owner_deletion: Some(true),
+        }
+    }
+
+    /// The Secret holding the replica certificate (`tls.crt`, `tls.key`, `ca.crt`).
+    pub fn tls_secret_name(&self) -> String {
+        let tls = &self.key_manager.spec.tls;
+        match tls.source {
+            shadowkeep_api::crd::TlsSource::Secret => {
+                tls.secret_name.clone().unwrap_or_else(|| self.names().tls)
+            }
+            shadowkeep_api::crd::TlsSource::Generated
+            | shadowkeep_api::crd::TlsSource::CertManager => self.names().tls,
         }
     }
 

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use shadowkeep_api::crd::TlsSource;
 
 use super::config::{CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEK_DIR, KEYSTORE_DIR, TLS_DIR};
 use super::{ADMIN_PORT, DEFAULT_IMAGE, Inputs, KMIP_PORT};
@@ -131,14 +130,7 @@ fn container(inputs: &Inputs<'_>) -> Container {
 fn pod(inputs: &Inputs<'_>) -> PodSpec {
     let km = &inputs.key_manager.spec;
     let names = inputs.names();
-    let tls_secret = match km.tls.source {
-        TlsSource::Secret => km
-            .tls
-            .secret_name
-            .clone()
-            .unwrap_or_else(|| names.tls.clone()),
-        TlsSource::Generated | TlsSource::CertManager => names.tls.clone(),
-    };
+    let tls_secret = inputs.tls_secret_name();
     let selector = inputs.selector();
     let spread_over = |key: &str| PodAffinityTerm {
         topology_key: key.to_owned(),

@@ -17,6 +17,8 @@ pub mod types {
     pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
     /// A drive is listed under two KeyManagers: its keys would be split between them.
     pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
+    /// Every replica's keys are in the canonical keystore.
+    pub const KEYSTORE_IN_SYNC: &str = "KeystoreInSync";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes conventions ask).
@@ -37,6 +39,12 @@ pub mod reasons {
     pub const REPLICAS_MISSING: &str = "ReplicasMissing";
     /// A drive is claimed by another KeyManager.
     pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
+    /// Every replica answered the keystore sync.
+    pub const REPLICAS_SYNCED: &str = "ReplicasSynced";
+    /// A replica did not answer the keystore sync.
+    pub const REPLICA_UNREACHABLE: &str = "ReplicaUnreachable";
+    /// No replica is ready to be asked.
+    pub const NO_REPLICA_READY: &str = "NoReplicaReady";
 }
 
 /// A condition as computed now.

@@ -105,12 +105,15 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
     drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
+    let in_sync =
+        super::keystore_sync::sync(&client, &ctx, &inputs, &mut material, generation, &now).await?;
     maintain_key_groups(&client, &inputs, &mut material, generation).await?;
     apply_children(&client, &inputs, &material).await?;
     let mut status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
     status
         .0
         .push(drive_moves::risk_condition(&risks, generation, &now));
+    status.0.push(in_sync);
     drive_moves::report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
     patch_status(&client, &ctx, &km, status.0, Some(status.1)).await?;
     let interval = km

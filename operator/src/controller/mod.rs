@@ -5,6 +5,7 @@
 pub mod conditions;
 pub mod drive_moves;
 pub mod key_manager;
+pub mod keystore_sync;
 pub mod lease;
 pub mod references;
 pub mod run;
@@ -40,6 +41,9 @@ pub struct Context {
     pub server_image: Option<String>,
     /// Consecutive failures per object, so that retries back off.
     pub backoff: Backoff,
+    /// Where the replicas are, when not at their pod DNS names (tests); `None` in a
+    /// cluster.
+    pub replica_resolver: Option<keystore_sync::ReplicaResolver>,
 }
 
 impl Context {
@@ -70,6 +74,7 @@ impl Context {
             drive_index,
             server_image: None,
             backoff: Backoff::default(),
+            replica_resolver: None,
         })
     }
 }

@@ -164,6 +164,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         ),
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
         backoff: super::Backoff::default(),
+        replica_resolver: None,
     });
     let controller = controller
         .owns(api::<StatefulSet>(&client, ns), config.clone())

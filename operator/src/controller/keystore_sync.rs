@@ -1,0 +1,224 @@
+//! Keystore sync: the keys each replica holds are pulled into the canonical keystore
+//! Secret, which the replicas import in turn, so that the canonical keystore holds every
+//! key any replica ever held (a drive's keys can then be carried, and a lost replica's
+//! keys restored).
+//!
+//! Each reconcile asks every replica's admin API for the records the canonical keystore
+//! lacks (the same delta exchange replicas use among themselves), presenting the replica
+//! certificate, which the replicas accept as a peer. The merge only grows the keystore,
+//! and a backup is kept before the Secret changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::Api;
+use shadowkeep_api::keystore::Keystore;
+use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::replication::summary;
+use tokio_rustls::TlsConnector;
+
+use super::conditions::{condition, reasons, types};
+use super::{Context, Error};
+use crate::build::{Inputs, Material, replicas_of};
+
+/// Where to reach a replica: its pod name, the address to connect to, and the name its
+/// certificate is checked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaAddress {
+    /// The replica (pod) name.
+    pub replica: String,
+    /// `host:port` of its admin API.
+    pub address: String,
+    /// The DNS name its certificate must carry.
+    pub server_name: String,
+}
+
+/// Finds the replicas of a KeyManager: in a cluster, the pod DNS names of its headless
+/// Service; in tests, replicas on 127.0.0.1.
+pub type ReplicaResolver = Arc<dyn Fn(&Inputs<'_>) -> Vec<ReplicaAddress> + Send + Sync>;
+
+/// The replicas' pod DNS names, as their peers reach them.
+pub fn in_cluster(inputs: &Inputs<'_>) -> Vec<ReplicaAddress> {
+    replicas_of(inputs)
+        .into_iter()
+        .map(|p| ReplicaAddress {
+            server_name: p
+                .address
+                .rsplit_once(':')
+                .map_or_else(|| p.address.clone(), |(host, _)| host.to_owned()),
+            replica: p.name,
+            address: p.address,
+        })
+        .collect()
+}
+
+/// What one replica answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pulled {
+    /// The replica.
+    pub replica: String,
+    /// Keys it held that the canonical keystore did not, or why it could not be asked.
+    pub outcome: Result<usize, String>,
+}
+
+/// Asks each replica for the records `keystore` lacks and merges them in. A replica that
+/// cannot be reached, or answers badly, is reported and skipped.
+pub async fn pull(
+    replicas: &[ReplicaAddress],
+    connector: &TlsConnector,
+    keystore: &mut Keystore,
+) -> Vec<Pulled> {
+    let mut pulled = Vec::new();
+    for replica in replicas {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            pull_one(replica, connector, keystore),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
+        pulled.push(Pulled {
+            replica: replica.replica.clone(),
+            outcome,
+        });
+    }
+    pulled
+}
+
+async fn pull_one(
+    replica: &ReplicaAddress,
+    connector: &TlsConnector,
+    keystore: &mut Keystore,
+) -> Result<usize, String> {
+    let body = serde_json::to_vec(&summary(keystore)).map_err(|e| e.to_string())?;
+    let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
+    let (status, reply) = send(
+        &mut sender,
+        &replica.address,
+        hyper::Method::POST,
+        "/v1/keystore/delta",
+        body,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&reply).trim()
+        ));
+    }
+    let delta = Keystore::from_bytes(&reply).map_err(|e| format!("its answer: {e}"))?;
+    let report = keystore
+        .merge(&delta)
+        .map_err(|e| format!("merging its keys: {e}"))?;
+    if !report.conflicts.is_empty() {
+        tracing::warn!(
+            replica = %replica.replica,
+            conflicts = report.conflicts.len(),
+            "records that conflict with the canonical keystore were quarantined"
+        );
+    }
+    Ok(report.added.len())
+}
+
+/// Pulls every replica's keys into the canonical keystore (when a replica is ready),
+/// writes the Secret when it grew, and returns the `KeystoreInSync` condition. Only a
+/// failure to write the Secret fails the reconcile; an unreachable replica is reported.
+pub async fn sync(
+    client: &kube::Client,
+    ctx: &Context,
+    inputs: &Inputs<'_>,
+    material: &mut Material,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<Condition, Error> {
+    let ns = inputs.namespace();
+    let not_synced = |reason: &str, message: String| {
+        condition(
+            types::KEYSTORE_IN_SYNC,
+            false,
+            reason,
+            message,
+            generation,
+            now,
+        )
+    };
+    let ready = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&inputs.names().statefulset)
+        .await
+        .map_err(Error::kube("read the StatefulSet"))?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    if ready == 0 && ctx.replica_resolver.is_none() {
+        return Ok(not_synced(
+            reasons::NO_REPLICA_READY,
+            "no replica is ready to be asked for its keys".to_owned(),
+        ));
+    }
+    let secret_name = inputs.tls_secret_name();
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get_opt(&secret_name)
+        .await
+        .map_err(Error::kube(format!("read Secret {secret_name}")))?
+    else {
+        return Ok(not_synced(
+            reasons::REPLICA_UNREACHABLE,
+            format!("Secret {secret_name} (the replica certificate) not found"),
+        ));
+    };
+    let field = |k: &str| super::key_manager::bytes(&secret, k);
+    let connector = match connector_from_pem(
+        &field("ca.crt"),
+        Some((&field("tls.crt"), &field("tls.key"))),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(not_synced(
+                reasons::REPLICA_UNREACHABLE,
+                format!("Secret {secret_name}: {e}"),
+            ));
+        }
+    };
+    let replicas = match &ctx.replica_resolver {
+        Some(resolve) => resolve(inputs),
+        None => in_cluster(inputs),
+    };
+    let mut keystore = Keystore::from_bytes(&material.keystore)
+        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
+    let pulled = pull(&replicas, &connector, &mut keystore).await;
+    let added: usize = pulled.iter().filter_map(|p| p.outcome.as_ref().ok()).sum();
+    if added > 0 {
+        let bytes = keystore
+            .to_bytes()
+            .map_err(|e| Error::Build(e.to_string()))?;
+        super::key_manager::update_keystore(client, inputs, &material.keystore, &bytes).await?;
+        material.keystore = bytes;
+        tracing::info!(key_manager = %inputs.name(), namespace = %ns, added, "keys pulled from replicas");
+    }
+    let failed: Vec<String> = pulled
+        .iter()
+        .filter_map(|p| {
+            p.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {e}", p.replica))
+        })
+        .collect();
+    Ok(if failed.is_empty() {
+        condition(
+            types::KEYSTORE_IN_SYNC,
+            true,
+            reasons::REPLICAS_SYNCED,
+            format!(
+                "every replica's keys are in the canonical keystore ({} replica(s))",
+                pulled.len()
+            ),
+            generation,
+            now,
+        )
+    } else {
+        not_synced(reasons::REPLICA_UNREACHABLE, failed.join("; "))
+    })
+}
