@@ -104,7 +104,16 @@ fn operator(options: crate::controller::run::Options) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The work is waiting on the API server, a few reconciles at a time: two workers are
+    // plenty. Left to the default, a pod without a CPU limit would start one worker (and
+    // one allocator arena) per core of its node.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shadowkeep operator: failed to start the runtime: {e}");
