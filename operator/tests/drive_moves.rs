@@ -24,16 +24,23 @@ const MOVED: &str = "1013000123";
 const SITE_B: &str = "site-b";
 
 async fn reconcile_in(client: &kube::Client, ns: &str, name: &str) {
+    reconcile_with(client, ns, name, false).await;
+}
+
+/// With `replicas_answered`, every KeyManager's replicas (none here) count as having
+/// answered the keystore sync; without, none is ready, as in the in-memory API server.
+async fn reconcile_with(client: &kube::Client, ns: &str, name: &str, replicas_answered: bool) {
     let km = Api::<KeyManager>::namespaced(client.clone(), ns)
         .get(name)
         .await
         .unwrap();
-    let ctx = Arc::new(
-        Context::listed(client.clone(), "shadowkeep-test")
-            .await
-            .unwrap(),
-    );
-    reconcile(Arc::new(km), ctx).await.unwrap();
+    let mut ctx = Context::listed(client.clone(), "shadowkeep-test")
+        .await
+        .unwrap();
+    if replicas_answered {
+        ctx.replica_resolver = Some(Arc::new(|_| Vec::new()));
+    }
+    reconcile(Arc::new(km), Arc::new(ctx)).await.unwrap();
 }
 
 async fn history(client: &kube::Client, ns: &str, name: &str) -> (ConfigMap, DriveHistory) {
@@ -225,7 +232,18 @@ async fn a_moved_drive_is_held_back_until_accepted_then_its_keys_are_carried_onc
 
     // Accepted: the drive's keys are carried, re-sealed, and the drive is served.
     accept(&tables, "moved", &format!("{MOVED}, 9999999999")).await;
+    // Not while the old KeyManager's replicas, which may hold the drive's newest keys,
+    // cannot be asked for them.
     reconcile_in(&client, SITE_B, "dr-keys").await;
+    assert_eq!(served_in(&client, SITE_B, "dr-keys").await, ["2000000001"]);
+    let status = tables.get("moved").await.unwrap().status.unwrap();
+    let (_, message) = condition(&status.conditions, "KeyHistoryAtRisk");
+    assert!(
+        message.contains("could not be carried")
+            && message.contains("replicas of KeyManager default/tape-keys may hold keys"),
+        "{message}"
+    );
+    reconcile_with(&client, SITE_B, "dr-keys", true).await;
     let mut now_served = served_in(&client, SITE_B, "dr-keys").await;
     now_served.sort();
     assert_eq!(now_served, ["1013000123", "2000000001"]);

@@ -233,3 +233,87 @@ async fn a_key_only_a_replica_holds_is_pulled_into_the_canonical_keystore() {
     assert!(message.contains("tape-keys-0: TLS"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_moved_drive_takes_the_keys_only_its_old_replicas_held() {
+    use shadowkeep_api::crd::DriveTable;
+    use shadowkeep_api::keystore::AttributeValue;
+
+    let client = cluster(|_| {}).await;
+    reconcile_with(&client, Vec::new()).await;
+    let dir = std::env::temp_dir().join(format!("keystore-carry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = start_replica(&client, &dir).await;
+    // A key the drive created on the replica: tagged with its KeyGroup, in no Secret yet.
+    let kek = Kek::from_bytes(&data(&secret(&client, "tape-keys-kek").await, "kek")).unwrap();
+    let mut key = Key::generate(&kek, "TAPE0002L9", Algorithm::Aes, 256, Timestamp::now()).unwrap();
+    key.attributes.insert(
+        "kmip:y-KeyGroup#0".to_owned(),
+        AttributeValue {
+            updated_at_ms: Timestamp::now().as_millisecond(),
+            value: Some(r#"{"TextString":"lto-default"}"#.to_owned()),
+        },
+    );
+    put_on_replica(&client, admin, key.clone()).await;
+
+    // Drive 1013000123 moves to dr-keys in site-b, and the move is accepted.
+    common::edit(
+        &Api::<DriveTable>::namespaced(client.clone(), NS),
+        "library-a",
+        |t: &mut DriveTable| t.spec.drives.retain(|d| d.serial != "1013000123"),
+    )
+    .await;
+    common::create::<KeyManager>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "dr-keys", "namespace": "site-b"},
+            "spec": {"serverId": "dr-keys", "replicas": 2}}),
+    )
+    .await;
+    common::create::<DriveTable>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+            "metadata": {"name": "moved", "namespace": "site-b",
+                         "annotations": {"shadowkeep.io/accept-drive-moves": "1013000123"}},
+            "spec": {"keyManagerRef": {"name": "dr-keys"}, "drives": [{"serial": "1013000123"}]}}),
+    )
+    .await;
+    let km = Api::<KeyManager>::namespaced(client.clone(), "site-b")
+        .get("dr-keys")
+        .await
+        .unwrap();
+    let mut ctx = Context::listed(client.clone(), "shadowkeep-test")
+        .await
+        .unwrap();
+    ctx.replica_resolver = Some(Arc::new(move |inputs| {
+        if inputs.name() == "tape-keys" {
+            vec![ReplicaAddress {
+                replica: "tape-keys-0".to_owned(),
+                address: admin.to_string(),
+                server_name: REPLICA_NAME.to_owned(),
+            }]
+        } else {
+            Vec::new()
+        }
+    }));
+    reconcile(Arc::new(km), Arc::new(ctx)).await.unwrap();
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), "site-b");
+    let new_kek =
+        Kek::from_bytes(&data(&secrets.get("dr-keys-kek").await.unwrap(), "kek")).unwrap();
+    let new = Keystore::from_bytes(&data(
+        &secrets.get("dr-keys-keystore").await.unwrap(),
+        "keystore",
+    ))
+    .unwrap();
+    let carried = new.get(&key.id).expect("the replica-only key was carried");
+    assert_eq!(
+        *new_kek.open(&key.id, &carried.material).unwrap(),
+        *kek.open(&key.id, &key.material).unwrap()
+    );
+    assert!(
+        canonical(&client).await.get(&key.id).is_some(),
+        "and the old KeyManager's own keystore has it now"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

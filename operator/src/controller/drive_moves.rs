@@ -22,9 +22,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use shadowkeep_api::crd::{DriveTable, KeyGroup};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE, carry_keys};
+use shadowkeep_api::estate::Estate;
 use shadowkeep_api::keystore::{Kek, Keystore};
+use shadowkeep_api::manifest::Resource as Object;
 
 use super::conditions::{condition, merge, reasons, types, update_status};
 use super::{Context, Error};
@@ -474,6 +476,7 @@ pub async fn carry_accepted(
         };
         match carry(
             client,
+            ctx,
             inputs,
             material,
             &risk.other_key_manager,
@@ -535,6 +538,7 @@ fn split_ref(reference: &str) -> Result<(&str, &str), Error> {
 /// into this one's, writing a backup first. Returns how many keys were added.
 async fn carry(
     client: &kube::Client,
+    ctx: &Context,
     inputs: &Inputs<'_>,
     material: &mut Material,
     from: &str,
@@ -554,9 +558,16 @@ async fn carry(
             Ok::<_, Error>(super::key_manager::bytes(&found, key))
         }
     };
-    let from_kek = Kek::from_bytes(&read(names.kek.clone(), "kek").await?)
+    let kek_bytes = read(names.kek.clone(), "kek").await?;
+    let from_kek = Kek::from_bytes(&kek_bytes)
         .map_err(|e| Error::Build(format!("Secret {ns}/{}: {e}", names.kek)))?;
-    let from_keystore = Keystore::from_bytes(&read(names.keystore.clone(), "keystore").await?)
+    let mut from_material = Material {
+        kek: kek_bytes,
+        keystore: read(names.keystore.clone(), "keystore").await?,
+        ..Material::default()
+    };
+    sync_old(client, ctx, ns, name, &mut from_material).await?;
+    let from_keystore = Keystore::from_bytes(&from_material.keystore)
         .map_err(|e| Error::Build(format!("Secret {ns}/{}: {e}", names.keystore)))?;
     let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
     let mut keystore = Keystore::from_bytes(&material.keystore)
@@ -571,6 +582,41 @@ async fn carry(
         material.keystore = bytes;
     }
     Ok(count)
+}
+
+/// When the old KeyManager still runs, its replicas may hold keys its canonical keystore
+/// does not have yet (a drive's own keys, created since the last sync): they are pulled
+/// first, and the carry waits until every replica has answered. A deleted KeyManager's
+/// replicas are gone; its canonical keystore is all there is.
+async fn sync_old(
+    client: &kube::Client,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    material: &mut Material,
+) -> Result<(), Error> {
+    let Some(old) = Api::<KeyManager>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("read KeyManager {ns}/{name}")))?
+    else {
+        return Ok(());
+    };
+    let mut estate = Estate::new();
+    estate.add(Object::KeyManager(old));
+    let Some(inputs) = Inputs::from_estate(&estate).into_iter().next() else {
+        return Ok(());
+    };
+    let now = Time(Timestamp::now());
+    let synced = super::keystore_sync::sync(client, ctx, &inputs, material, None, &now).await?;
+    if synced.status == "True" {
+        Ok(())
+    } else {
+        Err(Error::Build(format!(
+            "the replicas of KeyManager {ns}/{name} may hold keys of the drive that its keystore does not have yet: {}",
+            synced.message
+        )))
+    }
 }
 
 /// Marks `serial` as handed on to `to` in KeyManager `from`'s history, from a fresh read
