@@ -232,7 +232,28 @@ async fn a_moved_drive_is_held_back_until_accepted_then_its_keys_are_carried_onc
 
     // Accepted: the drive's keys are carried, re-sealed, and the drive is served.
     accept(&tables, "moved", &format!("{MOVED}, 9999999999")).await;
-    // Not while the old KeyManager's replicas, which may hold the drive's newest keys,
+    // Not from another namespace without its owners' consent.
+    reconcile_in(&client, SITE_B, "dr-keys").await;
+    assert_eq!(served_in(&client, SITE_B, "dr-keys").await, ["2000000001"]);
+    let status = tables.get("moved").await.unwrap().status.unwrap();
+    let (_, message) = condition(&status.conditions, "KeyHistoryAtRisk");
+    assert!(
+        message.contains("another namespace")
+            && message.contains("shadowkeep.io/release-drives: \"1013000123\""),
+        "{message}"
+    );
+    edit(
+        &Api::<KeyManager>::namespaced(client.clone(), NS),
+        "tape-keys",
+        |km: &mut KeyManager| {
+            km.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert("shadowkeep.io/release-drives".to_owned(), MOVED.to_owned());
+        },
+    )
+    .await;
+    // Nor while the old KeyManager's replicas, which may hold the drive's newest keys,
     // cannot be asked for them.
     reconcile_in(&client, SITE_B, "dr-keys").await;
     assert_eq!(served_in(&client, SITE_B, "dr-keys").await, ["2000000001"]);
@@ -379,5 +400,59 @@ async fn a_deleted_key_managers_history_still_holds_its_drives_back() {
         &keystore(&client, NS, "tape-keys").await,
         &keystore(&client, NS, "successor").await,
         None,
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_key_managers_drives_leave_its_namespace_only_once_released() {
+    let client = cluster(|_| {}).await;
+    reconcile_in(&client, NS, "tape-keys").await;
+    Api::<KeyManager>::namespaced(client.clone(), NS)
+        .delete("tape-keys", &DeleteParams::default())
+        .await
+        .unwrap();
+    create::<KeyManager>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "heir", "namespace": "site-c"},
+            "spec": {"serverId": "heir", "replicas": 2}}),
+    )
+    .await;
+    create::<DriveTable>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "DriveTable",
+            "metadata": {"name": "inherited", "namespace": "site-c",
+                         "annotations": {"shadowkeep.io/accept-drive-moves": MOVED}},
+            "spec": {"keyManagerRef": {"name": "heir"}, "drives": [{"serial": MOVED}]}}),
+    )
+    .await;
+    reconcile_in(&client, "site-c", "heir").await;
+    assert!(served_in(&client, "site-c", "heir").await.is_empty());
+    let tables = Api::<DriveTable>::namespaced(client.clone(), "site-c");
+    let status = tables.get("inherited").await.unwrap().status.unwrap();
+    let (_, message) = condition(&status.conditions, "KeyHistoryAtRisk");
+    assert!(
+        message.contains("ConfigMap tape-keys-drive-history"),
+        "{message}"
+    );
+
+    // The deleted KeyManager's history is where its namespace releases the drive.
+    edit(
+        &Api::<ConfigMap>::namespaced(client.clone(), NS),
+        "tape-keys-drive-history",
+        |cm: &mut ConfigMap| {
+            cm.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert("shadowkeep.io/release-drives".to_owned(), MOVED.to_owned());
+        },
+    )
+    .await;
+    reconcile_in(&client, "site-c", "heir").await;
+    assert_eq!(served_in(&client, "site-c", "heir").await, [MOVED]);
+    assert_carried(
+        &keystore(&client, NS, "tape-keys").await,
+        &keystore(&client, "site-c", "heir").await,
+        Some("lto-default"),
     );
 }

@@ -256,7 +256,21 @@ async fn a_moved_drive_takes_the_keys_only_its_old_replicas_held() {
     );
     put_on_replica(&client, admin, key.clone()).await;
 
-    // Drive 1013000123 moves to dr-keys in site-b, and the move is accepted.
+    // Drive 1013000123 moves to dr-keys in site-b; the move is released and accepted.
+    common::edit(
+        &Api::<KeyManager>::namespaced(client.clone(), NS),
+        "tape-keys",
+        |km: &mut KeyManager| {
+            km.metadata.annotations = Some(
+                [(
+                    "shadowkeep.io/release-drives".to_owned(),
+                    "1013000123".to_owned(),
+                )]
+                .into(),
+            );
+        },
+    )
+    .await;
     common::edit(
         &Api::<DriveTable>::namespaced(client.clone(), NS),
         "library-a",

@@ -36,6 +36,10 @@ use crate::build::{self, Inputs, Material, Names};
 /// another KeyManager is accepted: their keys are carried here.
 pub const ACCEPT_DRIVE_MOVES: &str = "shadowkeep.io/accept-drive-moves";
 
+/// Annotation on a KeyManager (or on a deleted one's drive history) listing the serials
+/// (comma-separated) whose keys may be carried to a KeyManager in another namespace.
+pub const RELEASE_DRIVES: &str = "shadowkeep.io/release-drives";
+
 /// Label on drive-history ConfigMaps, naming their KeyManager.
 pub const HISTORY_LABEL: &str = "shadowkeep.io/drive-history-of";
 
@@ -467,6 +471,17 @@ pub async fn carry_accepted(
         else {
             continue;
         };
+        if let Err(e) = released(
+            client,
+            &risk.other_key_manager,
+            &inputs.namespace(),
+            &risk.serial,
+        )
+        .await
+        {
+            *carry_error = Some(e.to_string());
+            continue;
+        }
         let group = match read_other_history(client, &risk.other_key_manager).await {
             Ok(h) => h.drives.get(&risk.serial).and_then(|r| r.key_group.clone()),
             Err(e) => {
@@ -520,6 +535,52 @@ pub async fn carry_accepted(
     }
     risks.retain(|r| !done.contains(&r.serial));
     Ok(changed)
+}
+
+/// Whether KeyManager `from` lets `serial`'s keys go to namespace `to_ns`. Within one
+/// namespace, whoever may edit its DriveTables answers for both KeyManagers. Across
+/// namespaces the owners of the old one must agree, or anyone who can edit a DriveTable
+/// could copy another namespace's keys into a keystore they can read: the old KeyManager
+/// (or, once it is deleted, its drive history) must carry [`RELEASE_DRIVES`] naming the
+/// drive.
+async fn released(
+    client: &kube::Client,
+    from: &str,
+    to_ns: &str,
+    serial: &str,
+) -> Result<(), Error> {
+    let (ns, name) = split_ref(from)?;
+    if ns == to_ns {
+        return Ok(());
+    }
+    let lists = |annotations: &BTreeMap<String, String>| {
+        annotations
+            .get(RELEASE_DRIVES)
+            .is_some_and(|v| v.split([',', ' ']).any(|s| s.trim() == serial))
+    };
+    let km = Api::<KeyManager>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("read KeyManager {from}")))?;
+    let ok = match km {
+        Some(km) => lists(km.annotations()),
+        None => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(&history_name(name))
+            .await
+            .map_err(Error::kube(format!(
+                "read ConfigMap {ns}/{}",
+                history_name(name)
+            )))?
+            .is_some_and(|cm| lists(cm.annotations())),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Build(format!(
+            "KeyManager {from} is in another namespace, whose owners must release the drive first: annotate KeyManager {name} in namespace {ns} (or, if it was deleted, ConfigMap {}) with {RELEASE_DRIVES}: {serial:?}",
+            history_name(name)
+        )))
+    }
 }
 
 /// The history of KeyManager `reference` (`namespace/name`), read now.
