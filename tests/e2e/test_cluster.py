@@ -1,5 +1,6 @@
 """End-to-end against a real cluster: install the chart, apply the quickstart, wait for the
-KeyManager to become Ready and its keystore to hold the KeyGroup's keys.
+KeyManager to become Ready, its keystore to hold the KeyGroup's keys, and the operator to
+reach every replica for keystore sync.
 
 Runs only when KUBECONFIG points at a cluster (and kubectl is on PATH); otherwise every
 test is skipped with the reason printed. The images must be pullable by the cluster:
@@ -89,6 +90,16 @@ def test_key_group_keys_reach_the_keystore(installed):
     km = json.loads(kubectl("get", "keymanager", "tape-keys", "-n", NAMESPACE, "-o", "json").stdout)
     assert km["status"]["keyCount"] >= 11
     assert km["status"]["keystoreDigest"].startswith("sha256:")
+
+
+def test_the_operator_reaches_every_replica_for_keystore_sync(installed):
+    # The operator's pod asks each replica's admin API (headless Service DNS, port 9443)
+    # for its keys, presenting the replica certificate: this proves that path in a cluster.
+    synced = wait_for(
+        "KeyManager tape-keys KeystoreInSync=True",
+        lambda: (c := condition("keymanager", "tape-keys", "KeystoreInSync")) and c["status"] == "True" and c,
+    )
+    assert synced["reason"] == "ReplicasSynced"
 
 
 if __name__ == "__main__":
