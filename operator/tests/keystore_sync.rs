@@ -1,6 +1,7 @@
 //! Keystore sync against a real key server on 127.0.0.1: a key that exists only on a
 //! replica is pulled into the canonical keystore Secret (with a backup first), a replica
-//! that does not answer is named in `KeystoreInSync`, and a sync with nothing new writes
+//! that does not answer is named in `KeystoreInSync`, one that lacks keys is reported
+//! behind until it imports the canonical keystore, and a sync with nothing new writes
 //! nothing.
 //!
 //! The replica runs the configuration the operator rendered for the quickstart, with its
@@ -63,7 +64,8 @@ async fn start_replica(client: &kube::Client, dir: &Path) -> std::net::SocketAdd
     config.tls.client_ca = dir.join("ca.crt");
     config.data_dir = dir.join("store");
     config.kek_file = dir.join("kek");
-    config.keystore_file = None;
+    // Where the mounted keystore Secret would be; nothing is there until the test says.
+    config.keystore_file = Some(dir.join("keystore"));
     let replication = config.replication.as_mut().unwrap();
     replication.listen = "127.0.0.1:0".parse().unwrap();
     replication.client_cert = dir.join("tls.crt");
@@ -109,6 +111,16 @@ async fn put_on_replica(client: &kube::Client, address: std::net::SocketAddr, ke
 }
 
 async fn reconcile_with(client: &kube::Client, replicas: Vec<ReplicaAddress>) -> (String, String) {
+    let (status, message, _) = reconcile_reporting(client, replicas).await;
+    (status, message)
+}
+
+/// Reconciles `tape-keys` and returns its `KeystoreInSync` status, reason and message, and
+/// its `status.replicaSync`.
+async fn reconcile_reporting(
+    client: &kube::Client,
+    replicas: Vec<ReplicaAddress>,
+) -> (String, String, Vec<shadowkeep_api::crd::ReplicaSyncStatus>) {
     let km = Api::<KeyManager>::namespaced(client.clone(), NS)
         .get("tape-keys")
         .await
@@ -120,18 +132,22 @@ async fn reconcile_with(client: &kube::Client, replicas: Vec<ReplicaAddress>) ->
         ctx.replica_resolver = Some(Arc::new(move |_| replicas.clone()));
     }
     reconcile(Arc::new(km), Arc::new(ctx)).await.unwrap();
-    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+    let status = Api::<KeyManager>::namespaced(client.clone(), NS)
         .get("tape-keys")
         .await
-        .unwrap();
-    let c = km
-        .status
         .unwrap()
+        .status
+        .unwrap();
+    let c = status
         .conditions
         .into_iter()
         .find(|c| c.type_ == "KeystoreInSync")
         .unwrap();
-    (c.status, format!("{}: {}", c.reason, c.message))
+    (
+        c.status,
+        format!("{}: {}", c.reason, c.message),
+        status.replica_sync,
+    )
 }
 
 async fn canonical(client: &kube::Client) -> Keystore {
@@ -152,6 +168,7 @@ async fn backups(client: &kube::Client) -> usize {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // one story: not ready, pulled, unreachable, behind, in sync, impostor
 async fn a_key_only_a_replica_holds_is_pulled_into_the_canonical_keystore() {
     let client = cluster(|_| {}).await;
     let (status, message) = reconcile_with(&client, Vec::new()).await;
@@ -205,20 +222,56 @@ async fn a_key_only_a_replica_holds_is_pulled_into_the_canonical_keystore() {
     );
     assert!(!message.contains("tape-keys-0"), "{message}");
 
-    // Nothing new: in sync, and nothing written.
-    let (status, message) = reconcile_with(&client, vec![replica("tape-keys-0", admin)]).await;
+    // The replica answered, but lacks the KeyGroup's keys, which only the canonical
+    // keystore has: behind, and said so per replica.
+    let (status, message, replicas) =
+        reconcile_reporting(&client, vec![replica("tape-keys-0", admin)]).await;
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("ReplicasBehind: tape-keys-0 holds 1 of the canonical keystore's"),
+        "{message}"
+    );
+    assert_eq!(replicas.len(), 1);
     assert_eq!(
-        (status.as_str(), message.as_str()),
         (
-            "True",
-            "ReplicasSynced: every replica's keys are in the canonical keystore (1 replica(s))"
-        )
+            replicas[0].name.as_str(),
+            replicas[0].keys,
+            replicas[0].in_sync,
+            replicas[0].keys_pulled
+        ),
+        ("tape-keys-0", Some(1), false, Some(0))
     );
-    assert_eq!(backups(&client).await, before + 1);
+    assert_eq!(backups(&client).await, before + 1, "nothing new to write");
+
+    // The kubelet updates the mounted Secret; the replica imports it: in sync.
+    std::fs::write(
+        dir.join("keystore"),
+        data(&secret(&client, "tape-keys-keystore").await, "keystore"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let replicas = loop {
+        let (status, message, replicas) =
+            reconcile_reporting(&client, vec![replica("tape-keys-0", admin)]).await;
+        if status == "True" {
+            assert!(message.starts_with("ReplicasSynced: every replica holds exactly the canonical keystore (1 replica(s)"), "{message}");
+            break replicas;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the replica never caught up: {message}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let canonical_now = canonical(&client).await;
+    assert_eq!(replicas[0].keys, i64::try_from(canonical_now.len()).ok());
     assert_eq!(
-        canonical(&client).await.digest().unwrap(),
-        pulled.digest().unwrap()
+        replicas[0].digest.as_deref(),
+        Some(canonical_now.digest().unwrap().to_string().as_str())
     );
+    assert!(replicas[0].in_sync);
+    assert_eq!(backups(&client).await, before + 1);
+    assert_eq!(canonical_now.digest().unwrap(), pulled.digest().unwrap());
 
     // A replica whose certificate does not carry the name asked for is not trusted.
     let (status, message) = reconcile_with(

@@ -339,4 +339,38 @@ pub struct KeyManagerStatus {
     /// The last `shadowkeep.io/reconcile-requested-at` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+
+    /// What each replica answered at the last keystore sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub replica_sync: Vec<ReplicaSyncStatus>,
+}
+
+/// One replica's keystore, as the last keystore sync found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSyncStatus {
+    /// The replica (pod) name.
+    pub name: String,
+
+    /// Keys the replica holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
+
+    /// Digest of the replica's keystore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+
+    /// Whether the replica holds exactly the canonical keystore. A replica that lacks keys
+    /// gets them from the canonical keystore Secret, which it imports within a minute.
+    #[serde(default)]
+    pub in_sync: bool,
+
+    /// Keys the canonical keystore took from this replica at the last sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_pulled: Option<i64>,
+
+    /// Why the replica could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -15,7 +15,8 @@ pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus};
 pub use key_group::{KeyGroup, KeyGroupSpec, KeyGroupStatus};
 pub use key_manager::{
     BackupSpec, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT, KeyManager, KeyManagerSpec,
-    KeyManagerStatus, KmipServiceSpec, PlacementSpec, ServiceType, StorageSpec, TlsSource, TlsSpec,
+    KeyManagerStatus, KmipServiceSpec, PlacementSpec, ReplicaSyncStatus, ServiceType, StorageSpec,
+    TlsSource, TlsSpec,
 };
 pub use shadow::{
     DesiredShadowState, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus,

@@ -41,6 +41,8 @@ pub mod reasons {
     pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
     /// Every replica answered the keystore sync.
     pub const REPLICAS_SYNCED: &str = "ReplicasSynced";
+    /// A replica answered but does not hold the canonical keystore yet.
+    pub const REPLICAS_BEHIND: &str = "ReplicasBehind";
     /// A replica did not answer the keystore sync.
     pub const REPLICA_UNREACHABLE: &str = "ReplicaUnreachable";
     /// No replica is ready to be asked.

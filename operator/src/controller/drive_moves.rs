@@ -670,12 +670,12 @@ async fn sync_old(
     };
     let now = Time(Timestamp::now());
     let synced = super::keystore_sync::sync(client, ctx, &inputs, material, None, &now).await?;
-    if synced.status == "True" {
+    if synced.all_answered {
         Ok(())
     } else {
         Err(Error::Build(format!(
             "the replicas of KeyManager {ns}/{name} may hold keys of the drive that its keystore does not have yet: {}",
-            synced.message
+            synced.condition.message
         )))
     }
 }

@@ -113,7 +113,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     status
         .0
         .push(drive_moves::risk_condition(&risks, generation, &now));
-    status.0.push(in_sync);
+    status.0.push(in_sync.condition);
+    status.1.replica_sync = in_sync.replicas;
     drive_moves::report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
     patch_status(&client, &ctx, &km, status.0, Some(status.1)).await?;
     let interval = km
@@ -558,6 +559,7 @@ struct Observed {
     ready: i32,
     keys: i64,
     digest: String,
+    replica_sync: Vec<shadowkeep_api::crd::ReplicaSyncStatus>,
 }
 
 async fn status(
@@ -598,6 +600,7 @@ async fn status(
             ready,
             keys: i64::try_from(keystore.len()).unwrap_or(i64::MAX),
             digest,
+            replica_sync: Vec::new(),
         },
     ))
 }
@@ -757,6 +760,7 @@ async fn patch_status(
         status["readyReplicas"] = json!(o.ready);
         status["keyCount"] = json!(o.keys);
         status["keystoreDigest"] = json!(o.digest);
+        status["replicaSync"] = json!(o.replica_sync);
     }
     if let Some(at) = km.annotations().get(RECONCILE_REQUESTED_AT) {
         status["lastHandledReconcileAt"] = json!(at);

@@ -15,6 +15,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::Api;
+use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
 use shadowkeep_server::replication::summary;
@@ -60,8 +61,19 @@ pub fn in_cluster(inputs: &Inputs<'_>) -> Vec<ReplicaAddress> {
 pub struct Pulled {
     /// The replica.
     pub replica: String,
-    /// Keys it held that the canonical keystore did not, or why it could not be asked.
-    pub outcome: Result<usize, String>,
+    /// What it answered, or why it could not be asked.
+    pub outcome: Result<Answer, String>,
+}
+
+/// A replica's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Keys it held that the canonical keystore did not.
+    pub pulled: usize,
+    /// Keys it holds.
+    pub keys: usize,
+    /// Digest of its keystore.
+    pub digest: String,
 }
 
 /// Asks each replica for the records `keystore` lacks and merges them in. A replica that
@@ -91,7 +103,7 @@ async fn pull_one(
     replica: &ReplicaAddress,
     connector: &TlsConnector,
     keystore: &mut Keystore,
-) -> Result<usize, String> {
+) -> Result<Answer, String> {
     let body = serde_json::to_vec(&summary(keystore)).map_err(|e| e.to_string())?;
     let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
     let (status, reply) = send(
@@ -119,12 +131,47 @@ async fn pull_one(
             "records that conflict with the canonical keystore were quarantined"
         );
     }
-    Ok(report.added.len())
+    let (status, reply) = send(
+        &mut sender,
+        &replica.address,
+        hyper::Method::GET,
+        "/v1/keystore/digest",
+        Vec::new(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(format!("digest: HTTP {status}"));
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))?;
+    Ok(Answer {
+        pulled: report.added.len(),
+        keys: state["keys"]
+            .as_u64()
+            .and_then(|k| usize::try_from(k).ok())
+            .ok_or("its digest: no key count")?,
+        digest: state["digest"]
+            .as_str()
+            .ok_or("its digest: no digest")?
+            .to_owned(),
+    })
+}
+
+/// What a keystore sync found.
+#[derive(Clone, Debug)]
+pub struct Synced {
+    /// `KeystoreInSync`.
+    pub condition: Condition,
+    /// Every replica answered (their keys are all in the canonical keystore now).
+    pub all_answered: bool,
+    /// Each replica's state, for the status.
+    pub replicas: Vec<ReplicaSyncStatus>,
 }
 
 /// Pulls every replica's keys into the canonical keystore (when a replica is ready),
-/// writes the Secret when it grew, and returns the `KeystoreInSync` condition. Only a
-/// failure to write the Secret fails the reconcile; an unreachable replica is reported.
+/// writes the Secret when it grew, and reports: `KeystoreInSync` is True when every
+/// replica answered and holds exactly the canonical keystore. Only a failure to write the
+/// Secret fails the reconcile; an unreachable replica is reported.
 pub async fn sync(
     client: &kube::Client,
     ctx: &Context,
@@ -132,17 +179,19 @@ pub async fn sync(
     material: &mut Material,
     generation: Option<i64>,
     now: &Time,
-) -> Result<Condition, Error> {
+) -> Result<Synced, Error> {
     let ns = inputs.namespace();
-    let not_synced = |reason: &str, message: String| {
-        condition(
+    let not_synced = |reason: &str, message: String| Synced {
+        condition: condition(
             types::KEYSTORE_IN_SYNC,
             false,
             reason,
             message,
             generation,
             now,
-        )
+        ),
+        all_answered: false,
+        replicas: Vec::new(),
     };
     let ready = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get_opt(&inputs.names().statefulset)
@@ -188,7 +237,11 @@ pub async fn sync(
     let mut keystore = Keystore::from_bytes(&material.keystore)
         .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
     let pulled = pull(&replicas, &connector, &mut keystore).await;
-    let added: usize = pulled.iter().filter_map(|p| p.outcome.as_ref().ok()).sum();
+    let added: usize = pulled
+        .iter()
+        .filter_map(|p| p.outcome.as_ref().ok())
+        .map(|a| a.pulled)
+        .sum();
     if added > 0 {
         let bytes = keystore
             .to_bytes()
@@ -197,28 +250,94 @@ pub async fn sync(
         material.keystore = bytes;
         tracing::info!(key_manager = %inputs.name(), namespace = %ns, added, "keys pulled from replicas");
     }
-    let failed: Vec<String> = pulled
+    report(&pulled, &keystore, generation, now)
+}
+
+/// The status of each replica, and `KeystoreInSync`, from what they answered and the
+/// canonical keystore after the merge.
+fn report(
+    pulled: &[Pulled],
+    keystore: &Keystore,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<Synced, Error> {
+    let canonical = keystore
+        .digest()
+        .map_err(|e| Error::Build(e.to_string()))?
+        .to_string();
+    let statuses: Vec<ReplicaSyncStatus> = pulled
         .iter()
-        .filter_map(|p| {
-            p.outcome
-                .as_ref()
-                .err()
-                .map(|e| format!("{}: {e}", p.replica))
+        .map(|p| match &p.outcome {
+            Ok(a) => ReplicaSyncStatus {
+                name: p.replica.clone(),
+                keys: i64::try_from(a.keys).ok(),
+                digest: Some(a.digest.clone()),
+                in_sync: a.digest == canonical,
+                keys_pulled: i64::try_from(a.pulled).ok(),
+                error: None,
+            },
+            Err(e) => ReplicaSyncStatus {
+                name: p.replica.clone(),
+                error: Some(e.clone()),
+                ..ReplicaSyncStatus::default()
+            },
         })
         .collect();
-    Ok(if failed.is_empty() {
+    let failed: Vec<String> = statuses
+        .iter()
+        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+        .collect();
+    let behind: Vec<String> = statuses
+        .iter()
+        .filter(|s| s.error.is_none() && !s.in_sync)
+        .map(|s| {
+            format!(
+                "{} holds {} of the canonical keystore's {} keys, or others",
+                s.name,
+                s.keys.unwrap_or_default(),
+                keystore.len()
+            )
+        })
+        .collect();
+    let all_answered = failed.is_empty();
+    let condition = if !all_answered {
         condition(
             types::KEYSTORE_IN_SYNC,
-            true,
-            reasons::REPLICAS_SYNCED,
+            false,
+            reasons::REPLICA_UNREACHABLE,
+            failed.join("; "),
+            generation,
+            now,
+        )
+    } else if !behind.is_empty() {
+        condition(
+            types::KEYSTORE_IN_SYNC,
+            false,
+            reasons::REPLICAS_BEHIND,
             format!(
-                "every replica's keys are in the canonical keystore ({} replica(s))",
-                pulled.len()
+                "{}; replicas import the canonical keystore Secret within a minute",
+                behind.join("; ")
             ),
             generation,
             now,
         )
     } else {
-        not_synced(reasons::REPLICA_UNREACHABLE, failed.join("; "))
+        condition(
+            types::KEYSTORE_IN_SYNC,
+            true,
+            reasons::REPLICAS_SYNCED,
+            format!(
+                "every replica holds exactly the canonical keystore ({} replica(s), {} keys)",
+                statuses.len(),
+                keystore.len()
+            ),
+            generation,
+            now,
+        )
+    };
+    Ok(Synced {
+        condition,
+        all_answered,
+        replicas: statuses,
     })
 }
