@@ -456,3 +456,70 @@ async fn a_deleted_key_managers_drives_leave_its_namespace_only_once_released() 
         Some("lto-default"),
     );
 }
+
+#[tokio::test]
+async fn a_drive_two_key_managers_both_took_is_flagged_as_split_and_can_be_joined() {
+    let client = cluster(|_| {}).await;
+    reconcile_in(&client, NS, "tape-keys").await;
+    // Another namespace's KeyManager took the same drive at the same moment: its history
+    // serves it too (written as its reconcile would have written it).
+    create::<KeyManager>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyManager",
+            "metadata": {"name": "rogue", "namespace": "site-x",
+                         "annotations": {"shadowkeep.io/release-drives": MOVED}},
+            "spec": {"serverId": "rogue", "replicas": 2}}),
+    )
+    .await;
+    create::<KeyGroup>(
+        &client,
+        serde_json::json!({"apiVersion": "shadowkeep.io/v1alpha1", "kind": "KeyGroup",
+            "metadata": {"name": "rogue-lto", "namespace": "site-x"},
+            "spec": {"keyManagerRef": {"name": "rogue"}, "keyCount": 2, "default": true}}),
+    )
+    .await;
+    reconcile_in(&client, "site-x", "rogue").await;
+    let mut rogue = DriveHistory::new();
+    rogue.record(MOVED, None, jiff::Timestamp::now());
+    create::<ConfigMap>(
+        &client,
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "rogue-drive-history", "namespace": "site-x",
+                         "labels": {"shadowkeep.io/drive-history-of": "rogue"}},
+            "data": {"drives.json": rogue.to_json()}}),
+    )
+    .await;
+
+    reconcile_in(&client, NS, "tape-keys").await;
+    assert!(
+        served(&client, "tape-keys")
+            .await
+            .contains(&MOVED.to_owned()),
+        "a split drive stays where it is served"
+    );
+    let tables = Api::<DriveTable>::namespaced(client.clone(), NS);
+    let status = tables.get("library-a").await.unwrap().status.unwrap();
+    let (risk, message) = condition(&status.conditions, "KeyHistoryAtRisk");
+    assert_eq!(risk, "True");
+    assert!(
+        message.contains("served here and by KeyManager \"site-x/rogue\" too")
+            && message.contains("split"),
+        "{message}"
+    );
+
+    // Joined: the other's keys are carried here, and its history hands the drive on.
+    accept(&tables, "library-a", MOVED).await;
+    reconcile_with(&client, NS, "tape-keys", true).await;
+    let (_, history_x) = history(&client, "site-x", "rogue").await;
+    assert_eq!(
+        history_x.drives[MOVED].moved_to.as_deref(),
+        Some("default/tape-keys")
+    );
+    let status = tables.get("library-a").await.unwrap().status.unwrap();
+    assert_eq!(condition(&status.conditions, "KeyHistoryAtRisk").0, "False");
+    assert_carried(
+        &keystore(&client, "site-x", "rogue").await,
+        &keystore(&client, NS, "tape-keys").await,
+        None,
+    );
+}

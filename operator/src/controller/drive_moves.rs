@@ -331,9 +331,9 @@ pub fn conflicts(
                     });
                 }
             }
-            if serves {
-                continue;
-            }
+            // Served here and by another: two KeyManagers took it at the same moment (from
+            // different namespaces, where no table check sees both), and its keys are
+            // split. It stays here, flagged, until the other's keys are carried.
             for other in others_serving(&drive.serial) {
                 risks.push(DriveRisk {
                     serial: drive.serial.clone(),
@@ -343,7 +343,7 @@ pub fn conflicts(
                         accepted: accepted(mine, &drive.serial),
                         carry_error: None,
                     },
-                    kept: false,
+                    kept: serves,
                 });
             }
         }
@@ -724,8 +724,19 @@ fn risk_message(risks: &[DriveRisk], name: &str) -> String {
                 }
             ),
             Claim::History { carry_error: Some(error), .. } => format!(
-                "drive {:?} (DriveTable {}) moved from KeyManager {:?}, and the move is accepted, but its keys could not be carried: {error}; it is not served here until they are",
-                r.serial, r.table, r.other_key_manager
+                "drive {:?} (DriveTable {}) was served by KeyManager {:?}, and the move is accepted, but its keys could not be carried: {error}; {}",
+                r.serial,
+                r.table,
+                r.other_key_manager,
+                if r.kept {
+                    "it stays served here, its key history split, until they are"
+                } else {
+                    "it is not served here until they are"
+                }
+            ),
+            Claim::History { .. } if r.kept => format!(
+                "drive {:?} (DriveTable {}) is served here and by KeyManager {:?} too, each holding keys it made: its key history is split; take it out of {:?}'s tables and annotate DriveTable {} with {ACCEPT_DRIVE_MOVES}: {:?} to carry those keys here",
+                r.serial, r.table, r.other_key_manager, r.other_key_manager, r.table, r.serial
             ),
             Claim::History { .. } => format!(
                 "drive {:?} (DriveTable {}) was served by KeyManager {:?}, which holds its keys; it is not served here until they are carried: annotate DriveTable {} with {ACCEPT_DRIVE_MOVES}: {:?} to carry them, or put the drive back",
