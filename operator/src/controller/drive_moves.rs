@@ -293,11 +293,15 @@ impl SharedDriveIndex {
     }
 }
 
-fn accepted(table: &DriveTable, serial: &str) -> bool {
-    table
-        .annotations()
-        .get(ACCEPT_DRIVE_MOVES)
+/// Whether annotation `key` lists `serial` (comma- or space-separated).
+fn lists(annotations: &BTreeMap<String, String>, key: &str, serial: &str) -> bool {
+    annotations
+        .get(key)
         .is_some_and(|v| v.split([',', ' ']).any(|s| s.trim() == serial))
+}
+
+fn accepted(table: &DriveTable, serial: &str) -> bool {
+    lists(table.annotations(), ACCEPT_DRIVE_MOVES, serial)
 }
 
 /// The drives of `name`'s tables that another KeyManager claims, by table or by history.
@@ -553,17 +557,12 @@ async fn released(
     if ns == to_ns {
         return Ok(());
     }
-    let lists = |annotations: &BTreeMap<String, String>| {
-        annotations
-            .get(RELEASE_DRIVES)
-            .is_some_and(|v| v.split([',', ' ']).any(|s| s.trim() == serial))
-    };
     let km = Api::<KeyManager>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(Error::kube(format!("read KeyManager {from}")))?;
     let ok = match km {
-        Some(km) => lists(km.annotations()),
+        Some(km) => lists(km.annotations(), RELEASE_DRIVES, serial),
         None => Api::<ConfigMap>::namespaced(client.clone(), ns)
             .get_opt(&history_name(name))
             .await
@@ -571,7 +570,7 @@ async fn released(
                 "read ConfigMap {ns}/{}",
                 history_name(name)
             )))?
-            .is_some_and(|cm| lists(cm.annotations())),
+            .is_some_and(|cm| lists(cm.annotations(), RELEASE_DRIVES, serial)),
     };
     if ok {
         Ok(())
@@ -631,16 +630,11 @@ async fn carry(
     let from_keystore = Keystore::from_bytes(&from_material.keystore)
         .map_err(|e| Error::Build(format!("Secret {ns}/{}: {e}", names.keystore)))?;
     let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
-    let mut keystore = Keystore::from_bytes(&material.keystore)
-        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
+    let mut keystore = super::key_manager::open_keystore(material)?;
     let count = carry_keys(&from_keystore, &from_kek, &mut keystore, &kek, group)
         .map_err(|e| Error::Build(e.to_string()))?;
     if count > 0 {
-        let bytes = keystore
-            .to_bytes()
-            .map_err(|e| Error::Build(e.to_string()))?;
-        super::key_manager::update_keystore(client, inputs, &material.keystore, &bytes).await?;
-        material.keystore = bytes;
+        super::key_manager::replace_keystore(client, inputs, material, &keystore).await?;
     }
     Ok(count)
 }
@@ -669,7 +663,9 @@ async fn sync_old(
         return Ok(());
     };
     let now = Time(Timestamp::now());
-    let synced = super::keystore_sync::sync(client, ctx, &inputs, material, None, &now).await?;
+    let ready = super::keystore_sync::ready_replicas(client, &inputs).await?;
+    let synced =
+        super::keystore_sync::sync(client, ctx, &inputs, material, ready, None, &now).await?;
     if synced.all_answered {
         Ok(())
     } else {

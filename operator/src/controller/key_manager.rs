@@ -105,11 +105,25 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
     drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
-    let in_sync =
-        super::keystore_sync::sync(&client, &ctx, &inputs, &mut material, generation, &now).await?;
     maintain_key_groups(&client, &inputs, &mut material, generation).await?;
     apply_children(&client, &inputs, &material).await?;
-    let mut status = status(&client, &km, &inputs, &all_kms, &material, generation, &now).await?;
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&inputs.names().statefulset)
+        .await
+        .map_err(Error::kube("read the StatefulSet"))?
+        .and_then(|s| s.status);
+    let ready = sts.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let in_sync = super::keystore_sync::sync(
+        &client,
+        &ctx,
+        &inputs,
+        &mut material,
+        ready,
+        generation,
+        &now,
+    )
+    .await?;
+    let mut status = status(&km, &inputs, &all_kms, &material, sts, generation, &now);
     status
         .0
         .push(drive_moves::risk_condition(&risks, generation, &now));
@@ -378,8 +392,7 @@ async fn maintain_key_groups(
         return Ok(());
     }
     let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
-    let mut keystore = Keystore::from_bytes(&material.keystore)
-        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
+    let mut keystore = open_keystore(material)?;
     let now = Timestamp::now();
     let mut changed = false;
     let mut statuses = Vec::new();
@@ -401,11 +414,7 @@ async fn maintain_key_groups(
         statuses.push((name.clone(), group.meta().generation, status));
     }
     if changed {
-        let bytes = keystore
-            .to_bytes()
-            .map_err(|e| Error::Build(e.to_string()))?;
-        update_keystore(client, inputs, &material.keystore, &bytes).await?;
-        material.keystore = bytes;
+        replace_keystore(client, inputs, material, &keystore).await?;
     }
     let ns = inputs.namespace();
     let groups: Api<KeyGroup> = Api::namespaced(client.clone(), &ns);
@@ -424,11 +433,33 @@ async fn maintain_key_groups(
     Ok(())
 }
 
+/// The canonical keystore the material holds.
+pub(crate) fn open_keystore(material: &Material) -> Result<Keystore, Error> {
+    Keystore::from_bytes(&material.keystore)
+        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))
+}
+
+/// Makes `keystore` the canonical keystore: in the Secret (after a backup, see
+/// [`update_keystore`]) and in `material`.
+pub(crate) async fn replace_keystore(
+    client: &kube::Client,
+    inputs: &Inputs<'_>,
+    material: &mut Material,
+    keystore: &Keystore,
+) -> Result<(), Error> {
+    let bytes = keystore
+        .to_bytes()
+        .map_err(|e| Error::Build(e.to_string()))?;
+    update_keystore(client, inputs, &material.keystore, &bytes).await?;
+    material.keystore = bytes;
+    Ok(())
+}
+
 /// Replaces the canonical keystore Secret's content, `old` by `new`, after keeping `old`
 /// as a backup; prunes backups beyond the KeyManager's retention. The replace carries the
 /// Secret's resourceVersion, so a concurrent change makes it fail (and retry) rather than
 /// lose keys.
-pub(crate) async fn update_keystore(
+async fn update_keystore(
     client: &kube::Client,
     inputs: &Inputs<'_>,
     old: &[u8],
@@ -562,29 +593,19 @@ struct Observed {
     replica_sync: Vec<shadowkeep_api::crd::ReplicaSyncStatus>,
 }
 
-async fn status(
-    client: &kube::Client,
+fn status(
     km: &KeyManager,
     inputs: &Inputs<'_>,
     all: &[KeyManager],
     material: &Material,
+    sts: Option<k8s_openapi::api::apps::v1::StatefulSetStatus>,
     generation: Option<i64>,
     now: &Time,
-) -> Result<
-    (
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-        Observed,
-    ),
-    Error,
-> {
-    let ns = inputs.namespace();
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .get_opt(&inputs.names().statefulset)
-        .await
-        .map_err(Error::kube("read the StatefulSet"))?;
-    let (replicas, ready) = sts
-        .and_then(|s| s.status)
-        .map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
+) -> (
+    Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    Observed,
+) {
+    let (replicas, ready) = sts.map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
     let keystore = Keystore::from_bytes(&material.keystore).unwrap_or_default();
     let digest = keystore.digest().map(|d| d.to_string()).unwrap_or_default();
     let twins: Vec<String> = all
@@ -593,7 +614,7 @@ async fn status(
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
         .collect();
     let conditions = key_manager_conditions(km, inputs, ready, replicas, &twins, generation, now);
-    Ok((
+    (
         conditions,
         Observed {
             replicas,
@@ -602,7 +623,7 @@ async fn status(
             digest,
             replica_sync: Vec::new(),
         },
-    ))
+    )
 }
 
 /// The conditions of a KeyManager whose spec was applied.

@@ -168,7 +168,20 @@ pub struct Synced {
     pub replicas: Vec<ReplicaSyncStatus>,
 }
 
-/// Pulls every replica's keys into the canonical keystore (when a replica is ready),
+/// The ready replicas of a KeyManager's StatefulSet (0 when it has none yet).
+pub async fn ready_replicas(client: &kube::Client, inputs: &Inputs<'_>) -> Result<i32, Error> {
+    Ok(
+        Api::<StatefulSet>::namespaced(client.clone(), &inputs.namespace())
+            .get_opt(&inputs.names().statefulset)
+            .await
+            .map_err(Error::kube("read the StatefulSet"))?
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    )
+}
+
+/// Pulls every replica's keys into the canonical keystore (when `ready` replicas are),
 /// writes the Secret when it grew, and reports: `KeystoreInSync` is True when every
 /// replica answered and holds exactly the canonical keystore. Only a failure to write the
 /// Secret fails the reconcile; an unreachable replica is reported.
@@ -177,6 +190,7 @@ pub async fn sync(
     ctx: &Context,
     inputs: &Inputs<'_>,
     material: &mut Material,
+    ready: i32,
     generation: Option<i64>,
     now: &Time,
 ) -> Result<Synced, Error> {
@@ -193,13 +207,6 @@ pub async fn sync(
         all_answered: false,
         replicas: Vec::new(),
     };
-    let ready = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .get_opt(&inputs.names().statefulset)
-        .await
-        .map_err(Error::kube("read the StatefulSet"))?
-        .and_then(|s| s.status)
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
     if ready == 0 && ctx.replica_resolver.is_none() {
         return Ok(not_synced(
             reasons::NO_REPLICA_READY,
@@ -234,8 +241,7 @@ pub async fn sync(
         Some(resolve) => resolve(inputs),
         None => in_cluster(inputs),
     };
-    let mut keystore = Keystore::from_bytes(&material.keystore)
-        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))?;
+    let mut keystore = super::key_manager::open_keystore(material)?;
     let pulled = pull(&replicas, &connector, &mut keystore).await;
     let added: usize = pulled
         .iter()
@@ -243,11 +249,7 @@ pub async fn sync(
         .map(|a| a.pulled)
         .sum();
     if added > 0 {
-        let bytes = keystore
-            .to_bytes()
-            .map_err(|e| Error::Build(e.to_string()))?;
-        super::key_manager::update_keystore(client, inputs, &material.keystore, &bytes).await?;
-        material.keystore = bytes;
+        super::key_manager::replace_keystore(client, inputs, material, &keystore).await?;
         tracing::info!(key_manager = %inputs.name(), namespace = %ns, added, "keys pulled from replicas");
     }
     report(&pulled, &keystore, generation, now)
