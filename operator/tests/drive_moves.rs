@@ -18,7 +18,7 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::drive_history::{DriveHistory, in_key_group};
 use shadowkeep_api::keystore::{Kek, Keystore};
 
-use common::{NS, cluster, create, data, edit, served, served_in};
+use common::{NS, annotate, cluster, create, data, edit, served, served_in};
 
 const MOVED: &str = "1013000123";
 const SITE_B: &str = "site-b";
@@ -115,16 +115,7 @@ async fn move_the_drive_to_site_b(client: &kube::Client) {
 
 /// Annotates DriveTable `name` to accept the moves of `serials`.
 async fn accept(tables: &Api<DriveTable>, name: &str, serials: &str) {
-    edit(tables, name, |t: &mut DriveTable| {
-        t.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(
-                "shadowkeep.io/accept-drive-moves".to_owned(),
-                serials.to_owned(),
-            );
-    })
-    .await;
+    annotate(tables, name, "shadowkeep.io/accept-drive-moves", serials).await;
 }
 
 /// Every key of `old` (of `group`, when given) is in `new` with the same material under
@@ -242,15 +233,11 @@ async fn a_moved_drive_is_held_back_until_accepted_then_its_keys_are_carried_onc
             && message.contains("shadowkeep.io/release-drives: \"1013000123\""),
         "{message}"
     );
-    edit(
+    annotate(
         &Api::<KeyManager>::namespaced(client.clone(), NS),
         "tape-keys",
-        |km: &mut KeyManager| {
-            km.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert("shadowkeep.io/release-drives".to_owned(), MOVED.to_owned());
-        },
+        "shadowkeep.io/release-drives",
+        MOVED,
     )
     .await;
     // Nor while the old KeyManager's replicas, which may hold the drive's newest keys,
@@ -437,15 +424,11 @@ async fn a_deleted_key_managers_drives_leave_its_namespace_only_once_released() 
     );
 
     // The deleted KeyManager's history is where its namespace releases the drive.
-    edit(
+    annotate(
         &Api::<ConfigMap>::namespaced(client.clone(), NS),
         "tape-keys-drive-history",
-        |cm: &mut ConfigMap| {
-            cm.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert("shadowkeep.io/release-drives".to_owned(), MOVED.to_owned());
-        },
+        "shadowkeep.io/release-drives",
+        MOVED,
     )
     .await;
     reconcile_in(&client, "site-c", "heir").await;

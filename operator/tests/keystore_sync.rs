@@ -310,18 +310,11 @@ async fn a_moved_drive_takes_the_keys_only_its_old_replicas_held() {
     put_on_replica(&client, admin, key.clone()).await;
 
     // Drive 1013000123 moves to dr-keys in site-b; the move is released and accepted.
-    common::edit(
+    common::annotate(
         &Api::<KeyManager>::namespaced(client.clone(), NS),
         "tape-keys",
-        |km: &mut KeyManager| {
-            km.metadata.annotations = Some(
-                [(
-                    "shadowkeep.io/release-drives".to_owned(),
-                    "1013000123".to_owned(),
-                )]
-                .into(),
-            );
-        },
+        "shadowkeep.io/release-drives",
+        "1013000123",
     )
     .await;
     common::edit(

@@ -110,3 +110,17 @@ where
         .await
         .unwrap();
 }
+
+/// Sets annotation `key` to `value` on object `name`.
+pub async fn annotate<K>(api: &kube::Api<K>, name: &str, key: &str, value: &str)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    edit(api, name, |o: &mut K| {
+        o.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+    })
+    .await;
+}
