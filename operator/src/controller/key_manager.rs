@@ -77,31 +77,36 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let mut risks = drive_moves::conflicts(&name, &tables, &history, |serial| {
         ctx.drive_index.others_serving(serial, &me)
     });
-    let carried = if risks
+    // The keys come first: an accepted move's drive is served here only once they are.
+    // The material does not depend on which drives are served, so it is made once.
+    let mut material = None;
+    let mut carried = false;
+    if risks
         .iter()
         .any(|r| matches!(r.claim, drive_moves::Claim::History { accepted: true, .. }))
     {
-        // The keys come first: the drive is served here only once they are.
         let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
         let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
-        let mut material = ensure_material(&client, &inputs).await?;
-        drive_moves::carry_accepted(
+        let mut made = ensure_material(&client, &inputs).await?;
+        carried = drive_moves::carry_accepted(
             &client,
             &ctx,
             &inputs,
-            &mut material,
+            &mut made,
             &tables,
             &mut history,
             &mut risks,
         )
-        .await?
-    } else {
-        false
-    };
+        .await?;
+        material = Some(made);
+    }
     let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
     let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
 
-    let mut material = ensure_material(&client, &inputs).await?;
+    let mut material = match material {
+        Some(made) => made,
+        None => ensure_material(&client, &inputs).await?,
+    };
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
     drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
