@@ -28,8 +28,10 @@ const LOG: &str = "keystore.log";
 const COMPACT_AFTER: usize = 50_000;
 /// Most records committed by one fsync.
 const MAX_GROUP: usize = 512;
-/// Largest single record: a key is a few hundred bytes; anything near this is corruption.
-const MAX_RECORD: u32 = 1 << 20;
+/// Largest record a key may have, enforced when it is written and when it is replayed: one
+/// limit, so that nothing acknowledged can be refused at the next start. A tape key is a few
+/// hundred bytes; the KMIP layer keeps objects well below this with its own attribute limits.
+pub const MAX_RECORD: usize = 1 << 20;
 
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,16 @@ pub enum StoreError {
         /// The cause.
         source: KeystoreError,
     },
+    /// A key whose record would exceed [`MAX_RECORD`]: refused before anything is written.
+    #[error("key {id} would take {bytes} bytes in the keystore log, over the limit of {limit}")]
+    TooLarge {
+        /// The key.
+        id: String,
+        /// Its encoded size.
+        bytes: usize,
+        /// [`MAX_RECORD`].
+        limit: usize,
+    },
     /// The writer thread is gone (the server is shutting down).
     #[error("keystore writer stopped")]
     WriterGone,
@@ -78,6 +90,8 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Stor
 
 struct Write {
     keys: Vec<Key>,
+    /// The keys' log records, encoded by the caller so the writer thread only writes.
+    records: Vec<u8>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -143,9 +157,17 @@ impl Store {
     /// Makes `keys` durable and then visible: merged into the store after they are on disk.
     /// Returns only once that is done; on error nothing of `keys` became visible.
     pub async fn commit(&self, keys: Vec<Key>) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        for key in &keys {
+            encode_record(key, &mut records)?;
+        }
         let (done, wait) = oneshot::channel();
         self.writer
-            .send(Write { keys, done })
+            .send(Write {
+                keys,
+                records,
+                done,
+            })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         match wait.await {
@@ -218,11 +240,12 @@ fn record_at(bytes: &[u8], offset: usize) -> Option<(&[u8], usize)> {
     let header = bytes.get(offset..offset.checked_add(8)?)?;
     let len = u32::from_be_bytes(header.get(..4)?.try_into().ok()?);
     let crc = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
     if len > MAX_RECORD {
         return None;
     }
     let start = offset + 8;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    let end = start.checked_add(len)?;
     let payload = bytes.get(start..end)?;
     (crc32fast::hash(payload) == crc).then_some((payload, end))
 }
@@ -234,9 +257,20 @@ fn valid_record_after(bytes: &[u8], offset: usize) -> bool {
     })
 }
 
-fn encode_record(key: &Key, out: &mut Vec<u8>) -> Result<(), String> {
-    let payload = serde_json::to_vec(key).map_err(|e| e.to_string())?;
-    let len = u32::try_from(payload.len()).map_err(|e| e.to_string())?;
+/// Appends `key`'s log record to `out`, refusing a record over [`MAX_RECORD`].
+fn encode_record(key: &Key, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    let payload = serde_json::to_vec(key).map_err(|e| StoreError::Decode {
+        path: LOG.to_owned(),
+        source: KeystoreError::Encode(e.to_string()),
+    })?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|_| payload.len() <= MAX_RECORD)
+        .ok_or_else(|| StoreError::TooLarge {
+            id: key.id.to_string(),
+            bytes: payload.len(),
+            limit: MAX_RECORD,
+        })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
     out.extend_from_slice(&payload);
@@ -273,12 +307,10 @@ impl Writer {
     }
 
     fn commit(&mut self, group: &[Write]) -> Result<(), String> {
-        let mut bytes = Vec::new();
-        for write in group {
-            for key in &write.keys {
-                encode_record(key, &mut bytes)?;
-            }
-        }
+        let bytes: Vec<u8> = group
+            .iter()
+            .flat_map(|w| w.records.iter().copied())
+            .collect();
         self.log
             .write_all(&bytes)
             .map_err(|e| format!("failed to append to the keystore log: {e}"))?;

@@ -22,7 +22,7 @@ use super::{
 use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
 use crate::replication::Replication;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::ttlv::{Item, Value};
 
 /// Attribute marking a key whose Create failed for want of peer acknowledgements: it stays
@@ -749,6 +749,14 @@ impl Kmip {
     async fn commit(&self, key: Key) -> Result<(), KmipError> {
         let id = key.id.clone();
         self.store.commit(vec![key]).await.map_err(|e| {
+            if let StoreError::TooLarge { bytes, limit, .. } = e {
+                return KmipError::new(
+                    result_reason::INVALID_FIELD,
+                    format!(
+                        "key {id} would grow to {bytes} bytes, over the server's limit of {limit} bytes per object; nothing was changed"
+                    ),
+                );
+            }
             tracing::error!(key = %id, error = %e, "failed to store key");
             KmipError::new(
                 result_reason::GENERAL_FAILURE,
