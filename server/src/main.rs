@@ -17,7 +17,7 @@ struct Args {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "dev",
+        required_unless_present_any = ["dev", "repair"],
         conflicts_with = "dev"
     )]
     config: Option<PathBuf>,
@@ -30,6 +30,13 @@ struct Args {
     /// KMIP listen address for development mode (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5696")]
     listen: SocketAddr,
+    /// Repair the keystore in DIR after it refused to start (DIR is the store directory:
+    /// the configuration's dataDir, or `store` inside the development --data-dir). Keeps a
+    /// copy of its files, recovers every intact record, and prints what it could not
+    /// recover. Exits 0 when everything was recovered, 2 when something was not, 1 when the
+    /// repair failed. Stop the server first.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "dev"])]
+    repair: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,9 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if let Some(dir) = &args.repair {
+        return repair(dir);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -53,6 +63,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("shadowkeep-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn repair(dir: &std::path::Path) -> ExitCode {
+    match shadowkeep_server::store::repair::repair(dir) {
+        Ok(report) => {
+            print!("{report}");
+            if report.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("shadowkeep-server: failed to repair {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }
