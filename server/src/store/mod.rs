@@ -186,6 +186,16 @@ impl Store {
             // A log from before headers, or one a newer snapshot already holds: write the
             // pair that names each other now, so damage from here on is caught.
             writer.compact()?;
+        } else if writer.len == 0 {
+            // A new store: its log starts with a header like every later one.
+            let header = log::encode_header(&Header::new(None));
+            writer
+                .log
+                .write_all(&header)
+                .and_then(|()| writer.log.sync_all())
+                .map_err(io_error("write", &log_path))?;
+            sync_dir(dir)?;
+            writer.len = header.len() as u64;
         }
         let state = Arc::clone(&writer.state);
         let (tx, rx) = mpsc::channel(4096);
@@ -716,6 +726,23 @@ mod tests {
         drop(store);
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.get(&b.id).unwrap().state, KeyState::Active);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_store_starts_its_log_with_a_header_and_reopens_without_compacting() {
+        let dir = tempdir("fresh");
+        let kek = Kek::generate();
+        let store = Store::open(&dir).unwrap();
+        store.commit(vec![key(&kek, "A")]).await.unwrap();
+        drop(store);
+        for _ in 0..2 {
+            assert_eq!(Store::open(&dir).unwrap().read(Keystore::len), 1);
+        }
+        assert!(!dir.join(SNAPSHOT).exists());
+        let bytes = std::fs::read(dir.join(LOG)).unwrap();
+        let replayed = log::replay(&bytes, |_| Ok(())).unwrap();
+        assert_eq!(replayed.header, Some(Header::new(None)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
