@@ -35,8 +35,13 @@ pub async fn merge_file(path: &Path, store: &Store) {
     if n == 0 {
         return;
     }
-    match store.commit(wanted).await {
-        Ok(()) => tracing::info!(file = %path.display(), records = n, "merged keystore file"),
+    match store.commit_fitting(wanted).await {
+        Ok(refused) => {
+            for e in &refused {
+                tracing::error!(file = %path.display(), error = %e, "refused a record of the keystore file");
+            }
+            tracing::info!(file = %path.display(), records = n - refused.len(), "merged keystore file");
+        }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "failed to merge keystore file");
         }

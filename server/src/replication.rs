@@ -282,10 +282,17 @@ async fn pull(peer: &mut PeerLink, store: &Store) -> Result<usize, String> {
     let theirs = Keystore::from_bytes(&reply).map_err(|e| e.to_string())?;
     let wanted: Vec<Key> = store.read(|local| theirs.delta_for(local).keys().cloned().collect());
     let n = wanted.len();
-    if n > 0 {
-        store.commit(wanted).await.map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Ok(0);
     }
-    Ok(n)
+    let refused = store
+        .commit_fitting(wanted)
+        .await
+        .map_err(|e| e.to_string())?;
+    for e in &refused {
+        tracing::error!(peer = %peer.name, error = %e, "refused a record from a peer; the peer keeps it");
+    }
+    Ok(n - refused.len())
 }
 
 /// One HTTP/1.1 connection to a peer's admin API, reopened when it breaks.

@@ -213,6 +213,30 @@ impl Store {
         for key in &keys {
             encode_key(key, &mut records)?;
         }
+        self.write(keys, records).await
+    }
+
+    /// [`Store::commit`] for records from elsewhere (a peer, a keystore file): a record over
+    /// [`MAX_RECORD`] (only a server from before the limit could have made one) is left out
+    /// and returned, so that it cannot keep every other record from arriving.
+    pub async fn commit_fitting(&self, keys: Vec<Key>) -> Result<Vec<StoreError>, StoreError> {
+        let mut fitting = Vec::with_capacity(keys.len());
+        let mut refused = Vec::new();
+        let mut records = Vec::new();
+        for key in keys {
+            match encode_key(&key, &mut records) {
+                Ok(()) => fitting.push(key),
+                Err(e @ StoreError::TooLarge { .. }) => refused.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if !fitting.is_empty() {
+            self.write(fitting, records).await?;
+        }
+        Ok(refused)
+    }
+
+    async fn write(&self, keys: Vec<Key>, records: Vec<u8>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.writer
             .send(Write {
@@ -864,10 +888,20 @@ mod tests {
             );
         }
         let before = std::fs::read(dir.join(LOG)).unwrap();
-        let err = store.commit(vec![key(&kek, "OK"), big]).await.unwrap_err();
+        let ok = key(&kek, "OK");
+        let err = store
+            .commit(vec![ok.clone(), big.clone()])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
         assert_eq!(std::fs::read(dir.join(LOG)).unwrap(), before);
         assert_eq!(store.read(Keystore::len), 0);
+
+        // From a peer, the record that fits still arrives.
+        let refused = store.commit_fitting(vec![big, ok.clone()]).await.unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(store.read(Keystore::len), 1);
+        assert!(store.get(&ok.id).is_some());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
