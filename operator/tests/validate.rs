@@ -156,3 +156,16 @@ fn the_command_exits_0_1_2() {
     );
     std::fs::remove_dir_all(empty).unwrap();
 }
+
+#[test]
+fn a_manifest_named_by_several_paths_is_read_once() {
+    let examples = repo().join("examples");
+    let twice = [
+        examples.clone(),
+        examples.join("quickstart"),
+        examples.join("quickstart/keymanager.yaml"),
+    ];
+    let report = validate_paths(&twice);
+    assert_eq!(report.lines(), Vec::<String>::new());
+    assert_eq!(report.files, 4);
+}
