@@ -99,7 +99,7 @@ fn a_finding_names_the_file_of_its_object() {
     std::fs::create_dir(dir.join("tables")).unwrap();
     std::fs::write(
         dir.join("tables/t.yml"),
-        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: t}\nspec: {keyManagerRef: {name: km}, drives: [{serial: D1, keyGroup: gold}]}\n",
+        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: t}\nspec: {keyManagerRef: {name: km}, drives: [{serial: D1, certificateIdentity: lib.example.com, keyGroup: gold}]}\n",
     )
     .unwrap();
     std::fs::write(dir.join("README.md"), "not a manifest").unwrap();
