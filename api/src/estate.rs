@@ -2,8 +2,8 @@
 //!
 //! References must resolve; a drive must belong to one KeyManager (a drive split between
 //! two splits its key history, and tapes written under one are unreadable from the other);
-//! server ids must be unique; and the placements that leave keys without a second home are
-//! flagged.
+//! server ids must be unique; and the placements that leave keys without a second home, and
+//! drive entries the key server would refuse, are flagged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -70,6 +70,7 @@ impl Estate {
         self.check_server_ids(&mut findings);
         self.check_drives(&mut findings);
         self.check_shared_certificates(&mut findings);
+        self.check_serial_only_drives(&mut findings);
         self.check_default_groups(&mut findings);
         self.check_redundancy(&mut findings);
         findings.sort();
@@ -271,6 +272,38 @@ impl Estate {
                         drive.serial,
                         name(group),
                         name(other_group),
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Drives that name no certificate identity: a request's serial is only what the
+    /// client claims, so the key server admits such a drive only on an explicit opt-in —
+    /// the entry's `acceptAnyCertificate`, or `acceptUnknownDrives` on any table of its
+    /// KeyManager (the server applies them as one table). Without either the drive is
+    /// refused, which is likely not what the table's author meant.
+    fn check_serial_only_drives(&self, findings: &mut Vec<Finding>) {
+        let open: BTreeSet<Scoped> = self
+            .drive_tables
+            .iter()
+            .filter(|t| t.spec.accept_unknown_drives)
+            .map(|t| scoped_ref(t, &t.spec.key_manager_ref.name))
+            .collect();
+        for table in &self.drive_tables {
+            if open.contains(&scoped_ref(table, &table.spec.key_manager_ref.name)) {
+                continue;
+            }
+            for (i, drive) in table.spec.drives.iter().enumerate() {
+                if drive.certificate_identity.is_some() || drive.accept_any_certificate {
+                    continue;
+                }
+                findings.push(Finding::warning(
+                    Some(object_ref("DriveTable", table)),
+                    format!("spec.drives[{i}].certificateIdentity"),
+                    format!(
+                        "drive {serial:?} has no certificateIdentity, so the key server refuses it: set the identity its client certificate carries, or acceptAnyCertificate to admit any certificate from the KeyManager's CA that presents serial {serial:?} in a Device credential",
+                        serial = drive.serial
                     ),
                 ));
             }

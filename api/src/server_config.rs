@@ -180,6 +180,11 @@ pub struct DriveEntry {
     /// name), matched against the connection's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_identity: Option<String>,
+    /// Without a certificate identity: whether a Device credential's serial alone admits
+    /// the client, whatever certificate (from the client CA) it presents. Off, the entry
+    /// admits no one unless `acceptUnknown` is on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_any_certificate: bool,
     /// The key group of the drive's keys; the default group when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_group: Option<String>,
@@ -204,6 +209,11 @@ impl ServerConfig {
             ));
         }
         for (i, drive) in config.drives.drives.iter().enumerate() {
+            if drive.accept_any_certificate && drive.certificate_identity.is_some() {
+                return Err(ConfigError(format!(
+                    "drives.drives[{i}].acceptAnyCertificate: is only for an entry without a certificateIdentity"
+                )));
+            }
             if let Some(group) = &drive.key_group
                 && !groups.iter().any(|g| &g.name == group)
             {
@@ -277,6 +287,20 @@ mod tests {
             err.to_string()
                 .contains("2 acknowledgements asked of 1 peers"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn accept_any_certificate_is_only_for_entries_without_an_identity() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\n";
+        let alone = "drives:\n  drives: [{serial: D1, acceptAnyCertificate: true}]\n";
+        let config = ServerConfig::from_yaml(&format!("{base}{alone}")).unwrap();
+        assert!(config.drives.drives[0].accept_any_certificate);
+        let both = "drives:\n  drives: [{serial: D1, certificateIdentity: lib, acceptAnyCertificate: true}]\n";
+        let err = ServerConfig::from_yaml(&format!("{base}{both}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid server configuration: drives.drives[0].acceptAnyCertificate: is only for an entry without a certificateIdentity"
         );
     }
 }

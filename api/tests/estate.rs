@@ -52,8 +52,9 @@ fn site() -> impl Strategy<Value = Site> {
         })
 }
 
-/// A well-formed estate: unique server ids and serials, resolving references, one default
-/// group per KeyManager, shadows outside their KeyManager's zones.
+/// A well-formed estate: unique server ids and serials, drives with their own certificate
+/// identities, resolving references, one default group per KeyManager, shadows outside
+/// their KeyManager's zones.
 fn build(sites: &[Site]) -> Vec<Resource> {
     let mut out = Vec::new();
     let mut serial = 0;
@@ -83,7 +84,9 @@ fn build(sites: &[Site]) -> Vec<Resource> {
             let drives: Vec<Value> = (0..*drives)
                 .map(|d| {
                     serial += 1;
-                    json!({"serial": format!("S{serial:06}"), "keyGroup": format!("{km}-group-{}", d % site.groups)})
+                    json!({"serial": format!("S{serial:06}"),
+                           "certificateIdentity": format!("drive-{serial}.example.com"),
+                           "keyGroup": format!("{km}-group-{}", d % site.groups)})
                 })
                 .collect();
             out.push(resource(
@@ -147,7 +150,7 @@ proptest! {
         resources.push(resource(
             "DriveTable",
             "stray",
-            &json!({"keyManagerRef": {"name": "km-1"}, "drives": [{"serial": "S000001"}]}),
+            &json!({"keyManagerRef": {"name": "km-1"}, "drives": [{"serial": "S000001", "certificateIdentity": "drive-1.example.com"}]}),
         ));
         let findings = validate(&resources);
         let errors = errors(&findings);

@@ -166,9 +166,9 @@ fn the_pods_are_locked_down_spread_and_probed() {
     assert_eq!(pdb["spec"]["minAvailable"], 1, "replicas - 1");
 }
 
-#[test]
-fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
-    let dir = std::env::temp_dir().join(format!("shadowkeep-render-{}", std::process::id()));
+/// A copy of the quickstart in a fresh directory of the test's own, to change.
+fn quickstart_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shadowkeep-render-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
@@ -179,6 +179,19 @@ fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
     ] {
         std::fs::copy(repo().join("examples/quickstart").join(f), dir.join(f)).unwrap();
     }
+    dir
+}
+
+fn server_config(objects: &[Value]) -> shadowkeep_api::server_config::ServerConfig {
+    let config = named(objects, "ConfigMap", "tape-keys-config")["data"]["server.yaml"]
+        .as_str()
+        .unwrap();
+    shadowkeep_api::server_config::ServerConfig::from_yaml(config).unwrap()
+}
+
+#[test]
+fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
+    let dir = quickstart_copy("hash");
     let hash = |objects: &[Value]| {
         named(objects, "StatefulSet", "tape-keys")["spec"]["template"]["metadata"]["annotations"]
             ["shadowkeep.io/config-hash"]
@@ -197,13 +210,39 @@ fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
     .unwrap();
     let after = objects(&dir, &material());
     assert_ne!(hash(&before), hash(&after));
-    let config = named(&after, "ConfigMap", "tape-keys-config")["data"]["server.yaml"]
-        .as_str()
-        .unwrap();
-    assert!(config.contains("1013000126") && !config.contains("1013000125"));
     // The configuration the server reads is one it accepts.
-    let parsed = shadowkeep_api::server_config::ServerConfig::from_yaml(config).unwrap();
+    let parsed = server_config(&after);
     assert_eq!(parsed.server_id, "tape-keys-eu1");
+    let serials: Vec<&str> = parsed
+        .drives
+        .drives
+        .iter()
+        .map(|d| d.serial.as_str())
+        .collect();
+    assert!(serials.contains(&"1013000126") && !serials.contains(&"1013000125"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_drive_admitted_by_its_serial_alone_is_so_in_the_server_config() {
+    let dir = quickstart_copy("serial-only");
+    let mut table = std::fs::read_to_string(dir.join("drivetable.yaml")).unwrap();
+    table.push_str("    - serial: \"1013000199\"\n      acceptAnyCertificate: true\n");
+    std::fs::write(dir.join("drivetable.yaml"), table).unwrap();
+    let drives = server_config(&objects(&dir, &material())).drives.drives;
+    let admitted: Vec<(&str, bool)> = drives
+        .iter()
+        .map(|d| (d.serial.as_str(), d.accept_any_certificate))
+        .collect();
+    assert_eq!(
+        admitted,
+        [
+            ("1013000123", false),
+            ("1013000124", false),
+            ("1013000125", false),
+            ("1013000199", true)
+        ]
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -99,7 +99,7 @@ fn a_finding_names_the_file_of_its_object() {
     std::fs::create_dir(dir.join("tables")).unwrap();
     std::fs::write(
         dir.join("tables/t.yml"),
-        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: t}\nspec: {keyManagerRef: {name: km}, drives: [{serial: D1, keyGroup: gold}]}\n",
+        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: t}\nspec: {keyManagerRef: {name: km}, drives: [{serial: D1, certificateIdentity: lib.example.com, keyGroup: gold}]}\n",
     )
     .unwrap();
     std::fs::write(dir.join("README.md"), "not a manifest").unwrap();
@@ -155,4 +155,17 @@ fn the_command_exits_0_1_2() {
         "{out}"
     );
     std::fs::remove_dir_all(empty).unwrap();
+}
+
+#[test]
+fn a_manifest_named_by_several_paths_is_read_once() {
+    let examples = repo().join("examples");
+    let twice = [
+        examples.clone(),
+        examples.join("quickstart"),
+        examples.join("quickstart/keymanager.yaml"),
+    ];
+    let report = validate_paths(&twice);
+    assert_eq!(report.lines(), Vec::<String>::new());
+    assert_eq!(report.files, 4);
 }

@@ -11,7 +11,9 @@ pub struct DriveTable {
     /// Certificate identity to the key groups of the drives behind it, in table order: a
     /// library's drives usually share its one certificate.
     by_identity: BTreeMap<String, Vec<Option<String>>>,
-    /// Serial to the drive's certificate identity (if the table names one) and key group.
+    /// Serial to the certificate identity a client must carry to claim the drive by it
+    /// (`None`: any client may) and the drive's key group. An entry without an identity is
+    /// here only if it, or the table by accepting unknown drives, let any client claim it.
     by_serial: BTreeMap<String, (Option<String>, Option<String>)>,
     default_group: Option<String>,
 }
@@ -77,6 +79,11 @@ impl DriveTable {
             by_serial: policy
                 .drives
                 .iter()
+                .filter(|d| {
+                    d.certificate_identity.is_some()
+                        || d.accept_any_certificate
+                        || policy.accept_unknown
+                })
                 .map(|d| (d.serial.clone(), (d.certificate_identity.clone(), group(d))))
                 .collect(),
             default_group,
@@ -87,11 +94,13 @@ impl DriveTable {
     /// Device credential, its serial number.
     ///
     /// The serial is what the client says, so it counts only for a drive whose entry names
-    /// no certificate identity, or names one the client's certificate carries: a library
-    /// cannot take another library's drive's key group by naming its serial. A serial that
-    /// counts is the most specific match, and wins: drives behind one library certificate
-    /// may belong to different key groups. Without one, the certificate identity decides,
-    /// in the key group of the first of its drives in the table.
+    /// a certificate identity the client's certificate carries (a library cannot take
+    /// another library's drive's key group by naming its serial), or names none and lets
+    /// any certificate claim it: by `acceptAnyCertificate`, or because unknown drives are
+    /// accepted and every client is served anyway. A serial that counts is the most
+    /// specific match, and wins: drives behind one library certificate may belong to
+    /// different key groups. Without one, the certificate identity decides, in the key
+    /// group of the first of its drives in the table.
     pub fn judge(&self, identities: &[String], device_serial: Option<&str>) -> Verdict {
         let by_serial = device_serial.and_then(|serial| {
             let (identity, key_group) = self.by_serial.get(serial)?;
@@ -136,12 +145,20 @@ mod tests {
                 DriveEntry {
                     serial: "1013000123".to_owned(),
                     certificate_identity: Some("library-a".to_owned()),
+                    accept_any_certificate: false,
                     key_group: Some("gold".to_owned()),
                 },
                 DriveEntry {
                     serial: "1013000124".to_owned(),
                     certificate_identity: None,
+                    accept_any_certificate: true,
                     key_group: None,
+                },
+                DriveEntry {
+                    serial: "1013000125".to_owned(),
+                    certificate_identity: None,
+                    accept_any_certificate: false,
+                    key_group: Some("gold".to_owned()),
                 },
             ],
             key_groups: vec![
@@ -163,6 +180,11 @@ mod tests {
         let by_serial = table.judge(&names(&["x"]), Some("1013000124"));
         assert_eq!(by_serial.key_group(), Some("lto"), "the default group");
         assert_eq!(table.judge(&names(&["x"]), Some("999")), Verdict::Refused);
+        // No identity and no opt-in: anyone could name the serial, so it counts for nothing.
+        assert_eq!(
+            table.judge(&names(&["x"]), Some("1013000125")),
+            Verdict::Refused
+        );
         assert!(!Verdict::Refused.allowed());
         // A serial the certificate does not back counts for nothing.
         assert_eq!(
@@ -170,12 +192,18 @@ mod tests {
             Verdict::Refused
         );
         policy.accept_unknown = true;
-        let unknown = DriveTable::new(&policy).judge(&names(&["x"]), None);
+        let open = DriveTable::new(&policy);
+        let unknown = open.judge(&names(&["x"]), None);
         assert_eq!(
             unknown,
             Verdict::Unknown {
                 key_group: Some("lto".to_owned())
             }
+        );
+        // Served anyway, the client may as well claim the drive's own group.
+        assert_eq!(
+            open.judge(&names(&["x"]), Some("1013000125")).key_group(),
+            Some("gold")
         );
     }
 }
@@ -190,6 +218,7 @@ mod shared_certificate {
         DriveEntry {
             serial: serial.to_owned(),
             certificate_identity: Some(identity.to_owned()),
+            accept_any_certificate: false,
             key_group: Some(group.to_owned()),
         }
     }

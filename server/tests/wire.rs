@@ -591,47 +591,107 @@ async fn a_key_revoked_for_compromise_is_compromised_then_destroyed_compromised(
     assert_eq!(values(6)[0].as_enum(), Some(6), "Destroyed Compromised");
 }
 
-#[tokio::test]
-async fn a_drive_may_be_known_by_the_serial_in_its_device_credential() {
-    let dir = common::certificates("wire-serial");
-    let config = format!(
-        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives:\n  acceptUnknown: false\n  drives: [{{serial: \"1013000123\"}}]\n",
-        d = dir.display()
+/// Creates a key and reads its key group, in one request whose Device credential
+/// presents `serial`.
+fn create_as_device(serial: &str) -> Item {
+    let group_of = vec![Item::text(tag::ATTRIBUTE_NAME, "y-KeyGroup")];
+    let mut message = request(
+        V12,
+        vec![
+            (operation::CREATE, create_aes(256, vec![])),
+            (operation::GET_ATTRIBUTES, group_of),
+        ],
     );
-    let path = dir.join("server.yaml");
-    std::fs::write(&path, config).unwrap();
-    let proc = common::Proc::start(&path);
+    let credential = Item::structure(
+        tag::AUTHENTICATION,
+        vec![Item::structure(
+            tag::CREDENTIAL,
+            vec![
+                Item::enumeration(tag::CREDENTIAL_TYPE, 2),
+                Item::structure(
+                    tag::CREDENTIAL_VALUE,
+                    vec![Item::text(tag::DEVICE_SERIAL_NUMBER, serial)],
+                ),
+            ],
+        )],
+    );
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
+        && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+    {
+        header.insert(1, credential);
+    }
+    message
+}
+
+/// Whether the server admitted a `create_as_device` request, and the new key's group.
+async fn admitted_as(c: &mut KmipClient, serial: &str) -> Result<Option<String>, Option<u32>> {
+    let response = c.call(&create_as_device(serial)).await.unwrap();
+    let items = batch_items(&response);
+    if status(items[0]) != Some(0) {
+        return Err(reason(items[0]));
+    }
+    Ok(payload(items[1])
+        .and_then(|p| p.child(tag::ATTRIBUTE))
+        .and_then(|a| a.child(tag::ATTRIBUTE_VALUE))
+        .and_then(Item::as_text)
+        .map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_serial_alone_admits_a_drive_only_when_its_entry_or_the_table_opts_in() {
+    let dir = common::certificates("wire-serial");
+    // The client certificate is the development one, which no entry names: only a serial
+    // in the Device credential can tie it to a drive.
+    let serve = |name: &str, drives: &str| {
+        let config = format!(
+            "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store-{name}\nkekFile: {d}/kek.bin\ndrives:\n  keyGroups: [{{name: lto-default, default: true}}, {{name: vault}}]\n{drives}",
+            d = dir.display()
+        );
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).unwrap();
+        common::Proc::start(&path)
+    };
+    let denied = Err(Some(result_reason::PERMISSION_DENIED));
+
+    let proc = serve(
+        "serial-only",
+        "  drives: [{serial: \"1013000123\", keyGroup: vault}]\n",
+    );
     let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
         .await
         .unwrap();
-    let with_serial = |serial: &str| {
-        let mut message = request(V12, vec![(operation::CREATE, create_aes(256, vec![]))]);
-        let credential = Item::structure(
-            tag::AUTHENTICATION,
-            vec![Item::structure(
-                tag::CREDENTIAL,
-                vec![
-                    Item::enumeration(tag::CREDENTIAL_TYPE, 2),
-                    Item::structure(
-                        tag::CREDENTIAL_VALUE,
-                        vec![Item::text(tag::DEVICE_SERIAL_NUMBER, serial)],
-                    ),
-                ],
-            )],
-        );
-        if let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
-            && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
-        {
-            header.insert(1, credential);
-        }
-        message
-    };
-    let response = c.call(&with_serial("1013000123")).await.unwrap();
-    assert_eq!(status(batch_items(&response)[0]), Some(0), "{response:?}");
-    let response = c.call(&with_serial("9999999999")).await.unwrap();
+    assert_eq!(admitted_as(&mut c, "1013000123").await, denied);
+    drop(proc);
+
+    let proc = serve(
+        "opted-in",
+        "  drives: [{serial: \"1013000123\", keyGroup: vault, acceptAnyCertificate: true}]\n",
+    );
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
     assert_eq!(
-        reason(batch_items(&response)[0]),
-        Some(result_reason::PERMISSION_DENIED)
+        admitted_as(&mut c, "1013000123").await,
+        Ok(Some("vault".to_owned()))
+    );
+    assert_eq!(admitted_as(&mut c, "9999999999").await, denied);
+    drop(proc);
+
+    // Unknown drives are served anyway; the entry still gives the drive its own group.
+    let proc = serve(
+        "open",
+        "  acceptUnknown: true\n  drives: [{serial: \"1013000123\", keyGroup: vault}]\n",
+    );
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    assert_eq!(
+        admitted_as(&mut c, "1013000123").await,
+        Ok(Some("vault".to_owned()))
+    );
+    assert_eq!(
+        admitted_as(&mut c, "9999999999").await,
+        Ok(Some("lto-default".to_owned()))
     );
 }
 

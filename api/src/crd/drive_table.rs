@@ -59,6 +59,7 @@ pub struct DriveTableSpec {
 /// One drive or library.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.acceptAnyCertificate) || !self.acceptAnyCertificate || !has(self.certificateIdentity)").message("is only for a drive without a certificateIdentity").field_path(".acceptAnyCertificate"))]
 pub struct Drive {
     /// The drive's serial number, as it presents it.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')").message("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
@@ -78,6 +79,14 @@ pub struct Drive {
     #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 256").message("must be 1-256 characters"))]
     #[schemars(length(max = 256))]
     pub certificate_identity: Option<String>,
+
+    /// Admits this drive by its serial alone, for a drive without a `certificateIdentity`:
+    /// any client certificate from the KeyManager's CA that presents this serial in a
+    /// request's Device credential gets this drive's keys. The serial is only what the
+    /// client claims, so without this (or `acceptUnknownDrives`) the key server refuses a
+    /// drive that names no certificate identity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_any_certificate: bool,
 
     /// The KeyGroup (of the same KeyManager) this drive's keys come from; the default group
     /// when unset.

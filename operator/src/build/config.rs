@@ -40,6 +40,7 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
         .map(|d| DriveEntry {
             serial: d.serial.clone(),
             certificate_identity: d.certificate_identity.clone(),
+            accept_any_certificate: d.accept_any_certificate,
             key_group: d.key_group.clone(),
         })
         .collect();

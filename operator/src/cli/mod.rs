@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 pub mod crds;
+pub mod files;
 pub mod render;
 pub mod validate;
 

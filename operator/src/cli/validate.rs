@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::finding::{Finding, ObjectRef};
 use shadowkeep_api::manifest::{Decoded, Decoder, parse_yaml_documents};
+
+use super::files::{ManifestFiles, read_manifest};
 
 /// Exit code: valid, warnings allowed.
 pub const EXIT_VALID: u8 = 0;
@@ -75,21 +77,18 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
 /// Reads every manifest under `paths`: what validation found, and the estate of the
 /// objects that decoded.
 pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
-    let mut report = Report::default();
-    let mut files = Vec::new();
-    for path in paths {
-        if let Err(why) = collect(path, &mut files) {
-            report.unreadable.push((path.display().to_string(), why));
-        }
-    }
+    let listed = ManifestFiles::collect(paths);
+    let mut report = Report {
+        unreadable: listed.unreadable,
+        ..Report::default()
+    };
     let decoder = Decoder::new();
     let mut estate = Estate::new();
     let mut origin: BTreeMap<ObjectRef, String> = BTreeMap::new();
-    for file in files {
+    for file in listed.files {
         let name = file.display().to_string();
         report.files += 1;
-        let docs = std::fs::read_to_string(&file)
-            .map_err(|e| format!("failed to read: {e}"))
+        let docs = read_manifest(&file)
             .and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
         let docs = match docs {
             Ok(docs) => docs,
@@ -136,41 +135,4 @@ pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
         report.findings.push((file, finding));
     }
     (report, estate)
-}
-
-/// Adds `path` (a file) or the YAML files under it (a directory), sorted, to `files`.
-fn collect(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("failed to read: {e}"))?;
-    if meta.is_file() {
-        files.push(path.to_owned());
-        return Ok(());
-    }
-    let before = files.len();
-    walk(path, files)?;
-    if files.len() == before {
-        return Err("no *.yaml or *.yml files found".to_owned());
-    }
-    Ok(())
-}
-
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
-    let mut entries = std::fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(|e| format!("failed to read directory {}: {e}", dir.display()))?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            walk(&entry, files)?;
-        } else if entry
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        {
-            files.push(entry);
-        }
-    }
-    Ok(())
 }
