@@ -8,10 +8,16 @@
 //!   lacks, as a keystore serialisation
 //! - `POST /v1/keystore/merge`: body a keystore serialisation; merged (never replacing
 //!   anything) and made durable before the answer
+//!
+//! Connections are bounded ([`MAX_CONNECTIONS`], of which at most [`MAX_ANONYMOUS`] from
+//! callers that are not peers), their TLS handshake and silences timed out, and HTTP/1.1 is
+//! all that is spoken.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -19,23 +25,36 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use shadowkeep_api::keystore::{Key, Keystore};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::net::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::replication::{Summary, delta};
 use crate::store::Store;
 use crate::tls;
 
 /// Largest request body: a full keystore of a large estate.
 const MAX_BODY: usize = 256 << 20;
+
+/// Admin connections at once. The API serves a few peers, the operator, probes and a
+/// metrics scraper, never a crowd.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Of [`MAX_CONNECTIONS`], how many may be connections that have not authenticated as a
+/// peer (probes, scrapers, and anyone else who can reach the port); the rest is kept for
+/// peers. A new connection past this takes the place of the oldest.
+pub const MAX_ANONYMOUS: usize = 48;
+
+/// The metrics label of this listener.
+const LISTENER: &str = "admin";
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -48,6 +67,16 @@ pub struct AdminState {
     pub allowed: Arc<BTreeSet<String>>,
     /// Set once the server serves KMIP.
     pub ready: Arc<AtomicBool>,
+    /// How long a TLS handshake may take.
+    pub handshake: Duration,
+    /// How long a connection may stay silent between requests or in a request's head.
+    pub idle: Duration,
+}
+
+impl AdminState {
+    fn allows(&self, caller: &Caller) -> bool {
+        caller.0.iter().any(|id| self.allowed.contains(id))
+    }
 }
 
 /// The identities in the caller's client certificate (empty without one).
@@ -71,51 +100,101 @@ pub fn router(state: AdminState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    app: Router,
+    state: AdminState,
     cancel: CancellationToken,
 ) {
+    let slots = Slots::new(
+        LISTENER,
+        MAX_CONNECTIONS,
+        MAX_ANONYMOUS,
+        Arc::clone(&state.metrics),
+    );
+    let app = router(state.clone());
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin API: failed to accept");
-                    continue;
-                }
+            accepted = accept(&listener, LISTENER, &state.metrics) => accepted,
+        };
+        let slot = tokio::select! {
+            () = cancel.cancelled() => break,
+            slot = slots.admit() => match slot {
+                Some(slot) => slot,
+                None => break,
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tracker.spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
-                    .await
-            else {
-                tracing::debug!(%peer, "admin API: TLS handshake failed");
-                return;
-            };
-            let caller = Caller(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(tls::identities)
-                    .unwrap_or_default(),
-            );
-            let service = TowerToHyperService::new(app.layer(Extension(caller)));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
+        tracker.spawn(connection(
+            stream,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            state.clone(),
+            slot,
+            cancel.clone(),
+        ));
     }
     tracker.close();
     tracker.wait().await;
 }
 
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    state: AdminState,
+    slot: Slot,
+    cancel: CancellationToken,
+) {
+    let handshake = tokio::select! {
+        handshake = timeout(state.handshake, acceptor.accept(stream)) => handshake,
+        () = slot.dropped() => return,
+        () = cancel.cancelled() => return,
+    };
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "admin API: TLS handshake failed");
+            state.metrics.refused(LISTENER, "handshake_failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "admin API: TLS handshake timed out");
+            state.metrics.refused(LISTENER, "handshake_timeout");
+            return;
+        }
+    };
+    let caller = Caller(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(tls::identities)
+            .unwrap_or_default(),
+    );
+    if state.allows(&caller) {
+        slot.authenticated();
+    }
+    let service = TowerToHyperService::new(app.layer(Extension(caller)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The header read timeout also runs while a kept-alive connection waits for its next
+    // request: it is the idle timeout.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.idle);
+    let conn = http.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = slot.dropped() => {}
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
+}
+
 fn forbidden(caller: &Caller, state: &AdminState) -> Option<Response> {
-    if caller.0.iter().any(|id| state.allowed.contains(id)) {
+    if state.allows(caller) {
         return None;
     }
     tracing::warn!(identities = ?caller.0, "admin API: refused a caller not allowed to replicate");

@@ -1,5 +1,5 @@
 //! Prometheus metrics: KMIP requests by operation and result, their latency, keys held,
-//! and how far behind each peer the replica is.
+//! how far behind each peer the replica is, and connections and admin requests refused.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,15 @@ pub struct OperationLabels {
     pub operation: String,
 }
 
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `kmip` or `admin`.
+    pub listener: String,
+    /// Why, e.g. `handshake_timeout` or `forbidden`.
+    pub reason: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +57,9 @@ pub struct Metrics {
     pub replication_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// Failed pushes and pulls per peer.
     pub replication_failures: Family<PeerLabels, Counter>,
+    /// Connections dropped before they were served, failed accepts, and admin requests
+    /// refused, by listener and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -92,6 +104,12 @@ impl Metrics {
             "Failed pushes to and pulls from a peer",
             replication_failures.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Connections dropped before they were served, failed accepts, and admin requests refused",
+            refusals.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -99,6 +117,7 @@ impl Metrics {
             keys,
             replication_lag,
             replication_failures,
+            refusals,
             last_sync: Mutex::new(peers.iter().map(|p| (p.clone(), None)).collect()),
             started: Instant::now(),
         })
@@ -120,6 +139,16 @@ impl Metrics {
         self.replication_failures
             .get_or_create(&PeerLabels {
                 peer: peer.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal on `listener` (`kmip` or `admin`) for `reason`.
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
     }

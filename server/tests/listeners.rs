@@ -1,7 +1,10 @@
-//! The listeners under attack, with real server processes on 127.0.0.1: unwritable stdout
-//! and stderr take nothing down.
+//! The listeners under attack, with real server processes on 127.0.0.1: the admin API
+//! bounds and times out its connections and backs off when it cannot accept; the KMIP
+//! listener keeps serving clients with certificates while idle TCP connections pile up;
+//! unwritable stdout and stderr take nothing down.
 //!
-//! Waits are on conditions, with generous limits.
+//! Bounds are set small in each test's configuration so the tests run quickly; waits are
+//! on conditions, with generous limits.
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
 #![allow(clippy::unwrap_used)]
@@ -11,18 +14,150 @@ mod common;
 use std::future::Future;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{V12, connector, free_port};
-use shadowkeep_server::client::{self, KmipClient, batch_items, payload, request};
+use common::{Proc, V12, connector, free_port, peer_connector};
+use rustls_pki_types::ServerName;
+use shadowkeep_server::client::{self, ClientFiles, KmipClient, batch_items, payload, request};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::Item;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// How long any condition may take to come true on a busy 2-core machine.
 const BOUND: Duration = Duration::from_secs(30);
+
+/// The server under attack: one with the admin API, from a configuration written for the
+/// test.
+struct Target {
+    proc: Proc,
+    certs: PathBuf,
+    admin: SocketAddr,
+}
+
+impl Target {
+    /// `kmip` is extra YAML inside the `kmip:` mapping, e.g. `, maxConnections: 8`.
+    fn start(name: &str, kmip: &str) -> Self {
+        let certs = common::certificates(&format!("listeners-{name}"));
+        let path = write_config(&certs, kmip, "127.0.0.1:0");
+        let proc = Proc::start(&path);
+        let admin = proc.admin.unwrap();
+        Self { proc, certs, admin }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    fn anonymous(&self) -> TlsConnector {
+        anonymous(&self.certs)
+    }
+
+    async fn https(
+        &self,
+        connector: &TlsConnector,
+        method: hyper::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (hyper::StatusCode, String) {
+        let (status, body) = client::https(&self.admin.to_string(), connector, method, path, body)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn metrics(&self) -> String {
+        let (status, text) = self
+            .https(&self.anonymous(), hyper::Method::GET, "/metrics", vec![])
+            .await;
+        assert_eq!(status, hyper::StatusCode::OK);
+        text
+    }
+
+    /// A Locate and a Get on a fresh KMIP connection with the client certificate.
+    async fn kmip_serves(&self) -> bool {
+        kmip_serves(self.proc.kmip, &connector(&self.certs)).await
+    }
+}
+
+/// Writes a configuration with the admin API on a free port; `kmip_listen` is where KMIP
+/// listens.
+fn write_config(certs: &Path, kmip: &str, kmip_listen: &str) -> PathBuf {
+    let d = certs.display();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = format!(
+        "serverId: listeners\n\
+         kmip: {{listen: \"{kmip_listen}\"{kmip}}}\n\
+         tls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\n\
+         dataDir: {d}/store\n\
+         kekFile: {d}/kek.bin\n\
+         drives: {{acceptUnknown: true}}\n\
+         replication:\n  listen: \"{admin}\"\n  clientCert: {d}/peer.pem\n  clientKey: {d}/peer-key.pem\n  allowedIdentities: [shadowkeep-dev-peer]\n"
+    );
+    let path = certs.join("server.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn anonymous(certs: &Path) -> TlsConnector {
+    client::connector(&ClientFiles {
+        ca: certs.join("ca.pem"),
+        cert: None,
+        key: None,
+    })
+    .unwrap()
+}
+
+/// Whether a client with a certificate gets a Locate answered on a fresh connection.
+async fn kmip_serves(addr: SocketAddr, connector: &TlsConnector) -> bool {
+    let Ok(mut c) = KmipClient::connect(addr, connector).await else {
+        return false;
+    };
+    c.call(&request(V12, vec![(operation::LOCATE, vec![])]))
+        .await
+        .is_ok_and(|r| batch_items(&r).len() == 1)
+}
+
+/// A TLS connection that has completed its handshake.
+async fn tls(addr: SocketAddr, connector: &TlsConnector) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut stream = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// Reads an HTTP response head (up to the blank line), or what came before the end of the
+/// stream.
+async fn response_head(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Whether the peer has closed `stream` (end of stream or an error on read).
+async fn closed(stream: &mut (impl AsyncRead + Unpin)) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+}
 
 /// Waits until `check` holds, at most [`BOUND`]; panics with `what` otherwise.
 async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
@@ -36,6 +171,13 @@ async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut(
     }
 }
 
+/// File descriptors the process holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -43,6 +185,182 @@ fn sigterm(child: &mut Child) -> std::process::ExitStatus {
         .unwrap();
     assert!(status.success());
     child.wait().unwrap()
+}
+
+// Issue #12, item 7: admin connections had no idle timeout.
+#[tokio::test]
+async fn silent_admin_connections_are_closed() {
+    let server = Target::start("idle", ", idleTimeoutSecs: 2");
+    // A connection that never sends a request.
+    let mut silent = tls(server.admin, &server.anonymous()).await;
+    // One that sends a request, reads the answer and then stays silent.
+    let mut kept = tls(server.admin, &server.anonymous()).await;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    kept.flush().await.unwrap();
+    let head = response_head(&mut kept).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for stream in [&mut silent, &mut kept] {
+        tokio::time::timeout(BOUND, closed(stream))
+            .await
+            .expect("the server closes a silent connection");
+    }
+}
+
+// Issue #12, item 7: admin connections had no limit; idle ones could use up the file
+// descriptors.
+#[tokio::test]
+async fn admin_connections_are_bounded_and_peers_still_served() {
+    let server = Target::start("crowd", "");
+    let before = open_fds(server.pid());
+    let anonymous = server.anonymous();
+    let mut crowd = Vec::new();
+    for _ in 0..150 {
+        crowd.push(tls(server.admin, &anonymous).await);
+    }
+    let pid = server.pid();
+    eventually(
+        "the server holds at most 64 admin connections",
+        || async move { open_fds(pid) <= before + 64 },
+    )
+    .await;
+    let (status, _) = server
+        .https(
+            &peer_connector(&server.certs),
+            hyper::Method::GET,
+            "/v1/keystore/digest",
+            vec![],
+        )
+        .await;
+    assert_eq!(status, hyper::StatusCode::OK, "a peer is served");
+    let (status, _) = server
+        .https(&anonymous, hyper::Method::GET, "/healthz", vec![])
+        .await;
+    assert_eq!(status, hyper::StatusCode::OK, "a probe is served");
+    assert!(server.kmip_serves().await);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"shadowkeep_refusals_total{listener="admin",reason="evicted"}"#),
+        "{metrics}"
+    );
+    drop(crowd);
+}
+
+// Issue #12, item 7: out of file descriptors, the admin accept loop spun and logged
+// millions of lines. The server runs with 32 descriptors; connections that never
+// handshake fill them until the handshake timeout frees them.
+#[tokio::test]
+async fn an_accept_loop_out_of_file_descriptors_backs_off_and_recovers() {
+    let certs = common::certificates("listeners-emfile");
+    let config = write_config(&certs, "", "127.0.0.1:0");
+    let stderr_path = certs.join("stderr.log");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 32 && exec \"$0\" --config \"$1\"",
+            env!("CARGO_BIN_EXE_shadowkeep-server"),
+            config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let admin: SocketAddr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("admin listening on ").map(str::to_owned))
+        .expect("the server starts with 32 descriptors")
+        .parse()
+        .unwrap();
+    let mut crowd = Vec::new();
+    for _ in 0..60 {
+        crowd.push(TcpStream::connect(admin).await.unwrap());
+    }
+    let log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let count = |text: &str, what: &str| text.lines().filter(|l| l.contains(what)).count();
+    eventually("the server accepts again once descriptors are free", || {
+        let text = log();
+        let failures = count(&text, "failed to accept");
+        assert!(failures < 1000, "{failures} lines about failing to accept");
+        async move { count(&text, "accepting connections again") > 0 }
+    })
+    .await;
+    let text = log();
+    let (failures, recoveries) = (
+        count(&text, "failed to accept"),
+        count(&text, "accepting connections again"),
+    );
+    assert!(
+        failures <= recoveries + 1,
+        "one warning per run of failures: {failures} warnings, {recoveries} recoveries"
+    );
+    drop(crowd);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// Issue #12, item 8: the KMIP connection slot was taken before the TLS handshake and held
+// up to the idle timeout, so idle TCP connections locked out every real client.
+#[tokio::test]
+async fn idle_tcp_connections_do_not_lock_kmip_clients_out() {
+    let server = Target::start("kmip-crowd", ", maxConnections: 8");
+    let before = open_fds(server.pid());
+    let mut crowd = Vec::new();
+    for _ in 0..40 {
+        crowd.push(TcpStream::connect(server.proc.kmip).await.unwrap());
+    }
+    let answered = tokio::time::timeout(BOUND, server.kmip_serves()).await;
+    assert_eq!(answered, Ok(true), "a client with a certificate is served");
+    let pid = server.pid();
+    eventually(
+        "the server holds at most 8 KMIP connections",
+        || async move { open_fds(pid) <= before + 8 },
+    )
+    .await;
+    drop(crowd);
+}
+
+// Slots come free by making room, not by waiting out the handshake timeout; clients that
+// have authenticated keep theirs.
+#[tokio::test]
+async fn unauthenticated_connections_make_room_and_authenticated_ones_keep_their_slots() {
+    let server = Target::start(
+        "kmip-reserve",
+        ", maxConnections: 8, maxHandshakes: 4, handshakeTimeoutSecs: 600",
+    );
+    let connector = connector(&server.certs);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = KmipClient::connect(server.proc.kmip, &connector)
+            .await
+            .unwrap();
+        c.call(&request(V12, vec![(operation::LOCATE, vec![])]))
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    let mut crowd = Vec::new();
+    for _ in 0..40 {
+        crowd.push(TcpStream::connect(server.proc.kmip).await.unwrap());
+    }
+    for _ in 0..4 {
+        let answered = tokio::time::timeout(BOUND, server.kmip_serves()).await;
+        assert_eq!(answered, Ok(true), "a client with a certificate is served");
+    }
+    for c in &mut held {
+        let answer = c
+            .call(&request(V12, vec![(operation::LOCATE, vec![])]))
+            .await;
+        assert!(answer.is_ok(), "an authenticated connection keeps its slot");
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"shadowkeep_refusals_total{listener="kmip",reason="evicted"}"#),
+        "{metrics}"
+    );
+    drop(crowd);
 }
 
 /// Opens `/dev/full` for writing: every write fails with "no space left on device".

@@ -1,8 +1,10 @@
 """PyKMIP, a real client with a valid certificate, keeps being served under attacks on the
-server (issue #12): a server whose stderr cannot be written.
+listener (issue #12): idle TCP connections that never start TLS, and a server whose stderr
+cannot be written. The attacks' effect on memory is measured by bench/attacks.py, not here.
 """
 
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -10,7 +12,7 @@ import time
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
 
-from kmipserver import HOST, LISTENING, STARTUP_TIMEOUT, STOP_TIMEOUT, server_binary
+from kmipserver import HOST, LISTENING, STARTUP_TIMEOUT, STOP_TIMEOUT, dev_config, make_client, server_binary
 
 # How long a client may take to be served on a busy machine.
 BOUND = 30.0
@@ -31,6 +33,20 @@ def served_within(open_client, bound=BOUND):
     t.start()
     t.join(bound)
     return result.get("length")
+
+
+def test_idle_tcp_connections_do_not_lock_out_a_client_with_a_certificate(servers, tmp_path):
+    certs = servers.dev(tmp_path / "certs")
+    certs.stop()
+    config = dev_config(certs.certs_dir, tmp_path / "store", {"acceptUnknown": True})
+    config["kmip"]["maxConnections"] = 8
+    s = servers.from_config(config, certs.certs_dir)
+    crowd = [socket.create_connection((HOST, s.port)) for _ in range(40)]
+    try:
+        assert served_within(lambda: make_client(s)) == 32
+    finally:
+        for c in crowd:
+            c.close()
 
 
 def test_a_server_whose_stderr_cannot_be_written_serves_and_stops_cleanly(tmp_path):
