@@ -1,5 +1,6 @@
 //! Prometheus metrics: KMIP requests by operation and result, their latency, keys held,
-//! how far behind each peer the replica is, and connections and admin requests refused.
+//! how far behind each peer the replica is, connections and admin requests refused, and
+//! what merges did with the records they received.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,13 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// Labels of a merged record's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `stored`, `conflict` or `refused`.
+    pub outcome: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -60,6 +68,8 @@ pub struct Metrics {
     /// Connections dropped before they were served, failed accepts, and admin requests
     /// refused, by listener and reason.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// Records received by merges, by what became of them.
+    pub merge_records: Family<OutcomeLabels, Counter>,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -110,6 +120,12 @@ impl Metrics {
             "Connections dropped before they were served, failed accepts, and admin requests refused",
             refusals.clone(),
         );
+        let merge_records = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "merge_records",
+            "Records received by keystore merges: stored, conflicting (quarantined) or refused",
+            merge_records.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -118,6 +134,7 @@ impl Metrics {
             replication_lag,
             replication_failures,
             refusals,
+            merge_records,
             last_sync: Mutex::new(peers.iter().map(|p| (p.clone(), None)).collect()),
             started: Instant::now(),
         })
@@ -151,6 +168,17 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts `n` merged records that ended as `outcome`.
+    pub fn merged(&self, outcome: &str, n: usize) {
+        if n > 0 {
+            self.merge_records
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
     }
 
     /// The text exposition, with the lag gauges brought up to date.

@@ -138,6 +138,7 @@ impl Server {
                 )?;
                 let state = AdminState {
                     store: store.clone(),
+                    kek: kek.clone(),
                     metrics: Arc::clone(&metrics),
                     allowed: Arc::new(r.allowed_identities.iter().cloned().collect()),
                     ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),

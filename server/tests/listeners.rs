@@ -1,7 +1,8 @@
 //! The listeners under attack, with real server processes on 127.0.0.1: the admin API
-//! bounds and times out its connections and backs off when it cannot accept; the KMIP
-//! listener keeps serving clients with certificates while idle TCP connections pile up;
-//! unwritable stdout and stderr take nothing down.
+//! judges a caller before it reads a body, bounds and times out its connections and backs
+//! off when it cannot accept; the KMIP listener keeps serving clients with certificates
+//! while idle TCP connections pile up; a merge says what it did not store; unwritable
+//! stdout and stderr take nothing down.
 //!
 //! Bounds are set small in each test's configuration so the tests run quickly; waits are
 //! on conditions, with generous limits.
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use common::{Proc, V12, connector, free_port, peer_connector};
 use rustls_pki_types::ServerName;
+use shadowkeep_api::keystore::{Algorithm, Kek, Key, Keystore};
 use shadowkeep_server::client::{self, ClientFiles, KmipClient, batch_items, payload, request};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
@@ -185,6 +187,49 @@ fn sigterm(child: &mut Child) -> std::process::ExitStatus {
         .unwrap();
     assert!(status.success());
     child.wait().unwrap()
+}
+
+// Issue #12, item 6: a 250 MB POST without a client certificate was answered 403 only
+// after the whole body had been buffered.
+#[tokio::test]
+async fn a_caller_is_judged_before_its_body_is_read() {
+    let server = Target::start("body", "");
+    let kmip_client = connector(&server.certs);
+    // Headers announcing 250 MB, and no body at all: the answer must not wait for it.
+    for connector in [server.anonymous(), kmip_client] {
+        let mut stream = tls(server.admin, &connector).await;
+        stream
+            .write_all(b"POST /v1/keystore/merge HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 262144000\r\n\r\n")
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        let head = tokio::time::timeout(BOUND, response_head(&mut stream))
+            .await
+            .expect("the refusal comes before the body");
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+    // A peer may send a whole keystore, but not more than the limit, and it learns that
+    // before sending it.
+    let mut stream = tls(server.admin, &peer_connector(&server.certs)).await;
+    stream
+        .write_all(b"POST /v1/keystore/merge HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 314572800\r\n\r\n")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let head = tokio::time::timeout(BOUND, response_head(&mut stream))
+        .await
+        .expect("the refusal comes before the body");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"shadowkeep_refusals_total{listener="admin",reason="forbidden"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"shadowkeep_refusals_total{listener="admin",reason="body_too_large"} 1"#),
+        "{metrics}"
+    );
 }
 
 // Issue #12, item 7: admin connections had no idle timeout.
@@ -361,6 +406,95 @@ async fn unauthenticated_connections_make_room_and_authenticated_ones_keep_their
         "{metrics}"
     );
     drop(crowd);
+}
+
+// Issue #12, item 12: a merge answered "stored" for a record whose id was held with other
+// material, and stored records whose material does not open under the server's KEK.
+#[tokio::test]
+async fn a_merge_answers_what_it_did_not_store() {
+    let server = Target::start("merge", "");
+    let peer = peer_connector(&server.certs);
+    let kek = Kek::from_bytes(&std::fs::read(server.certs.join("kek.bin")).unwrap()).unwrap();
+    let now = jiff::Timestamp::now();
+    let held = Key::generate(&kek, "TAPE0001", Algorithm::Aes, 256, now).unwrap();
+    let merge = async |keys: &[&Key]| {
+        let mut keystore = Keystore::new();
+        for key in keys {
+            keystore.insert((*key).clone()).unwrap();
+        }
+        let (status, body) = server
+            .https(
+                &peer,
+                hyper::Method::POST,
+                "/v1/keystore/merge",
+                keystore.to_bytes().unwrap(),
+            )
+            .await;
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (status, reply, body)
+    };
+    let (status, reply, _) = merge(&[&held]).await;
+    assert_eq!(status, hyper::StatusCode::OK);
+    assert_eq!(
+        reply,
+        serde_json::json!({"received": 1, "stored": 1, "conflicts": [], "refused": []})
+    );
+
+    // The same id with other material (sealed under the right KEK): a conflict.
+    let mut rival = held.clone();
+    rival.name = "TAPE0002".to_owned();
+    rival.material = kek.seal(&held.id, &[7u8; 32]).unwrap();
+    // Material sealed under another KEK: refused.
+    let foreign = Key::generate(&Kek::generate(), "TAPE0003", Algorithm::Aes, 256, now).unwrap();
+    let fresh = Key::generate(&kek, "TAPE0004", Algorithm::Aes, 256, now).unwrap();
+    let (status, reply, body) = merge(&[&rival, &foreign, &fresh]).await;
+    assert_eq!(status, hyper::StatusCode::CONFLICT, "{body}");
+    assert_eq!(reply["received"], 3, "{body}");
+    assert_eq!(reply["stored"], 1, "{body}");
+    assert_eq!(
+        reply["conflicts"],
+        serde_json::json!([held.id.as_str()]),
+        "{body}"
+    );
+    let refused = reply["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{body}");
+    assert_eq!(refused[0]["id"], foreign.id.as_str(), "{body}");
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not open"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("ciphertext") && !body.contains("nonce"),
+        "{body}"
+    );
+
+    // Target: the key held before, with its own material, and the new one; never the
+    // record that does not open.
+    let mut c = KmipClient::connect(server.proc.kmip, &connector(&server.certs))
+        .await
+        .unwrap();
+    let mut ids = common::all_ids(server.proc.kmip, &connector(&server.certs)).await;
+    ids.sort();
+    let mut expected = vec![held.id.to_string(), fresh.id.to_string()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let material = common::material(&mut c, held.id.as_str()).await.unwrap();
+    assert_eq!(
+        material,
+        kek.open(&held.id, &held.material).unwrap().to_vec()
+    );
+    let metrics = server.metrics().await;
+    for outcome in ["stored\"} 2", "conflict\"} 1", "refused\"} 1"] {
+        assert!(
+            metrics.contains(&format!(
+                "shadowkeep_merge_records_total{{outcome=\"{outcome}"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 /// Opens `/dev/full` for writing: every write fails with "no space left on device".
