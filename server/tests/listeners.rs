@@ -253,6 +253,27 @@ async fn silent_admin_connections_are_closed() {
     }
 }
 
+// A peer's body that stalls is not waited for past the idle timeout.
+#[tokio::test]
+async fn a_stalled_body_is_refused_after_the_idle_timeout() {
+    let server = Target::start("stall", ", idleTimeoutSecs: 2");
+    let mut stream = tls(server.admin, &peer_connector(&server.certs)).await;
+    stream
+        .write_all(b"POST /v1/keystore/merge HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 1000\r\n\r\n{\"format\"")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let head = tokio::time::timeout(BOUND, response_head(&mut stream))
+        .await
+        .expect("the stalled request is answered");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"shadowkeep_refusals_total{listener="admin",reason="body_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
 // Issue #12, item 7: admin connections had no limit; idle ones could use up the file
 // descriptors.
 #[tokio::test]
