@@ -320,6 +320,15 @@ impl PeerLink {
     }
 
     async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
+        // The peer closes a connection silent for its idle timeout, and may do so just as a
+        // request goes out on it; merge and delta may be sent twice, so a failure on a
+        // kept-alive connection is tried once more on a new one.
+        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
+            if let Ok(answer) = self.try_post(path, body.clone()).await {
+                return Ok(answer);
+            }
+            self.sender = None;
+        }
         let result = self.try_post(path, body).await;
         if result.is_err() {
             self.sender = None;

@@ -367,6 +367,55 @@ async fn an_accept_loop_out_of_file_descriptors_backs_off_and_recovers() {
     let _ = child.wait();
 }
 
+// Replicas keep their admin connections to each other open between pushes; the admin
+// API now closes them after the idle timeout, and a Create after that must still get its
+// peer's acknowledgement.
+#[tokio::test]
+async fn replicas_acknowledge_creates_across_the_admin_idle_timeout() {
+    let certs = common::certificates("listeners-peers");
+    let d = certs.display();
+    let admins: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let procs: Vec<Proc> = (0..2)
+        .map(|i| {
+            let text = format!(
+                "serverId: mirror\n\
+                 kmip: {{listen: \"127.0.0.1:0\", idleTimeoutSecs: 1}}\n\
+                 tls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\n\
+                 dataDir: {d}/r{i}\n\
+                 kekFile: {d}/kek.bin\n\
+                 drives: {{acceptUnknown: true}}\n\
+                 replication:\n  listen: \"{}\"\n  clientCert: {d}/peer.pem\n  clientKey: {d}/peer-key.pem\n  allowedIdentities: [shadowkeep-dev-peer]\n  peerAcknowledgements: 1\n  ackTimeoutMs: 5000\n  peers:\n    - {{name: r0, address: \"{}\"}}\n    - {{name: r1, address: \"{}\"}}\n",
+                admins[i], admins[0], admins[1]
+            );
+            let path = certs.join(format!("r{i}.yaml"));
+            std::fs::write(&path, text).unwrap();
+            Proc::start_as(&path, Some(&format!("r{i}")))
+        })
+        .collect();
+    let connector = connector(&certs);
+    for _ in 0..3 {
+        let mut c = KmipClient::connect(procs[0].kmip, &connector)
+            .await
+            .unwrap();
+        let response = c
+            .call(&request(
+                V12,
+                vec![(operation::CREATE, client::create_aes(256, vec![]))],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            client::status(batch_items(&response)[0]),
+            Some(0),
+            "acknowledged by the peer"
+        );
+        // Long enough for the peer to close the pusher's connection as idle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
 // Issue #12, item 8: the KMIP connection slot was taken before the TLS handshake and held
 // up to the idle timeout, so idle TCP connections locked out every real client.
 #[tokio::test]
