@@ -180,6 +180,17 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// A server process started here rather than by [`Proc`], killed when dropped, so that a
+/// failed assertion leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -321,18 +332,20 @@ async fn an_accept_loop_out_of_file_descriptors_backs_off_and_recovers() {
     let certs = common::certificates("listeners-emfile");
     let config = write_config(&certs, "", "127.0.0.1:0");
     let stderr_path = certs.join("stderr.log");
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -n 32 && exec \"$0\" --config \"$1\"",
-            env!("CARGO_BIN_EXE_shadowkeep-server"),
-            config.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Running(
+        Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -n 32 && exec \"$0\" --config \"$1\"",
+                env!("CARGO_BIN_EXE_shadowkeep-server"),
+                config.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let admin: SocketAddr = lines
         .by_ref()
         .map_while(Result::ok)
@@ -363,8 +376,6 @@ async fn an_accept_loop_out_of_file_descriptors_backs_off_and_recovers() {
         "one warning per run of failures: {failures} warnings, {recoveries} recoveries"
     );
     drop(crowd);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 // Replicas keep their admin connections to each other open between pushes; the admin
@@ -608,20 +619,22 @@ async fn unwritable_stderr_and_stdout_take_nothing_down() {
     let certs = common::certificates("listeners-full");
     let connector = connector(&certs);
     // stderr unwritable, debug logging (a line per operation): the port is read from stdout.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
-        .args([
-            "--dev",
-            "--data-dir",
-            certs.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(dev_full())
-        .spawn()
-        .unwrap();
-    let kmip: SocketAddr = BufReader::new(child.stdout.take().unwrap())
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+            .args([
+                "--dev",
+                "--data-dir",
+                certs.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(dev_full())
+            .spawn()
+            .unwrap(),
+    );
+    let kmip: SocketAddr = BufReader::new(child.0.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
         .find_map(|l| l.strip_prefix("kmip listening on ").map(str::to_owned))
@@ -629,23 +642,25 @@ async fn unwritable_stderr_and_stdout_take_nothing_down() {
         .parse()
         .unwrap();
     assert!(create_and_get(kmip, &connector).await);
-    assert!(sigterm(&mut child).success());
+    assert!(sigterm(&mut child.0).success());
 
     // Both unwritable: the port is chosen here, and the server is asked until it answers.
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
-        .args([
-            "--dev",
-            "--data-dir",
-            certs.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "debug")
-        .stdout(dev_full())
-        .stderr(dev_full())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+            .args([
+                "--dev",
+                "--data-dir",
+                certs.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "debug")
+            .stdout(dev_full())
+            .stderr(dev_full())
+            .spawn()
+            .unwrap(),
+    );
     let kmip = SocketAddr::from(([127, 0, 0, 1], port));
     eventually(
         "the server serves with stdout and stderr unwritable",
@@ -655,6 +670,6 @@ async fn unwritable_stderr_and_stdout_take_nothing_down() {
         },
     )
     .await;
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    assert!(sigterm(&mut child).success());
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+    assert!(sigterm(&mut child.0).success());
 }
