@@ -103,11 +103,35 @@ pub struct KmipConfig {
     #[serde(default = "default_kmip_listen")]
     pub listen: SocketAddr,
     /// Seconds a connection may stay silent (between or within messages) before it is closed.
+    /// The admin API's connections are held to it too.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
     /// Connections served at once; further clients wait in the listen queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Seconds a client may take over its TLS handshake, on this listener and the admin
+    /// API's. Apart from, and much shorter than, the idle timeout: a connection that has
+    /// not authenticated should not hold a slot for long.
+    #[serde(
+        default = "default_handshake_timeout",
+        skip_serializing_if = "is_default_handshake_timeout"
+    )]
+    pub handshake_timeout_secs: u64,
+    /// Of `maxConnections`, how many may be connections still in their TLS handshake;
+    /// the rest is kept for clients that have authenticated. When these are all taken, a
+    /// new connection takes the place of the oldest. Defaults to a quarter of
+    /// `maxConnections` (see [`KmipConfig::handshakes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handshakes: Option<usize>,
+}
+
+impl KmipConfig {
+    /// Connections that may be in their TLS handshake at once: as configured, else a
+    /// quarter of `max_connections` (at least 1).
+    pub fn handshakes(&self) -> usize {
+        self.max_handshakes
+            .unwrap_or((self.max_connections / 4).max(1))
+    }
 }
 
 impl Default for KmipConfig {
@@ -116,6 +140,8 @@ impl Default for KmipConfig {
             listen: default_kmip_listen(),
             idle_timeout_secs: default_idle_timeout(),
             max_connections: default_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            max_handshakes: None,
         }
     }
 }
@@ -130,6 +156,16 @@ fn default_idle_timeout() -> u64 {
 
 fn default_max_connections() -> usize {
     1024
+}
+
+fn default_handshake_timeout() -> u64 {
+    5
+}
+
+// Configurations rendered before the field existed stay byte for byte the same.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_default_handshake_timeout(secs: &u64) -> bool {
+    *secs == default_handshake_timeout()
 }
 
 /// PEM files for mutual TLS.
@@ -237,10 +273,23 @@ impl ServerConfig {
                 ));
             }
         }
-        if config.kmip.max_connections == 0 || config.kmip.idle_timeout_secs == 0 {
+        let kmip = &config.kmip;
+        if kmip.max_connections == 0
+            || kmip.idle_timeout_secs == 0
+            || kmip.handshake_timeout_secs == 0
+        {
             return Err(ConfigError(
-                "kmip: maxConnections and idleTimeoutSecs must be greater than 0".to_owned(),
+                "kmip: maxConnections, idleTimeoutSecs and handshakeTimeoutSecs must be greater than 0"
+                    .to_owned(),
             ));
+        }
+        if let Some(n) = kmip.max_handshakes
+            && (n == 0 || n > kmip.max_connections)
+        {
+            return Err(ConfigError(format!(
+                "kmip.maxHandshakes: {n} must be between 1 and maxConnections ({})",
+                kmip.max_connections
+            )));
         }
         Ok(config)
     }
@@ -267,6 +316,41 @@ mod tests {
         assert!(err.to_string().contains("unknown field `peerz`"), "{err}");
         let err = ServerConfig::from_yaml(&text.replace("tape", "''")).unwrap_err();
         assert!(err.to_string().contains("serverId"), "{err}");
+    }
+
+    #[test]
+    fn listener_bounds_default_and_are_checked() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\n";
+        let config = ServerConfig::from_yaml(base).unwrap();
+        assert_eq!(config.kmip.handshake_timeout_secs, 5);
+        assert_eq!(config.kmip.handshakes(), 256);
+        // Rendered configurations do not change for the new fields' defaults.
+        let yaml = config.to_yaml().unwrap();
+        assert!(!yaml.contains("handshake"), "{yaml}");
+        let small =
+            ServerConfig::from_yaml(&format!("{base}kmip: {{maxConnections: 2}}\n")).unwrap();
+        assert_eq!(small.kmip.handshakes(), 1);
+        let set = "kmip: {maxConnections: 8, maxHandshakes: 3, handshakeTimeoutSecs: 2}\n";
+        let config = ServerConfig::from_yaml(&format!("{base}{set}")).unwrap();
+        assert_eq!(
+            (config.kmip.handshakes(), config.kmip.handshake_timeout_secs),
+            (3, 2)
+        );
+        assert_eq!(
+            ServerConfig::from_yaml(&config.to_yaml().unwrap()).unwrap(),
+            config
+        );
+        let err = ServerConfig::from_yaml(&format!(
+            "{base}kmip: {{maxConnections: 8, maxHandshakes: 9}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid server configuration: kmip.maxHandshakes: 9 must be between 1 and maxConnections (8)"
+        );
+        let err = ServerConfig::from_yaml(&format!("{base}kmip: {{handshakeTimeoutSecs: 0}}\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("handshakeTimeoutSecs"), "{err}");
     }
 
     #[test]

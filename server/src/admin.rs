@@ -7,63 +7,127 @@
 //! - `POST /v1/keystore/delta`: body a replication summary; answers the records the caller
 //!   lacks, as a keystore serialisation
 //! - `POST /v1/keystore/merge`: body a keystore serialisation; merged (never replacing
-//!   anything) and made durable before the answer
+//!   anything) and made durable before the answer, a [`MergeReply`]
+//!
+//! A caller is judged before its request body is read: only peers may send one, of at most
+//! 256 MiB, and a body that stalls for the idle timeout is refused. Connections are bounded
+//! ([`MAX_CONNECTIONS`], of which at most [`MAX_ANONYMOUS`] from callers that are not peers),
+//! their TLS handshake and silences timed out, and HTTP/1.1 is all that is spoken.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shadowkeep_api::keystore::{Key, Keystore};
-use tokio::net::TcpListener;
+use shadowkeep_api::keystore::{Kek, Key, Keystore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::net::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::replication::{Summary, delta};
 use crate::store::Store;
 use crate::tls;
 
-/// Largest request body: a full keystore of a large estate.
+/// Largest request body: a full keystore of a large estate. Only peers may send a body.
 const MAX_BODY: usize = 256 << 20;
+
+/// Admin connections at once. The API serves a few peers, the operator, probes and a
+/// metrics scraper, never a crowd.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Of [`MAX_CONNECTIONS`], how many may be connections that have not authenticated as a
+/// peer (probes, scrapers, and anyone else who can reach the port); the rest is kept for
+/// peers. A new connection past this takes the place of the oldest.
+pub const MAX_ANONYMOUS: usize = 48;
+
+/// The metrics label of this listener.
+const LISTENER: &str = "admin";
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     /// The keystore.
     pub store: Store,
+    /// The KEK: merged records must open under it.
+    pub kek: Kek,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Identities allowed on the keystore endpoints.
     pub allowed: Arc<BTreeSet<String>>,
     /// Set once the server serves KMIP.
     pub ready: Arc<AtomicBool>,
+    /// How long a TLS handshake may take.
+    pub handshake: Duration,
+    /// How long a connection may stay silent: between requests, in a request's head, or
+    /// within its body.
+    pub idle: Duration,
+}
+
+impl AdminState {
+    fn allows(&self, caller: &Caller) -> bool {
+        caller.0.iter().any(|id| self.allowed.contains(id))
+    }
 }
 
 /// The identities in the caller's client certificate (empty without one).
 #[derive(Clone, Debug, Default)]
 struct Caller(Vec<String>);
 
+/// The answer to `POST /v1/keystore/merge`: `200 OK` when every record was taken or
+/// already held, `409 Conflict` when any is listed in `conflicts` or `refused`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeReply {
+    /// Records in the request.
+    pub received: usize,
+    /// Records taken: keys new here, and later states or attributes of keys held.
+    pub stored: usize,
+    /// Ids held here with other material or identity. The key held stays as it was and is
+    /// served; the incoming record is quarantined (kept aside, never served).
+    pub conflicts: Vec<String>,
+    /// Records not stored at all, and why.
+    pub refused: Vec<RefusedRecord>,
+}
+
+/// A record a merge did not store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedRecord {
+    /// The record's key id.
+    pub id: String,
+    /// Why (never any material).
+    pub reason: String,
+}
+
 /// The routes.
 pub fn router(state: AdminState) -> Router {
+    let keystore = Router::new()
+        .route("/v1/keystore/digest", get(digest))
+        .route("/v1/keystore/delta", post(delta_handler))
+        .route("/v1/keystore/merge", post(merge))
+        .route_layer(middleware::from_fn_with_state(state.clone(), peers_only));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/keystore/digest", get(digest))
-        .route("/v1/keystore/delta", post(delta_handler))
-        .route("/v1/keystore/merge", post(merge))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(keystore)
         .with_state(state)
 }
 
@@ -71,61 +135,179 @@ pub fn router(state: AdminState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    app: Router,
+    state: AdminState,
     cancel: CancellationToken,
 ) {
+    let slots = Slots::new(
+        LISTENER,
+        MAX_CONNECTIONS,
+        MAX_ANONYMOUS,
+        Arc::clone(&state.metrics),
+    );
+    let app = router(state.clone());
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin API: failed to accept");
-                    continue;
-                }
+            accepted = accept(&listener, LISTENER, &state.metrics) => accepted,
+        };
+        let slot = tokio::select! {
+            () = cancel.cancelled() => break,
+            slot = slots.admit() => match slot {
+                Some(slot) => slot,
+                None => break,
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tracker.spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
-                    .await
-            else {
-                tracing::debug!(%peer, "admin API: TLS handshake failed");
-                return;
-            };
-            let caller = Caller(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(tls::identities)
-                    .unwrap_or_default(),
-            );
-            let service = TowerToHyperService::new(app.layer(Extension(caller)));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
+        tracker.spawn(connection(
+            stream,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            state.clone(),
+            slot,
+            cancel.clone(),
+        ));
     }
     tracker.close();
     tracker.wait().await;
 }
 
-fn forbidden(caller: &Caller, state: &AdminState) -> Option<Response> {
-    if caller.0.iter().any(|id| state.allowed.contains(id)) {
-        return None;
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    state: AdminState,
+    slot: Slot,
+    cancel: CancellationToken,
+) {
+    let handshake = tokio::select! {
+        handshake = timeout(state.handshake, acceptor.accept(stream)) => handshake,
+        () = slot.dropped() => return,
+        () = cancel.cancelled() => return,
+    };
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "admin API: TLS handshake failed");
+            state.metrics.refused(LISTENER, "handshake_failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "admin API: TLS handshake timed out");
+            state.metrics.refused(LISTENER, "handshake_timeout");
+            return;
+        }
+    };
+    let caller = Caller(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(tls::identities)
+            .unwrap_or_default(),
+    );
+    if state.allows(&caller) {
+        slot.authenticated();
+    }
+    let service = TowerToHyperService::new(app.layer(Extension(caller)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The header read timeout also runs while a kept-alive connection waits for its next
+    // request: it is the idle timeout.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.idle);
+    let conn = http.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = slot.dropped() => {}
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
+}
+
+/// Refuses every caller but the peers on the keystore endpoints, before their bodies are
+/// read.
+async fn peers_only(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.allows(&caller) {
+        return next.run(request).await;
     }
     tracing::warn!(identities = ?caller.0, "admin API: refused a caller not allowed to replicate");
-    Some(
-        (
-            StatusCode::FORBIDDEN,
-            "this client certificate is not allowed to read or change the keystore\n",
-        )
-            .into_response(),
+    state.metrics.refused(LISTENER, "forbidden");
+    closing(
+        StatusCode::FORBIDDEN,
+        "this client certificate is not allowed to read or change the keystore\n",
     )
+}
+
+/// A refusal after which the connection is closed, so that a body not read is not waited
+/// for.
+fn closing(status: StatusCode, message: &'static str) -> Response {
+    (status, [(header::CONNECTION, "close")], message).into_response()
+}
+
+/// Reads a peer's request body: at most [`MAX_BODY`] (refused from the announced length
+/// when it says more), and no silence longer than the idle timeout.
+async fn read_body(
+    state: &AdminState,
+    mut body: Body,
+    announced: Option<u64>,
+) -> Result<Bytes, Response> {
+    let too_large = || {
+        state.metrics.refused(LISTENER, "body_too_large");
+        closing(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than the 256 MiB limit\n",
+        )
+    };
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match timeout(state.idle, body.frame()).await {
+            Ok(None) => return Ok(Bytes::from(bytes)),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > MAX_BODY {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("failed to read the request body: {e}\n"),
+                )
+                    .into_response());
+            }
+            Err(_) => {
+                state.metrics.refused(LISTENER, "body_timeout");
+                return Err(closing(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled past the idle timeout\n",
+                ));
+            }
+        }
+    }
+}
+
+/// The request's body, read as [`read_body`] does.
+async fn body_of(state: &AdminState, request: Request) -> Result<Bytes, Response> {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    read_body(state, request.into_body(), announced).await
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -139,19 +321,13 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let keys = state.store.read(Keystore::len);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.encode(keys),
     )
         .into_response()
 }
 
-async fn digest(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
-    if let Some(refused) = forbidden(&caller, &state) {
-        return refused;
-    }
+async fn digest(State(state): State<AdminState>) -> Response {
     match state.store.read(|ks| ks.digest().map(|d| (d, ks.len()))) {
         Ok((digest, keys)) => {
             Json(json!({"digest": digest.to_string(), "keys": keys})).into_response()
@@ -160,14 +336,11 @@ async fn digest(State(state): State<AdminState>, Extension(caller): Extension<Ca
     }
 }
 
-async fn delta_handler(
-    State(state): State<AdminState>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = forbidden(&caller, &state) {
-        return refused;
-    }
+async fn delta_handler(State(state): State<AdminState>, request: Request) -> Response {
+    let body = match body_of(&state, request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let summary: Summary = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => {
@@ -180,28 +353,66 @@ async fn delta_handler(
     }
 }
 
-async fn merge(
-    State(state): State<AdminState>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = forbidden(&caller, &state) {
-        return refused;
-    }
+async fn merge(State(state): State<AdminState>, request: Request) -> Response {
+    let body = match body_of(&state, request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let incoming = match Keystore::from_bytes(&body) {
         Ok(ks) => ks,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("invalid keystore: {e}\n")).into_response();
         }
     };
-    let wanted: Vec<Key> = state
-        .store
-        .read(|local| incoming.delta_for(local).keys().cloned().collect());
-    let taken = wanted.len();
-    if taken > 0
+    drop(body);
+    // Each record that would change what is held, and whether its id is held with other
+    // material (a conflict: the store keeps its key and quarantines the record).
+    let candidates: Vec<(Key, bool)> = state.store.read(|local| {
+        incoming
+            .delta_for(local)
+            .keys()
+            .map(|k| {
+                let conflict = local.get(&k.id).is_some_and(|held| !held.same_key(k));
+                (k.clone(), conflict)
+            })
+            .collect()
+    });
+    let mut reply = MergeReply {
+        received: incoming.len(),
+        ..MergeReply::default()
+    };
+    let mut wanted = Vec::with_capacity(candidates.len());
+    for (key, conflict) in candidates {
+        // A record this server cannot open would be a key it holds but can never serve.
+        if let Err(e) = state.kek.open(&key.id, &key.material) {
+            reply.refused.push(RefusedRecord {
+                id: key.id.to_string(),
+                reason: e.to_string(),
+            });
+            continue;
+        }
+        if conflict {
+            reply.conflicts.push(key.id.to_string());
+        } else {
+            reply.stored += 1;
+        }
+        wanted.push(key);
+    }
+    if !wanted.is_empty()
         && let Err(e) = state.store.commit(wanted).await
     {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
     }
-    Json(json!({"received": incoming.len(), "stored": taken})).into_response()
+    state.metrics.merged("stored", reply.stored);
+    state.metrics.merged("conflict", reply.conflicts.len());
+    state.metrics.merged("refused", reply.refused.len());
+    if reply.conflicts.is_empty() && reply.refused.is_empty() {
+        return Json(reply).into_response();
+    }
+    tracing::warn!(
+        conflicts = ?reply.conflicts,
+        refused = ?reply.refused.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        "admin API: a merge brought records that were not stored"
+    );
+    (StatusCode::CONFLICT, Json(reply)).into_response()
 }

@@ -1,5 +1,6 @@
 //! `shadowkeep-server`: see `shadowkeep-server --help`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is lost; reporting that on stderr as well
+        // would panic (and stop the server) when stderr is what fails.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -55,14 +59,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("shadowkeep-server: failed to start the runtime: {e}");
+            complain(&format!("failed to start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("shadowkeep-server: {message}");
+            complain(&message);
             ExitCode::FAILURE
         }
     }
@@ -102,26 +106,40 @@ async fn serve(args: Args) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = server.bind_admin().await.map_err(|e| e.to_string())?;
     if let Some(dir) = args.data_dir.as_ref().filter(|_| args.dev) {
-        println!("shadowkeep-server (development mode)");
-        println!("  CA certificate:     {}", dir.join(dev::CA_CERT).display());
-        println!(
+        say("shadowkeep-server (development mode)");
+        say(&format!(
+            "  CA certificate:     {}",
+            dir.join(dev::CA_CERT).display()
+        ));
+        say(&format!(
             "  client certificate: {}",
             dir.join(dev::CLIENT_CERT).display()
-        );
-        println!(
+        ));
+        say(&format!(
             "  client key:         {}",
             dir.join(dev::CLIENT_KEY).display()
-        );
+        ));
     }
     // Tests and scripts read this line to learn the port.
-    println!("kmip listening on {addr}");
+    say(&format!("kmip listening on {addr}"));
     if let Some((_, admin_addr)) = &admin {
-        println!("admin listening on {admin_addr}");
+        say(&format!("admin listening on {admin_addr}"));
     }
     server
         .serve(listener, admin.map(|(l, _)| l), shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Prints a line on stdout. Unlike `println!`, an unwritable stdout (full, closed) does not
+/// panic: the line is lost and the server goes on.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Prints why the server stops on stderr, if stderr can be written at all.
+fn complain(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "shadowkeep-server: {message}");
 }
 
 /// Completes on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).

@@ -1,5 +1,6 @@
 //! Prometheus metrics: KMIP requests by operation and result, their latency, keys held,
-//! and how far behind each peer the replica is.
+//! how far behind each peer the replica is, connections and admin requests refused, and
+//! what merges did with the records they received.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,22 @@ pub struct OperationLabels {
     pub operation: String,
 }
 
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `kmip` or `admin`.
+    pub listener: String,
+    /// Why, e.g. `handshake_timeout` or `forbidden`.
+    pub reason: String,
+}
+
+/// Labels of a merged record's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `stored`, `conflict` or `refused`.
+    pub outcome: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +65,11 @@ pub struct Metrics {
     pub replication_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// Failed pushes and pulls per peer.
     pub replication_failures: Family<PeerLabels, Counter>,
+    /// Connections dropped before they were served, failed accepts, and admin requests
+    /// refused, by listener and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Records received by merges, by what became of them.
+    pub merge_records: Family<OutcomeLabels, Counter>,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -92,6 +114,18 @@ impl Metrics {
             "Failed pushes to and pulls from a peer",
             replication_failures.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Connections dropped before they were served, failed accepts, and admin requests refused",
+            refusals.clone(),
+        );
+        let merge_records = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "merge_records",
+            "Records received by keystore merges: stored, conflicting (quarantined) or refused",
+            merge_records.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -99,6 +133,8 @@ impl Metrics {
             keys,
             replication_lag,
             replication_failures,
+            refusals,
+            merge_records,
             last_sync: Mutex::new(peers.iter().map(|p| (p.clone(), None)).collect()),
             started: Instant::now(),
         })
@@ -122,6 +158,27 @@ impl Metrics {
                 peer: peer.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a refusal on `listener` (`kmip` or `admin`) for `reason`.
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` merged records that ended as `outcome`.
+    pub fn merged(&self, outcome: &str, n: usize) {
+        if n > 0 {
+            self.merge_records
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
     }
 
     /// The text exposition, with the lag gauges brought up to date.

@@ -1,8 +1,17 @@
 //! Connections: TLS handshake, message framing, timeouts, and a shutdown that lets every
 //! request in flight finish.
+//!
+//! Both listeners (KMIP and the admin API) bound their connections with `Slots`: a
+//! connection that has not authenticated holds its slot only for the handshake timeout,
+//! and can lose it sooner to a newer connection, so connections that never authenticate
+//! cannot lock out clients that do. Both accept through `accept`, which backs off rather
+//! than spins when accepting fails (out of file descriptors, say).
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -10,10 +19,10 @@ use shadowkeep_api::keystore::Kek;
 use shadowkeep_api::server_config::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
@@ -28,7 +37,13 @@ use crate::tls::{self, ClientAuth, TlsError};
 use crate::ttlv::{self, Item};
 
 /// How long shutdown waits for requests in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The first pause after a failed accept; it doubles with each failure in a row.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest pause between attempts to accept.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +97,9 @@ struct Shared {
     kmip: Kmip,
     drives: DriveTable,
     idle: Duration,
-    connections: Arc<Semaphore>,
+    handshake: Duration,
+    slots: Arc<Slots>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -121,9 +138,12 @@ impl Server {
                 )?;
                 let state = AdminState {
                     store: store.clone(),
+                    kek: kek.clone(),
                     metrics: Arc::clone(&metrics),
                     allowed: Arc::new(r.allowed_identities.iter().cloned().collect()),
                     ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                    handshake: Duration::from_secs(config.kmip.handshake_timeout_secs),
+                    idle: Duration::from_secs(config.kmip.idle_timeout_secs),
                 };
                 let admin_tls =
                     TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Optional)?);
@@ -140,10 +160,23 @@ impl Server {
         );
         Ok(Self {
             shared: Arc::new(Shared {
-                kmip: Kmip::new(store, kek, config.server_id.clone(), replication, metrics),
+                slots: Slots::new(
+                    "kmip",
+                    config.kmip.max_connections,
+                    config.kmip.handshakes(),
+                    Arc::clone(&metrics),
+                ),
+                kmip: Kmip::new(
+                    store,
+                    kek,
+                    config.server_id.clone(),
+                    replication,
+                    Arc::clone(&metrics),
+                ),
                 drives: DriveTable::new(&config.drives),
                 idle: Duration::from_secs(config.kmip.idle_timeout_secs),
-                connections: Arc::new(Semaphore::new(config.kmip.max_connections)),
+                handshake: Duration::from_secs(config.kmip.handshake_timeout_secs),
+                metrics,
             }),
             acceptor,
             admin,
@@ -205,38 +238,30 @@ impl Server {
             tracker.spawn(admin::serve(
                 listener,
                 acceptor.clone(),
-                admin::router(state.clone()),
+                state.clone(),
                 cancel.clone(),
             ));
         }
         tokio::pin!(shutdown);
         loop {
-            // Past the connection limit, new clients wait in the listen queue.
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = Arc::clone(&self.shared.connections).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!(error = %e, "failed to accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                accepted = accept(&listener, "kmip", &self.shared.metrics) => accepted,
+            };
+            // Past the connection limit, with every slot authenticated, this waits and new
+            // clients wait in the listen queue.
+            let slot = tokio::select! {
+                () = &mut shutdown => break,
+                slot = self.shared.slots.admit() => match slot {
+                    Some(slot) => slot,
+                    None => break,
                 },
             };
             let shared = Arc::clone(&self.shared);
             let acceptor = self.acceptor.clone();
             let cancel = cancel.clone();
             tracker.spawn(async move {
-                connection(stream, peer.to_string(), acceptor, &shared, &cancel).await;
-                drop(permit);
+                connection(stream, peer.to_string(), acceptor, slot, &shared, &cancel).await;
             });
         }
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -262,25 +287,185 @@ pub async fn run(
     server.serve(listener, admin, shutdown).await
 }
 
+/// The connection slots of one listener: at most `max` connections at once, of which at
+/// most `max_unauthenticated` may not have authenticated yet, so the rest is kept for
+/// clients that have. A new connection that finds no room makes it by taking the place of
+/// the oldest unauthenticated one (it has had the longest to authenticate); only when every
+/// slot is held by an authenticated connection does it wait.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    listener: &'static str,
+    permits: Arc<Semaphore>,
+    max_unauthenticated: usize,
+    /// Unauthenticated connections by arrival, each with the token that drops it.
+    unauthenticated: Mutex<BTreeMap<u64, CancellationToken>>,
+    next: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Slots {
+    /// Slots for `listener` (`kmip` or `admin`, as labelled in the metrics).
+    pub(crate) fn new(
+        listener: &'static str,
+        max: usize,
+        max_unauthenticated: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            listener,
+            permits: Arc::new(Semaphore::new(max)),
+            max_unauthenticated,
+            unauthenticated: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// A slot for a connection just accepted, unauthenticated until
+    /// [`Slot::authenticated`]; `None` once the slots are closed. Call it from one accept
+    /// loop, one connection at a time.
+    pub(crate) async fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let entry = Entry {
+            slots: Arc::clone(self),
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            dropped: CancellationToken::new(),
+        };
+        {
+            let mut open = self.lock();
+            open.insert(entry.id, entry.dropped.clone());
+            if open.len() > self.max_unauthenticated {
+                self.drop_oldest(&mut open, entry.id);
+            }
+        }
+        let permit = if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            permit
+        } else {
+            self.drop_oldest(&mut self.lock(), entry.id);
+            Arc::clone(&self.permits).acquire_owned().await.ok()?
+        };
+        Some(Slot {
+            entry,
+            _permit: permit,
+        })
+    }
+
+    fn drop_oldest(&self, open: &mut BTreeMap<u64, CancellationToken>, newcomer: u64) {
+        let oldest = open.keys().next().copied().filter(|&id| id != newcomer);
+        if let Some(token) = oldest.and_then(|id| open.remove(&id)) {
+            token.cancel();
+            self.metrics.refused(self.listener, "evicted");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
+        self.unauthenticated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection's place among the unauthenticated ones, left when dropped (also when
+/// [`Slots::admit`] is abandoned while waiting).
+#[derive(Debug)]
+struct Entry {
+    slots: Arc<Slots>,
+    id: u64,
+    dropped: CancellationToken,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.slots.lock().remove(&self.id);
+    }
+}
+
+/// A connection's slot, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    entry: Entry,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The connection has authenticated: it keeps its slot until it ends.
+    pub(crate) fn authenticated(&self) {
+        self.entry.slots.lock().remove(&self.entry.id);
+    }
+
+    /// Completes when the connection must give its slot to a newer one (never, once
+    /// authenticated).
+    pub(crate) fn dropped(&self) -> WaitForCancellationFuture<'_> {
+        self.entry.dropped.cancelled()
+    }
+}
+
+/// Accepts the next connection on `listener` (`kmip` or `admin`). A failure (out of file
+/// descriptors, say) is retried after a pause that doubles up to a second, so the loop
+/// never spins, and is logged once per run of failures, not once each.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    name: &'static str,
+    metrics: &Metrics,
+) -> (TcpStream, SocketAddr) {
+    let mut failures = 0u64;
+    let mut pause = ACCEPT_PAUSE;
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                if failures > 0 {
+                    tracing::info!(listener = name, failures, "accepting connections again");
+                }
+                return accepted;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(
+                        listener = name,
+                        error = %e,
+                        "failed to accept a connection; retrying, more slowly while it fails"
+                    );
+                }
+                failures += 1;
+                metrics.refused(name, "accept_failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+            }
+        }
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: String,
     acceptor: TlsAcceptor,
+    slot: Slot,
     shared: &Shared,
     cancel: &CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut tls = match timeout(shared.idle, acceptor.accept(stream)).await {
+    let handshake = tokio::select! {
+        handshake = timeout(shared.handshake, acceptor.accept(stream)) => handshake,
+        () = slot.dropped() => {
+            tracing::debug!(peer, "dropped a connection still in its TLS handshake for a newer one");
+            return;
+        }
+        () = cancel.cancelled() => return,
+    };
+    let mut tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(peer, error = %e, "TLS handshake failed");
+            shared.metrics.refused("kmip", "handshake_failed");
             return;
         }
         Err(_) => {
             tracing::info!(peer, "TLS handshake timed out");
+            shared.metrics.refused("kmip", "handshake_timeout");
             return;
         }
     };
+    // The client certificate is required, so a completed handshake is an authenticated one.
+    slot.authenticated();
     let identities = tls
         .get_ref()
         .1
@@ -415,4 +600,51 @@ async fn respond(
         kmip::VERSIONS[0]
     };
     kmip::response(version, now, outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evicted(slot: &Slot) -> bool {
+        slot.entry.dropped.is_cancelled()
+    }
+
+    #[tokio::test]
+    async fn newcomers_take_the_place_of_the_oldest_unauthenticated_connection() {
+        let metrics = Metrics::new(&[]);
+        let slots = Slots::new("kmip", 3, 2, Arc::clone(&metrics));
+        let first = slots.admit().await.unwrap();
+        let second = slots.admit().await.unwrap();
+        // Past the unauthenticated share: the oldest goes, though slots are free.
+        let third = slots.admit().await.unwrap();
+        assert!(evicted(&first) && !evicted(&second) && !evicted(&third));
+        drop(first);
+        second.authenticated();
+        third.authenticated();
+        let fourth = slots.admit().await.unwrap();
+        // Every slot taken: the newcomer waits for the oldest unauthenticated one to go.
+        let waiting = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.admit().await }
+        });
+        let made_room = timeout(Duration::from_secs(30), async {
+            while !evicted(&fourth) {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(made_room.await.is_ok(), "the newcomer makes room");
+        assert!(
+            !evicted(&second) && !evicted(&third),
+            "authenticated slots stay"
+        );
+        drop(fourth);
+        let fifth = waiting.await.unwrap().unwrap();
+        assert!(!evicted(&fifth));
+        let text = metrics.encode(0);
+        assert!(
+            text.contains(r#"shadowkeep_refusals_total{listener="kmip",reason="evicted"} 2"#),
+            "{text}"
+        );
+    }
 }

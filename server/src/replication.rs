@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::MergeReply;
 use crate::client::{ClientFiles, connector, http1_connect, send};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -212,31 +213,43 @@ async fn push_loop(mut link: PeerLink, mut rx: mpsc::Receiver<Push>, metrics: Ar
                 let _ = batch.insert(key.clone());
             }
         }
-        let ok = match batch.to_bytes() {
+        // `Some(reply)` when the peer answered the merge, `None` when the exchange failed.
+        let answer = match batch.to_bytes() {
             Ok(body) => match link.post("/v1/keystore/merge", body).await {
-                Ok((StatusCode::OK, _)) => true,
+                Ok((StatusCode::OK, _)) => Some(MergeReply::default()),
                 Ok((status, body)) => {
-                    tracing::warn!(peer = %link.name, %status, body = %String::from_utf8_lossy(&body), "peer refused pushed keys");
-                    false
+                    tracing::warn!(peer = %link.name, %status, body = %String::from_utf8_lossy(&body), "peer did not take every pushed key");
+                    (status == StatusCode::CONFLICT)
+                        .then(|| serde_json::from_slice::<MergeReply>(&body).ok())
+                        .flatten()
                 }
                 Err(e) => {
                     tracing::warn!(peer = %link.name, error = %e, "failed to push keys to peer");
-                    false
+                    None
                 }
             },
-            Err(_) => false,
+            Err(_) => None,
         };
-        if ok {
+        if answer.is_some() {
             metrics.synced(&link.name);
         } else {
             metrics.failed(&link.name);
         }
         for push in group {
             if let Some(done) = push.done {
-                let _ = done.send(ok);
+                let _ = done.send(answer.as_ref().is_some_and(|r| holds(r, &push.keys)));
             }
         }
     }
+}
+
+/// Whether a peer that answered a merge with `reply` took every one of `keys`: none is
+/// among the records it reports as conflicting or refused.
+fn holds(reply: &MergeReply, keys: &[Key]) -> bool {
+    keys.iter().all(|k| {
+        let id = k.id.as_str();
+        !reply.conflicts.iter().any(|c| c == id) && !reply.refused.iter().any(|r| r.id == id)
+    })
 }
 
 async fn anti_entropy(
@@ -314,6 +327,15 @@ impl PeerLink {
     }
 
     async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
+        // The peer closes a connection silent for its idle timeout, and may do so just as a
+        // request goes out on it; merge and delta may be sent twice, so a failure on a
+        // kept-alive connection is tried once more on a new one.
+        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
+            if let Ok(answer) = self.try_post(path, body.clone()).await {
+                return Ok(answer);
+            }
+            self.sender = None;
+        }
         let result = self.try_post(path, body).await;
         if result.is_err() {
             self.sender = None;
@@ -334,5 +356,35 @@ impl PeerLink {
             .as_mut()
             .ok_or_else(|| "not connected".to_owned())?;
         send(sender, &self.address, Method::POST, path, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shadowkeep_api::keystore::{Algorithm, Kek};
+
+    use super::*;
+    use crate::admin::RefusedRecord;
+
+    #[test]
+    fn a_push_is_acknowledged_only_when_the_peer_took_each_of_its_keys() {
+        let kek = Kek::generate();
+        let key = |name: &str| {
+            Key::generate(&kek, name, Algorithm::Aes, 256, jiff::Timestamp::now()).unwrap()
+        };
+        let (taken, contested, refused) = (key("A"), key("B"), key("C"));
+        let reply = MergeReply {
+            received: 3,
+            stored: 1,
+            conflicts: vec![contested.id.to_string()],
+            refused: vec![RefusedRecord {
+                id: refused.id.to_string(),
+                reason: "does not open".to_owned(),
+            }],
+        };
+        assert!(holds(&reply, std::slice::from_ref(&taken)));
+        assert!(!holds(&reply, &[taken.clone(), contested]));
+        assert!(!holds(&reply, &[refused]));
+        assert!(holds(&MergeReply::default(), &[taken]));
     }
 }
