@@ -694,3 +694,40 @@ async fn the_operators_keystore_file_is_merged_at_start_and_on_change_and_never_
         kek.open(&first.id, &first.material).unwrap().to_vec()
     );
 }
+
+#[tokio::test]
+async fn a_locate_that_finds_nothing_empties_the_id_placeholder() {
+    let server = Server::start("empty-locate", 60);
+    let mut c = server.client().await;
+    let nothing = vec![attribute("Name", name("NO-SUCH-TAPE"))];
+    let response = c
+        .call(&header_with(
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::LOCATE, nothing),
+                (operation::DESTROY, vec![]),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert_eq!(items.len(), 3);
+    assert_eq!(status(items[0]), Some(0), "{response:?}");
+    assert_eq!(status(items[1]), Some(0), "{response:?}");
+    assert!(uids(payload(items[1]).unwrap()).is_empty());
+    // KMIP 1.x: the Destroy has no object to act on, not the key the Create made.
+    assert_eq!(reason(items[2]), Some(result_reason::MISSING_DATA));
+    assert!(
+        client::message(items[2])
+            .unwrap()
+            .contains("ID Placeholder"),
+        "{response:?}"
+    );
+    let created = uids(payload(items[0]).unwrap())[0].clone();
+    assert_eq!(
+        common::material(&mut c, &created).await.map(|m| m.len()),
+        Some(32),
+        "the created key was not destroyed"
+    );
+}

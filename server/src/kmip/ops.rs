@@ -60,7 +60,18 @@ impl std::fmt::Debug for Kmip {
     }
 }
 
-type OpResult = Result<(Vec<Item>, Option<KeyId>), KmipError>;
+/// What an item leaves in the batch's ID Placeholder for the items after it.
+enum Placeholder {
+    /// Left as it was (operations that name no object).
+    Keep,
+    /// The object this item created, found or acted on.
+    Set(KeyId),
+    /// Emptied: a Locate that found nothing leaves no object for the next item (KMIP 1.x),
+    /// rather than the one an earlier item named.
+    Clear,
+}
+
+type OpResult = Result<(Vec<Item>, Placeholder), KmipError>;
 
 impl Kmip {
     /// A KMIP service over `store`, sealing with `kek`.
@@ -213,9 +224,11 @@ impl Kmip {
                         .to_owned(),
                 })
                 .inc();
-            let result = result.map(|(payload, id)| {
-                if id.is_some() {
-                    placeholder = id;
+            let result = result.map(|(payload, next)| {
+                match next {
+                    Placeholder::Keep => {}
+                    Placeholder::Set(id) => placeholder = Some(id),
+                    Placeholder::Clear => placeholder = None,
                 }
                 payload
             });
@@ -239,7 +252,7 @@ impl Kmip {
     ) -> OpResult {
         let p = &item.payload;
         match item.operation {
-            operation::DISCOVER_VERSIONS => Ok((discover_versions(p), None)),
+            operation::DISCOVER_VERSIONS => Ok((discover_versions(p), Placeholder::Keep)),
             operation::QUERY => self.query(p),
             operation::CREATE => self.create(p, group).await,
             operation::REGISTER => self.register(p, group).await,
@@ -303,7 +316,7 @@ impl Kmip {
             t if t == tag::SERVER_INFORMATION => 3,
             _ => 4,
         });
-        Ok((out, None))
+        Ok((out, Placeholder::Keep))
     }
 
     async fn create(&self, p: &Item, group: Option<&str>) -> OpResult {
@@ -321,7 +334,7 @@ impl Kmip {
                 Item::enumeration(tag::OBJECT_TYPE, object_type::SYMMETRIC_KEY),
                 uid_item(&key.id),
             ],
-            Some(key.id),
+            Placeholder::Set(key.id),
         ))
     }
 
@@ -397,7 +410,7 @@ impl Kmip {
         apply_template(&mut key, rest, now.as_millisecond())?;
         tag_group(&mut key, group, now.as_millisecond())?;
         self.commit_new(key.clone()).await?;
-        Ok((vec![uid_item(&key.id)], Some(key.id)))
+        Ok((vec![uid_item(&key.id)], Placeholder::Set(key.id)))
     }
 
     fn get(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -458,7 +471,7 @@ impl Kmip {
                 uid_item(&key.id),
                 Item::structure(tag::SYMMETRIC_KEY, vec![block]),
             ],
-            Some(key.id),
+            Placeholder::Set(key.id),
         ))
     }
 
@@ -487,8 +500,10 @@ impl Kmip {
         // one it wrote last.
         found.sort_by(|a, b| b.cmp(a));
         found.truncate(max);
-        let first = found.first().map(|(_, id)| id.clone());
-        Ok((found.iter().map(|(_, id)| uid_item(id)).collect(), first))
+        let next = found
+            .first()
+            .map_or(Placeholder::Clear, |(_, id)| Placeholder::Set(id.clone()));
+        Ok((found.iter().map(|(_, id)| uid_item(id)).collect(), next))
     }
 
     fn get_attributes(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -510,7 +525,7 @@ impl Kmip {
         };
         let mut out = vec![uid_item(&key.id)];
         out.extend(attrs.iter().map(|a| a.to_item(true)));
-        Ok((out, Some(key.id)))
+        Ok((out, Placeholder::Set(key.id)))
     }
 
     fn get_attribute_list(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -523,7 +538,7 @@ impl Kmip {
                 .into_iter()
                 .map(|n| Item::text(tag::ATTRIBUTE_NAME, n)),
         );
-        Ok((out, Some(key.id)))
+        Ok((out, Placeholder::Set(key.id)))
     }
 
     async fn add_attribute(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -718,7 +733,7 @@ impl Kmip {
         if let Some(r) = &self.replication {
             r.publish(std::slice::from_ref(&key));
         }
-        Ok((vec![uid_item(&key.id)], Some(key.id)))
+        Ok((vec![uid_item(&key.id)], Placeholder::Set(key.id)))
     }
 
     /// An attribute change: applies `f` and answers with the Unique Identifier and the
@@ -743,7 +758,10 @@ impl Kmip {
         if let Some(r) = &self.replication {
             r.publish(std::slice::from_ref(&key));
         }
-        Ok((vec![uid_item(&key.id), attr.to_item(true)], Some(key.id)))
+        Ok((
+            vec![uid_item(&key.id), attr.to_item(true)],
+            Placeholder::Set(key.id),
+        ))
     }
 
     async fn commit(&self, key: Key) -> Result<(), KmipError> {
@@ -770,8 +788,9 @@ impl Kmip {
         let id = match text_field(p, tag::UNIQUE_IDENTIFIER, "Unique Identifier")? {
             Some(text) => KeyId::try_from(text.to_owned()).map_err(|_| not_found(text))?,
             None => placeholder.cloned().ok_or_else(|| {
-                KmipError::missing(
-                    "Unique Identifier (no earlier item of this batch set the ID Placeholder)",
+                KmipError::new(
+                    result_reason::MISSING_DATA,
+                    "Unique Identifier is required: the ID Placeholder is empty (no earlier item of this batch named a key, or a Locate found none)",
                 )
             })?,
         };
