@@ -731,3 +731,112 @@ async fn a_locate_that_finds_nothing_empties_the_id_placeholder() {
         "the created key was not destroyed"
     );
 }
+
+/// A server started over a keystore file holding `keys` (as the operator's Secret would),
+/// with the KEK they were sealed under.
+fn server_with_keystore(
+    name: &str,
+    keys: impl FnOnce(&shadowkeep_api::keystore::Kek) -> Vec<shadowkeep_api::keystore::Key>,
+) -> (common::Proc, PathBuf) {
+    use shadowkeep_api::keystore::{Kek, Keystore};
+
+    let dir = common::certificates(name);
+    let kek = Kek::from_bytes(&std::fs::read(dir.join("kek.bin")).unwrap()).unwrap();
+    let mut ks = Keystore::new();
+    for key in keys(&kek) {
+        ks.insert(key).unwrap();
+    }
+    std::fs::write(dir.join("keystore"), ks.to_bytes().unwrap()).unwrap();
+    let config = format!(
+        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives: {{acceptUnknown: true}}\nkeystoreFile: {d}/keystore\n",
+        d = dir.display()
+    );
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, config).unwrap();
+    (common::Proc::start(&path), dir)
+}
+
+#[tokio::test]
+async fn attribute_times_at_the_end_of_the_range_from_a_merge_get_errors_not_panics() {
+    use shadowkeep_api::keystore::{Algorithm, AttributeValue, Key};
+
+    let mut id = String::new();
+    let (mut proc, dir) = server_with_keystore("wire-end-of-time", |kek| {
+        let mut key = Key::generate(
+            kek,
+            "END-OF-TIME",
+            Algorithm::Aes,
+            256,
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        for (name, value) in [
+            ("kmip:x-shelf#0", r#"{"TextString":"A1"}"#),
+            ("kmip:Activation Date#0", r#"{"DateTime":0}"#),
+        ] {
+            key.attributes.insert(
+                name.to_owned(),
+                AttributeValue {
+                    updated_at_ms: i64::MAX,
+                    value: Some(value.to_owned()),
+                },
+            );
+        }
+        id = key.id.to_string();
+        vec![key]
+    });
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    let uid = || Item::text(tag::UNIQUE_IDENTIFIER, id.clone());
+    let modify = vec![
+        uid(),
+        attribute("x-shelf", Item::text(tag::ATTRIBUTE_VALUE, "B2")),
+    ];
+    let response = c
+        .call(&request(V12, vec![(operation::MODIFY_ATTRIBUTE, modify)]))
+        .await
+        .expect("a KMIP answer, not a dropped connection");
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::ILLEGAL_OPERATION));
+    assert!(
+        client::message(out[0])
+            .unwrap()
+            .contains("nothing was changed"),
+        "{response:?}"
+    );
+
+    // A state change still happens: the server-set date that cannot be restamped is left
+    // as the merge has it.
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::ACTIVATE, vec![uid()]),
+                (
+                    operation::GET_ATTRIBUTES,
+                    vec![
+                        uid(),
+                        Item::text(tag::ATTRIBUTE_NAME, "State"),
+                        Item::text(tag::ATTRIBUTE_NAME, "x-shelf"),
+                    ],
+                ),
+            ],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert!(out.iter().all(|i| status(i) == Some(0)), "{response:?}");
+    let values: Vec<Item> = payload(out[1])
+        .unwrap()
+        .children_with(tag::ATTRIBUTE)
+        .map(|a| a.child(tag::ATTRIBUTE_VALUE).unwrap().clone())
+        .collect();
+    assert_eq!(values[0].as_enum(), Some(2), "Active");
+    assert_eq!(
+        values[1].as_text(),
+        Some("A1"),
+        "the refused change changed nothing"
+    );
+    assert!(proc.alive());
+}

@@ -236,36 +236,58 @@ pub fn next_index(key: &Key, name: &str) -> u32 {
 }
 
 /// Writes an instance. `now_ms` is raised above the instance's last write so that the
-/// write wins on every replica.
+/// write wins on every replica; a write that cannot be stamped later than the last one (a
+/// time at the end of the range, arrived by a merge) is refused, because the other replicas
+/// would keep the old value.
 pub fn set(key: &mut Key, attribute: &Attribute, now_ms: i64) -> Result<(), KmipError> {
     let json = serde_json::to_string(&attribute.value)
         .map_err(|e| KmipError::new(result_reason::GENERAL_FAILURE, e.to_string()))?;
-    write(
-        key,
-        &storage_key(&attribute.name, attribute.index),
-        Some(json),
-        now_ms,
-    );
+    let storage = storage_key(&attribute.name, attribute.index);
+    let at = stamp(key, &storage, now_ms).ok_or_else(|| unstampable(&attribute.name))?;
+    write(key, storage, Some(json), at);
     Ok(())
 }
 
 /// Deletes an instance, leaving a tombstone. Returns whether it was live.
-pub fn delete(key: &mut Key, name: &str, index: u32, now_ms: i64) -> bool {
-    let k = storage_key(name, index);
-    let live = key.attributes.get(&k).is_some_and(|v| v.value.is_some());
-    if live {
-        write(key, &k, None, now_ms);
+pub fn delete(key: &mut Key, name: &str, index: u32, now_ms: i64) -> Result<bool, KmipError> {
+    let storage = storage_key(name, index);
+    if key
+        .attributes
+        .get(&storage)
+        .is_none_or(|v| v.value.is_none())
+    {
+        return Ok(false);
     }
-    live
+    let at = stamp(key, &storage, now_ms).ok_or_else(|| unstampable(name))?;
+    write(key, storage, None, at);
+    Ok(true)
 }
 
-fn write(key: &mut Key, storage: &str, value: Option<String>, now_ms: i64) {
-    let at = key
-        .attributes
-        .get(storage)
-        .map_or(now_ms, |old| now_ms.max(old.updated_at_ms + 1));
+/// The time a write of `storage` is stamped with: `now_ms`, or just after the last write
+/// when that is later (a replica whose clock runs ahead). `None` when nothing is later.
+fn stamp(key: &Key, storage: &str, now_ms: i64) -> Option<i64> {
+    match key.attributes.get(storage) {
+        None => Some(now_ms),
+        Some(old) => old
+            .updated_at_ms
+            .checked_add(1)
+            .map(|after| after.max(now_ms)),
+    }
+}
+
+fn unstampable(name: &str) -> KmipError {
+    KmipError::new(
+        result_reason::ILLEGAL_OPERATION,
+        format!(
+            "{name} cannot be changed: its last change is stamped at the end of the time range ({} ms), so no change could win over it on the other replicas; nothing was changed",
+            i64::MAX
+        ),
+    )
+}
+
+fn write(key: &mut Key, storage: String, value: Option<String>, at: i64) {
     key.attributes.insert(
-        storage.to_owned(),
+        storage,
         AttributeValue {
             updated_at_ms: at,
             value,
@@ -273,9 +295,20 @@ fn write(key: &mut Key, storage: &str, value: Option<String>, now_ms: i64) {
     );
 }
 
+/// Records an attribute only the server sets, as part of a state change. One whose last
+/// write is stamped at the end of the time range is left as it is, so that the state change
+/// still happens; every replica keeps that value anyway.
+pub fn set_by_server(key: &mut Key, attribute: &Attribute, now_ms: i64) -> Result<(), KmipError> {
+    let storage = storage_key(&attribute.name, attribute.index);
+    if stamp(key, &storage, now_ms).is_none() {
+        return Ok(());
+    }
+    set(key, attribute, now_ms)
+}
+
 /// Records a server-set date attribute (Activation Date and the like).
 pub fn set_date(key: &mut Key, name: &str, secs: i64, now_ms: i64) -> Result<(), KmipError> {
-    set(
+    set_by_server(
         key,
         &Attribute {
             name: name.to_owned(),
@@ -373,4 +406,111 @@ pub fn matches(key: &Key, name: &str, value: &Value) -> bool {
             a.value == *value
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use shadowkeep_api::keystore::{Algorithm, Kek};
+
+    use super::*;
+
+    static KEY: LazyLock<Key> = LazyLock::new(|| {
+        Key::generate(
+            &Kek::generate(),
+            "PROP",
+            Algorithm::Aes,
+            256,
+            jiff::Timestamp::now(),
+        )
+        .unwrap()
+    });
+
+    /// Times as a merge may bring them: anything, and the edges most of all.
+    fn any_time() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(i64::MAX),
+            Just(i64::MAX - 1),
+            Just(i64::MIN),
+            Just(-1),
+            Just(0),
+            any::<i64>(),
+        ]
+    }
+
+    fn text(s: &str) -> Attribute {
+        Attribute {
+            name: "x-shelf".to_owned(),
+            index: 0,
+            value: Value::TextString(s.to_owned()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever stamps a merge left on a key's attributes, and whatever the clock says,
+        /// changing and reading them never panics; a change either wins over the last write
+        /// on every replica (a later stamp) or is refused and changes nothing.
+        #[test]
+        fn any_stamps_and_clock_never_panic_and_changes_win_or_change_nothing(
+            old_at in any_time(),
+            live in any::<bool>(),
+            date_at in any_time(),
+            now in any_time(),
+        ) {
+            let mut key = KEY.clone();
+            key.attributes.insert(
+                storage_key("x-shelf", 0),
+                AttributeValue {
+                    updated_at_ms: old_at,
+                    value: live.then(|| r#"{"TextString":"A1"}"#.to_owned()),
+                },
+            );
+            key.attributes.insert(
+                storage_key("Deactivation Date", 0),
+                AttributeValue { updated_at_ms: date_at, value: Some(r#"{"DateTime":0}"#.to_owned()) },
+            );
+            let before = key.clone();
+
+            let mut changed = key.clone();
+            match set(&mut changed, &text("B2"), now) {
+                Ok(()) => {
+                    let at = changed.attributes[&storage_key("x-shelf", 0)].updated_at_ms;
+                    prop_assert!(at > old_at && at >= now);
+                }
+                Err(e) => {
+                    prop_assert_eq!(old_at, i64::MAX);
+                    prop_assert_eq!(e.reason, result_reason::ILLEGAL_OPERATION);
+                    prop_assert_eq!(&changed, &before);
+                }
+            }
+
+            let mut deleted = key.clone();
+            if let Ok(was_live) = delete(&mut deleted, "x-shelf", 0, now) {
+                prop_assert_eq!(was_live, live);
+                let after = &deleted.attributes[&storage_key("x-shelf", 0)];
+                prop_assert!(after.value.is_none());
+                prop_assert!(!live || after.updated_at_ms > old_at);
+            } else {
+                prop_assert!(live && old_at == i64::MAX);
+                prop_assert_eq!(&deleted, &before);
+            }
+
+            let mut dated = key.clone();
+            set_date(&mut dated, "Deactivation Date", now, now).unwrap();
+            let after = &dated.attributes[&storage_key("Deactivation Date", 0)];
+            prop_assert!(after.updated_at_ms > date_at || date_at == i64::MAX);
+
+            for k in [&key, &changed, &deleted, &dated] {
+                let every = all(k);
+                prop_assert!(every.iter().any(|a| a.name == "Last Change Date"));
+                kmip_state(k);
+            }
+        }
+    }
 }

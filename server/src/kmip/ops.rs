@@ -618,7 +618,7 @@ impl Kmip {
                         format!("{name} has no instance with index {index}"),
                     )
                 })?;
-            attributes::delete(key, &name, index, now_ms);
+            attributes::delete(key, &name, index, now_ms)?;
             Ok(old)
         })
         .await
@@ -685,7 +685,7 @@ impl Kmip {
             if attributes::instances(key, "Deactivation Date").is_empty() {
                 attributes::set_date(key, "Deactivation Date", now.as_second(), ms)?;
             }
-            attributes::set(
+            attributes::set_by_server(
                 key,
                 &Attribute {
                     name: "Revocation Reason".to_owned(),
