@@ -840,3 +840,241 @@ async fn attribute_times_at_the_end_of_the_range_from_a_merge_get_errors_not_pan
     );
     assert!(proc.alive());
 }
+
+fn add_attribute(uid: &str, name: &str, value: Item) -> (u32, Vec<Item>) {
+    (
+        operation::ADD_ATTRIBUTE,
+        vec![
+            Item::text(tag::UNIQUE_IDENTIFIER, uid),
+            attribute(name, value),
+        ],
+    )
+}
+
+fn text_value(len: usize) -> Item {
+    Item::text(tag::ATTRIBUTE_VALUE, "N".repeat(len))
+}
+
+#[tokio::test]
+async fn a_create_with_more_attributes_than_an_object_may_hold_is_refused_and_stores_nothing() {
+    let server = Server::start("create-limits", 60);
+    let mut c = server.client().await;
+    let many = |count: usize, value: &dyn Fn(usize) -> Item| -> Vec<Item> {
+        (0..count)
+            .map(|i| attribute(&format!("x-note-{i:03}"), value(i)))
+            .collect()
+    };
+    // 100 x 4 KiB, as text and as bytes (whose log record would be ~1.6 MB).
+    let texts = many(100, &|_| text_value(4096));
+    let bytes = many(100, &|i| {
+        Item::bytes(
+            tag::ATTRIBUTE_VALUE,
+            vec![u8::try_from(i).unwrap() | 0x80; 4096],
+        )
+    });
+    for template in [texts, bytes] {
+        let response = c
+            .call(&request(
+                V12,
+                vec![(operation::CREATE, create_aes(256, template))],
+            ))
+            .await
+            .unwrap();
+        let out = batch_items(&response);
+        assert_eq!(reason(out[0]), Some(result_reason::INVALID_FIELD));
+        let message = client::message(out[0]).unwrap();
+        assert!(
+            message.contains("over the limit of 64") && message.contains("nothing was changed"),
+            "{message}"
+        );
+    }
+    // Within the count but over the size: 60 x 4 KiB of bytes.
+    let big = many(60, &|_| Item::bytes(tag::ATTRIBUTE_VALUE, vec![0xFF; 4096]));
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, big))],
+        ))
+        .await
+        .unwrap();
+    let message = client::message(batch_items(&response)[0]).unwrap();
+    assert!(message.contains("bytes per object"), "{message}");
+    assert_eq!(key_count(&mut c).await, 0, "nothing was stored");
+
+    // A name longer than the limit is refused without being echoed.
+    let long = vec![attribute(&format!("x-{}", "n".repeat(200)), text_value(4))];
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, long))],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_FIELD));
+    let message = client::message(out[0]).unwrap();
+    assert!(
+        message.contains("202 bytes") && message.contains("limit of 128") && message.len() < 200,
+        "{message}"
+    );
+
+    // The tape library profile: 30 custom attributes of 255+ characters, and a Name.
+    let mut profile = many(30, &|_| text_value(1024));
+    profile.push(attribute("Name", name("PROFILE1")));
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, profile))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status(batch_items(&response)[0]), Some(0), "{response:?}");
+    assert_eq!(key_count(&mut c).await, 1);
+}
+
+#[tokio::test]
+async fn a_thousand_add_attributes_stop_at_the_limit_and_a_restart_keeps_every_key() {
+    let mut server = Server::start("grow", 60);
+    let mut c = server.client().await;
+    let uid = create_tape_key(&mut c, "GROW0001", "00").await;
+    let other = create_tape_key(&mut c, "GROW0002", "01").await;
+
+    let mut outcomes = Vec::new();
+    for batch in 0..(1000 / 25) {
+        let items = (0..25)
+            .map(|i| {
+                add_attribute(
+                    &uid,
+                    &format!("x-note-{}", batch * 25 + i),
+                    text_value(4096),
+                )
+            })
+            .collect();
+        let response = c.call(&header_with(items, true)).await.unwrap();
+        for item in batch_items(&response) {
+            outcomes.push((
+                status(item),
+                reason(item),
+                client::message(item).map(str::to_owned),
+            ));
+        }
+    }
+    assert_eq!(outcomes.len(), 1000);
+    let added = outcomes.iter().take_while(|o| o.0 == Some(0)).count();
+    assert!(
+        (30..=64).contains(&added),
+        "{added} Add Attribute calls succeeded"
+    );
+    for (_, why, message) in &outcomes[added..] {
+        assert_eq!(*why, Some(result_reason::INVALID_FIELD), "{message:?}");
+        let message = message.as_deref().unwrap();
+        assert!(
+            message.contains("per object") && message.contains("nothing was changed"),
+            "{message}"
+        );
+    }
+
+    // Adding and deleting over and over reuses the deleted instance's index.
+    let cycle = |i: usize| {
+        vec![
+            add_attribute(
+                &other,
+                "x-cycle",
+                Item::text(tag::ATTRIBUTE_VALUE, format!("v{i}")),
+            ),
+            (
+                operation::DELETE_ATTRIBUTE,
+                vec![
+                    Item::text(tag::UNIQUE_IDENTIFIER, other.clone()),
+                    Item::text(tag::ATTRIBUTE_NAME, "x-cycle"),
+                ],
+            ),
+        ]
+    };
+    for round in 0..100 {
+        let response = c.call(&header_with(cycle(round), false)).await.unwrap();
+        let out = batch_items(&response);
+        assert!(out.iter().all(|i| status(i) == Some(0)), "{response:?}");
+        let index = payload(out[0])
+            .and_then(|p| p.child(tag::ATTRIBUTE))
+            .and_then(|a| a.child(tag::ATTRIBUTE_INDEX));
+        assert!(index.is_none(), "round {round}: index {index:?}, not 0");
+    }
+
+    // A crash and a restart keep every acknowledged key and change.
+    let mut ids = vec![uid.clone(), other.clone()];
+    ids.sort();
+    server.proc.crash();
+    server.proc = common::Proc::start(&server.dir.join("server.yaml"));
+    server.addr = server.proc.kmip;
+    assert_eq!(common::all_ids(server.addr, &server.connector()).await, ids);
+    let mut c = server.client().await;
+    let response = c
+        .call(&request(
+            V12,
+            vec![(
+                operation::GET_ATTRIBUTE_LIST,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, uid.clone())],
+            )],
+        ))
+        .await
+        .unwrap();
+    let names = payload(batch_items(&response)[0])
+        .unwrap()
+        .children_with(tag::ATTRIBUTE_NAME)
+        .filter(|n| n.as_text().is_some_and(|n| n.starts_with("x-note-")))
+        .count();
+    assert_eq!(names, added);
+    assert_eq!(
+        common::material(&mut c, &uid).await.map(|m| m.len()),
+        Some(32)
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_message_over_the_text_limit_is_refused_and_changes_nothing() {
+    let server = Server::start("revocation-message", 60);
+    let mut c = server.client().await;
+    let revoke = |message: usize| {
+        vec![Item::structure(
+            tag::REVOCATION_REASON,
+            vec![
+                Item::enumeration(tag::REVOCATION_REASON_CODE, 5),
+                Item::text(Tag(0x42_0080), "M".repeat(message)),
+            ],
+        )]
+    };
+    let state = vec![Item::text(tag::ATTRIBUTE_NAME, "State")];
+    let response = c
+        .call(&header_with(
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::ACTIVATE, vec![]),
+                (operation::REVOKE, revoke(8192)),
+                (operation::GET_ATTRIBUTES, state.clone()),
+                (operation::REVOKE, revoke(4096)),
+                (operation::GET_ATTRIBUTES, state),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[2]), Some(result_reason::INVALID_FIELD));
+    assert!(
+        client::message(out[2])
+            .unwrap()
+            .contains("Revocation Message"),
+        "{:?}",
+        client::message(out[2])
+    );
+    let state_of = |i: usize| {
+        payload(out[i])
+            .and_then(|p| p.child(tag::ATTRIBUTE))
+            .and_then(|a| a.child(tag::ATTRIBUTE_VALUE))
+            .and_then(Item::as_enum)
+    };
+    assert_eq!(state_of(3), Some(2), "still Active");
+    assert_eq!(status(out[4]), Some(0), "{response:?}");
+    assert_eq!(state_of(5), Some(3), "Deactivated");
+}

@@ -429,6 +429,36 @@ def test_modify_and_delete_attribute(client):
     assert operation_failure(err) == Reason.ITEM_NOT_FOUND
 
 
+def test_tape_profile_custom_attributes_fit_and_survive_a_restart(server):
+    """The OASIS Tape Library Profile asks for at least 30 custom x- attributes per object,
+    with values of 255 characters or more."""
+    values = {f"x-tape-{i:02d}": f"{i:02d}" + "V" * 1022 for i in range(30)}
+    with make_client(server) as c:
+        uid = create(c, 256, attr(AT.NAME, "PROFILE-30"),
+                     *(attr(name, value) for name, value in values.items()))
+    server.restart()
+    with make_client(server) as c:
+        _, attrs = c.get_attributes(uid, list(values))
+        assert attribute_map(attrs) == {name: [value] for name, value in values.items()}
+        assert locate(c, attr("x-tape-29", values["x-tape-29"])) == [uid]
+
+
+def test_a_create_over_the_per_object_attribute_limits_is_refused_and_stores_nothing(client):
+    many = [attr(f"x-note-{i:03d}", "N" * 4096) for i in range(100)]
+    message = failed(client.proxy.create(enums.ObjectType.SYMMETRIC_KEY,
+                                         aes_template(256, attr(AT.NAME, "TOO-MANY"), *many)),
+                     Reason.INVALID_FIELD)
+    assert "over the limit of 64" in message and "nothing was changed" in message, message
+    long_name = attr("x-" + "n" * 200, "v")
+    message = failed(client.proxy.create(enums.ObjectType.SYMMETRIC_KEY,
+                                         aes_template(256, attr(AT.NAME, "LONG-NAME"), long_name)),
+                     Reason.INVALID_FIELD)
+    assert "limit of 128 bytes" in message, message
+    assert locate(client, attr(AT.NAME, "TOO-MANY")) == []
+    assert locate(client, attr(AT.NAME, "LONG-NAME")) == []
+    assert list(client.locate() or []) == []
+
+
 # ---------------------------------------------------------------- life cycle
 
 

@@ -6,6 +6,29 @@
 //! holding the TTLV value as JSON. Each entry carries the time it was written, so replicas
 //! that changed the same attribute agree on the latest value; a deleted instance stays as a
 //! tombstone so that the deletion, too, reaches every replica.
+//!
+//! # Limits
+//!
+//! Every change rewrites the key's whole record, and a record over the store's limit
+//! ([`MAX_RECORD`](crate::store::MAX_RECORD), 1 MiB) could not be replayed, so a client's
+//! attributes are bounded per object:
+//!
+//! - an Attribute Name is at most [`MAX_NAME_LEN`] (128) bytes;
+//! - a text, byte string or big integer value is at most [`MAX_TEXT`] (4,096) bytes;
+//! - an object holds at most [`MAX_INSTANCES`] (64) instances of the attributes clients
+//!   set, deleted ones (tombstones) included. A new instance takes the lowest index without
+//!   a live instance, so deleting and adding again reuses the tombstone's slot and the
+//!   record does not grow with the history of changes;
+//! - an object's record is at most [`MAX_OBJECT_BYTES`] (256 KiB), a quarter of the store's
+//!   limit, so that records of one key that replicas changed independently still merge
+//!   into one the store accepts.
+//!
+//! The OASIS Tape Library Profile needs 30 custom attributes of 255 or more characters per
+//! object; 30 of 4,096 bytes fit. A change that would take an object over a limit is
+//! refused with Invalid Field and changes nothing; a change that does not take it further
+//! over (a record that merging made larger) is allowed. The attributes the server sets
+//! with a state change (dates, Revocation Reason, key group) are few and bounded, and are
+//! never refused for size, so that a key can always be revoked or destroyed.
 
 use shadowkeep_api::keystore::{AttributeValue, Key, KeyState};
 
@@ -50,8 +73,17 @@ const CLIENT_SET: [(&str, bool); 7] = [
     ("Operation Policy Name", false),
 ];
 
-/// Longest text value accepted in an attribute.
-const MAX_TEXT: usize = 4096;
+/// Longest text, byte string or big integer value accepted in an attribute.
+pub const MAX_TEXT: usize = 4096;
+
+/// Longest Attribute Name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Most instances of client-set attributes an object holds, deleted ones included.
+pub const MAX_INSTANCES: usize = 64;
+
+/// Largest record an object may reach through a client's attribute changes.
+pub const MAX_OBJECT_BYTES: usize = crate::store::MAX_RECORD / 4;
 
 /// One attribute instance: name, index and value (the Attribute Value item).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +121,7 @@ pub fn parse(item: &Item) -> Result<(String, Option<u32>, Value), KmipError> {
         .and_then(Item::as_text)
         .ok_or_else(|| KmipError::missing("Attribute Name"))?
         .to_owned();
+    check_name(&name)?;
     let index = match item.child(tag::ATTRIBUTE_INDEX) {
         None => None,
         Some(i) => Some(
@@ -108,8 +141,20 @@ pub fn parse(item: &Item) -> Result<(String, Option<u32>, Value), KmipError> {
     Ok((name, index, value))
 }
 
+/// Refuses an Attribute Name over [`MAX_NAME_LEN`], without echoing it.
+fn check_name(name: &str) -> Result<(), KmipError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(KmipError::invalid(format!(
+            "Attribute Name is {} bytes long, over the limit of {MAX_NAME_LEN} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Whether clients may set `name`, and if so whether it is multi-instance.
 pub fn settable(name: &str) -> Result<bool, KmipError> {
+    check_name(name)?;
     if is_custom(name) {
         return Ok(true);
     }
@@ -165,7 +210,9 @@ pub fn check_value(name: &str, value: &Value) -> Result<(), KmipError> {
         },
         _ => match value {
             Value::TextString(s) if !text_ok(s) => Err(bad("at most 4096 bytes")),
-            Value::ByteString(b) if b.len() > MAX_TEXT => Err(bad("at most 4096 bytes")),
+            Value::ByteString(b) | Value::BigInteger(b) if b.len() > MAX_TEXT => {
+                Err(bad("at most 4096 bytes"))
+            }
             Value::Structure(_) => Err(bad("a single value, not a structure")),
             _ => Ok(()),
         },
@@ -224,15 +271,79 @@ fn stored(key: &Key) -> impl Iterator<Item = Attribute> + '_ {
     })
 }
 
-/// The next free index of `name` (deleted instances keep their index).
+/// The index a new instance of `name` takes: the lowest without a live instance, so that a
+/// deleted instance's tombstone is reused (other instances keep their indices). A tombstone
+/// stamped at the end of the time range cannot be written over and is passed by.
 pub fn next_index(key: &Key, name: &str) -> u32 {
+    (0..=u32::MAX)
+        .find(|i| {
+            key.attributes
+                .get(&storage_key(name, *i))
+                .is_none_or(|v| v.value.is_none() && v.updated_at_ms < i64::MAX)
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// The stored instances, live or deleted, of the attributes clients set: what
+/// [`MAX_INSTANCES`] bounds.
+fn client_instances(key: &Key) -> usize {
     key.attributes
         .keys()
         .filter_map(|k| parse_storage_key(k))
-        .filter(|(n, _)| *n == name)
-        .map(|(_, i)| i + 1)
-        .max()
-        .unwrap_or(0)
+        .filter(|(name, _)| !SERVER_SET.contains(name) && !name.starts_with("y-"))
+        .count()
+}
+
+/// The size of the key's record as the store writes it.
+fn record_len(key: &Key) -> Result<usize, KmipError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, key).map_err(|e| {
+        KmipError::new(
+            result_reason::GENERAL_FAILURE,
+            format!("failed to measure key {}: {e}", key.id),
+        )
+    })?;
+    Ok(count.0)
+}
+
+/// Checks that a client's change left `after` within the per-object limits, or no further
+/// over them than it was `before` (a new key has no `before`).
+pub fn within_limits(after: &Key, before: Option<&Key>) -> Result<(), KmipError> {
+    let count = client_instances(after);
+    if count > MAX_INSTANCES && before.is_none_or(|b| count > client_instances(b)) {
+        let live = stored(after)
+            .filter(|a| !SERVER_SET.contains(&a.name.as_str()) && !a.name.starts_with("y-"))
+            .count();
+        return Err(KmipError::invalid(format!(
+            "key {} would hold {count} attribute instances ({} of them deleted ones, kept so that every replica learns of the deletion), over the limit of {MAX_INSTANCES} per object; nothing was changed",
+            after.id,
+            count - live
+        )));
+    }
+    let bytes = record_len(after)?;
+    if bytes > MAX_OBJECT_BYTES {
+        let grew = match before {
+            None => true,
+            Some(b) => bytes > record_len(b)?,
+        };
+        if grew {
+            return Err(KmipError::invalid(format!(
+                "key {} would take {bytes} bytes with its attributes, over the limit of {MAX_OBJECT_BYTES} bytes per object; nothing was changed",
+                after.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes an instance. `now_ms` is raised above the instance's last write so that the
@@ -512,5 +623,84 @@ mod tests {
                 kmip_state(k);
             }
         }
+        /// Whatever indices and stamps a merge left, the next index never panics and is a
+        /// slot a write can take.
+        #[test]
+        fn next_index_takes_a_writable_slot_whatever_the_merge_left(
+            slots in proptest::collection::vec(
+                (
+                    prop_oneof![Just(0u32), Just(1), Just(u32::MAX - 1), Just(u32::MAX), any::<u32>()],
+                    any::<bool>(),
+                    any_time(),
+                ),
+                0..8,
+            ),
+        ) {
+            let mut key = KEY.clone();
+            for (index, live, at) in slots {
+                key.attributes.insert(
+                    storage_key("x-shelf", index),
+                    AttributeValue {
+                        updated_at_ms: at,
+                        value: live.then(|| r#"{"TextString":"A1"}"#.to_owned()),
+                    },
+                );
+            }
+            let index = next_index(&key, "x-shelf");
+            let attr = Attribute { index, ..text("B2") };
+            prop_assert!(instances(&key, "x-shelf").iter().all(|a| a.index != index));
+            prop_assert!(set(&mut key, &attr, 0).is_ok());
+        }
+    }
+
+    #[test]
+    fn adding_and_deleting_over_and_over_does_not_grow_the_record() {
+        let mut key = KEY.clone();
+        for now in 0..1000 {
+            let index = next_index(&key, "x-shelf");
+            assert_eq!(index, 0);
+            let attr = Attribute {
+                index,
+                ..text(&now.to_string())
+            };
+            set(&mut key, &attr, now).unwrap();
+            assert!(delete(&mut key, "x-shelf", index, now).unwrap());
+        }
+        assert_eq!(key.attributes.len(), 1);
+        within_limits(&key, None).unwrap();
+    }
+
+    #[test]
+    fn deleted_instances_count_towards_the_limit_and_a_change_may_not_grow_past_it() {
+        let mut key = KEY.clone();
+        for i in 0..MAX_INSTANCES {
+            let attr = Attribute {
+                name: format!("x-{i}"),
+                ..text("v")
+            };
+            set(&mut key, &attr, 1).unwrap();
+            delete(&mut key, &attr.name, 0, 2).unwrap();
+        }
+        within_limits(&key, None).unwrap();
+        let before = key.clone();
+        set(&mut key, &text("v"), 3).unwrap();
+        let e = within_limits(&key, Some(&before)).unwrap_err();
+        assert!(
+            e.message
+                .contains("65 attribute instances (64 of them deleted"),
+            "{e}"
+        );
+        // Reusing a tombstone does not grow the object.
+        let mut reused = before.clone();
+        set(
+            &mut reused,
+            &Attribute {
+                name: "x-7".to_owned(),
+                ..text("again")
+            },
+            3,
+        )
+        .unwrap();
+        within_limits(&reused, Some(&before)).unwrap();
     }
 }

@@ -328,6 +328,7 @@ impl Kmip {
             .map_err(|e| KmipError::new(result_reason::CRYPTOGRAPHIC_FAILURE, e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
         tag_group(&mut key, group, now.as_millisecond())?;
+        attributes::within_limits(&key, None)?;
         self.commit_new(key.clone()).await?;
         Ok((
             vec![
@@ -409,6 +410,7 @@ impl Kmip {
         .map_err(|e| KmipError::invalid(e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
         tag_group(&mut key, group, now.as_millisecond())?;
+        attributes::within_limits(&key, None)?;
         self.commit_new(key.clone()).await?;
         Ok((vec![uid_item(&key.id)], Placeholder::Set(key.id)))
     }
@@ -561,7 +563,12 @@ impl Kmip {
                 ));
             }
             let attr = Attribute {
-                index: attributes::next_index(key, &name),
+                // KMIP gives a single-instance attribute index 0, always.
+                index: if multi {
+                    attributes::next_index(key, &name)
+                } else {
+                    0
+                },
                 name: name.clone(),
                 value: value.clone(),
             };
@@ -650,6 +657,27 @@ impl Kmip {
             "Revocation Reason Code",
         )?
         .ok_or_else(|| KmipError::missing("Revocation Reason: Revocation Reason Code"))?;
+        // The reason is kept on the key, so it is held to the attribute limits.
+        match text_field(reason, tag::REVOCATION_MESSAGE, "Revocation Message")? {
+            Some(m) if m.len() > attributes::MAX_TEXT => {
+                return Err(KmipError::invalid(format!(
+                    "Revocation Message is {} bytes long, over the limit of {} bytes",
+                    m.len(),
+                    attributes::MAX_TEXT
+                )));
+            }
+            _ => {}
+        }
+        if let Some(other) = reason
+            .children()
+            .iter()
+            .find(|c| c.tag != tag::REVOCATION_REASON_CODE && c.tag != tag::REVOCATION_MESSAGE)
+        {
+            return Err(KmipError::invalid(format!(
+                "Revocation Reason holds only a Revocation Reason Code and a Revocation Message, not {}",
+                other.tag
+            )));
+        }
         let compromised = matches!(code, revocation::KEY_COMPROMISE | revocation::CA_COMPROMISE);
         let occurred = match p.child(tag::COMPROMISE_OCCURRENCE_DATE) {
             None => None,
@@ -752,7 +780,9 @@ impl Kmip {
                 format!("key {} is destroyed; its attributes are frozen", key.id),
             ));
         }
+        let before = key.clone();
         let attr = f(&mut key, Timestamp::now().as_millisecond())?;
+        attributes::within_limits(&key, Some(&before))?;
         self.commit(key.clone()).await?;
         drop(guard);
         if let Some(r) = &self.replication {

@@ -53,6 +53,7 @@ pub const RESPONSE_PAYLOAD: Tag = Tag(0x42_007C);
 pub const RESULT_MESSAGE: Tag = Tag(0x42_007D);
 pub const RESULT_REASON: Tag = Tag(0x42_007E);
 pub const RESULT_STATUS: Tag = Tag(0x42_007F);
+pub const REVOCATION_MESSAGE: Tag = Tag(0x42_0080);
 pub const REVOCATION_REASON: Tag = Tag(0x42_0081);
 pub const REVOCATION_REASON_CODE: Tag = Tag(0x42_0082);
 pub const SERVER_INFORMATION: Tag = Tag(0x42_0088);
