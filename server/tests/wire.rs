@@ -1078,3 +1078,157 @@ async fn a_revocation_message_over_the_text_limit_is_refused_and_changes_nothing
     assert_eq!(status(out[4]), Some(0), "{response:?}");
     assert_eq!(state_of(5), Some(3), "Deactivated");
 }
+
+fn locate_page(max: Option<i32>, offset: Option<i32>) -> (u32, Vec<Item>) {
+    let mut payload = Vec::new();
+    if let Some(max) = max {
+        payload.push(Item::integer(tag::MAXIMUM_ITEMS, max));
+    }
+    if let Some(offset) = offset {
+        payload.push(Item::integer(tag::OFFSET_ITEMS, offset));
+    }
+    (operation::LOCATE, payload)
+}
+
+#[tokio::test]
+async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit() {
+    use shadowkeep_api::keystore::{Algorithm, Key};
+    use shadowkeep_server::kmip::{DEFAULT_LOCATE_ITEMS, MAX_RESPONSE_LEN};
+
+    const KEYS: usize = 25_000;
+    const V14: (i32, i32) = (1, 4);
+    let (proc, dir) = server_with_keystore("wire-locate-bounds", |kek| {
+        let start = jiff::Timestamp::now();
+        (0..KEYS)
+            .map(|i| {
+                let at = start - jiff::SignedDuration::from_millis(i64::try_from(i).unwrap());
+                Key::generate(kek, format!("BULK{i:05}"), Algorithm::Aes, 256, at).unwrap()
+            })
+            .collect()
+    });
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+
+    // No Maximum Items: the default, newest first, and (KMIP 1.3+) how many matched.
+    let response = c
+        .call(&request(V14, vec![locate_page(None, None)]))
+        .await
+        .unwrap();
+    let first = payload(batch_items(&response)[0]).unwrap().clone();
+    assert_eq!(uids(&first).len(), DEFAULT_LOCATE_ITEMS);
+    assert_eq!(
+        first.child(tag::LOCATED_ITEMS).and_then(Item::as_int),
+        Some(i32::try_from(KEYS).unwrap())
+    );
+
+    // Every key, page by page with Offset Items, each page newest first.
+    let mut all = Vec::new();
+    for page in 0..KEYS.div_ceil(5_000) {
+        let offset = i32::try_from(page * 5_000).unwrap();
+        let response = c
+            .call(&request(V14, vec![locate_page(Some(5_000), Some(offset))]))
+            .await
+            .unwrap();
+        all.extend(uids(payload(batch_items(&response)[0]).unwrap()));
+    }
+    assert_eq!(all[..DEFAULT_LOCATE_ITEMS], uids(&first)[..]);
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((all.len(), distinct.len()), (KEYS, KEYS));
+
+    // Asking for everything at once would answer more than a response may hold: refused,
+    // saying how many would fit.
+    let response = c
+        .call(&request(V14, vec![locate_page(Some(100_000), None)]))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::RESPONSE_TOO_LARGE));
+    let message = client::message(out[0]).unwrap();
+    assert!(
+        message.contains("25000") && message.contains("Offset Items"),
+        "{message}"
+    );
+
+    // A batch of 32 default Locates: answered within the limit; the items that no longer
+    // fit say so, and the ones before them are whole.
+    let response = c
+        .call(&header_with(vec![locate_page(None, None); 32], true))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(out.len(), 32);
+    let whole = out.iter().take_while(|i| status(i) == Some(0)).count();
+    assert!((1..32).contains(&whole), "{whole} whole answers");
+    for item in &out[..whole] {
+        assert_eq!(uids(payload(item).unwrap()).len(), DEFAULT_LOCATE_ITEMS);
+    }
+    for item in &out[whole..] {
+        assert_eq!(reason(item), Some(result_reason::RESPONSE_TOO_LARGE));
+    }
+
+    // The client's own Maximum Response Size is honoured too.
+    let mut small = request(V14, vec![locate_page(Some(200), None)]);
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut small.value
+        && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+    {
+        header.insert(1, Item::integer(tag::MAXIMUM_RESPONSE_SIZE, 4096));
+    }
+    let response = c.call(&small).await.unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::RESPONSE_TOO_LARGE)
+    );
+    let response = c
+        .call(&request(V12, vec![locate_page(Some(200), None)]))
+        .await
+        .unwrap();
+    let payload = payload(batch_items(&response)[0]).unwrap();
+    assert_eq!(uids(payload).len(), 200);
+    assert!(
+        payload.child(tag::LOCATED_ITEMS).is_none(),
+        "Located Items is KMIP 1.3 and later"
+    );
+}
+
+#[tokio::test]
+async fn echoed_fields_are_bounded() {
+    let server = Server::start("echoes", 60);
+    let mut c = server.client().await;
+    // A Unique Identifier of 100 KiB is named in the error only in part.
+    let response = c
+        .call(&request(
+            V12,
+            vec![(
+                operation::GET,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, "U".repeat(100 * 1024))],
+            )],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::ITEM_NOT_FOUND));
+    assert!(client::message(out[0]).unwrap().len() <= 1024);
+
+    // A Unique Batch Item ID longer than 64 bytes is refused, not echoed.
+    let mut message = request(V12, vec![(operation::DISCOVER_VERSIONS, vec![])]);
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
+        && let shadowkeep_server::ttlv::Value::Structure(item) = &mut children[1].value
+    {
+        item.insert(1, Item::bytes(tag::UNIQUE_BATCH_ITEM_ID, vec![7; 65]));
+    }
+    let response = c.call(&message).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_MESSAGE));
+    assert!(
+        client::message(out[0])
+            .unwrap()
+            .contains("Unique Batch Item ID"),
+        "{response:?}"
+    );
+    assert!(out[0].child(tag::UNIQUE_BATCH_ITEM_ID).is_none());
+}

@@ -322,6 +322,15 @@ def test_locate_of_a_name_that_does_not_exist_is_empty(client):
     assert locate(client, attr(AT.NAME, "NO-SUCH-NAME")) == []
 
 
+
+def test_locate_pages_with_offset_items_newest_first(server):
+    with make_client(server, enums.KMIPVersion.KMIP_1_4) as c:
+        made = [c.create(AES, 256, name=f"PAGE-{i}") for i in range(5)]
+        pages = [list(c.locate(maximum_items=2, offset_items=offset) or []) for offset in (0, 2, 4)]
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [uid for page in pages for uid in page] == made[::-1]
+        assert list(c.locate(maximum_items=2, offset_items=5) or []) == []
+
 # ---------------------------------------------------------------- attributes
 
 

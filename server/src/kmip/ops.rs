@@ -16,8 +16,9 @@ use super::enums::{
     algorithm, key_format, object_type, operation, query, result_reason, revocation,
 };
 use super::{
-    BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
-    supported, tag, text_field, version_item,
+    BatchItem, DEFAULT_LOCATE_ITEMS, KmipError, MAX_FAILURE_LEN, MAX_RESPONSE_LEN, Outcome,
+    Request, VERSIONS, enum_field, int_field, parse_version, supported, tag, text_field,
+    version_item,
 };
 use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
@@ -28,6 +29,10 @@ use crate::ttlv::{Item, Value};
 /// Attribute marking a key whose Create failed for want of peer acknowledgements: it stays
 /// in the keystore (nothing is ever removed) but no client sees it.
 pub const ABORTED: &str = "shadowkeep:aborted";
+
+/// Room an answer to a change needs at most: its Unique Identifier and one attribute within
+/// the attribute limits (an Application Specific Information of two 4,096-byte texts).
+const CHANGE_ANSWER_ROOM: usize = 16 * 1024;
 
 /// Application namespaces of the OASIS Tape Library Profile, reported by Query.
 const TAPE_NAMESPACES: [&str; 4] = [
@@ -180,13 +185,21 @@ impl Kmip {
 
     /// Runs a request's batch for a client the drive table judged: a refused client gets a
     /// permission error for every item, and keys a known client creates are tagged with
-    /// its key group.
+    /// its key group. The answers are kept within the response limit (see the
+    /// [module docs](super)) as they are made.
     pub async fn handle(&self, request: &Request, client: &Verdict) -> Vec<Outcome> {
         let allowed = client.allowed();
+        let limit = request
+            .max_response_size
+            .map_or(MAX_RESPONSE_LEN, |m| m.min(MAX_RESPONSE_LEN));
+        let mut used = super::response_overhead(request.version);
         let mut outcomes = Vec::with_capacity(request.items.len());
         let mut placeholder: Option<KeyId> = None;
-        for item in &request.items {
+        for (i, item) in request.items.iter().enumerate() {
             let started = std::time::Instant::now();
+            // Each later item may yet fail, and its failure must fit too.
+            let later = (request.items.len() - i - 1) * MAX_FAILURE_LEN;
+            let room = limit.saturating_sub(used + later + Outcome::success_overhead(item));
             let result = if !allowed {
                 Err(KmipError::new(
                     result_reason::PERMISSION_DENIED,
@@ -201,10 +214,31 @@ impl Kmip {
                         request.version.0, request.version.1
                     ),
                 ))
+            } else if changes(item.operation) && room < CHANGE_ANSWER_ROOM {
+                Err(KmipError::too_large(format!(
+                    "no room is left in this response ({limit} bytes at most) for the answer to this item; nothing was changed; send it in a batch of its own"
+                )))
             } else {
-                self.run(item, placeholder.as_ref(), client.key_group())
-                    .await
+                self.run(
+                    item,
+                    placeholder.as_ref(),
+                    client.key_group(),
+                    request.version,
+                    room,
+                )
+                .await
             };
+            let result = result.and_then(|(mut payload, next)| {
+                let len: usize = payload.iter().map(Item::encoded_len).sum();
+                // A change is answered whatever its size: it has been made.
+                if len > room && !changes(item.operation) {
+                    payload.iter_mut().for_each(crate::ttlv::wipe);
+                    return Err(KmipError::too_large(format!(
+                        "the answer to this item would take {len} bytes, more than the {room} left in this response ({limit} bytes at most); ask for less, or in a batch of its own"
+                    )));
+                }
+                Ok((payload, next))
+            });
             let failed = result.is_err();
             let operation = super::operation_name(item.operation).to_owned();
             self.metrics
@@ -232,11 +266,13 @@ impl Kmip {
                 }
                 payload
             });
-            outcomes.push(Outcome {
+            let outcome = Outcome {
                 operation: Some(item.operation),
                 unique_id: item.unique_id.clone(),
                 result,
-            });
+            };
+            used += outcome.encoded_len();
+            outcomes.push(outcome);
             if failed && !request.continue_on_error {
                 break;
             }
@@ -244,11 +280,14 @@ impl Kmip {
         outcomes
     }
 
+    /// Runs one item. `room` is how many bytes its answer's payload may take.
     async fn run(
         &self,
         item: &BatchItem,
         placeholder: Option<&KeyId>,
         group: Option<&str>,
+        version: (i32, i32),
+        room: usize,
     ) -> OpResult {
         let p = &item.payload;
         match item.operation {
@@ -257,7 +296,7 @@ impl Kmip {
             operation::CREATE => self.create(p, group).await,
             operation::REGISTER => self.register(p, group).await,
             operation::GET => self.get(p, placeholder),
-            operation::LOCATE => self.locate(p),
+            operation::LOCATE => self.locate(p, version, room),
             operation::GET_ATTRIBUTES => self.get_attributes(p, placeholder),
             operation::GET_ATTRIBUTE_LIST => self.get_attribute_list(p, placeholder),
             operation::ADD_ATTRIBUTE => self.add_attribute(p, placeholder).await,
@@ -477,35 +516,73 @@ impl Kmip {
         ))
     }
 
-    fn locate(&self, p: &Item) -> OpResult {
-        let max = match int_field(p, tag::MAXIMUM_ITEMS, "Maximum Items")? {
-            Some(n) => usize::try_from(n)
-                .map_err(|_| KmipError::invalid("Maximum Items must not be negative"))?,
-            None => usize::MAX,
+    fn locate(&self, p: &Item, version: (i32, i32), room: usize) -> OpResult {
+        let count = |t, name: &str, default: usize| -> Result<usize, KmipError> {
+            int_field(p, t, name)?.map_or(Ok(default), |n| {
+                usize::try_from(n)
+                    .map_err(|_| KmipError::invalid(format!("{name} must not be negative")))
+            })
         };
+        let max = count(tag::MAXIMUM_ITEMS, "Maximum Items", DEFAULT_LOCATE_ITEMS)?;
+        let offset = count(tag::OFFSET_ITEMS, "Offset Items", 0)?;
         let criteria = p
             .children_with(tag::ATTRIBUTE)
             .map(|a| attributes::parse(a).map(|(name, _, value)| (name, value)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut found: Vec<(Timestamp, KeyId)> = self.store.read(|ks| {
-            ks.keys()
+        // Located Items is KMIP 1.3; earlier clients do not expect it.
+        let with_total = version >= (1, 3);
+        let page = self.store.read(|ks| {
+            let mut found: Vec<(Timestamp, &KeyId)> = ks
+                .keys()
                 .filter(|k| self.visible(k))
                 .filter(|k| {
                     criteria
                         .iter()
                         .all(|(name, value)| attributes::matches(k, name, value))
                 })
-                .map(|k| (k.created_at, k.id.clone()))
-                .collect()
+                .map(|k| (k.created_at, &k.id))
+                .collect();
+            let total = found.len();
+            // Newest first: a tape library that finds several keys for a barcode wants the
+            // one it wrote last. Only the keys up to the end of the page are ordered.
+            let end = offset.saturating_add(max).min(total);
+            if end > 0 && end < total {
+                found.select_nth_unstable_by(end - 1, |a, b| b.cmp(a));
+            }
+            found.truncate(end);
+            found.sort_unstable_by(|a, b| b.cmp(a));
+            let ids = found.get(offset..).unwrap_or_default();
+            // Measured before anything is built, so that an answer too large costs nothing.
+            // Located Items is an Integer: its header and 4 bytes padded to 8.
+            let mut len = if with_total { 16 } else { 0 };
+            let mut fit = 0;
+            for (_, id) in ids {
+                len += uid_len(id);
+                if len <= room {
+                    fit += 1;
+                }
+            }
+            if fit < ids.len() {
+                return Err(KmipError::too_large(format!(
+                    "Locate found {total} keys; the {} asked for would take {len} bytes, more than the {room} left in this response, where {fit} fit; ask for fewer with Maximum Items and page with Offset Items",
+                    ids.len()
+                )));
+            }
+            Ok((total, ids.iter().map(|(_, id)| (*id).clone()).collect::<Vec<_>>()))
         });
-        // Newest first: a tape library that finds several keys for a barcode wants the
-        // one it wrote last.
-        found.sort_by(|a, b| b.cmp(a));
-        found.truncate(max);
-        let next = found
+        let (total, ids) = page?;
+        let next = ids
             .first()
-            .map_or(Placeholder::Clear, |(_, id)| Placeholder::Set(id.clone()));
-        Ok((found.iter().map(|(_, id)| uid_item(id)).collect(), next))
+            .map_or(Placeholder::Clear, |id| Placeholder::Set(id.clone()));
+        let mut out = Vec::with_capacity(ids.len() + 1);
+        if with_total {
+            out.push(Item::integer(
+                tag::LOCATED_ITEMS,
+                i32::try_from(total).unwrap_or(i32::MAX),
+            ));
+        }
+        out.extend(ids.iter().map(uid_item));
+        Ok((out, next))
     }
 
     fn get_attributes(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -850,6 +927,27 @@ fn wrong_state(key: &Key, action: &str, needed: &str) -> KmipError {
 
 fn uid_item(id: &KeyId) -> Item {
     Item::text(tag::UNIQUE_IDENTIFIER, id.as_str())
+}
+
+/// The encoded size of [`uid_item`]'s answer, without building it.
+fn uid_len(id: &KeyId) -> usize {
+    crate::ttlv::HEADER_LEN + crate::ttlv::padded_len(id.as_str().len())
+}
+
+/// Whether `op` changes a key: its answer is sent whatever its size, so room for it is
+/// checked before it runs.
+fn changes(op: u32) -> bool {
+    matches!(
+        op,
+        operation::CREATE
+            | operation::REGISTER
+            | operation::ADD_ATTRIBUTE
+            | operation::MODIFY_ATTRIBUTE
+            | operation::DELETE_ATTRIBUTE
+            | operation::ACTIVATE
+            | operation::REVOKE
+            | operation::DESTROY
+    )
 }
 
 fn discover_versions(p: &Item) -> Vec<Item> {
