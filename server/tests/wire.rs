@@ -1171,6 +1171,38 @@ async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit(
         assert_eq!(reason(item), Some(result_reason::RESPONSE_TOO_LARGE));
     }
 
+    // A change that would find no room for its answer is refused before it runs.
+    let response = c
+        .call(&header_with(
+            vec![
+                locate_page(Some(21_600), None),
+                (operation::CREATE, create_aes(256, vec![])),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(uids(payload(out[0]).unwrap()).len(), 21_600);
+    assert_eq!(reason(out[1]), Some(result_reason::RESPONSE_TOO_LARGE));
+    assert!(
+        client::message(out[1])
+            .unwrap()
+            .contains("nothing was changed")
+    );
+    let response = c
+        .call(&request(V14, vec![locate_page(Some(0), None)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        payload(batch_items(&response)[0])
+            .and_then(|p| p.child(tag::LOCATED_ITEMS))
+            .and_then(Item::as_int),
+        Some(i32::try_from(KEYS).unwrap()),
+        "no key was created"
+    );
+
     // The client's own Maximum Response Size is honoured too.
     let mut small = request(V14, vec![locate_page(Some(200), None)]);
     if let shadowkeep_server::ttlv::Value::Structure(children) = &mut small.value
