@@ -1090,26 +1090,37 @@ fn locate_page(max: Option<i32>, offset: Option<i32>) -> (u32, Vec<Item>) {
     (operation::LOCATE, payload)
 }
 
-#[tokio::test]
-async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit() {
-    use shadowkeep_api::keystore::{Algorithm, Key};
-    use shadowkeep_server::kmip::{DEFAULT_LOCATE_ITEMS, MAX_RESPONSE_LEN};
+/// Keys in the bulk keystore of the Locate tests: their identifiers take more than a response
+/// may hold.
+const BULK_KEYS: usize = 25_000;
 
-    const KEYS: usize = 25_000;
-    const V14: (i32, i32) = (1, 4);
-    let (proc, dir) = server_with_keystore("wire-locate-bounds", |kek| {
+const V14: (i32, i32) = (1, 4);
+
+/// A server over a keystore of [`BULK_KEYS`] keys, created a millisecond apart, and a
+/// client of it.
+async fn bulk_server(name: &str) -> (common::Proc, KmipClient) {
+    use shadowkeep_api::keystore::{Algorithm, Key};
+
+    let (proc, dir) = server_with_keystore(name, |kek| {
         let start = jiff::Timestamp::now();
-        (0..KEYS)
+        (0..BULK_KEYS)
             .map(|i| {
                 let at = start - jiff::SignedDuration::from_millis(i64::try_from(i).unwrap());
                 Key::generate(kek, format!("BULK{i:05}"), Algorithm::Aes, 256, at).unwrap()
             })
             .collect()
     });
-    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+    let c = KmipClient::connect(proc.kmip, &common::connector(&dir))
         .await
         .unwrap();
+    (proc, c)
+}
 
+#[tokio::test]
+async fn locate_answers_a_default_maximum_newest_first_and_pages_through_the_rest() {
+    use shadowkeep_server::kmip::DEFAULT_LOCATE_ITEMS;
+
+    let (_proc, mut c) = bulk_server("wire-locate-pages").await;
     // No Maximum Items: the default, newest first, and (KMIP 1.3+) how many matched.
     let response = c
         .call(&request(V14, vec![locate_page(None, None)]))
@@ -1119,12 +1130,12 @@ async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit(
     assert_eq!(uids(&first).len(), DEFAULT_LOCATE_ITEMS);
     assert_eq!(
         first.child(tag::LOCATED_ITEMS).and_then(Item::as_int),
-        Some(i32::try_from(KEYS).unwrap())
+        Some(i32::try_from(BULK_KEYS).unwrap())
     );
 
     // Every key, page by page with Offset Items, each page newest first.
     let mut all = Vec::new();
-    for page in 0..KEYS.div_ceil(5_000) {
+    for page in 0..BULK_KEYS.div_ceil(5_000) {
         let offset = i32::try_from(page * 5_000).unwrap();
         let response = c
             .call(&request(V14, vec![locate_page(Some(5_000), Some(offset))]))
@@ -1136,8 +1147,23 @@ async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit(
     let mut distinct = all.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!((all.len(), distinct.len()), (KEYS, KEYS));
+    assert_eq!((all.len(), distinct.len()), (BULK_KEYS, BULK_KEYS));
 
+    // Located Items is KMIP 1.3 and later.
+    let response = c
+        .call(&request(V12, vec![locate_page(Some(200), None)]))
+        .await
+        .unwrap();
+    let payload = payload(batch_items(&response)[0]).unwrap();
+    assert_eq!(uids(payload).len(), 200);
+    assert!(payload.child(tag::LOCATED_ITEMS).is_none());
+}
+
+#[tokio::test]
+async fn answers_that_would_not_fit_in_a_response_are_refused_before_they_are_built() {
+    use shadowkeep_server::kmip::{DEFAULT_LOCATE_ITEMS, MAX_RESPONSE_LEN};
+
+    let (_proc, mut c) = bulk_server("wire-locate-limit").await;
     // Asking for everything at once would answer more than a response may hold: refused,
     // saying how many would fit.
     let response = c
@@ -1199,7 +1225,7 @@ async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit(
         payload(batch_items(&response)[0])
             .and_then(|p| p.child(tag::LOCATED_ITEMS))
             .and_then(Item::as_int),
-        Some(i32::try_from(KEYS).unwrap()),
+        Some(i32::try_from(BULK_KEYS).unwrap()),
         "no key was created"
     );
 
@@ -1214,16 +1240,6 @@ async fn locate_answers_are_bounded_by_a_default_maximum_and_the_response_limit(
     assert_eq!(
         reason(batch_items(&response)[0]),
         Some(result_reason::RESPONSE_TOO_LARGE)
-    );
-    let response = c
-        .call(&request(V12, vec![locate_page(Some(200), None)]))
-        .await
-        .unwrap();
-    let payload = payload(batch_items(&response)[0]).unwrap();
-    assert_eq!(uids(payload).len(), 200);
-    assert!(
-        payload.child(tag::LOCATED_ITEMS).is_none(),
-        "Located Items is KMIP 1.3 and later"
     );
 }
 
