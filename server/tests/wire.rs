@@ -918,8 +918,9 @@ async fn a_create_with_more_attributes_than_an_object_may_hold_is_refused_and_st
         "{message}"
     );
 
-    // The tape library profile: 30 custom attributes of 255+ characters, and a Name.
-    let mut profile = many(30, &|_| text_value(1024));
+    // The tape library profile: 30 custom attributes of 255+ characters (here the most a
+    // value may hold), and a Name.
+    let mut profile = many(30, &|_| text_value(4096));
     profile.push(attribute("Name", name("PROFILE1")));
     let response = c
         .call(&request(
