@@ -754,3 +754,590 @@ async fn the_operators_keystore_file_is_merged_at_start_and_on_change_and_never_
         kek.open(&first.id, &first.material).unwrap().to_vec()
     );
 }
+
+#[tokio::test]
+async fn a_locate_that_finds_nothing_empties_the_id_placeholder() {
+    let server = Server::start("empty-locate", 60);
+    let mut c = server.client().await;
+    let nothing = vec![attribute("Name", name("NO-SUCH-TAPE"))];
+    let response = c
+        .call(&header_with(
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::LOCATE, nothing),
+                (operation::DESTROY, vec![]),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    let items = batch_items(&response);
+    assert_eq!(items.len(), 3);
+    assert_eq!(status(items[0]), Some(0), "{response:?}");
+    assert_eq!(status(items[1]), Some(0), "{response:?}");
+    assert!(uids(payload(items[1]).unwrap()).is_empty());
+    // KMIP 1.x: the Destroy has no object to act on, not the key the Create made.
+    assert_eq!(reason(items[2]), Some(result_reason::MISSING_DATA));
+    assert!(
+        client::message(items[2])
+            .unwrap()
+            .contains("ID Placeholder"),
+        "{response:?}"
+    );
+    let created = uids(payload(items[0]).unwrap())[0].clone();
+    assert_eq!(
+        common::material(&mut c, &created).await.map(|m| m.len()),
+        Some(32),
+        "the created key was not destroyed"
+    );
+}
+
+/// A server started over a keystore file holding `keys` (as the operator's Secret would),
+/// with the KEK they were sealed under.
+fn server_with_keystore(
+    name: &str,
+    keys: impl FnOnce(&shadowkeep_api::keystore::Kek) -> Vec<shadowkeep_api::keystore::Key>,
+) -> (common::Proc, PathBuf) {
+    use shadowkeep_api::keystore::{Kek, Keystore};
+
+    let dir = common::certificates(name);
+    let kek = Kek::from_bytes(&std::fs::read(dir.join("kek.bin")).unwrap()).unwrap();
+    let mut ks = Keystore::new();
+    for key in keys(&kek) {
+        ks.insert(key).unwrap();
+    }
+    std::fs::write(dir.join("keystore"), ks.to_bytes().unwrap()).unwrap();
+    let config = format!(
+        "serverId: wire\nkmip: {{listen: \"127.0.0.1:0\"}}\ntls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\ndataDir: {d}/store\nkekFile: {d}/kek.bin\ndrives: {{acceptUnknown: true}}\nkeystoreFile: {d}/keystore\n",
+        d = dir.display()
+    );
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, config).unwrap();
+    (common::Proc::start(&path), dir)
+}
+
+#[tokio::test]
+async fn attribute_times_at_the_end_of_the_range_from_a_merge_get_errors_not_panics() {
+    use shadowkeep_api::keystore::{Algorithm, AttributeValue, Key};
+
+    let mut id = String::new();
+    let (mut proc, dir) = server_with_keystore("wire-end-of-time", |kek| {
+        let mut key = Key::generate(
+            kek,
+            "END-OF-TIME",
+            Algorithm::Aes,
+            256,
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        for (name, value) in [
+            ("kmip:x-shelf#0", r#"{"TextString":"A1"}"#),
+            ("kmip:Activation Date#0", r#"{"DateTime":0}"#),
+        ] {
+            key.attributes.insert(
+                name.to_owned(),
+                AttributeValue {
+                    updated_at_ms: i64::MAX,
+                    value: Some(value.to_owned()),
+                },
+            );
+        }
+        id = key.id.to_string();
+        vec![key]
+    });
+    let mut c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    let uid = || Item::text(tag::UNIQUE_IDENTIFIER, id.clone());
+    let modify = vec![
+        uid(),
+        attribute("x-shelf", Item::text(tag::ATTRIBUTE_VALUE, "B2")),
+    ];
+    let response = c
+        .call(&request(V12, vec![(operation::MODIFY_ATTRIBUTE, modify)]))
+        .await
+        .expect("a KMIP answer, not a dropped connection");
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::ILLEGAL_OPERATION));
+    assert!(
+        client::message(out[0])
+            .unwrap()
+            .contains("nothing was changed"),
+        "{response:?}"
+    );
+
+    // A state change still happens: the server-set date that cannot be restamped is left
+    // as the merge has it.
+    let response = c
+        .call(&request(
+            V12,
+            vec![
+                (operation::ACTIVATE, vec![uid()]),
+                (
+                    operation::GET_ATTRIBUTES,
+                    vec![
+                        uid(),
+                        Item::text(tag::ATTRIBUTE_NAME, "State"),
+                        Item::text(tag::ATTRIBUTE_NAME, "x-shelf"),
+                    ],
+                ),
+            ],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert!(out.iter().all(|i| status(i) == Some(0)), "{response:?}");
+    let values: Vec<Item> = payload(out[1])
+        .unwrap()
+        .children_with(tag::ATTRIBUTE)
+        .map(|a| a.child(tag::ATTRIBUTE_VALUE).unwrap().clone())
+        .collect();
+    assert_eq!(values[0].as_enum(), Some(2), "Active");
+    assert_eq!(
+        values[1].as_text(),
+        Some("A1"),
+        "the refused change changed nothing"
+    );
+    assert!(proc.alive());
+}
+
+fn add_attribute(uid: &str, name: &str, value: Item) -> (u32, Vec<Item>) {
+    (
+        operation::ADD_ATTRIBUTE,
+        vec![
+            Item::text(tag::UNIQUE_IDENTIFIER, uid),
+            attribute(name, value),
+        ],
+    )
+}
+
+fn text_value(len: usize) -> Item {
+    Item::text(tag::ATTRIBUTE_VALUE, "N".repeat(len))
+}
+
+#[tokio::test]
+async fn a_create_with_more_attributes_than_an_object_may_hold_is_refused_and_stores_nothing() {
+    let server = Server::start("create-limits", 60);
+    let mut c = server.client().await;
+    let many = |count: usize, value: &dyn Fn(usize) -> Item| -> Vec<Item> {
+        (0..count)
+            .map(|i| attribute(&format!("x-note-{i:03}"), value(i)))
+            .collect()
+    };
+    // 100 x 4 KiB, as text and as bytes (whose log record would be ~1.6 MB).
+    let texts = many(100, &|_| text_value(4096));
+    let bytes = many(100, &|i| {
+        Item::bytes(
+            tag::ATTRIBUTE_VALUE,
+            vec![u8::try_from(i).unwrap() | 0x80; 4096],
+        )
+    });
+    for template in [texts, bytes] {
+        let response = c
+            .call(&request(
+                V12,
+                vec![(operation::CREATE, create_aes(256, template))],
+            ))
+            .await
+            .unwrap();
+        let out = batch_items(&response);
+        assert_eq!(reason(out[0]), Some(result_reason::INVALID_FIELD));
+        let message = client::message(out[0]).unwrap();
+        assert!(
+            message.contains("over the limit of 64") && message.contains("nothing was changed"),
+            "{message}"
+        );
+    }
+    // Within the count but over the size: 60 x 4 KiB of bytes.
+    let big = many(60, &|_| Item::bytes(tag::ATTRIBUTE_VALUE, vec![0xFF; 4096]));
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, big))],
+        ))
+        .await
+        .unwrap();
+    let message = client::message(batch_items(&response)[0]).unwrap();
+    assert!(message.contains("bytes per object"), "{message}");
+    assert_eq!(key_count(&mut c).await, 0, "nothing was stored");
+
+    // A name longer than the limit is refused without being echoed.
+    let long = vec![attribute(&format!("x-{}", "n".repeat(200)), text_value(4))];
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, long))],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_FIELD));
+    let message = client::message(out[0]).unwrap();
+    assert!(
+        message.contains("202 bytes") && message.contains("limit of 128") && message.len() < 200,
+        "{message}"
+    );
+
+    // The tape library profile: 30 custom attributes of 255+ characters (here the most a
+    // value may hold), and a Name.
+    let mut profile = many(30, &|_| text_value(4096));
+    profile.push(attribute("Name", name("PROFILE1")));
+    let response = c
+        .call(&request(
+            V12,
+            vec![(operation::CREATE, create_aes(256, profile))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status(batch_items(&response)[0]), Some(0), "{response:?}");
+    assert_eq!(key_count(&mut c).await, 1);
+}
+
+#[tokio::test]
+async fn a_thousand_add_attributes_stop_at_the_limit_and_a_restart_keeps_every_key() {
+    let mut server = Server::start("grow", 60);
+    let mut c = server.client().await;
+    let uid = create_tape_key(&mut c, "GROW0001", "00").await;
+    let other = create_tape_key(&mut c, "GROW0002", "01").await;
+
+    let mut outcomes = Vec::new();
+    for batch in 0..(1000 / 25) {
+        let items = (0..25)
+            .map(|i| {
+                add_attribute(
+                    &uid,
+                    &format!("x-note-{}", batch * 25 + i),
+                    text_value(4096),
+                )
+            })
+            .collect();
+        let response = c.call(&header_with(items, true)).await.unwrap();
+        for item in batch_items(&response) {
+            outcomes.push((
+                status(item),
+                reason(item),
+                client::message(item).map(str::to_owned),
+            ));
+        }
+    }
+    assert_eq!(outcomes.len(), 1000);
+    let added = outcomes.iter().take_while(|o| o.0 == Some(0)).count();
+    assert!(
+        (30..=64).contains(&added),
+        "{added} Add Attribute calls succeeded"
+    );
+    for (_, why, message) in &outcomes[added..] {
+        assert_eq!(*why, Some(result_reason::INVALID_FIELD), "{message:?}");
+        let message = message.as_deref().unwrap();
+        assert!(
+            message.contains("per object") && message.contains("nothing was changed"),
+            "{message}"
+        );
+    }
+
+    // Adding and deleting over and over reuses the deleted instance's index.
+    let cycle = |i: usize| {
+        vec![
+            add_attribute(
+                &other,
+                "x-cycle",
+                Item::text(tag::ATTRIBUTE_VALUE, format!("v{i}")),
+            ),
+            (
+                operation::DELETE_ATTRIBUTE,
+                vec![
+                    Item::text(tag::UNIQUE_IDENTIFIER, other.clone()),
+                    Item::text(tag::ATTRIBUTE_NAME, "x-cycle"),
+                ],
+            ),
+        ]
+    };
+    for round in 0..100 {
+        let response = c.call(&header_with(cycle(round), false)).await.unwrap();
+        let out = batch_items(&response);
+        assert!(out.iter().all(|i| status(i) == Some(0)), "{response:?}");
+        let index = payload(out[0])
+            .and_then(|p| p.child(tag::ATTRIBUTE))
+            .and_then(|a| a.child(tag::ATTRIBUTE_INDEX));
+        assert!(index.is_none(), "round {round}: index {index:?}, not 0");
+    }
+
+    // A crash and a restart keep every acknowledged key and change.
+    let mut ids = vec![uid.clone(), other.clone()];
+    ids.sort();
+    server.proc.crash();
+    server.proc = common::Proc::start(&server.dir.join("server.yaml"));
+    server.addr = server.proc.kmip;
+    assert_eq!(common::all_ids(server.addr, &server.connector()).await, ids);
+    let mut c = server.client().await;
+    let response = c
+        .call(&request(
+            V12,
+            vec![(
+                operation::GET_ATTRIBUTE_LIST,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, uid.clone())],
+            )],
+        ))
+        .await
+        .unwrap();
+    let names = payload(batch_items(&response)[0])
+        .unwrap()
+        .children_with(tag::ATTRIBUTE_NAME)
+        .filter(|n| n.as_text().is_some_and(|n| n.starts_with("x-note-")))
+        .count();
+    assert_eq!(names, added);
+    assert_eq!(
+        common::material(&mut c, &uid).await.map(|m| m.len()),
+        Some(32)
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_message_over_the_text_limit_is_refused_and_changes_nothing() {
+    let server = Server::start("revocation-message", 60);
+    let mut c = server.client().await;
+    let revoke = |message: usize| {
+        vec![Item::structure(
+            tag::REVOCATION_REASON,
+            vec![
+                Item::enumeration(tag::REVOCATION_REASON_CODE, 5),
+                Item::text(Tag(0x42_0080), "M".repeat(message)),
+            ],
+        )]
+    };
+    let state = vec![Item::text(tag::ATTRIBUTE_NAME, "State")];
+    let response = c
+        .call(&header_with(
+            vec![
+                (operation::CREATE, create_aes(256, vec![])),
+                (operation::ACTIVATE, vec![]),
+                (operation::REVOKE, revoke(8192)),
+                (operation::GET_ATTRIBUTES, state.clone()),
+                (operation::REVOKE, revoke(4096)),
+                (operation::GET_ATTRIBUTES, state),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[2]), Some(result_reason::INVALID_FIELD));
+    assert!(
+        client::message(out[2])
+            .unwrap()
+            .contains("Revocation Message"),
+        "{:?}",
+        client::message(out[2])
+    );
+    let state_of = |i: usize| {
+        payload(out[i])
+            .and_then(|p| p.child(tag::ATTRIBUTE))
+            .and_then(|a| a.child(tag::ATTRIBUTE_VALUE))
+            .and_then(Item::as_enum)
+    };
+    assert_eq!(state_of(3), Some(2), "still Active");
+    assert_eq!(status(out[4]), Some(0), "{response:?}");
+    assert_eq!(state_of(5), Some(3), "Deactivated");
+}
+
+fn locate_page(max: Option<i32>, offset: Option<i32>) -> (u32, Vec<Item>) {
+    let mut payload = Vec::new();
+    if let Some(max) = max {
+        payload.push(Item::integer(tag::MAXIMUM_ITEMS, max));
+    }
+    if let Some(offset) = offset {
+        payload.push(Item::integer(tag::OFFSET_ITEMS, offset));
+    }
+    (operation::LOCATE, payload)
+}
+
+/// Keys in the bulk keystore of the Locate tests: their identifiers take more than a response
+/// may hold.
+const BULK_KEYS: usize = 25_000;
+
+const V14: (i32, i32) = (1, 4);
+
+/// A server over a keystore of [`BULK_KEYS`] keys, created a millisecond apart, and a
+/// client of it.
+async fn bulk_server(name: &str) -> (common::Proc, KmipClient) {
+    use shadowkeep_api::keystore::{Algorithm, Key};
+
+    let (proc, dir) = server_with_keystore(name, |kek| {
+        let start = jiff::Timestamp::now();
+        (0..BULK_KEYS)
+            .map(|i| {
+                let at = start - jiff::SignedDuration::from_millis(i64::try_from(i).unwrap());
+                Key::generate(kek, format!("BULK{i:05}"), Algorithm::Aes, 256, at).unwrap()
+            })
+            .collect()
+    });
+    let c = KmipClient::connect(proc.kmip, &common::connector(&dir))
+        .await
+        .unwrap();
+    (proc, c)
+}
+
+#[tokio::test]
+async fn locate_answers_a_default_maximum_newest_first_and_pages_through_the_rest() {
+    use shadowkeep_server::kmip::DEFAULT_LOCATE_ITEMS;
+
+    let (_proc, mut c) = bulk_server("wire-locate-pages").await;
+    // No Maximum Items: the default, newest first, and (KMIP 1.3+) how many matched.
+    let response = c
+        .call(&request(V14, vec![locate_page(None, None)]))
+        .await
+        .unwrap();
+    let first = payload(batch_items(&response)[0]).unwrap().clone();
+    assert_eq!(uids(&first).len(), DEFAULT_LOCATE_ITEMS);
+    assert_eq!(
+        first.child(tag::LOCATED_ITEMS).and_then(Item::as_int),
+        Some(i32::try_from(BULK_KEYS).unwrap())
+    );
+
+    // Every key, page by page with Offset Items, each page newest first.
+    let mut all = Vec::new();
+    for page in 0..BULK_KEYS.div_ceil(5_000) {
+        let offset = i32::try_from(page * 5_000).unwrap();
+        let response = c
+            .call(&request(V14, vec![locate_page(Some(5_000), Some(offset))]))
+            .await
+            .unwrap();
+        all.extend(uids(payload(batch_items(&response)[0]).unwrap()));
+    }
+    assert_eq!(all[..DEFAULT_LOCATE_ITEMS], uids(&first)[..]);
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((all.len(), distinct.len()), (BULK_KEYS, BULK_KEYS));
+
+    // Located Items is KMIP 1.3 and later.
+    let response = c
+        .call(&request(V12, vec![locate_page(Some(200), None)]))
+        .await
+        .unwrap();
+    let payload = payload(batch_items(&response)[0]).unwrap();
+    assert_eq!(uids(payload).len(), 200);
+    assert!(payload.child(tag::LOCATED_ITEMS).is_none());
+}
+
+#[tokio::test]
+async fn answers_that_would_not_fit_in_a_response_are_refused_before_they_are_built() {
+    use shadowkeep_server::kmip::{DEFAULT_LOCATE_ITEMS, MAX_RESPONSE_LEN};
+
+    let (_proc, mut c) = bulk_server("wire-locate-limit").await;
+    // Asking for everything at once would answer more than a response may hold: refused,
+    // saying how many would fit.
+    let response = c
+        .call(&request(V14, vec![locate_page(Some(100_000), None)]))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::RESPONSE_TOO_LARGE));
+    let message = client::message(out[0]).unwrap();
+    assert!(
+        message.contains("25000") && message.contains("Offset Items"),
+        "{message}"
+    );
+
+    // A batch of 32 default Locates: answered within the limit; the items that no longer
+    // fit say so, and the ones before them are whole.
+    let response = c
+        .call(&header_with(vec![locate_page(None, None); 32], true))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(out.len(), 32);
+    let whole = out.iter().take_while(|i| status(i) == Some(0)).count();
+    assert!((1..32).contains(&whole), "{whole} whole answers");
+    for item in &out[..whole] {
+        assert_eq!(uids(payload(item).unwrap()).len(), DEFAULT_LOCATE_ITEMS);
+    }
+    for item in &out[whole..] {
+        assert_eq!(reason(item), Some(result_reason::RESPONSE_TOO_LARGE));
+    }
+
+    // A change that would find no room for its answer is refused before it runs.
+    let response = c
+        .call(&header_with(
+            vec![
+                locate_page(Some(21_600), None),
+                (operation::CREATE, create_aes(256, vec![])),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert!(ttlv::encode(&response).len() <= MAX_RESPONSE_LEN);
+    let out = batch_items(&response);
+    assert_eq!(uids(payload(out[0]).unwrap()).len(), 21_600);
+    assert_eq!(reason(out[1]), Some(result_reason::RESPONSE_TOO_LARGE));
+    assert!(
+        client::message(out[1])
+            .unwrap()
+            .contains("nothing was changed")
+    );
+    let response = c
+        .call(&request(V14, vec![locate_page(Some(0), None)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        payload(batch_items(&response)[0])
+            .and_then(|p| p.child(tag::LOCATED_ITEMS))
+            .and_then(Item::as_int),
+        Some(i32::try_from(BULK_KEYS).unwrap()),
+        "no key was created"
+    );
+
+    // The client's own Maximum Response Size is honoured too.
+    let mut small = request(V14, vec![locate_page(Some(200), None)]);
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut small.value
+        && let shadowkeep_server::ttlv::Value::Structure(header) = &mut children[0].value
+    {
+        header.insert(1, Item::integer(tag::MAXIMUM_RESPONSE_SIZE, 4096));
+    }
+    let response = c.call(&small).await.unwrap();
+    assert_eq!(
+        reason(batch_items(&response)[0]),
+        Some(result_reason::RESPONSE_TOO_LARGE)
+    );
+}
+
+#[tokio::test]
+async fn echoed_fields_are_bounded() {
+    let server = Server::start("echoes", 60);
+    let mut c = server.client().await;
+    // A Unique Identifier of 100 KiB is named in the error only in part.
+    let response = c
+        .call(&request(
+            V12,
+            vec![(
+                operation::GET,
+                vec![Item::text(tag::UNIQUE_IDENTIFIER, "U".repeat(100 * 1024))],
+            )],
+        ))
+        .await
+        .unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::ITEM_NOT_FOUND));
+    assert!(client::message(out[0]).unwrap().len() <= 1024);
+
+    // A Unique Batch Item ID longer than 64 bytes is refused, not echoed.
+    let mut message = request(V12, vec![(operation::DISCOVER_VERSIONS, vec![])]);
+    if let shadowkeep_server::ttlv::Value::Structure(children) = &mut message.value
+        && let shadowkeep_server::ttlv::Value::Structure(item) = &mut children[1].value
+    {
+        item.insert(1, Item::bytes(tag::UNIQUE_BATCH_ITEM_ID, vec![7; 65]));
+    }
+    let response = c.call(&message).await.unwrap();
+    let out = batch_items(&response);
+    assert_eq!(reason(out[0]), Some(result_reason::INVALID_MESSAGE));
+    assert!(
+        client::message(out[0])
+            .unwrap()
+            .contains("Unique Batch Item ID"),
+        "{response:?}"
+    );
+    assert!(out[0].child(tag::UNIQUE_BATCH_ITEM_ID).is_none());
+}

@@ -322,6 +322,15 @@ def test_locate_of_a_name_that_does_not_exist_is_empty(client):
     assert locate(client, attr(AT.NAME, "NO-SUCH-NAME")) == []
 
 
+
+def test_locate_pages_with_offset_items_newest_first(server):
+    with make_client(server, enums.KMIPVersion.KMIP_1_4) as c:
+        made = [c.create(AES, 256, name=f"PAGE-{i}") for i in range(5)]
+        pages = [list(c.locate(maximum_items=2, offset_items=offset) or []) for offset in (0, 2, 4)]
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [uid for page in pages for uid in page] == made[::-1]
+        assert list(c.locate(maximum_items=2, offset_items=5) or []) == []
+
 # ---------------------------------------------------------------- attributes
 
 
@@ -427,6 +436,36 @@ def test_modify_and_delete_attribute(client):
     with pytest.raises(core_exceptions.OperationFailure) as err:
         client.delete_attribute(unique_identifier=uid, attribute_name="x-shelf", attribute_index=0)
     assert operation_failure(err) == Reason.ITEM_NOT_FOUND
+
+
+def test_tape_profile_custom_attributes_fit_and_survive_a_restart(server):
+    """The OASIS Tape Library Profile asks for at least 30 custom x- attributes per object,
+    with values of 255 characters or more."""
+    values = {f"x-tape-{i:02d}": f"{i:02d}" + "V" * 1022 for i in range(30)}
+    with make_client(server) as c:
+        uid = create(c, 256, attr(AT.NAME, "PROFILE-30"),
+                     *(attr(name, value) for name, value in values.items()))
+    server.restart()
+    with make_client(server) as c:
+        _, attrs = c.get_attributes(uid, list(values))
+        assert attribute_map(attrs) == {name: [value] for name, value in values.items()}
+        assert locate(c, attr("x-tape-29", values["x-tape-29"])) == [uid]
+
+
+def test_a_create_over_the_per_object_attribute_limits_is_refused_and_stores_nothing(client):
+    many = [attr(f"x-note-{i:03d}", "N" * 4096) for i in range(100)]
+    message = failed(client.proxy.create(enums.ObjectType.SYMMETRIC_KEY,
+                                         aes_template(256, attr(AT.NAME, "TOO-MANY"), *many)),
+                     Reason.INVALID_FIELD)
+    assert "over the limit of 64" in message and "nothing was changed" in message, message
+    long_name = attr("x-" + "n" * 200, "v")
+    message = failed(client.proxy.create(enums.ObjectType.SYMMETRIC_KEY,
+                                         aes_template(256, attr(AT.NAME, "LONG-NAME"), long_name)),
+                     Reason.INVALID_FIELD)
+    assert "limit of 128 bytes" in message, message
+    assert locate(client, attr(AT.NAME, "TOO-MANY")) == []
+    assert locate(client, attr(AT.NAME, "LONG-NAME")) == []
+    assert list(client.locate() or []) == []
 
 
 # ---------------------------------------------------------------- life cycle

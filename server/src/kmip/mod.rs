@@ -2,8 +2,23 @@
 //! Placeholder carried from item to item.
 //!
 //! - [`tag`] and [`enums`]: the protocol's numbers.
-//! - [`attributes`]: how KMIP attributes map onto a keystore [`Key`](shadowkeep_api::keystore::Key).
+//! - [`attributes`]: how KMIP attributes map onto a keystore [`Key`](shadowkeep_api::keystore::Key),
+//!   and the limits on a client's attributes (128-byte names, 64 instances and 256 KiB per
+//!   object).
 //! - [`ops`]: one function per operation.
+//!
+//! # Response limits
+//!
+//! A response is at most [`MAX_RESPONSE_LEN`] (1 MiB), or the request header's Maximum
+//! Response Size when that is smaller. The limit is kept while the batch runs: each item
+//! is answered only if it fits in what is left once every later item is allowed a failure
+//! (at most [`MAX_FAILURE_LEN`] bytes: Result Messages are cut to [`MAX_RESULT_MESSAGE`]
+//! bytes and Unique Batch Item IDs are at most [`MAX_BATCH_ITEM_ID`] bytes); an item that
+//! does not fit fails with Response Too Large. Locate measures its answer before building
+//! it, and an item that would change a key is refused, changing nothing, unless room is left
+//! for its answer. A Locate without Maximum Items answers at most [`DEFAULT_LOCATE_ITEMS`]
+//! (1,000) identifiers, newest first; from KMIP 1.3 the answer says how many keys matched
+//! (Located Items), and Offset Items pages through the rest.
 
 pub mod attributes;
 pub mod enums;
@@ -14,10 +29,28 @@ use std::fmt;
 
 use enums::{batch_error, operation, result_reason, result_status};
 
-use crate::ttlv::{Item, Tag, Value};
+use crate::ttlv::{HEADER_LEN, Item, Tag, Value, padded_len};
 
 /// Most items in one batch; more is refused as an invalid message.
 pub const MAX_BATCH_ITEMS: usize = 32;
+
+/// Longest Unique Batch Item ID accepted: it is echoed in the response.
+pub const MAX_BATCH_ITEM_ID: usize = 64;
+
+/// Longest Result Message sent; longer ones (naming a long field from the request) are cut.
+pub const MAX_RESULT_MESSAGE: usize = 1024;
+
+/// The largest failed batch item: operation, Unique Batch Item ID, status, reason and
+/// message.
+pub const MAX_FAILURE_LEN: usize =
+    8 + 16 + (8 + MAX_BATCH_ITEM_ID) + 16 + 16 + (8 + MAX_RESULT_MESSAGE);
+
+/// Largest response message sent: the largest request accepted, and what this project's
+/// client reads.
+pub const MAX_RESPONSE_LEN: usize = crate::ttlv::MAX_MESSAGE_LEN;
+
+/// Identifiers a Locate answers with when the request gives no Maximum Items.
+pub const DEFAULT_LOCATE_ITEMS: usize = 1000;
 
 /// Protocol versions served, newest first (Discover Versions answers in this order).
 pub const VERSIONS: [(i32, i32); 5] = [(1, 4), (1, 3), (1, 2), (1, 1), (1, 0)];
@@ -32,12 +65,23 @@ pub struct KmipError {
 }
 
 impl KmipError {
-    /// An error with this reason and message.
+    /// An error with this reason and message, cut to [`MAX_RESULT_MESSAGE`] bytes.
     pub fn new(reason: u32, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_RESULT_MESSAGE {
+            let mut end = MAX_RESULT_MESSAGE - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
         }
+        Self { reason, message }
+    }
+
+    /// An answer that does not fit in what is left of the response.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(result_reason::RESPONSE_TOO_LARGE, message)
     }
 
     /// A malformed or out-of-place field.
@@ -54,6 +98,7 @@ impl KmipError {
     pub fn label(&self) -> &'static str {
         match self.reason {
             result_reason::ITEM_NOT_FOUND => "item_not_found",
+            result_reason::RESPONSE_TOO_LARGE => "response_too_large",
             result_reason::INVALID_MESSAGE => "invalid_message",
             result_reason::OPERATION_NOT_SUPPORTED => "operation_not_supported",
             result_reason::MISSING_DATA => "missing_data",
@@ -92,6 +137,8 @@ pub struct Request {
     pub continue_on_error: bool,
     /// A Device credential's serial number, when the header carries one.
     pub device_serial: Option<String>,
+    /// The largest response the client takes (Maximum Response Size), when it says.
+    pub max_response_size: Option<usize>,
     /// The batch.
     pub items: Vec<BatchItem>,
 }
@@ -113,6 +160,15 @@ pub fn parse_request(message: &Item) -> Result<Request, KmipError> {
         .child(tag::BATCH_COUNT)
         .and_then(Item::as_int)
         .ok_or_else(|| invalid("Request Header needs a Batch Count"))?;
+    let max_response_size = match header.child(tag::MAXIMUM_RESPONSE_SIZE) {
+        None => None,
+        Some(size) => Some(
+            size.as_int()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("Maximum Response Size must be a positive Integer"))?,
+        ),
+    };
     let continue_on_error = header
         .child(tag::BATCH_ERROR_CONTINUATION_OPTION)
         .and_then(Item::as_enum)
@@ -140,6 +196,12 @@ pub fn parse_request(message: &Item) -> Result<Request, KmipError> {
             .child(tag::UNIQUE_BATCH_ITEM_ID)
             .and_then(Item::as_bytes)
             .map(<[u8]>::to_vec);
+        if let Some(id) = unique_id.as_ref().filter(|id| id.len() > MAX_BATCH_ITEM_ID) {
+            return Err(invalid(&format!(
+                "Unique Batch Item ID is {} bytes long, over the limit of {MAX_BATCH_ITEM_ID} bytes",
+                id.len()
+            )));
+        }
         let payload = item
             .child(tag::REQUEST_PAYLOAD)
             .cloned()
@@ -163,6 +225,7 @@ pub fn parse_request(message: &Item) -> Result<Request, KmipError> {
         version,
         continue_on_error,
         device_serial,
+        max_response_size,
         items,
     })
 }
@@ -195,6 +258,40 @@ pub struct Outcome {
     pub unique_id: Option<Vec<u8>>,
     /// The response payload, or why it failed.
     pub result: Result<Vec<Item>, KmipError>,
+}
+
+impl Outcome {
+    /// The size of this outcome's Batch Item in the response [`response`] builds, computed
+    /// without building it.
+    pub fn encoded_len(&self) -> usize {
+        // An Enumeration takes its header and 4 bytes padded to 8.
+        let enumeration = HEADER_LEN + 8;
+        let bytes = |len: usize| HEADER_LEN + padded_len(len);
+        let head = HEADER_LEN
+            + self.operation.map_or(0, |_| enumeration)
+            + self.unique_id.as_ref().map_or(0, |id| bytes(id.len()))
+            + enumeration;
+        head + match &self.result {
+            Ok(payload) => HEADER_LEN + payload.iter().map(Item::encoded_len).sum::<usize>(),
+            Err(e) => enumeration + bytes(e.message.len()),
+        }
+    }
+
+    /// The size of a Batch Item answering `payload` for `item`: what [`Outcome::encoded_len`]
+    /// gives for a success, before the payload is known.
+    pub fn success_overhead(item: &BatchItem) -> usize {
+        Outcome {
+            operation: Some(item.operation),
+            unique_id: item.unique_id.clone(),
+            result: Ok(Vec::new()),
+        }
+        .encoded_len()
+    }
+}
+
+/// The size of a response message without its batch items.
+pub fn response_overhead(version: (i32, i32)) -> usize {
+    response(version, 0, Vec::new()).encoded_len()
 }
 
 /// Builds a response message.
@@ -302,4 +399,52 @@ pub fn int_field(payload: &Item, tag: Tag, name: &str) -> Result<Option<i32>, Km
 /// Whether `value` is a structure.
 pub fn is_structure(item: &Item) -> bool {
     matches!(item.value, Value::Structure(_))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_outcomes_encoded_len_is_the_size_of_its_batch_item() {
+        let id = Item::text(
+            tag::UNIQUE_IDENTIFIER,
+            "0b1c2d3e-0000-4000-8000-000000000000",
+        );
+        let outcomes = [
+            Outcome {
+                operation: Some(operation::LOCATE),
+                unique_id: Some(vec![1, 2, 3]),
+                result: Ok(vec![id.clone(), id]),
+            },
+            Outcome {
+                operation: Some(operation::GET),
+                unique_id: None,
+                result: Ok(Vec::new()),
+            },
+            Outcome {
+                operation: Some(operation::ADD_ATTRIBUTE),
+                unique_id: Some(vec![9; MAX_BATCH_ITEM_ID]),
+                result: Err(KmipError::invalid("x".repeat(5000))),
+            },
+        ];
+        for outcome in outcomes {
+            let alone = response((1, 4), 0, vec![outcome.clone()]).encoded_len();
+            assert_eq!(alone - response_overhead((1, 4)), outcome.encoded_len());
+            if outcome.result.is_err() {
+                assert_eq!(outcome.encoded_len(), MAX_FAILURE_LEN);
+            }
+        }
+    }
+
+    #[test]
+    fn result_messages_are_cut_at_a_character_boundary() {
+        let e = KmipError::invalid("é".repeat(MAX_RESULT_MESSAGE));
+        assert!(e.message.len() <= MAX_RESULT_MESSAGE);
+        assert!(e.message.ends_with('…'));
+        let short = KmipError::invalid("short");
+        assert_eq!(short.message, "short");
+    }
 }

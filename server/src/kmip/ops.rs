@@ -16,8 +16,9 @@ use super::enums::{
     algorithm, key_format, object_type, operation, query, result_reason, revocation,
 };
 use super::{
-    BatchItem, KmipError, Outcome, Request, VERSIONS, enum_field, int_field, parse_version,
-    supported, tag, text_field, version_item,
+    BatchItem, DEFAULT_LOCATE_ITEMS, KmipError, MAX_FAILURE_LEN, MAX_RESPONSE_LEN, Outcome,
+    Request, VERSIONS, enum_field, int_field, parse_version, supported, tag, text_field,
+    version_item,
 };
 use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
@@ -28,6 +29,10 @@ use crate::ttlv::{Item, Value};
 /// Attribute marking a key whose Create failed for want of peer acknowledgements: it stays
 /// in the keystore (nothing is ever removed) but no client sees it.
 pub const ABORTED: &str = "shadowkeep:aborted";
+
+/// Room an answer to a change needs at most: its Unique Identifier and one attribute within
+/// the attribute limits (an Application Specific Information of two 4,096-byte texts).
+const CHANGE_ANSWER_ROOM: usize = 16 * 1024;
 
 /// Application namespaces of the OASIS Tape Library Profile, reported by Query.
 const TAPE_NAMESPACES: [&str; 4] = [
@@ -60,7 +65,18 @@ impl std::fmt::Debug for Kmip {
     }
 }
 
-type OpResult = Result<(Vec<Item>, Option<KeyId>), KmipError>;
+/// What an item leaves in the batch's ID Placeholder for the items after it.
+enum Placeholder {
+    /// Left as it was (operations that name no object).
+    Keep,
+    /// The object this item created, found or acted on.
+    Set(KeyId),
+    /// Emptied: a Locate that found nothing leaves no object for the next item (KMIP 1.x),
+    /// rather than the one an earlier item named.
+    Clear,
+}
+
+type OpResult = Result<(Vec<Item>, Placeholder), KmipError>;
 
 impl Kmip {
     /// A KMIP service over `store`, sealing with `kek`.
@@ -169,13 +185,21 @@ impl Kmip {
 
     /// Runs a request's batch for a client the drive table judged: a refused client gets a
     /// permission error for every item, and keys a known client creates are tagged with
-    /// its key group.
+    /// its key group. The answers are kept within the response limit (see the
+    /// [module docs](super)) as they are made.
     pub async fn handle(&self, request: &Request, client: &Verdict) -> Vec<Outcome> {
         let allowed = client.allowed();
+        let limit = request
+            .max_response_size
+            .map_or(MAX_RESPONSE_LEN, |m| m.min(MAX_RESPONSE_LEN));
+        let mut used = super::response_overhead(request.version);
         let mut outcomes = Vec::with_capacity(request.items.len());
         let mut placeholder: Option<KeyId> = None;
-        for item in &request.items {
+        for (i, item) in request.items.iter().enumerate() {
             let started = std::time::Instant::now();
+            // Each later item may yet fail, and its failure must fit too.
+            let later = (request.items.len() - i - 1) * MAX_FAILURE_LEN;
+            let room = limit.saturating_sub(used + later + Outcome::success_overhead(item));
             let result = if !allowed {
                 Err(KmipError::new(
                     result_reason::PERMISSION_DENIED,
@@ -190,10 +214,31 @@ impl Kmip {
                         request.version.0, request.version.1
                     ),
                 ))
+            } else if changes(item.operation) && room < CHANGE_ANSWER_ROOM {
+                Err(KmipError::too_large(format!(
+                    "no room is left in this response ({limit} bytes at most) for the answer to this item; nothing was changed; send it in a batch of its own"
+                )))
             } else {
-                self.run(item, placeholder.as_ref(), client.key_group())
-                    .await
+                self.run(
+                    item,
+                    placeholder.as_ref(),
+                    client.key_group(),
+                    request.version,
+                    room,
+                )
+                .await
             };
+            let result = result.and_then(|(mut payload, next)| {
+                let len: usize = payload.iter().map(Item::encoded_len).sum();
+                // A change is answered whatever its size: it has been made.
+                if len > room && !changes(item.operation) {
+                    payload.iter_mut().for_each(crate::ttlv::wipe);
+                    return Err(KmipError::too_large(format!(
+                        "the answer to this item would take {len} bytes, more than the {room} left in this response ({limit} bytes at most); ask for less, or in a batch of its own"
+                    )));
+                }
+                Ok((payload, next))
+            });
             let failed = result.is_err();
             let operation = super::operation_name(item.operation).to_owned();
             self.metrics
@@ -213,17 +258,21 @@ impl Kmip {
                         .to_owned(),
                 })
                 .inc();
-            let result = result.map(|(payload, id)| {
-                if id.is_some() {
-                    placeholder = id;
+            let result = result.map(|(payload, next)| {
+                match next {
+                    Placeholder::Keep => {}
+                    Placeholder::Set(id) => placeholder = Some(id),
+                    Placeholder::Clear => placeholder = None,
                 }
                 payload
             });
-            outcomes.push(Outcome {
+            let outcome = Outcome {
                 operation: Some(item.operation),
                 unique_id: item.unique_id.clone(),
                 result,
-            });
+            };
+            used += outcome.encoded_len();
+            outcomes.push(outcome);
             if failed && !request.continue_on_error {
                 break;
             }
@@ -231,20 +280,23 @@ impl Kmip {
         outcomes
     }
 
+    /// Runs one item. `room` is how many bytes its answer's payload may take.
     async fn run(
         &self,
         item: &BatchItem,
         placeholder: Option<&KeyId>,
         group: Option<&str>,
+        version: (i32, i32),
+        room: usize,
     ) -> OpResult {
         let p = &item.payload;
         match item.operation {
-            operation::DISCOVER_VERSIONS => Ok((discover_versions(p), None)),
+            operation::DISCOVER_VERSIONS => Ok((discover_versions(p), Placeholder::Keep)),
             operation::QUERY => self.query(p),
             operation::CREATE => self.create(p, group).await,
             operation::REGISTER => self.register(p, group).await,
             operation::GET => self.get(p, placeholder),
-            operation::LOCATE => self.locate(p),
+            operation::LOCATE => self.locate(p, version, room),
             operation::GET_ATTRIBUTES => self.get_attributes(p, placeholder),
             operation::GET_ATTRIBUTE_LIST => self.get_attribute_list(p, placeholder),
             operation::ADD_ATTRIBUTE => self.add_attribute(p, placeholder).await,
@@ -303,7 +355,7 @@ impl Kmip {
             t if t == tag::SERVER_INFORMATION => 3,
             _ => 4,
         });
-        Ok((out, None))
+        Ok((out, Placeholder::Keep))
     }
 
     async fn create(&self, p: &Item, group: Option<&str>) -> OpResult {
@@ -315,13 +367,14 @@ impl Kmip {
             .map_err(|e| KmipError::new(result_reason::CRYPTOGRAPHIC_FAILURE, e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
         tag_group(&mut key, group, now.as_millisecond())?;
+        attributes::within_limits(&key, None)?;
         self.commit_new(key.clone()).await?;
         Ok((
             vec![
                 Item::enumeration(tag::OBJECT_TYPE, object_type::SYMMETRIC_KEY),
                 uid_item(&key.id),
             ],
-            Some(key.id),
+            Placeholder::Set(key.id),
         ))
     }
 
@@ -396,8 +449,9 @@ impl Kmip {
         .map_err(|e| KmipError::invalid(e.to_string()))?;
         apply_template(&mut key, rest, now.as_millisecond())?;
         tag_group(&mut key, group, now.as_millisecond())?;
+        attributes::within_limits(&key, None)?;
         self.commit_new(key.clone()).await?;
-        Ok((vec![uid_item(&key.id)], Some(key.id)))
+        Ok((vec![uid_item(&key.id)], Placeholder::Set(key.id)))
     }
 
     fn get(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -458,37 +512,77 @@ impl Kmip {
                 uid_item(&key.id),
                 Item::structure(tag::SYMMETRIC_KEY, vec![block]),
             ],
-            Some(key.id),
+            Placeholder::Set(key.id),
         ))
     }
 
-    fn locate(&self, p: &Item) -> OpResult {
-        let max = match int_field(p, tag::MAXIMUM_ITEMS, "Maximum Items")? {
-            Some(n) => usize::try_from(n)
-                .map_err(|_| KmipError::invalid("Maximum Items must not be negative"))?,
-            None => usize::MAX,
+    fn locate(&self, p: &Item, version: (i32, i32), room: usize) -> OpResult {
+        let count = |t, name: &str, default: usize| -> Result<usize, KmipError> {
+            int_field(p, t, name)?.map_or(Ok(default), |n| {
+                usize::try_from(n)
+                    .map_err(|_| KmipError::invalid(format!("{name} must not be negative")))
+            })
         };
+        let max = count(tag::MAXIMUM_ITEMS, "Maximum Items", DEFAULT_LOCATE_ITEMS)?;
+        let offset = count(tag::OFFSET_ITEMS, "Offset Items", 0)?;
         let criteria = p
             .children_with(tag::ATTRIBUTE)
             .map(|a| attributes::parse(a).map(|(name, _, value)| (name, value)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut found: Vec<(Timestamp, KeyId)> = self.store.read(|ks| {
-            ks.keys()
+        // Located Items is KMIP 1.3; earlier clients do not expect it.
+        let with_total = version >= (1, 3);
+        let page = self.store.read(|ks| {
+            let mut found: Vec<(Timestamp, &KeyId)> = ks
+                .keys()
                 .filter(|k| self.visible(k))
                 .filter(|k| {
                     criteria
                         .iter()
                         .all(|(name, value)| attributes::matches(k, name, value))
                 })
-                .map(|k| (k.created_at, k.id.clone()))
-                .collect()
+                .map(|k| (k.created_at, &k.id))
+                .collect();
+            let total = found.len();
+            // Newest first: a tape library that finds several keys for a barcode wants the
+            // one it wrote last. Only the keys up to the end of the page are ordered.
+            let end = offset.saturating_add(max).min(total);
+            if end > 0 && end < total {
+                found.select_nth_unstable_by(end - 1, |a, b| b.cmp(a));
+            }
+            found.truncate(end);
+            found.sort_unstable_by(|a, b| b.cmp(a));
+            let ids = found.get(offset..).unwrap_or_default();
+            // Measured before anything is built, so that an answer too large costs nothing.
+            // Located Items is an Integer: its header and 4 bytes padded to 8.
+            let mut len = if with_total { 16 } else { 0 };
+            let mut fit = 0;
+            for (_, id) in ids {
+                len += uid_len(id);
+                if len <= room {
+                    fit += 1;
+                }
+            }
+            if fit < ids.len() {
+                return Err(KmipError::too_large(format!(
+                    "Locate found {total} keys; the {} asked for would take {len} bytes, more than the {room} left in this response, where {fit} fit; ask for fewer with Maximum Items and page with Offset Items",
+                    ids.len()
+                )));
+            }
+            Ok((total, ids.iter().map(|(_, id)| (*id).clone()).collect::<Vec<_>>()))
         });
-        // Newest first: a tape library that finds several keys for a barcode wants the
-        // one it wrote last.
-        found.sort_by(|a, b| b.cmp(a));
-        found.truncate(max);
-        let first = found.first().map(|(_, id)| id.clone());
-        Ok((found.iter().map(|(_, id)| uid_item(id)).collect(), first))
+        let (total, ids) = page?;
+        let next = ids
+            .first()
+            .map_or(Placeholder::Clear, |id| Placeholder::Set(id.clone()));
+        let mut out = Vec::with_capacity(ids.len() + 1);
+        if with_total {
+            out.push(Item::integer(
+                tag::LOCATED_ITEMS,
+                i32::try_from(total).unwrap_or(i32::MAX),
+            ));
+        }
+        out.extend(ids.iter().map(uid_item));
+        Ok((out, next))
     }
 
     fn get_attributes(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -510,7 +604,7 @@ impl Kmip {
         };
         let mut out = vec![uid_item(&key.id)];
         out.extend(attrs.iter().map(|a| a.to_item(true)));
-        Ok((out, Some(key.id)))
+        Ok((out, Placeholder::Set(key.id)))
     }
 
     fn get_attribute_list(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -523,7 +617,7 @@ impl Kmip {
                 .into_iter()
                 .map(|n| Item::text(tag::ATTRIBUTE_NAME, n)),
         );
-        Ok((out, Some(key.id)))
+        Ok((out, Placeholder::Set(key.id)))
     }
 
     async fn add_attribute(&self, p: &Item, placeholder: Option<&KeyId>) -> OpResult {
@@ -546,7 +640,12 @@ impl Kmip {
                 ));
             }
             let attr = Attribute {
-                index: attributes::next_index(key, &name),
+                // KMIP gives a single-instance attribute index 0, always.
+                index: if multi {
+                    attributes::next_index(key, &name)
+                } else {
+                    0
+                },
                 name: name.clone(),
                 value: value.clone(),
             };
@@ -603,7 +702,7 @@ impl Kmip {
                         format!("{name} has no instance with index {index}"),
                     )
                 })?;
-            attributes::delete(key, &name, index, now_ms);
+            attributes::delete(key, &name, index, now_ms)?;
             Ok(old)
         })
         .await
@@ -635,6 +734,27 @@ impl Kmip {
             "Revocation Reason Code",
         )?
         .ok_or_else(|| KmipError::missing("Revocation Reason: Revocation Reason Code"))?;
+        // The reason is kept on the key, so it is held to the attribute limits.
+        match text_field(reason, tag::REVOCATION_MESSAGE, "Revocation Message")? {
+            Some(m) if m.len() > attributes::MAX_TEXT => {
+                return Err(KmipError::invalid(format!(
+                    "Revocation Message is {} bytes long, over the limit of {} bytes",
+                    m.len(),
+                    attributes::MAX_TEXT
+                )));
+            }
+            _ => {}
+        }
+        if let Some(other) = reason
+            .children()
+            .iter()
+            .find(|c| c.tag != tag::REVOCATION_REASON_CODE && c.tag != tag::REVOCATION_MESSAGE)
+        {
+            return Err(KmipError::invalid(format!(
+                "Revocation Reason holds only a Revocation Reason Code and a Revocation Message, not {}",
+                other.tag
+            )));
+        }
         let compromised = matches!(code, revocation::KEY_COMPROMISE | revocation::CA_COMPROMISE);
         let occurred = match p.child(tag::COMPROMISE_OCCURRENCE_DATE) {
             None => None,
@@ -670,7 +790,7 @@ impl Kmip {
             if attributes::instances(key, "Deactivation Date").is_empty() {
                 attributes::set_date(key, "Deactivation Date", now.as_second(), ms)?;
             }
-            attributes::set(
+            attributes::set_by_server(
                 key,
                 &Attribute {
                     name: "Revocation Reason".to_owned(),
@@ -718,7 +838,7 @@ impl Kmip {
         if let Some(r) = &self.replication {
             r.publish(std::slice::from_ref(&key));
         }
-        Ok((vec![uid_item(&key.id)], Some(key.id)))
+        Ok((vec![uid_item(&key.id)], Placeholder::Set(key.id)))
     }
 
     /// An attribute change: applies `f` and answers with the Unique Identifier and the
@@ -737,13 +857,18 @@ impl Kmip {
                 format!("key {} is destroyed; its attributes are frozen", key.id),
             ));
         }
+        let before = key.clone();
         let attr = f(&mut key, Timestamp::now().as_millisecond())?;
+        attributes::within_limits(&key, Some(&before))?;
         self.commit(key.clone()).await?;
         drop(guard);
         if let Some(r) = &self.replication {
             r.publish(std::slice::from_ref(&key));
         }
-        Ok((vec![uid_item(&key.id), attr.to_item(true)], Some(key.id)))
+        Ok((
+            vec![uid_item(&key.id), attr.to_item(true)],
+            Placeholder::Set(key.id),
+        ))
     }
 
     async fn commit(&self, key: Key) -> Result<(), KmipError> {
@@ -770,8 +895,9 @@ impl Kmip {
         let id = match text_field(p, tag::UNIQUE_IDENTIFIER, "Unique Identifier")? {
             Some(text) => KeyId::try_from(text.to_owned()).map_err(|_| not_found(text))?,
             None => placeholder.cloned().ok_or_else(|| {
-                KmipError::missing(
-                    "Unique Identifier (no earlier item of this batch set the ID Placeholder)",
+                KmipError::new(
+                    result_reason::MISSING_DATA,
+                    "Unique Identifier is required: the ID Placeholder is empty (no earlier item of this batch named a key, or a Locate found none)",
                 )
             })?,
         };
@@ -801,6 +927,27 @@ fn wrong_state(key: &Key, action: &str, needed: &str) -> KmipError {
 
 fn uid_item(id: &KeyId) -> Item {
     Item::text(tag::UNIQUE_IDENTIFIER, id.as_str())
+}
+
+/// The encoded size of [`uid_item`]'s answer, without building it.
+fn uid_len(id: &KeyId) -> usize {
+    crate::ttlv::HEADER_LEN + crate::ttlv::padded_len(id.as_str().len())
+}
+
+/// Whether `op` changes a key: its answer is sent whatever its size, so room for it is
+/// checked before it runs.
+fn changes(op: u32) -> bool {
+    matches!(
+        op,
+        operation::CREATE
+            | operation::REGISTER
+            | operation::ADD_ATTRIBUTE
+            | operation::MODIFY_ATTRIBUTE
+            | operation::DELETE_ATTRIBUTE
+            | operation::ACTIVATE
+            | operation::REVOKE
+            | operation::DESTROY
+    )
 }
 
 fn discover_versions(p: &Item) -> Vec<Item> {
