@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::net::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::replication::{Summary, delta};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tls;
 
 /// Largest request body: a full keystore of a large estate. Only peers may send a body.
@@ -398,10 +398,27 @@ async fn merge(State(state): State<AdminState>, request: Request) -> Response {
         }
         wanted.push(key);
     }
-    if !wanted.is_empty()
-        && let Err(e) = state.store.commit(wanted).await
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+    if !wanted.is_empty() {
+        match state.store.commit_fitting(wanted).await {
+            Ok(too_large) => {
+                for e in too_large {
+                    if let StoreError::TooLarge { id, .. } = &e {
+                        if reply.conflicts.contains(id) {
+                            reply.conflicts.retain(|c| c != id);
+                        } else {
+                            reply.stored = reply.stored.saturating_sub(1);
+                        }
+                        reply.refused.push(RefusedRecord {
+                            id: id.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            }
+        }
     }
     state.metrics.merged("stored", reply.stored);
     state.metrics.merged("conflict", reply.conflicts.len());
