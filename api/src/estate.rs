@@ -167,12 +167,13 @@ impl Estate {
     }
 
     fn check_server_ids(&self, findings: &mut Vec<Finding>) {
-        let mut by_id: BTreeMap<&str, Vec<ObjectRef>> = BTreeMap::new();
+        // A set: one object defined twice is its own finding, not a server-id clash.
+        let mut by_id: BTreeMap<&str, BTreeSet<ObjectRef>> = BTreeMap::new();
         for km in &self.key_managers {
             by_id
                 .entry(km.spec.server_id.as_str())
                 .or_default()
-                .push(object_ref("KeyManager", km));
+                .insert(object_ref("KeyManager", km));
         }
         for (id, owners) in by_id {
             if owners.len() < 2 {
