@@ -3,6 +3,11 @@
 # certificates, same load generator, in one run.
 #
 #   bash bench/kmip.sh [SECONDS]
+#   BASELINE_SERVER=path/to/older/shadowkeep-server bash bench/kmip.sh [SECONDS]
+#
+# With BASELINE_SERVER, the one-replica measurements are also run against that binary (an
+# earlier build), right after ours and with the same load, and the ratios printed: a
+# regression check within one run on one machine.
 #
 # Prints one JSON line per measurement and a summary with the Get throughput ratio. Needs
 # PyKMIP in .venv (`.ci/run` makes it, or: python3 -m venv .venv && .venv/bin/pip install
@@ -70,6 +75,16 @@ OURS_GET8=$(load --addr "$ADDR" --op get --connections 8); echo "$OURS_GET8"
 OURS_CREATE_SOLO=$(load --addr "$ADDR" --op create --connections 8); echo "$OURS_CREATE_SOLO"
 kill "${PIDS[-1]}"
 
+BASE_GET1='null'; BASE_GET8='null'; BASE_CREATE='null'
+if [ -n "${BASELINE_SERVER:-}" ]; then
+  echo "== baseline $BASELINE_SERVER, one replica"
+  start "$WORK/base" "$BASELINE_SERVER" --config "$(config base "")"
+  BASE_GET1=$(load --addr "$ADDR" --op get --connections 1); echo "$BASE_GET1"
+  BASE_GET8=$(load --addr "$ADDR" --op get --connections 8); echo "$BASE_GET8"
+  BASE_CREATE=$(load --addr "$ADDR" --op create --connections 8); echo "$BASE_CREATE"
+  kill "${PIDS[-1]}"
+fi
+
 echo "== shadowkeep-server, two replicas, Create acknowledged by one peer"
 P1=$(free_port); P2=$(free_port)
 repl() { # self-port, peer-port
@@ -113,9 +128,11 @@ done
 THEIRS_GET1=$(load --addr "127.0.0.1:$PYPORT" --op get --connections 1); echo "$THEIRS_GET1"
 THEIRS_GET8=$(load --addr "127.0.0.1:$PYPORT" --op get --connections 8); echo "$THEIRS_GET8"
 
-python3 - "$OURS_GET1" "$OURS_GET8" "$OURS_CREATE_SOLO" "$OURS_CREATE_ACK1" "$THEIRS_GET1" "$THEIRS_GET8" <<'EOF'
+python3 - "$OURS_GET1" "$OURS_GET8" "$OURS_CREATE_SOLO" "$OURS_CREATE_ACK1" "$THEIRS_GET1" "$THEIRS_GET8" \
+  "$BASE_GET1" "$BASE_GET8" "$BASE_CREATE" <<'EOF'
 import json, sys
-ours1, ours8, create_solo, create_ack, theirs1, theirs8 = (json.loads(a) for a in sys.argv[1:])
+(ours1, ours8, create_solo, create_ack, theirs1, theirs8,
+ base1, base8, base_create) = (json.loads(a) for a in sys.argv[1:])
 print()
 print(f"{'measurement':44} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
 for name, r in [("shadowkeep Get, 1 connection", ours1), ("shadowkeep Get, 8 connections", ours8),
@@ -129,6 +146,14 @@ print()
 print(f"Get throughput ratio shadowkeep/pykmip: {r1:.0f}x at 1 connection, {r8:.0f}x at 8 connections (target >= 100x)")
 print(f"p99 Get at 8 connections: {ours8['p99_ms']:.3f} ms (target < 2 ms)")
 print(f"durable Create with one peer acknowledgement: {create_ack['ops_per_sec']:.0f}/s (target >= 1000/s)")
+if base1 is not None:
+    print()
+    print("against the baseline build (same run, one replica):")
+    for name, ours, base in [("Get, 1 connection", ours1, base1), ("Get, 8 connections", ours8, base8),
+                             ("Create, 8 connections", create_solo, base_create)]:
+        print(f"  {name:24} {ours['ops_per_sec']:>10.1f} vs {base['ops_per_sec']:>10.1f} ops/s"
+              f" ({ours['ops_per_sec'] / max(base['ops_per_sec'], 1e-9):.2f}x),"
+              f" p99 {ours['p99_ms']:.3f} vs {base['p99_ms']:.3f} ms")
 failures = sum(r["failures"] for r in (ours1, ours8, create_solo, create_ack))
 print(f"failed requests against shadowkeep: {failures}")
 EOF
