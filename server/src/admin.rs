@@ -30,7 +30,6 @@ use axum::{Extension, Json, Router};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,9 +38,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
-use crate::net::{SHUTDOWN_GRACE, Slot, Slots, accept};
-use crate::replication::{Summary, delta};
+use crate::replication::{MergeReply, RefusedRecord, Summary, delta};
 use crate::store::{Store, StoreError};
 use crate::tls;
 
@@ -89,32 +88,6 @@ impl AdminState {
 /// The identities in the caller's client certificate (empty without one).
 #[derive(Clone, Debug, Default)]
 struct Caller(Vec<String>);
-
-/// The answer to `POST /v1/keystore/merge`: `200 OK` when every record was taken or
-/// already held, `409 Conflict` when any is listed in `conflicts` or `refused`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MergeReply {
-    /// Records in the request.
-    pub received: usize,
-    /// Records taken: keys new here, and later states or attributes of keys held.
-    pub stored: usize,
-    /// Ids held here with other material or identity. The key held stays as it was and is
-    /// served; the incoming record is quarantined (kept aside, never served).
-    pub conflicts: Vec<String>,
-    /// Records not stored at all, and why.
-    pub refused: Vec<RefusedRecord>,
-}
-
-/// A record a merge did not store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefusedRecord {
-    /// The record's key id.
-    pub id: String,
-    /// Why (never any material).
-    pub reason: String,
-}
 
 /// The routes.
 pub fn router(state: AdminState) -> Router {

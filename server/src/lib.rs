@@ -4,7 +4,8 @@
 //! - [`kmip`]: requests, responses and the operations, over the store.
 //! - [`store`]: the durable keystore (fsynced log and snapshot, group commit).
 //! - [`tls`] and [`auth`]: mutual TLS, and the drive table's verdict on each client.
-//! - [`net`]: connections — framing, timeouts, graceful shutdown.
+//! - [`net`]: KMIP connections — framing, timeouts, graceful shutdown; `listener` holds
+//!   what it shares with the admin API (connection slots, accept with backoff).
 //! - [`dev`]: the files a local development server needs.
 //! - [`client`]: a small KMIP client, for tests and the load generator.
 //!
@@ -17,6 +18,7 @@ pub mod client;
 pub mod dev;
 pub mod import;
 pub mod kmip;
+mod listener;
 pub mod metrics;
 pub mod net;
 pub mod replication;

@@ -22,7 +22,6 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::MergeReply;
 use crate::client::{ClientFiles, connector, http1_connect, send};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -36,6 +35,32 @@ const MAX_PUSH: usize = 1024;
 pub struct Summary {
     /// Key id to the SHA-256 of the record's canonical JSON.
     pub have: BTreeMap<String, String>,
+}
+
+/// The answer to `POST /v1/keystore/merge`: `200 OK` when every record was taken or
+/// already held, `409 Conflict` when any is listed in `conflicts` or `refused`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeReply {
+    /// Records in the request.
+    pub received: usize,
+    /// Records taken: keys new here, and later states or attributes of keys held.
+    pub stored: usize,
+    /// Ids held here with other material or identity. The key held stays as it was and is
+    /// served; the incoming record is quarantined (kept aside, never served).
+    pub conflicts: Vec<String>,
+    /// Records not stored at all, and why.
+    pub refused: Vec<RefusedRecord>,
+}
+
+/// A record a merge did not store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedRecord {
+    /// The record's key id.
+    pub id: String,
+    /// Why (never any material).
+    pub reason: String,
 }
 
 /// The hash of a record, as carried in a [`Summary`].
@@ -364,7 +389,6 @@ mod tests {
     use shadowkeep_api::keystore::{Algorithm, Kek};
 
     use super::*;
-    use crate::admin::RefusedRecord;
 
     #[test]
     fn a_push_is_acknowledged_only_when_the_peer_took_each_of_its_keys() {
