@@ -12,6 +12,7 @@
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
 //! - [`pki`]: certificate authorities and the certificates they sign.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
+//! - [`shadow`]: the shadow state machine and the replica's rules for registering a shadow.
 //!
 //! Nothing here touches the network, the file system or a Kubernetes client, so the server,
 //! the operator and the command line share one model and it can be tested exhaustively.
@@ -27,3 +28,4 @@ pub mod manifest;
 pub mod password;
 pub mod pki;
 pub mod server_config;
+pub mod shadow;
