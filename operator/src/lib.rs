@@ -10,3 +10,4 @@
 pub mod build;
 pub mod cli;
 pub mod controller;
+pub mod core;

@@ -1,208 +1,60 @@
-//! Drives and the KeyManagers that hold their keys.
-//!
-//! Each KeyManager keeps a history of the drives it has served, in a ConfigMap that stays
-//! when the KeyManager is deleted ([`HISTORY_LABEL`]). A drive in this KeyManager's tables
-//! is held back, with `KeyHistoryAtRisk`, when
-//! - a DriveTable of another KeyManager in the namespace lists it too, and this one does
-//!   not serve it yet (the one that does keeps it), or
-//! - another KeyManager, in any namespace the operator watches, served it and did not
-//!   hand it on: it moved, and its keys are there.
-//!
-//! A move is resolved by putting the drive back, or by accepting it with the annotation
-//! [`ACCEPT_DRIVE_MOVES`] on the DriveTable that now lists it: the operator then carries
-//! the drive's keys (its KeyGroup's keys, or all keys when it had no group) from the old
-//! KeyManager's keystore into this one's, re-sealed under this KEK, marks the drive as
-//! handed on in the old history, and serves it here.
+//! Drive moves against the cluster: drive histories in ConfigMaps that outlive their
+//! KeyManager ([`HISTORY_LABEL`]), the index of who serves each drive kept from a watch of
+//! them, carrying an accepted move's keys between keystore Secrets, and the risks reported
+//! on DriveTables. The rules are [`crate::core::drive_moves`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE, carry_keys};
 use shadowkeep_api::estate::Estate;
-use shadowkeep_api::keystore::{Kek, Keystore};
 use shadowkeep_api::manifest::Resource as Object;
 
-use super::conditions::{condition, merge, reasons, types, update_status};
+use super::conditions::update_status;
+use super::keystore_sync;
+use super::store::{bytes, history_name, read_history, replace_keystore};
 use super::{Context, Error};
 use crate::build::{self, Inputs, Material, Names};
-
-/// Annotation on a DriveTable listing the serials (comma-separated) whose move from
-/// another KeyManager is accepted: their keys are carried here.
-pub const ACCEPT_DRIVE_MOVES: &str = "shadowkeep.io/accept-drive-moves";
-
-/// Annotation on a KeyManager (or on a deleted one's drive history) listing the serials
-/// (comma-separated) whose keys may be carried to a KeyManager in another namespace.
-pub const RELEASE_DRIVES: &str = "shadowkeep.io/release-drives";
+use crate::core::conditions::{merge, reasons, types};
+use crate::core::drive_moves::{
+    Claim, DriveIndex, DriveRisk, KEY_HISTORY_CARRIED, RELEASE_DRIVES, key_manager_ref, lists,
+    table_report,
+};
+use crate::core::{keystore, material};
 
 /// Label on drive-history ConfigMaps, naming their KeyManager.
 pub const HISTORY_LABEL: &str = "shadowkeep.io/drive-history-of";
 
-/// Condition reason and Event reason: a drive's keys were carried from another KeyManager.
-pub const KEY_HISTORY_CARRIED: &str = "KeyHistoryCarried";
-
-/// A KeyManager as histories name it.
-pub fn key_manager_ref(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// The KeyManager (`namespace/name`) and history a history ConfigMap holds; `None` for a
+/// ConfigMap that is not a readable history.
+fn history_of(cm: &ConfigMap) -> Option<(String, DriveHistory)> {
+    let owner = cm.labels().get(HISTORY_LABEL)?;
+    let reference = key_manager_ref(&cm.namespace()?, owner);
+    let text = cm.data.as_ref()?.get(HISTORY_FILE)?;
+    match DriveHistory::from_json(text) {
+        Ok(history) => Some((reference, history)),
+        Err(e) => {
+            tracing::warn!(history = %reference, error = %e, "unreadable drive history; ignored");
+            None
+        }
+    }
 }
 
-/// The name of a KeyManager's drive-history ConfigMap.
-pub fn history_name(key_manager: &str) -> String {
-    format!("{key_manager}-drive-history")
+fn apply(index: &mut DriveIndex, cm: &ConfigMap) {
+    if let Some((reference, history)) = history_of(cm) {
+        index.apply(&reference, &history);
+    }
 }
 
-/// Why a drive of this KeyManager is at risk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// A DriveTable of another KeyManager in this namespace lists it too.
-    Table {
-        /// That table.
-        other_table: String,
-    },
-    /// Another KeyManager served it and holds its keys.
-    History {
-        /// Whether this drive's table accepts the move (its keys are to be carried).
-        accepted: bool,
-        /// Why carrying the keys failed, when it did.
-        carry_error: Option<String>,
-    },
-}
-
-/// A drive of this KeyManager that another KeyManager claims.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DriveRisk {
-    /// The drive's serial.
-    pub serial: String,
-    /// This KeyManager's table listing it.
-    pub table: String,
-    /// The other KeyManager: its name for a table claim, `namespace/name` for a history.
-    pub other_key_manager: String,
-    /// What the claim is.
-    pub claim: Claim,
-    /// Whether this KeyManager keeps serving the drive (it is where its keys are).
-    pub kept: bool,
-}
-
-/// Which KeyManagers serve each drive, across every history the operator watches.
-///
-/// Kept up to date from the watch of history ConfigMaps, so that a reconcile looks up its
-/// own drives instead of reading every other history: with 1,000 KeyManagers of 100
-/// drives, parsing them all on each reconcile would cost more than the reconcile.
-#[derive(Debug, Default)]
-pub struct DriveIndex {
-    /// KeyManagers (`namespace/name`), by their number in `serving`.
-    key_managers: Vec<String>,
-    numbers: HashMap<String, u32>,
-    /// Drive serial → the KeyManager that serves it. 100,000 drives are a few MiB.
-    serving: HashMap<Box<str>, u32>,
-    /// Drive serial → further KeyManagers that serve it, for drives already split.
-    also: HashMap<Box<str>, Vec<u32>>,
-}
-
-impl DriveIndex {
-    fn number(&mut self, key_manager: &str) -> u32 {
-        if let Some(n) = self.numbers.get(key_manager) {
-            return *n;
-        }
-        let n = u32::try_from(self.key_managers.len()).unwrap_or(u32::MAX);
-        self.key_managers.push(key_manager.to_owned());
-        self.numbers.insert(key_manager.to_owned(), n);
-        n
-    }
-
-    /// The KeyManager and history a history ConfigMap holds.
-    fn read(cm: &ConfigMap) -> Option<(String, DriveHistory)> {
-        let owner = cm.labels().get(HISTORY_LABEL)?;
-        let reference = key_manager_ref(&cm.namespace()?, owner);
-        let text = cm.data.as_ref()?.get(HISTORY_FILE)?;
-        match DriveHistory::from_json(text) {
-            Ok(history) => Some((reference, history)),
-            Err(e) => {
-                tracing::warn!(history = %reference, error = %e, "unreadable drive history; ignored");
-                None
-            }
-        }
-    }
-
-    /// Takes in a history ConfigMap as it is now.
-    pub fn apply(&mut self, cm: &ConfigMap) {
-        let Some((reference, history)) = Self::read(cm) else {
-            return;
-        };
-        let n = self.number(&reference);
-        for (serial, record) in &history.drives {
-            if record.moved_to.is_none() {
-                self.add(serial, n);
-            } else {
-                self.remove(serial, n);
-            }
-        }
-    }
-
-    fn add(&mut self, serial: &str, n: u32) {
-        match self.serving.get(serial) {
-            None => {
-                self.serving.insert(serial.into(), n);
-            }
-            Some(first) if *first == n => {}
-            Some(_) => {
-                let also = self.also.entry(serial.into()).or_default();
-                if !also.contains(&n) {
-                    also.push(n);
-                }
-            }
-        }
-    }
-
-    fn remove(&mut self, serial: &str, n: u32) {
-        if let Some(also) = self.also.get_mut(serial) {
-            also.retain(|k| *k != n);
-            if self.serving.get(serial) == Some(&n)
-                && let Some(next) = also.pop()
-            {
-                self.serving.insert(serial.into(), next);
-                if also.is_empty() {
-                    self.also.remove(serial);
-                }
-                return;
-            }
-            if also.is_empty() {
-                self.also.remove(serial);
-            }
-        }
-        if self.serving.get(serial) == Some(&n) {
-            self.serving.remove(serial);
-        }
-    }
-
-    /// Forgets a history ConfigMap that was deleted.
-    pub fn delete(&mut self, cm: &ConfigMap) {
-        let Some((reference, history)) = Self::read(cm) else {
-            return;
-        };
-        let Some(n) = self.numbers.get(&reference).copied() else {
-            return;
-        };
-        for serial in history.drives.keys() {
-            self.remove(serial, n);
-        }
-    }
-
-    /// The KeyManagers other than `me` that serve `serial`.
-    pub fn others_serving(&self, serial: &str, me: &str) -> Vec<String> {
-        self.serving
-            .get(serial)
-            .into_iter()
-            .chain(self.also.get(serial).into_iter().flatten())
-            .filter_map(|n| self.key_managers.get(usize::try_from(*n).ok()?))
-            .filter(|k| *k != me)
-            .cloned()
-            .collect()
+fn delete(index: &mut DriveIndex, cm: &ConfigMap) {
+    if let Some((reference, history)) = history_of(cm) {
+        index.delete(&reference, &history);
     }
 }
 
@@ -219,7 +71,7 @@ impl SharedDriveIndex {
     pub fn of(cms: &[ConfigMap]) -> Self {
         let mut index = DriveIndex::default();
         for cm in cms {
-            index.apply(cm);
+            apply(&mut index, cm);
         }
         let shared = Self {
             index: std::sync::RwLock::new(index),
@@ -263,7 +115,7 @@ impl SharedDriveIndex {
                 Ok(Event::Init) => pending = Some(DriveIndex::default()),
                 Ok(Event::InitApply(cm)) => {
                     if let Some(p) = pending.as_mut() {
-                        p.apply(&cm);
+                        apply(p, &cm);
                     }
                 }
                 Ok(Event::InitDone) => {
@@ -274,8 +126,8 @@ impl SharedDriveIndex {
                         .store(true, std::sync::atomic::Ordering::Release);
                     self.ready.notify_waiters();
                 }
-                Ok(Event::Apply(cm)) => self.write().apply(&cm),
-                Ok(Event::Delete(cm)) => self.write().delete(&cm),
+                Ok(Event::Apply(cm)) => apply(&mut self.write(), &cm),
+                Ok(Event::Delete(cm)) => delete(&mut self.write(), &cm),
                 Err(e) => tracing::warn!(error = %e, "drive history watch failed; retrying"),
             }
         }
@@ -293,110 +145,6 @@ impl SharedDriveIndex {
     }
 }
 
-/// Whether annotation `key` lists `serial` (comma- or space-separated).
-fn lists(annotations: &BTreeMap<String, String>, key: &str, serial: &str) -> bool {
-    annotations
-        .get(key)
-        .is_some_and(|v| v.split([',', ' ']).any(|s| s.trim() == serial))
-}
-
-fn accepted(table: &DriveTable, serial: &str) -> bool {
-    lists(table.annotations(), ACCEPT_DRIVE_MOVES, serial)
-}
-
-/// The drives of `name`'s tables that another KeyManager claims, by table or by history.
-/// `others_serving` names the other KeyManagers that serve a serial.
-pub fn conflicts(
-    name: &str,
-    tables: &[DriveTable],
-    history: &DriveHistory,
-    others_serving: impl Fn(&str) -> Vec<String>,
-) -> Vec<DriveRisk> {
-    let mut risks = Vec::new();
-    for mine in tables
-        .iter()
-        .filter(|t| t.spec.key_manager_ref.name == name)
-    {
-        for drive in &mine.spec.drives {
-            let serves = history.serves(&drive.serial);
-            for other in tables
-                .iter()
-                .filter(|t| t.spec.key_manager_ref.name != name)
-            {
-                if other.spec.drives.iter().any(|d| d.serial == drive.serial) {
-                    risks.push(DriveRisk {
-                        serial: drive.serial.clone(),
-                        table: mine.name_any(),
-                        other_key_manager: other.spec.key_manager_ref.name.clone(),
-                        claim: Claim::Table {
-                            other_table: other.name_any(),
-                        },
-                        kept: serves,
-                    });
-                }
-            }
-            // Served here and by another: two KeyManagers took it at the same moment (from
-            // different namespaces, where no table check sees both), and its keys are
-            // split. It stays here, flagged, until the other's keys are carried.
-            for other in others_serving(&drive.serial) {
-                risks.push(DriveRisk {
-                    serial: drive.serial.clone(),
-                    table: mine.name_any(),
-                    other_key_manager: other,
-                    claim: Claim::History {
-                        accepted: accepted(mine, &drive.serial),
-                        carry_error: None,
-                    },
-                    kept: serves,
-                });
-            }
-        }
-    }
-    risks
-}
-
-/// A copy of `table` without the drives held back from this KeyManager.
-pub fn without_blocked(table: &DriveTable, name: &str, risks: &[DriveRisk]) -> DriveTable {
-    let mut table = table.clone();
-    if table.spec.key_manager_ref.name == name {
-        table
-            .spec
-            .drives
-            .retain(|d| !risks.iter().any(|r| !r.kept && r.serial == d.serial));
-    }
-    table
-}
-
-/// The KeyGroup a drive's keys come from here: its own, or the KeyManager's default.
-fn key_group_of(name: &str, drive_group: Option<&String>, groups: &[KeyGroup]) -> Option<String> {
-    drive_group.cloned().or_else(|| {
-        groups
-            .iter()
-            .find(|g| g.spec.key_manager_ref.name == name && g.spec.default_group)
-            .map(ResourceExt::name_any)
-    })
-}
-
-/// This KeyManager's history and the ConfigMap it was read from (`None`: none yet).
-pub async fn read_history(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> Result<(DriveHistory, Option<ConfigMap>), Error> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&history_name(name))
-        .await
-        .map_err(Error::kube("read the drive history"))?;
-    let text = cm
-        .as_ref()
-        .and_then(|c| c.data.as_ref())
-        .and_then(|d| d.get(HISTORY_FILE))
-        .map_or("", String::as_str);
-    let history = DriveHistory::from_json(text)
-        .map_err(|e| Error::Build(format!("ConfigMap {}: {e}", history_name(name))))?;
-    Ok((history, cm))
-}
-
 /// Records every drive this KeyManager serves now, and writes the history when it
 /// changed: created with the KeyManager's labels but no owner, so that it outlives it;
 /// replaced with its resourceVersion as a precondition.
@@ -409,14 +157,9 @@ pub async fn record_served(
     carried: bool,
 ) -> Result<(), Error> {
     let name = inputs.name();
-    let now = Timestamp::now();
-    let mut changed = carried;
-    for table in &inputs.drive_tables {
-        for drive in &table.spec.drives {
-            let group = key_group_of(&name, drive.key_group.as_ref(), groups);
-            changed |= history.record(&drive.serial, group.as_deref(), now);
-        }
-    }
+    let changed =
+        crate::core::drive_moves::record_served(&mut history, inputs, groups, Timestamp::now())
+            || carried;
     if !changed {
         return Ok(());
     }
@@ -615,26 +358,27 @@ async fn carry(
                 .await
                 .map_err(Error::kube(format!("read Secret {ns}/{secret}")))?
                 .ok_or_else(|| Error::Build(format!("Secret {ns}/{secret} not found")))?;
-            Ok::<_, Error>(super::key_manager::bytes(&found, key))
+            Ok::<_, Error>(bytes(&found, key))
         }
     };
     let kek_bytes = read(names.kek.clone(), "kek").await?;
-    let from_kek = Kek::from_bytes(&kek_bytes)
-        .map_err(|e| Error::Build(format!("Secret {ns}/{}: {e}", names.kek)))?;
+    let from_kek = material::kek(from, &kek_bytes)?;
     let mut from_material = Material {
         kek: kek_bytes,
         keystore: read(names.keystore.clone(), "keystore").await?,
         ..Material::default()
     };
     sync_old(client, ctx, ns, name, &mut from_material).await?;
-    let from_keystore = Keystore::from_bytes(&from_material.keystore)
-        .map_err(|e| Error::Build(format!("Secret {ns}/{}: {e}", names.keystore)))?;
-    let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
-    let mut keystore = super::key_manager::open_keystore(material)?;
+    let from_keystore = keystore::open(&from_material.keystore)?;
+    let kek = material::kek(
+        &key_manager_ref(&inputs.namespace(), &inputs.name()),
+        &material.kek,
+    )?;
+    let mut keystore = keystore::open(&material.keystore)?;
     let count = carry_keys(&from_keystore, &from_kek, &mut keystore, &kek, group)
-        .map_err(|e| Error::Build(e.to_string()))?;
+        .map_err(crate::core::Error::Keystore)?;
     if count > 0 {
-        super::key_manager::replace_keystore(client, inputs, material, &keystore).await?;
+        replace_keystore(client, inputs, material, &keystore).await?;
     }
     Ok(count)
 }
@@ -663,9 +407,8 @@ async fn sync_old(
         return Ok(());
     };
     let now = Time(Timestamp::now());
-    let ready = super::keystore_sync::ready_replicas(client, &inputs).await?;
-    let synced =
-        super::keystore_sync::sync(client, ctx, &inputs, material, ready, None, &now).await?;
+    let ready = keystore_sync::ready_replicas(client, &inputs).await?;
+    let synced = keystore_sync::sync(client, ctx, &inputs, material, ready, None, &now).await?;
     if synced.all_answered {
         Ok(())
     } else {
@@ -702,77 +445,6 @@ async fn mark_moved(
         }
     }
     Ok(())
-}
-
-fn risk_message(risks: &[DriveRisk], name: &str) -> String {
-    risks
-        .iter()
-        .map(|r| match &r.claim {
-            Claim::Table { other_table } => format!(
-                "drive {:?} is listed under KeyManager {name:?} (DriveTable {}) and KeyManager {:?} (DriveTable {other_table}); {}",
-                r.serial,
-                r.table,
-                r.other_key_manager,
-                if r.kept {
-                    "it stays here, where its keys are"
-                } else {
-                    "it is not served here until resolved, so its key history is not split"
-                }
-            ),
-            Claim::History { carry_error: Some(error), .. } => format!(
-                "drive {:?} (DriveTable {}) was served by KeyManager {:?}, and the move is accepted, but its keys could not be carried: {error}; {}",
-                r.serial,
-                r.table,
-                r.other_key_manager,
-                if r.kept {
-                    "it stays served here, its key history split, until they are"
-                } else {
-                    "it is not served here until they are"
-                }
-            ),
-            Claim::History { .. } if r.kept => format!(
-                "drive {:?} (DriveTable {}) is served here and by KeyManager {:?} too, each holding keys it made: its key history is split; take it out of {:?}'s tables and annotate DriveTable {} with {ACCEPT_DRIVE_MOVES}: {:?} to carry those keys here",
-                r.serial, r.table, r.other_key_manager, r.other_key_manager, r.table, r.serial
-            ),
-            Claim::History { .. } => format!(
-                "drive {:?} (DriveTable {}) was served by KeyManager {:?}, which holds its keys; it is not served here until they are carried: annotate DriveTable {} with {ACCEPT_DRIVE_MOVES}: {:?} to carry them, or put the drive back",
-                r.serial, r.table, r.other_key_manager, r.table, r.serial
-            ),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// `KeyHistoryAtRisk`: True with `risk` as its message, or False.
-fn at_risk(risk: Option<String>, generation: Option<i64>, now: &Time) -> Condition {
-    match risk {
-        None => condition(
-            types::KEY_HISTORY_AT_RISK,
-            false,
-            reasons::AS_EXPECTED,
-            "every drive has one KeyManager",
-            generation,
-            now,
-        ),
-        Some(message) => condition(
-            types::KEY_HISTORY_AT_RISK,
-            true,
-            reasons::KEY_HISTORY_AT_RISK,
-            message,
-            generation,
-            now,
-        ),
-    }
-}
-
-/// The KeyManager's `KeyHistoryAtRisk` condition.
-pub fn risk_condition(risks: &[DriveRisk], generation: Option<i64>, now: &Time) -> Condition {
-    at_risk(
-        (!risks.is_empty())
-            .then(|| format!("{} drive(s) claimed by another KeyManager", risks.len())),
-        generation,
-        now,
-    )
 }
 
 async fn publish(
@@ -812,23 +484,7 @@ pub async fn report_risks(
         .filter(|t| t.spec.key_manager_ref.name == name)
     {
         let table_name = table.name_any();
-        let mine: Vec<DriveRisk> = risks
-            .iter()
-            .filter(|r| r.table == table_name)
-            .cloned()
-            .collect();
-        let c = at_risk(
-            (!mine.is_empty()).then(|| risk_message(&mine, name)),
-            table.meta().generation,
-            now,
-        );
-        let served = table.spec.drives.len()
-            - table
-                .spec
-                .drives
-                .iter()
-                .filter(|d| mine.iter().any(|r| !r.kept && r.serial == d.serial))
-                .count();
+        let (c, served) = table_report(table, name, risks, now);
         let before = update_status(&api, &table_name, |fresh: &DriveTable| {
             let previous = fresh
                 .status
@@ -889,38 +545,22 @@ mod tests {
     }
 
     #[test]
-    fn the_index_follows_histories_as_they_change_and_go() {
+    fn the_index_reads_labelled_history_config_maps_only() {
         let mut index = DriveIndex::default();
-        index.apply(&history_cm("a", "x", &["D1", "D2"], &[]));
-        index.apply(&history_cm("b", "y", &["D2"], &[]));
-        assert_eq!(index.others_serving("D1", "b/y"), ["a/x"]);
-        assert!(index.others_serving("D1", "a/x").is_empty(), "never itself");
-        let mut d2 = index.others_serving("D2", "c/z");
-        d2.sort();
-        assert_eq!(d2, ["a/x", "b/y"], "a split drive names both");
-        // x hands D1 on: it no longer serves it.
-        index.apply(&history_cm("a", "x", &["D2"], &["D1"]));
-        assert!(index.others_serving("D1", "b/y").is_empty());
-        // y's history is deleted.
-        index.delete(&history_cm("b", "y", &["D2"], &[]));
-        assert_eq!(index.others_serving("D2", "c/z"), ["a/x"]);
-        // Split again, and the first one hands it on: the second still serves it.
-        index.apply(&history_cm("b", "y", &["D2"], &[]));
-        index.apply(&history_cm("a", "x", &[], &["D1", "D2"]));
-        assert_eq!(index.others_serving("D2", "c/z"), ["b/y"]);
-        index.apply(&history_cm("b", "y", &[], &["D2"]));
-        assert!(index.others_serving("D2", "c/z").is_empty());
+        apply(&mut index, &history_cm("a", "x", &["D1"], &[]));
+        assert_eq!(index.others_serving("D1", "c/z"), ["a/x"]);
+        delete(&mut index, &history_cm("a", "x", &["D1"], &[]));
+        assert!(index.others_serving("D1", "c/z").is_empty());
         // Not a history: ignored.
         let mut unlabelled = history_cm("a", "w", &["D9"], &[]);
         unlabelled.metadata.labels = None;
-        index.apply(&unlabelled);
+        apply(&mut index, &unlabelled);
         assert!(index.others_serving("D9", "c/z").is_empty());
         let mut corrupt = history_cm("a", "v", &["D8"], &[]);
         corrupt.data = Some([(HISTORY_FILE.to_owned(), "{".to_owned())].into());
-        index.apply(&corrupt);
+        apply(&mut index, &corrupt);
         assert!(index.others_serving("D8", "c/z").is_empty());
     }
-
     #[tokio::test]
     async fn a_relist_replaces_the_index_and_readiness_waits_for_the_first() {
         let shared = std::sync::Arc::new(SharedDriveIndex::default());

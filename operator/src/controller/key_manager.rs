@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -19,19 +19,20 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow, TlsSource};
 use shadowkeep_api::estate::Estate;
-use shadowkeep_api::key_groups::{Pool, maintain};
 use shadowkeep_api::keystore::{Kek, Keystore};
-use shadowkeep_api::license::{License, LicenseSigner};
+use shadowkeep_api::license::LicenseSigner;
 use shadowkeep_api::manifest::Resource as Object;
-use shadowkeep_api::pki::{Authority, Usage};
 
-use super::conditions::{condition, merge, reasons, types};
-use super::drive_moves;
-use super::{Context, Error};
+use super::store::{bytes, create_once, replace_keystore};
+use super::{Context, Error, drive_moves, keystore_sync};
 use crate::build::{
     self, FIELD_MANAGER, Inputs, Material, client_service, config_hash, config_map, license_secret,
     peer_service, pod_disruption_budget, statefulset,
 };
+use crate::core::conditions::{condition, merge, reasons, types};
+use crate::core::drive_moves::{self as rules, key_manager_ref};
+use crate::core::keystore;
+use crate::core::material as core_material;
 
 /// Annotation that asks for an immediate reconcile; its value is echoed in
 /// `status.lastHandledReconcileAt`.
@@ -72,19 +73,16 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
-    let me = drive_moves::key_manager_ref(&ns, &name);
-    let (mut history, stored_history) = drive_moves::read_history(&client, &ns, &name).await?;
-    let mut risks = drive_moves::conflicts(&name, &tables, &history, |serial| {
+    let me = key_manager_ref(&ns, &name);
+    let (mut history, stored_history) = super::store::read_history(&client, &ns, &name).await?;
+    let mut risks = rules::conflicts(&name, &tables, &history, |serial| {
         ctx.drive_index.others_serving(serial, &me)
     });
     // The keys come first: an accepted move's drive is served here only once they are.
     // The material does not depend on which drives are served, so it is made once.
     let mut material = None;
     let mut carried = false;
-    if risks
-        .iter()
-        .any(|r| matches!(r.claim, drive_moves::Claim::History { accepted: true, .. }))
-    {
+    if risks.iter().any(rules::DriveRisk::is_accepted_move) {
         let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
         let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
         let mut made = ensure_material(&client, &inputs).await?;
@@ -110,7 +108,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
     drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
-    maintain_key_groups(&client, &inputs, &mut material, generation).await?;
+    maintain_key_groups(&client, &inputs, &mut material).await?;
     apply_children(&client, &inputs, &material).await?;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get_opt(&inputs.names().statefulset)
@@ -118,7 +116,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .map_err(Error::kube("read the StatefulSet"))?
         .and_then(|s| s.status);
     let ready = sts.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let in_sync = super::keystore_sync::sync(
+    let in_sync = keystore_sync::sync(
         &client,
         &ctx,
         &inputs,
@@ -131,7 +129,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let mut status = status(&km, &inputs, &all_kms, &material, sts, generation, &now);
     status
         .0
-        .push(drive_moves::risk_condition(&risks, generation, &now));
+        .push(rules::risk_condition(&risks, generation, &now));
     status.0.push(in_sync.condition);
     status.1.replica_sync = in_sync.replicas;
     drive_moves::report_risks(&client, &ctx, &ns, &name, &tables, &risks, &now).await?;
@@ -151,14 +149,12 @@ fn estate_of(
     groups: &[KeyGroup],
     shadows: &[Shadow],
     name: &str,
-    risks: &[drive_moves::DriveRisk],
+    risks: &[rules::DriveRisk],
 ) -> Estate {
     let mut estate = Estate::new();
     estate.add(Object::KeyManager(km.clone()));
     for t in tables {
-        estate.add(Object::DriveTable(drive_moves::without_blocked(
-            t, name, risks,
-        )));
+        estate.add(Object::DriveTable(rules::without_blocked(t, name, risks)));
     }
     for g in groups {
         estate.add(Object::KeyGroup(g.clone()));
@@ -233,37 +229,6 @@ fn invalid_spec(
         .map(|f| f.to_string().trim_start_matches("error: ").to_owned())
 }
 
-/// Reads the Secret `name`, or creates it with `data` if it does not exist. Never
-/// overwrites: a KEK or CA, once made, is the only one that opens what it protected.
-async fn create_once(secrets: &Api<Secret>, desired: Secret) -> Result<Secret, Error> {
-    let name = desired.name_any();
-    if let Some(existing) = secrets
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("read Secret {name}")))?
-    {
-        return Ok(existing);
-    }
-    match secrets.create(&PostParams::default(), &desired).await {
-        Ok(created) => Ok(created),
-        // Another reconcile made it first: use that one.
-        Err(kube::Error::Api(e)) if e.code == 409 => secrets
-            .get(&name)
-            .await
-            .map_err(Error::kube(format!("read Secret {name}"))),
-        Err(e) => Err(Error::kube(format!("create Secret {name}"))(e)),
-    }
-}
-
-pub(crate) fn bytes(secret: &Secret, key: &str) -> Vec<u8> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .unwrap_or_default()
-}
-
 /// The KEK, keystore, certificates and license: read when they exist, made once otherwise.
 async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<Material, Error> {
     let ns = inputs.namespace();
@@ -271,18 +236,16 @@ async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<M
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut material = Material::default();
 
-    let kek = Kek::generate();
     let fresh = Material {
-        kek: kek.as_bytes().to_vec(),
+        kek: Kek::generate().as_bytes().to_vec(),
         keystore: Keystore::new()
             .to_bytes()
-            .map_err(|e| Error::Build(e.to_string()))?,
+            .map_err(crate::core::Error::Keystore)?,
         ..Material::default()
     };
     let kek_secret = create_once(&secrets, build::kek_secret(inputs, &fresh)).await?;
     material.kek = bytes(&kek_secret, "kek");
-    Kek::from_bytes(&material.kek)
-        .map_err(|e| Error::Build(format!("Secret {}: {e}", names.kek)))?;
+    core_material::kek(&key_manager_ref(&ns, &inputs.name()), &material.kek)?;
     let keystore_secret = create_once(&secrets, build::keystore_secret(inputs, &fresh)).await?;
     material.keystore = bytes(&keystore_secret, "keystore");
 
@@ -290,10 +253,9 @@ async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<M
         material.tls = Some(ensure_tls(&secrets, inputs).await?);
     }
 
-    let signing_name = names.signing.clone();
     let signer = LicenseSigner::generate();
     let mut signing = Secret {
-        metadata: inputs.meta(&signing_name, false),
+        metadata: inputs.meta(&names.signing, false),
         data: Some(
             [(
                 "seed".to_owned(),
@@ -306,20 +268,7 @@ async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<M
     signing.metadata.annotations =
         Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
     let signing = create_once(&secrets, signing).await?;
-    let signer = LicenseSigner::from_seed(&bytes(&signing, "seed"))
-        .map_err(|e| Error::Build(format!("Secret {signing_name}: {e}")))?;
-    // Issued at the KeyManager's creation: the same license every reconcile.
-    let issued = inputs
-        .key_manager
-        .meta()
-        .creation_timestamp
-        .as_ref()
-        .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
-    let license = License::primary(inputs.key_manager.spec.server_id.clone(), issued);
-    material.license = signer
-        .sign(&license)
-        .map_err(|e| Error::Build(e.to_string()))?
-        .into_bytes();
+    material.license = core_material::license(inputs, &bytes(&signing, "seed"))?;
     Ok(material)
 }
 
@@ -341,31 +290,10 @@ async fn ensure_tls(
             bytes(&existing, "ca.crt"),
         ));
     }
-    let ns = inputs.namespace();
-    let ca = Authority::generate(&format!("shadowkeep {ns}/{} CA", inputs.name()))
-        .map_err(|e| Error::Build(e.to_string()))?;
-    let sans = vec![
-        names.kmip.clone(),
-        format!("{}.{ns}", names.kmip),
-        format!("{}.{ns}.svc", names.kmip),
-        inputs.peer_identity(),
-        format!("*.{}", names.peers),
-    ];
-    let leaf = ca
-        .leaf(
-            &format!("{}.{ns}", inputs.name()),
-            &sans,
-            Usage::ServerAndClient,
-        )
-        .map_err(|e| Error::Build(e.to_string()))?;
-    let tls = (
-        leaf.cert_pem.into_bytes(),
-        leaf.key_pem.as_bytes().to_vec(),
-        ca.cert_pem().as_bytes().to_vec(),
-    );
+    let made = core_material::generate_tls(inputs)?;
     let material = Material {
-        tls: Some(tls.clone()),
-        ca_key: Some(ca.key_pem().as_bytes().to_vec()),
+        tls: Some(made.replica),
+        ca_key: Some(made.ca_key),
         ..Material::default()
     };
     // The CA first: a replica certificate without its CA's key could never be renewed.
@@ -382,148 +310,42 @@ async fn ensure_tls(
     ))
 }
 
-/// Label on keystore backups, naming their KeyManager.
-pub const BACKUP_LABEL: &str = "shadowkeep.io/keystore-backup-of";
-
 /// Generates and rotates every KeyGroup's keys in the canonical keystore, keeping a
 /// versioned backup before each change, and reports each group's status.
 async fn maintain_key_groups(
     client: &kube::Client,
     inputs: &Inputs<'_>,
     material: &mut Material,
-    _generation: Option<i64>,
 ) -> Result<(), Error> {
     if inputs.key_groups.is_empty() {
         return Ok(());
     }
-    let kek = Kek::from_bytes(&material.kek).map_err(|e| Error::Build(e.to_string()))?;
-    let mut keystore = open_keystore(material)?;
-    let now = Timestamp::now();
-    let mut changed = false;
-    let mut statuses = Vec::new();
-    for group in &inputs.key_groups {
-        let name = group.name_any();
-        let pool = Pool {
-            name: &name,
-            prefix: group.spec.name_prefix.as_deref().unwrap_or(&name),
-            length: u16::try_from(group.spec.length).unwrap_or(256),
-            count: usize::try_from(group.spec.key_count).unwrap_or(1),
-            rotation: group
-                .spec
-                .rotation_interval
-                .map(shadowkeep_api::crd::Interval::as_duration),
-        };
-        let (status, group_changed) =
-            maintain(&kek, &mut keystore, &pool, now).map_err(|e| Error::Build(e.to_string()))?;
-        changed |= group_changed;
-        statuses.push((name.clone(), group.meta().generation, status));
-    }
+    let kek = core_material::kek(
+        &key_manager_ref(&inputs.namespace(), &inputs.name()),
+        &material.kek,
+    )?;
+    let mut keystore = keystore::open(&material.keystore)?;
+    let (statuses, changed) =
+        keystore::maintain_groups(&kek, &mut keystore, &inputs.key_groups, Timestamp::now())?;
     if changed {
         replace_keystore(client, inputs, material, &keystore).await?;
     }
     let ns = inputs.namespace();
     let groups: Api<KeyGroup> = Api::namespaced(client.clone(), &ns);
-    for (name, generation, status) in statuses {
+    for status in statuses {
         let patch = json!({"status": {
-            "observedGeneration": generation,
-            "keys": i32::try_from(status.keys).unwrap_or(i32::MAX),
-            "activeKey": status.active_key,
-            "lastRotatedAt": status.last_rotated_at.map(Time),
+            "observedGeneration": status.generation,
+            "keys": i32::try_from(status.pool.keys).unwrap_or(i32::MAX),
+            "activeKey": status.pool.active_key,
+            "lastRotatedAt": status.pool.last_rotated_at.map(Time),
         }});
         groups
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(&status.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(Error::kube(format!("update KeyGroup {name} status")))?;
-    }
-    Ok(())
-}
-
-/// The canonical keystore the material holds.
-pub(crate) fn open_keystore(material: &Material) -> Result<Keystore, Error> {
-    Keystore::from_bytes(&material.keystore)
-        .map_err(|e| Error::Build(format!("keystore Secret: {e}")))
-}
-
-/// Makes `keystore` the canonical keystore: in the Secret (after a backup, see
-/// [`update_keystore`]) and in `material`.
-pub(crate) async fn replace_keystore(
-    client: &kube::Client,
-    inputs: &Inputs<'_>,
-    material: &mut Material,
-    keystore: &Keystore,
-) -> Result<(), Error> {
-    let bytes = keystore
-        .to_bytes()
-        .map_err(|e| Error::Build(e.to_string()))?;
-    update_keystore(client, inputs, &material.keystore, &bytes).await?;
-    material.keystore = bytes;
-    Ok(())
-}
-
-/// Replaces the canonical keystore Secret's content, `old` by `new`, after keeping `old`
-/// as a backup; prunes backups beyond the KeyManager's retention. The replace carries the
-/// Secret's resourceVersion, so a concurrent change makes it fail (and retry) rather than
-/// lose keys.
-async fn update_keystore(
-    client: &kube::Client,
-    inputs: &Inputs<'_>,
-    old: &[u8],
-    new: &[u8],
-) -> Result<(), Error> {
-    let ns = inputs.namespace();
-    let names = inputs.names();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let mut current = secrets
-        .get(&names.keystore)
-        .await
-        .map_err(Error::kube(format!("read Secret {}", names.keystore)))?;
-    if bytes(&current, "keystore") != old {
-        return Err(Error::Build(format!(
-            "Secret {} changed while keys were generated; retrying",
-            names.keystore
-        )));
-    }
-    let stamp = Timestamp::now().as_millisecond();
-    let mut backup = build::keystore_secret(
-        inputs,
-        &Material {
-            keystore: old.to_vec(),
-            ..Material::default()
-        },
-    );
-    backup.metadata.name = Some(format!("{}-backup-{stamp}", names.keystore));
-    backup
-        .metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .insert(BACKUP_LABEL.to_owned(), inputs.name());
-    backup.immutable = Some(true);
-    secrets
-        .create(&PostParams::default(), &backup)
-        .await
-        .map_err(Error::kube("create a keystore backup"))?;
-    current.data = Some([("keystore".to_owned(), k8s_openapi::ByteString(new.to_vec()))].into());
-    secrets
-        .replace(&names.keystore, &PostParams::default(), &current)
-        .await
-        .map_err(Error::kube(format!("update Secret {}", names.keystore)))?;
-    let retention = usize::try_from(inputs.key_manager.spec.backup.retention).unwrap_or(1);
-    let mut backups: Vec<String> = secrets
-        .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={}", inputs.name())))
-        .await
-        .map_err(Error::kube("list keystore backups"))?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    // Names end in a millisecond stamp of equal width: name order is age order.
-    backups.sort();
-    let excess = backups.len().saturating_sub(retention);
-    for name in backups.into_iter().take(excess) {
-        secrets
-            .delete(&name, &kube::api::DeleteParams::default())
-            .await
-            .map_err(Error::kube(format!("prune keystore backup {name}")))?;
+            .map_err(Error::kube(format!(
+                "update KeyGroup {} status",
+                status.name
+            )))?;
     }
     Ok(())
 }

@@ -1,172 +1,20 @@
-//! Keystore sync: the keys each replica holds are pulled into the canonical keystore
-//! Secret, which the replicas import in turn, so that the canonical keystore holds every
-//! key any replica ever held (a drive's keys can then be carried, and a lost replica's
-//! keys restored).
-//!
-//! Each reconcile asks every replica's admin API for the records the canonical keystore
-//! lacks (the same delta exchange replicas use among themselves), presenting the replica
-//! certificate, which the replicas accept as a peer. The merge only grows the keystore,
-//! and a backup is kept before the Secret changes.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Keystore sync against the cluster: the replica certificate is read from its Secret, the
+//! replicas are found by their pod DNS names (or the context's resolver), and the
+//! canonical keystore Secret is rewritten, after a backup, when a replica held keys it
+//! lacked. The exchange itself is [`crate::core::keystore_sync`].
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use shadowkeep_api::crd::ReplicaSyncStatus;
-use shadowkeep_api::keystore::Keystore;
-use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
-use shadowkeep_server::replication::summary;
-use tokio_rustls::TlsConnector;
+use shadowkeep_server::client::connector_from_pem;
 
-use super::conditions::{condition, reasons, types};
+use super::store::{bytes, replace_keystore};
 use super::{Context, Error};
-use crate::build::{Inputs, Material, replicas_of};
-
-/// Where to reach a replica: its pod name, the address to connect to, and the name its
-/// certificate is checked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaAddress {
-    /// The replica (pod) name.
-    pub replica: String,
-    /// `host:port` of its admin API.
-    pub address: String,
-    /// The DNS name its certificate must carry.
-    pub server_name: String,
-}
-
-/// Finds the replicas of a KeyManager: in a cluster, the pod DNS names of its headless
-/// Service; in tests, replicas on 127.0.0.1.
-pub type ReplicaResolver = Arc<dyn Fn(&Inputs<'_>) -> Vec<ReplicaAddress> + Send + Sync>;
-
-/// The replicas' pod DNS names, as their peers reach them.
-pub fn in_cluster(inputs: &Inputs<'_>) -> Vec<ReplicaAddress> {
-    replicas_of(inputs)
-        .into_iter()
-        .map(|p| ReplicaAddress {
-            server_name: p
-                .address
-                .rsplit_once(':')
-                .map_or_else(|| p.address.clone(), |(host, _)| host.to_owned()),
-            replica: p.name,
-            address: p.address,
-        })
-        .collect()
-}
-
-/// What one replica answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pulled {
-    /// The replica.
-    pub replica: String,
-    /// What it answered, or why it could not be asked.
-    pub outcome: Result<Answer, String>,
-}
-
-/// A replica's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    /// Keys it held that the canonical keystore did not.
-    pub pulled: usize,
-    /// Keys it holds.
-    pub keys: usize,
-    /// Digest of its keystore.
-    pub digest: String,
-}
-
-/// Asks each replica for the records `keystore` lacks and merges them in. A replica that
-/// cannot be reached, or answers badly, is reported and skipped.
-pub async fn pull(
-    replicas: &[ReplicaAddress],
-    connector: &TlsConnector,
-    keystore: &mut Keystore,
-) -> Vec<Pulled> {
-    let mut pulled = Vec::new();
-    for replica in replicas {
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(10),
-            pull_one(replica, connector, keystore),
-        )
-        .await
-        .unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
-        pulled.push(Pulled {
-            replica: replica.replica.clone(),
-            outcome,
-        });
-    }
-    pulled
-}
-
-async fn pull_one(
-    replica: &ReplicaAddress,
-    connector: &TlsConnector,
-    keystore: &mut Keystore,
-) -> Result<Answer, String> {
-    let body = serde_json::to_vec(&summary(keystore)).map_err(|e| e.to_string())?;
-    let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
-    let (status, reply) = send(
-        &mut sender,
-        &replica.address,
-        hyper::Method::POST,
-        "/v1/keystore/delta",
-        body,
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&reply).trim()
-        ));
-    }
-    let delta = Keystore::from_bytes(&reply).map_err(|e| format!("its answer: {e}"))?;
-    let report = keystore
-        .merge(&delta)
-        .map_err(|e| format!("merging its keys: {e}"))?;
-    if !report.conflicts.is_empty() {
-        tracing::warn!(
-            replica = %replica.replica,
-            conflicts = report.conflicts.len(),
-            "records that conflict with the canonical keystore were quarantined"
-        );
-    }
-    let (status, reply) = send(
-        &mut sender,
-        &replica.address,
-        hyper::Method::GET,
-        "/v1/keystore/digest",
-        Vec::new(),
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(format!("digest: HTTP {status}"));
-    }
-    let state: serde_json::Value =
-        serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))?;
-    Ok(Answer {
-        pulled: report.added.len(),
-        keys: state["keys"]
-            .as_u64()
-            .and_then(|k| usize::try_from(k).ok())
-            .ok_or("its digest: no key count")?,
-        digest: state["digest"]
-            .as_str()
-            .ok_or("its digest: no digest")?
-            .to_owned(),
-    })
-}
-
-/// What a keystore sync found.
-#[derive(Clone, Debug)]
-pub struct Synced {
-    /// `KeystoreInSync`.
-    pub condition: Condition,
-    /// Every replica answered (their keys are all in the canonical keystore now).
-    pub all_answered: bool,
-    /// Each replica's state, for the status.
-    pub replicas: Vec<ReplicaSyncStatus>,
-}
+use crate::build::{Inputs, Material};
+use crate::core::conditions::{condition, reasons, types};
+use crate::core::keystore;
+use crate::core::keystore_sync::{Synced, in_cluster, pull, report};
 
 /// The ready replicas of a KeyManager's StatefulSet (0 when it has none yet).
 pub async fn ready_replicas(client: &kube::Client, inputs: &Inputs<'_>) -> Result<i32, Error> {
@@ -224,7 +72,7 @@ pub async fn sync(
             format!("Secret {secret_name} (the replica certificate) not found"),
         ));
     };
-    let field = |k: &str| super::key_manager::bytes(&secret, k);
+    let field = |k: &str| bytes(&secret, k);
     let connector = match connector_from_pem(
         &field("ca.crt"),
         Some((&field("tls.crt"), &field("tls.key"))),
@@ -241,7 +89,7 @@ pub async fn sync(
         Some(resolve) => resolve(inputs),
         None => in_cluster(inputs),
     };
-    let mut keystore = super::key_manager::open_keystore(material)?;
+    let mut keystore = keystore::open(&material.keystore)?;
     let pulled = pull(&replicas, &connector, &mut keystore).await;
     let added: usize = pulled
         .iter()
@@ -249,97 +97,8 @@ pub async fn sync(
         .map(|a| a.pulled)
         .sum();
     if added > 0 {
-        super::key_manager::replace_keystore(client, inputs, material, &keystore).await?;
+        replace_keystore(client, inputs, material, &keystore).await?;
         tracing::info!(key_manager = %inputs.name(), namespace = %ns, added, "keys pulled from replicas");
     }
-    report(&pulled, &keystore, generation, now)
-}
-
-/// The status of each replica, and `KeystoreInSync`, from what they answered and the
-/// canonical keystore after the merge.
-fn report(
-    pulled: &[Pulled],
-    keystore: &Keystore,
-    generation: Option<i64>,
-    now: &Time,
-) -> Result<Synced, Error> {
-    let canonical = keystore
-        .digest()
-        .map_err(|e| Error::Build(e.to_string()))?
-        .to_string();
-    let statuses: Vec<ReplicaSyncStatus> = pulled
-        .iter()
-        .map(|p| match &p.outcome {
-            Ok(a) => ReplicaSyncStatus {
-                name: p.replica.clone(),
-                keys: i64::try_from(a.keys).ok(),
-                digest: Some(a.digest.clone()),
-                in_sync: a.digest == canonical,
-                keys_pulled: i64::try_from(a.pulled).ok(),
-                error: None,
-            },
-            Err(e) => ReplicaSyncStatus {
-                name: p.replica.clone(),
-                error: Some(e.clone()),
-                ..ReplicaSyncStatus::default()
-            },
-        })
-        .collect();
-    let failed: Vec<String> = statuses
-        .iter()
-        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
-        .collect();
-    let behind: Vec<String> = statuses
-        .iter()
-        .filter(|s| s.error.is_none() && !s.in_sync)
-        .map(|s| {
-            format!(
-                "{} holds {} of the canonical keystore's {} keys, or others",
-                s.name,
-                s.keys.unwrap_or_default(),
-                keystore.len()
-            )
-        })
-        .collect();
-    let all_answered = failed.is_empty();
-    let condition = if !all_answered {
-        condition(
-            types::KEYSTORE_IN_SYNC,
-            false,
-            reasons::REPLICA_UNREACHABLE,
-            failed.join("; "),
-            generation,
-            now,
-        )
-    } else if !behind.is_empty() {
-        condition(
-            types::KEYSTORE_IN_SYNC,
-            false,
-            reasons::REPLICAS_BEHIND,
-            format!(
-                "{}; replicas import the canonical keystore Secret within a minute",
-                behind.join("; ")
-            ),
-            generation,
-            now,
-        )
-    } else {
-        condition(
-            types::KEYSTORE_IN_SYNC,
-            true,
-            reasons::REPLICAS_SYNCED,
-            format!(
-                "every replica holds exactly the canonical keystore ({} replica(s), {} keys)",
-                statuses.len(),
-                keystore.len()
-            ),
-            generation,
-            now,
-        )
-    };
-    Ok(Synced {
-        condition,
-        all_answered,
-        replicas: statuses,
-    })
+    Ok(report(&pulled, &keystore, generation, now)?)
 }

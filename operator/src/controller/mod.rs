@@ -9,6 +9,7 @@ pub mod keystore_sync;
 pub mod lease;
 pub mod references;
 pub mod run;
+pub mod store;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -43,7 +44,7 @@ pub struct Context {
     pub backoff: Backoff,
     /// Where the replicas are, when not at their pod DNS names (tests); `None` in a
     /// cluster.
-    pub replica_resolver: Option<keystore_sync::ReplicaResolver>,
+    pub replica_resolver: Option<crate::core::keystore_sync::ReplicaResolver>,
 }
 
 impl Context {
@@ -96,9 +97,12 @@ pub enum Error {
         /// The cause.
         source: Box<kube::Error>,
     },
-    /// A child could not be built or material could not be made.
+    /// A child could not be built.
     #[error("failed to build: {0}")]
     Build(String),
+    /// A rule of the control core failed.
+    #[error(transparent)]
+    Core(#[from] crate::core::Error),
 }
 
 impl Error {
@@ -107,6 +111,7 @@ impl Error {
         match self {
             Self::Kube { .. } => "kube",
             Self::Build(_) => "build",
+            Self::Core(_) => "core",
         }
     }
 

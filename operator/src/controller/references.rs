@@ -12,8 +12,8 @@ use kube::{Resource, ResourceExt as _};
 use serde_json::json;
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 
-use super::conditions::{condition, merge, reasons, types};
 use super::{Context, Error};
+use crate::core::conditions::{condition, merge, reasons, types};
 
 /// Reason: the KeyManager named is not there.
 pub const KEY_MANAGER_NOT_FOUND: &str = "KeyManagerNotFound";
