@@ -22,7 +22,8 @@ pub use certificate::certificate;
 pub use config::{CONFIG_FILE, config_hash, config_map, replicas_of, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
-    KEEP_ANNOTATION, Material, ca_secret, kek_secret, keystore_secret, license_secret, tls_secret,
+    KEEP_ANNOTATION, Material, ca_secret, ca_secret_of, kek_secret, kek_secret_of, keystore_secret,
+    keystore_secret_of, license_secret, signing_secret_of, tls_secret, tls_secret_of,
 };
 pub use service::{client_service, peer_service};
 pub use statefulset::statefulset;
@@ -106,40 +107,20 @@ impl<'a> Inputs<'a> {
 
     /// The labels every child carries.
     pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut labels = self.selector();
-        labels.insert(
-            "app.kubernetes.io/name".to_owned(),
-            "shadowkeep-server".to_owned(),
-        );
-        labels.insert(
-            "app.kubernetes.io/component".to_owned(),
-            "key-server".to_owned(),
-        );
-        labels.insert(
-            "app.kubernetes.io/managed-by".to_owned(),
-            FIELD_MANAGER.to_owned(),
-        );
-        labels
+        labels(&self.name())
     }
 
     /// The labels that select the KeyManager's pods.
     pub fn selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("app.kubernetes.io/instance".to_owned(), self.name()),
-            ("shadowkeep.io/key-manager".to_owned(), self.name()),
-        ])
+        selector(&self.name())
     }
 
     /// Metadata for a child: name, namespace, labels, and — unless the child must outlive
     /// the KeyManager — an owner reference so Kubernetes removes it with the KeyManager.
     pub fn meta(&self, name: &str, owned: bool) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(self.namespace()),
-            labels: Some(self.labels()),
-            owner_references: owned.then(|| vec![self.owner_reference()]),
-            ..ObjectMeta::default()
-        }
+        let mut meta = kept_meta(&self.namespace(), &self.name(), name);
+        meta.owner_references = owned.then(|| vec![self.owner_reference()]);
+        meta
     }
 
     fn owner_reference(&self) -> OwnerReference {
@@ -170,6 +151,50 @@ impl<'a> Inputs<'a> {
     /// replica certificate).
     pub fn peer_identity(&self) -> String {
         format!("*.{}.{}.svc", self.names().peers, self.namespace())
+    }
+}
+
+/// The labels every child of KeyManager `key_manager` carries.
+pub fn labels(key_manager: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(key_manager);
+    labels.insert(
+        "app.kubernetes.io/name".to_owned(),
+        "shadowkeep-server".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        "key-server".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        FIELD_MANAGER.to_owned(),
+    );
+    labels
+}
+
+/// The labels that select the pods of KeyManager `key_manager`.
+pub fn selector(key_manager: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            key_manager.to_owned(),
+        ),
+        (
+            "shadowkeep.io/key-manager".to_owned(),
+            key_manager.to_owned(),
+        ),
+    ])
+}
+
+/// Metadata of object `name`, a child of KeyManager `key_manager` in `namespace` that
+/// outlives it: its labels, and no owner reference. The KeyManager object itself is not
+/// needed, so the state of a deleted KeyManager is written the same way.
+pub fn kept_meta(namespace: &str, key_manager: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels(key_manager)),
+        ..ObjectMeta::default()
     }
 }
 

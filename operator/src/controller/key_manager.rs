@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -17,22 +17,24 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow, TlsSource};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::drive_history::DriveHistory;
 use shadowkeep_api::estate::Estate;
-use shadowkeep_api::keystore::{Kek, Keystore};
-use shadowkeep_api::license::LicenseSigner;
+use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::manifest::Resource as Object;
 
-use super::store::{bytes, create_once, replace_keystore};
-use super::{Context, Error, drive_moves, keystore_sync};
+use super::state::Kube;
+use super::{Context, Error, drive_moves};
 use crate::build::{
     self, FIELD_MANAGER, Inputs, Material, client_service, config_hash, config_map, license_secret,
     peer_service, pod_disruption_budget, statefulset,
 };
 use crate::core::conditions::{condition, merge, reasons, types};
 use crate::core::drive_moves::{self as rules, key_manager_ref};
-use crate::core::keystore;
+use crate::core::keystore::{Canonical, GroupStatus};
+use crate::core::keystore_sync;
 use crate::core::material as core_material;
+use crate::core::state::{Owner, State as _};
 
 /// Annotation that asks for an immediate reconcile; its value is echoed in
 /// `status.lastHandledReconcileAt`.
@@ -73,29 +75,27 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
 
+    let state = Kube::new(client.clone());
     let me = key_manager_ref(&ns, &name);
-    let (mut history, stored_history) = super::store::read_history(&client, &ns, &name).await?;
+    let (mut history, version) = state
+        .read_history(&Owner::new(&ns, &name))
+        .await?
+        .map_or((DriveHistory::new(), None), |s| {
+            (s.history, Some(s.version))
+        });
     let mut risks = rules::conflicts(&name, &tables, &history, |serial| {
         ctx.drive_index.others_serving(serial, &me)
     });
     // The keys come first: an accepted move's drive is served here only once they are.
     // The material does not depend on which drives are served, so it is made once.
     let mut material = None;
-    let mut carried = false;
+    let mut history_changed = false;
     if risks.iter().any(rules::DriveRisk::is_accepted_move) {
         let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
         let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
-        let mut made = ensure_material(&client, &inputs).await?;
-        carried = drive_moves::carry_accepted(
-            &client,
-            &ctx,
-            &inputs,
-            &mut made,
-            &tables,
-            &mut history,
-            &mut risks,
-        )
-        .await?;
+        let (made, changed) =
+            carry_moves(&ctx, &state, &inputs, &tables, &mut history, &mut risks).await?;
+        history_changed = changed;
         material = Some(made);
     }
     let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
@@ -103,12 +103,24 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
 
     let mut material = match material {
         Some(made) => made,
-        None => ensure_material(&client, &inputs).await?,
+        None => core_material::ensure(&state, &inputs).await?,
     };
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
-    drive_moves::record_served(&client, &inputs, &groups, history, stored_history, carried).await?;
-    maintain_key_groups(&client, &inputs, &mut material).await?;
+    rules::write_served(
+        &state,
+        &inputs,
+        &groups,
+        history,
+        version.as_deref(),
+        history_changed,
+    )
+    .await?;
+    let mut keystore = Canonical::of(&inputs, &material)?;
+    let group_statuses = keystore.maintain_groups(&inputs.key_groups, Timestamp::now())?;
+    keystore.commit(&state).await?;
+    material.keystore = keystore.stored().to_vec();
+    patch_group_statuses(&client, &ns, group_statuses).await?;
     apply_children(&client, &inputs, &material).await?;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get_opt(&inputs.names().statefulset)
@@ -116,16 +128,12 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .map_err(Error::kube("read the StatefulSet"))?
         .and_then(|s| s.status);
     let ready = sts.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let in_sync = keystore_sync::sync(
-        &client,
-        &ctx,
-        &inputs,
-        &mut material,
-        ready,
-        generation,
-        &now,
-    )
-    .await?;
+    let replicas = super::state::replicas(&ctx, &inputs, ready)
+        .await
+        .map_err(Error::kube("read the replica certificate"))?;
+    let in_sync = keystore_sync::sync(&mut keystore, replicas, generation, &now).await?;
+    keystore.commit(&state).await?;
+    material.keystore = keystore.stored().to_vec();
     let mut status = status(&km, &inputs, &all_kms, &material, sts, generation, &now);
     status
         .0
@@ -140,6 +148,38 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .as_duration()
         .max(Duration::from_secs(30));
     Ok(Action::requeue(interval))
+}
+
+/// Carries the keys of the accepted moves, and publishes an Event for each. Returns the
+/// material (made or read for the carry) and whether the history changed.
+async fn carry_moves(
+    ctx: &Arc<Context>,
+    state: &Kube,
+    inputs: &Inputs<'_>,
+    tables: &[DriveTable],
+    history: &mut DriveHistory,
+    risks: &mut Vec<rules::DriveRisk>,
+) -> Result<(Material, bool), Error> {
+    let mut made = core_material::ensure(state, inputs).await?;
+    let mut keystore = Canonical::of(inputs, &made)?;
+    let carries =
+        rules::carry_accepted(state, ctx.as_ref(), inputs, &mut keystore, history, risks).await?;
+    keystore.commit(state).await?;
+    made.keystore = keystore.stored().to_vec();
+    for done in carries.carried {
+        if let Some(table) = tables.iter().find(|t| t.name_any() == done.table) {
+            drive_moves::publish(
+                ctx,
+                table,
+                kube::runtime::events::EventType::Normal,
+                rules::KEY_HISTORY_CARRIED,
+                "CarryKeys",
+                done.note,
+            )
+            .await;
+        }
+    }
+    Ok((made, carries.history_changed))
 }
 
 /// The estate this KeyManager is reconciled from, without the drives held back.
@@ -229,109 +269,13 @@ fn invalid_spec(
         .map(|f| f.to_string().trim_start_matches("error: ").to_owned())
 }
 
-/// The KEK, keystore, certificates and license: read when they exist, made once otherwise.
-async fn ensure_material(client: &kube::Client, inputs: &Inputs<'_>) -> Result<Material, Error> {
-    let ns = inputs.namespace();
-    let names = inputs.names();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let mut material = Material::default();
-
-    let fresh = Material {
-        kek: Kek::generate().as_bytes().to_vec(),
-        keystore: Keystore::new()
-            .to_bytes()
-            .map_err(crate::core::Error::Keystore)?,
-        ..Material::default()
-    };
-    let kek_secret = create_once(&secrets, build::kek_secret(inputs, &fresh)).await?;
-    material.kek = bytes(&kek_secret, "kek");
-    core_material::kek(&key_manager_ref(&ns, &inputs.name()), &material.kek)?;
-    let keystore_secret = create_once(&secrets, build::keystore_secret(inputs, &fresh)).await?;
-    material.keystore = bytes(&keystore_secret, "keystore");
-
-    if inputs.key_manager.spec.tls.source == TlsSource::Generated {
-        material.tls = Some(ensure_tls(&secrets, inputs).await?);
-    }
-
-    let signer = LicenseSigner::generate();
-    let mut signing = Secret {
-        metadata: inputs.meta(&names.signing, false),
-        data: Some(
-            [(
-                "seed".to_owned(),
-                k8s_openapi::ByteString(signer.seed().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    signing.metadata.annotations =
-        Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
-    let signing = create_once(&secrets, signing).await?;
-    material.license = core_material::license(inputs, &bytes(&signing, "seed"))?;
-    Ok(material)
-}
-
-/// The replica certificate and its CA, made once. The CA key stays in its own Secret,
-/// which no pod mounts.
-async fn ensure_tls(
-    secrets: &Api<Secret>,
-    inputs: &Inputs<'_>,
-) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), Error> {
-    let names = inputs.names();
-    if let Some(existing) = secrets
-        .get_opt(&names.tls)
-        .await
-        .map_err(Error::kube(format!("read Secret {}", names.tls)))?
-    {
-        return Ok((
-            bytes(&existing, "tls.crt"),
-            bytes(&existing, "tls.key"),
-            bytes(&existing, "ca.crt"),
-        ));
-    }
-    let made = core_material::generate_tls(inputs)?;
-    let material = Material {
-        tls: Some(made.replica),
-        ca_key: Some(made.ca_key),
-        ..Material::default()
-    };
-    // The CA first: a replica certificate without its CA's key could never be renewed.
-    if let Some(secret) = build::ca_secret(inputs, &material) {
-        create_once(secrets, secret).await?;
-    }
-    let secret = build::tls_secret(inputs, &material)
-        .ok_or_else(|| Error::Build("no TLS Secret for a generated certificate".to_owned()))?;
-    let created = create_once(secrets, secret).await?;
-    Ok((
-        bytes(&created, "tls.crt"),
-        bytes(&created, "tls.key"),
-        bytes(&created, "ca.crt"),
-    ))
-}
-
-/// Generates and rotates every KeyGroup's keys in the canonical keystore, keeping a
-/// versioned backup before each change, and reports each group's status.
-async fn maintain_key_groups(
+/// Reports each KeyGroup's pool in its status.
+async fn patch_group_statuses(
     client: &kube::Client,
-    inputs: &Inputs<'_>,
-    material: &mut Material,
+    ns: &str,
+    statuses: Vec<GroupStatus>,
 ) -> Result<(), Error> {
-    if inputs.key_groups.is_empty() {
-        return Ok(());
-    }
-    let kek = core_material::kek(
-        &key_manager_ref(&inputs.namespace(), &inputs.name()),
-        &material.kek,
-    )?;
-    let mut keystore = keystore::open(&material.keystore)?;
-    let (statuses, changed) =
-        keystore::maintain_groups(&kek, &mut keystore, &inputs.key_groups, Timestamp::now())?;
-    if changed {
-        replace_keystore(client, inputs, material, &keystore).await?;
-    }
-    let ns = inputs.namespace();
-    let groups: Api<KeyGroup> = Api::namespaced(client.clone(), &ns);
+    let groups: Api<KeyGroup> = Api::namespaced(client.clone(), ns);
     for status in statuses {
         let patch = json!({"status": {
             "observedGeneration": status.generation,

@@ -5,11 +5,10 @@
 pub mod conditions;
 pub mod drive_moves;
 pub mod key_manager;
-pub mod keystore_sync;
 pub mod lease;
 pub mod references;
 pub mod run;
-pub mod store;
+pub mod state;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -33,7 +32,7 @@ pub struct Context {
     /// server id check reads it instead of listing the cluster on every reconcile.
     pub key_managers: kube::runtime::reflector::Store<shadowkeep_api::crd::KeyManager>,
     /// Which KeyManagers serve each drive, from a watch of every drive history
-    /// (ConfigMaps labelled [`drive_moves::HISTORY_LABEL`]).
+    /// (ConfigMaps labelled [`state::HISTORY_LABEL`]).
     pub drive_index: std::sync::Arc<drive_moves::SharedDriveIndex>,
     /// Publishes Kubernetes Events.
     pub recorder: kube::runtime::events::Recorder,
@@ -63,7 +62,7 @@ impl Context {
             writer.apply_watcher_event(&Event::Apply(km));
         }
         let histories = Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone())
-            .list(&ListParams::default().labels(drive_moves::HISTORY_LABEL))
+            .list(&ListParams::default().labels(state::HISTORY_LABEL))
             .await?;
         let drive_index = std::sync::Arc::new(drive_moves::SharedDriveIndex::of(&histories.items));
         Ok(Self {
@@ -103,6 +102,12 @@ pub enum Error {
     /// A rule of the control core failed.
     #[error(transparent)]
     Core(#[from] crate::core::Error),
+}
+
+impl From<crate::core::StateError> for Error {
+    fn from(e: crate::core::StateError) -> Self {
+        Self::Core(e.into())
+    }
 }
 
 impl Error {

@@ -96,7 +96,7 @@ async fn watch_drive_histories(
     let index = Arc::new(drive_moves::SharedDriveIndex::default());
     let events = watcher(
         api::<ConfigMap>(client, ns),
-        config.clone().labels(drive_moves::HISTORY_LABEL),
+        config.clone().labels(super::state::HISTORY_LABEL),
     )
     .default_backoff();
     let follower = Arc::clone(&index);

@@ -15,14 +15,21 @@
 //! the old history, and it is served here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use shadowkeep_api::crd::{DriveTable, KeyGroup};
+use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
 use shadowkeep_api::drive_history::DriveHistory;
+use shadowkeep_api::estate::Estate;
+use shadowkeep_api::manifest::Resource as Object;
 
+use super::Error;
 use super::conditions::{condition, reasons, types};
+use super::keystore::Canonical;
+use super::keystore_sync::{self, Replicas};
+use super::state::{Owner, State, StateError};
 use crate::build::Inputs;
 
 /// Annotation on a DriveTable listing the serials (comma-separated) whose move from
@@ -178,11 +185,14 @@ impl DriveIndex {
     }
 }
 
-/// Whether annotation `key` lists `serial` (comma- or space-separated).
+/// Whether annotation `key` lists `serial`.
 pub fn lists(annotations: &BTreeMap<String, String>, key: &str, serial: &str) -> bool {
-    annotations
-        .get(key)
-        .is_some_and(|v| v.split([',', ' ']).any(|s| s.trim() == serial))
+    annotations.get(key).is_some_and(|v| listed(v, serial))
+}
+
+/// Whether a list of serials (comma- or space-separated) names `serial`.
+fn listed(list: &str, serial: &str) -> bool {
+    list.split([',', ' ']).any(|s| s.trim() == serial)
 }
 
 fn accepted(table: &DriveTable, serial: &str) -> bool {
@@ -279,6 +289,240 @@ pub fn record_served(
         }
     }
     changed
+}
+
+/// What a carry asks of the shell about the KeyManager a drive comes from.
+pub trait Origins: Send + Sync {
+    /// KeyManager `owner` as declared now; `None` once it is deleted.
+    fn key_manager(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Option<KeyManager>, Error>> + Send;
+
+    /// How to ask the replicas of the KeyManager of `inputs` for their keys.
+    fn replicas(&self, inputs: &Inputs<'_>)
+    -> impl Future<Output = Result<Replicas, Error>> + Send;
+}
+
+/// A drive whose keys were carried, for an Event on its table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    /// The DriveTable listing the drive.
+    pub table: String,
+    /// What was carried, from where.
+    pub note: String,
+}
+
+/// What [`carry_accepted`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Carries {
+    /// The drives whose keys were carried.
+    pub carried: Vec<Carried>,
+    /// Whether the history changed (and must be written).
+    pub history_changed: bool,
+}
+
+/// Carries the keys of every accepted move into `keystore` (in memory: the caller
+/// commits), marks each drive as handed on in the old KeyManager's history and as carried
+/// in `history`. A move whose keys cannot be carried stays held back, with the reason in
+/// its risk; a carried one is no longer a risk.
+pub async fn carry_accepted<S: State, O: Origins>(
+    state: &S,
+    origins: &O,
+    inputs: &Inputs<'_>,
+    keystore: &mut Canonical,
+    history: &mut DriveHistory,
+    risks: &mut Vec<DriveRisk>,
+) -> Result<Carries, Error> {
+    let me = key_manager_ref(&inputs.namespace(), &inputs.name());
+    let mut carried = Vec::new();
+    let mut history_changed = false;
+    let mut done = Vec::new();
+    for risk in risks.iter_mut() {
+        let Claim::History {
+            accepted: true,
+            carry_error,
+        } = &mut risk.claim
+        else {
+            continue;
+        };
+        let from = match Owner::parse(&risk.other_key_manager) {
+            Ok(from) => from,
+            Err(e) => {
+                *carry_error = Some(e.to_string());
+                continue;
+            }
+        };
+        let outcome = async {
+            released(state, origins, &from, &inputs.namespace(), &risk.serial).await?;
+            let group = state
+                .read_history(&from)
+                .await?
+                .and_then(|h| h.history.drives.get(&risk.serial)?.key_group.clone());
+            let count = carry(state, origins, keystore, &from, group.as_deref()).await?;
+            Ok::<_, Error>((group, count))
+        }
+        .await;
+        let (group, count) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                *carry_error = Some(e.to_string());
+                continue;
+            }
+        };
+        mark_moved(state, &from, &risk.serial, &me).await?;
+        history_changed |= history.carried(
+            &risk.serial,
+            &risk.other_key_manager,
+            group.as_deref(),
+            Timestamp::now(),
+        );
+        let note = format!(
+            "drive {:?}: {count} key(s){} carried from KeyManager {:?}; it is served here now",
+            risk.serial,
+            group
+                .as_deref()
+                .map(|g| format!(" of KeyGroup {g:?}"))
+                .unwrap_or_default(),
+            risk.other_key_manager
+        );
+        tracing::info!(key_manager = %me, %note, "drive moved");
+        carried.push(Carried {
+            table: risk.table.clone(),
+            note,
+        });
+        done.push(risk.serial.clone());
+    }
+    risks.retain(|r| !done.contains(&r.serial));
+    Ok(Carries {
+        carried,
+        history_changed,
+    })
+}
+
+/// Whether KeyManager `from` lets `serial`'s keys go to namespace `to_ns`. Within one
+/// namespace, whoever may edit its DriveTables answers for both KeyManagers. Across
+/// namespaces the owners of the old one must agree, or anyone who can edit a DriveTable
+/// could copy another namespace's keys into a keystore they can read: the old KeyManager
+/// (or, once it is deleted, its drive history) must carry [`RELEASE_DRIVES`] naming the
+/// drive.
+async fn released<S: State, O: Origins>(
+    state: &S,
+    origins: &O,
+    from: &Owner,
+    to_ns: &str,
+    serial: &str,
+) -> Result<(), Error> {
+    if from.namespace == to_ns {
+        return Ok(());
+    }
+    let ok = match origins.key_manager(from).await? {
+        Some(km) => lists(km.annotations(), RELEASE_DRIVES, serial),
+        None => state
+            .read_history(from)
+            .await?
+            .and_then(|h| h.released)
+            .is_some_and(|r| listed(&r, serial)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Carry(format!(
+            "KeyManager {from} is in another namespace, whose owners must release the drive first: annotate KeyManager {} in namespace {} (or, if it was deleted, {}) with {RELEASE_DRIVES}: {serial:?}",
+            from.name,
+            from.namespace,
+            state.history_location(from),
+        )))
+    }
+}
+
+/// Copies the keys of `group` (every key when `None`) from KeyManager `from`'s keystore
+/// into `keystore`. Returns how many keys were added.
+///
+/// When the old KeyManager still runs, its replicas may hold keys its canonical keystore
+/// does not have yet (a drive's own keys, created since the last sync): they are pulled
+/// into its keystore first, and the carry waits until every replica has answered. A
+/// deleted KeyManager's replicas are gone; its canonical keystore is all there is.
+async fn carry<S: State, O: Origins>(
+    state: &S,
+    origins: &O,
+    keystore: &mut Canonical,
+    from: &Owner,
+    group: Option<&str>,
+) -> Result<usize, Error> {
+    let old = origins.key_manager(from).await?;
+    let retention = old.as_ref().map_or(1, |km| {
+        usize::try_from(km.spec.backup.retention).unwrap_or(1)
+    });
+    let mut source = Canonical::read(state, from, retention)
+        .await?
+        .ok_or_else(|| Error::Carry(format!("KeyManager {from} has no KEK or keystore")))?;
+    if let Some(old) = old {
+        let mut estate = Estate::new();
+        estate.add(Object::KeyManager(old));
+        if let Some(old_inputs) = Inputs::from_estate(&estate).into_iter().next() {
+            let replicas = origins.replicas(&old_inputs).await?;
+            let now = Time(Timestamp::now());
+            let synced = keystore_sync::sync(&mut source, replicas, None, &now).await?;
+            source.commit(state).await?;
+            if !synced.all_answered {
+                return Err(Error::Carry(format!(
+                    "the replicas of KeyManager {from} may hold keys of the drive that its keystore does not have yet: {}",
+                    synced.condition.message
+                )));
+            }
+        }
+    }
+    keystore.carry_from(&source, group)
+}
+
+/// Marks `serial` as handed on to `to` in KeyManager `from`'s history, from a fresh read,
+/// written only if the history did not change since (read again if it did).
+async fn mark_moved<S: State>(
+    state: &S,
+    from: &Owner,
+    serial: &str,
+    to: &str,
+) -> Result<(), Error> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let Some(mut stored) = state.read_history(from).await? else {
+            return Err(Error::Carry(format!(
+                "the drive history of KeyManager {from} is gone"
+            )));
+        };
+        if !stored.history.moved(serial, to) {
+            return Ok(());
+        }
+        match state
+            .write_history(from, &stored.history, Some(&stored.version))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(StateError::Conflict { .. }) if attempt < ATTEMPTS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Records every drive the KeyManager of `inputs` serves now in its history and writes
+/// the history when it changed (`carried`: the carry changed it already). `version` is
+/// the version read (`None`: there was none), so a change made since fails the write.
+pub async fn write_served<S: State>(
+    state: &S,
+    inputs: &Inputs<'_>,
+    groups: &[KeyGroup],
+    mut history: DriveHistory,
+    version: Option<&str>,
+    carried: bool,
+) -> Result<(), Error> {
+    let changed = record_served(&mut history, inputs, groups, Timestamp::now()) || carried;
+    if changed {
+        let owner = Owner::new(inputs.namespace(), inputs.name());
+        state.write_history(&owner, &history, version).await?;
+    }
+    Ok(())
 }
 
 /// What the risks of one DriveTable say, for its condition.

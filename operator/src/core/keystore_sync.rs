@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use super::Error;
 use super::conditions::{condition, reasons, types};
+use super::keystore::Canonical;
 use crate::build::{Inputs, replicas_of};
 
 /// Where to reach a replica: its pod name, the address to connect to, and the name its
@@ -77,7 +78,7 @@ pub struct Answer {
 pub async fn pull(
     replicas: &[ReplicaAddress],
     connector: &TlsConnector,
-    keystore: &mut Keystore,
+    keystore: &mut Canonical,
 ) -> Vec<Pulled> {
     let mut pulled = Vec::new();
     for replica in replicas {
@@ -98,9 +99,9 @@ pub async fn pull(
 async fn pull_one(
     replica: &ReplicaAddress,
     connector: &TlsConnector,
-    keystore: &mut Keystore,
+    keystore: &mut Canonical,
 ) -> Result<Answer, String> {
-    let body = serde_json::to_vec(&summary(keystore)).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&summary(keystore.keystore())).map_err(|e| e.to_string())?;
     let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
     let (status, reply) = send(
         &mut sender,
@@ -248,4 +249,79 @@ pub fn report(
         all_answered,
         replicas: statuses,
     })
+}
+
+/// How to ask a KeyManager's replicas for their keys, or why they cannot be asked.
+pub enum Replicas {
+    /// Ask these, presenting the replica certificate.
+    Ask {
+        /// Where they are.
+        addresses: Vec<ReplicaAddress>,
+        /// TLS with the replica certificate and its CA.
+        connector: TlsConnector,
+    },
+    /// Ask none.
+    Skip {
+        /// The `KeystoreInSync` reason.
+        reason: &'static str,
+        /// Why, for its message.
+        message: String,
+    },
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ask { addresses, .. } => f
+                .debug_struct("Ask")
+                .field("addresses", addresses)
+                .finish_non_exhaustive(),
+            Self::Skip { reason, message } => f
+                .debug_struct("Skip")
+                .field("reason", reason)
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
+/// Pulls every replica's keys into the canonical keystore (in memory: the caller commits)
+/// and reports: `KeystoreInSync` is True when every replica answered and holds exactly the
+/// canonical keystore. An unreachable replica is reported, not an error.
+pub async fn sync(
+    keystore: &mut Canonical,
+    replicas: Replicas,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<Synced, Error> {
+    let (addresses, connector) = match replicas {
+        Replicas::Ask {
+            addresses,
+            connector,
+        } => (addresses, connector),
+        Replicas::Skip { reason, message } => {
+            return Ok(Synced {
+                condition: condition(
+                    types::KEYSTORE_IN_SYNC,
+                    false,
+                    reason,
+                    message,
+                    generation,
+                    now,
+                ),
+                all_answered: false,
+                replicas: Vec::new(),
+            });
+        }
+    };
+    let pulled = pull(&addresses, &connector, keystore).await;
+    let added: usize = pulled
+        .iter()
+        .filter_map(|p| p.outcome.as_ref().ok())
+        .map(|a| a.pulled)
+        .sum();
+    if added > 0 {
+        tracing::info!(key_manager = %keystore.owner(), added, "keys pulled from replicas");
+    }
+    report(&pulled, keystore.keystore(), generation, now)
 }

@@ -3,12 +3,14 @@
 //! KEK or CA, once made, is the only one that opens what it protected.
 
 use jiff::Timestamp;
-use shadowkeep_api::keystore::Kek;
+use shadowkeep_api::crd::TlsSource;
+use shadowkeep_api::keystore::{Kek, Keystore};
 use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::pki::{Authority, Usage};
 
 use super::Error;
-use crate::build::Inputs;
+use super::state::{Fields, Item, Owner, State};
+use crate::build::{Inputs, Material};
 
 /// A replica certificate made with its own CA.
 pub struct Tls {
@@ -84,4 +86,81 @@ pub fn license(inputs: &Inputs<'_>, seed: &[u8]) -> Result<Vec<u8>, Error> {
         .sign(&license)
         .map_err(|e| failed("the license")(e.to_string()))?
         .into_bytes())
+}
+
+/// The KEK, the canonical keystore, the generated replica certificate (when the
+/// KeyManager asks for one) and the license: read when they exist, made once otherwise.
+pub async fn ensure<S: State>(state: &S, inputs: &Inputs<'_>) -> Result<Material, Error> {
+    let owner = Owner::new(inputs.namespace(), inputs.name());
+    let kek = state
+        .create(
+            &owner,
+            Item::Kek,
+            Fields::of([("kek", Kek::generate().as_bytes().to_vec())]),
+        )
+        .await?;
+    self::kek(&owner.reference(), kek.get("kek"))?;
+    let keystore = state
+        .create(
+            &owner,
+            Item::Keystore,
+            Fields::of([(
+                "keystore",
+                Keystore::new().to_bytes().map_err(Error::Keystore)?,
+            )]),
+        )
+        .await?;
+    let tls = if inputs.key_manager.spec.tls.source == TlsSource::Generated {
+        Some(ensure_tls(state, inputs, &owner).await?)
+    } else {
+        None
+    };
+    let seed = state
+        .create(
+            &owner,
+            Item::LicenseSigning,
+            Fields::of([("seed", LicenseSigner::generate().seed().to_vec())]),
+        )
+        .await?;
+    Ok(Material {
+        kek: kek.get("kek").to_vec(),
+        keystore: keystore.get("keystore").to_vec(),
+        tls,
+        license: license(inputs, seed.get("seed"))?,
+        ca_key: None,
+    })
+}
+
+/// The replica certificate and its CA, made once. The CA is stored first: a replica
+/// certificate without its CA's key could never be renewed.
+async fn ensure_tls<S: State>(
+    state: &S,
+    inputs: &Inputs<'_>,
+    owner: &Owner,
+) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), Error> {
+    let stored = if let Some(stored) = state.read(owner, Item::Tls).await? {
+        stored
+    } else {
+        let made = generate_tls(inputs)?;
+        let (crt, key, ca) = made.replica;
+        state
+            .create(
+                owner,
+                Item::Ca,
+                Fields::of([("ca.crt", ca.clone()), ("ca.key", made.ca_key)]),
+            )
+            .await?;
+        state
+            .create(
+                owner,
+                Item::Tls,
+                Fields::of([("tls.crt", crt), ("tls.key", key), ("ca.crt", ca)]),
+            )
+            .await?
+    };
+    Ok((
+        stored.get("tls.crt").to_vec(),
+        stored.get("tls.key").to_vec(),
+        stored.get("ca.crt").to_vec(),
+    ))
 }

@@ -7,6 +7,8 @@
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
 //! - [`conditions`]: status conditions, computed fresh and merged with the previous ones.
+//! - [`state`]: what the core keeps, behind one interface with two implementations
+//!   (Kubernetes objects, a data directory).
 //!
 //! The controllers (`crate::controller`) depend on this module, never the other way.
 
@@ -15,8 +17,11 @@ pub mod drive_moves;
 pub mod keystore;
 pub mod keystore_sync;
 pub mod material;
+pub mod state;
 
 use shadowkeep_api::keystore::{KeystoreError, SealError};
+
+pub use state::StateError;
 
 /// Why a step of the core failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,12 @@ pub enum Error {
         #[source]
         source: KeystoreError,
     },
+    /// The state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A drive's keys cannot be carried (yet): the reason, for the drive's risk.
+    #[error("failed to carry the drive's keys: {0}")]
+    Carry(String),
     /// Material could not be made or read back.
     #[error("failed to make {what}: {reason}")]
     Material {
