@@ -293,6 +293,7 @@ async fn key_groups_reach_a_fixed_point<S: State>(state: &S) {
 
 /// A drive served by a KeyManager that was deleted is held back from its new one; once
 /// accepted, its KeyGroup's keys are carried, re-sealed, and the old history hands it on.
+#[allow(clippy::too_many_lines)] // one story: served, deleted, held back, carried, handed on
 async fn a_deleted_key_managers_drive_carries_its_keys<S: State>(state: &S) {
     let old_estate = estate("old", 2, &["D1"]);
     let old = inputs(&old_estate);
@@ -350,7 +351,20 @@ async fn a_deleted_key_managers_drive_carries_its_keys<S: State>(state: &S) {
         "{}",
         carries.carried[0].note
     );
+    assert!(
+        state
+            .read_history(&owner("old"))
+            .await
+            .unwrap()
+            .unwrap()
+            .history
+            .serves("D1"),
+        "the old KeyManager keeps the drive until the keys are stored here"
+    );
     assert!(keystore.commit(state).await.unwrap());
+    drive_moves::hand_on(state, &new, &carries.carried)
+        .await
+        .unwrap();
 
     let received = Canonical::read(state, &owner("new"), 30)
         .await

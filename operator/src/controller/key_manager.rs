@@ -41,6 +41,7 @@ use crate::core::state::{Owner, State as _};
 pub const RECONCILE_REQUESTED_AT: &str = "shadowkeep.io/reconcile-requested-at";
 
 /// Reconciles one KeyManager.
+#[allow(clippy::too_many_lines)] // one reconcile, read to status, in the order it runs
 pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = km.namespace().unwrap_or_else(|| "default".to_owned());
     let name = km.name_any();
@@ -86,25 +87,48 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let mut risks = rules::conflicts(&name, &tables, &history, |serial| {
         ctx.drive_index.others_serving(serial, &me)
     });
-    // The keys come first: an accepted move's drive is served here only once they are.
-    // The material does not depend on which drives are served, so it is made once.
-    let mut material = None;
-    let mut history_changed = false;
-    if risks.iter().any(rules::DriveRisk::is_accepted_move) {
-        let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
-        let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
-        let (made, changed) =
-            carry_moves(&ctx, &state, &inputs, &tables, &mut history, &mut risks).await?;
-        history_changed = changed;
-        material = Some(made);
-    }
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&km.name_any())
+        .await
+        .map_err(Error::kube("read the StatefulSet"))?
+        .and_then(|s| s.status);
+
+    // The material and the keystore do not depend on which drives are served.
+    let base = Inputs {
+        key_manager: &km,
+        drive_tables: Vec::new(),
+        key_groups: Vec::new(),
+        shadows: Vec::new(),
+        default_image: None,
+    };
+    let mut material = core_material::ensure(&state, &base).await?;
+    let mut keystore = Canonical::of(&base, &material)?;
+    let carries = if risks.iter().any(rules::DriveRisk::is_accepted_move) {
+        rules::carry_accepted(
+            &state,
+            ctx.as_ref(),
+            &base,
+            &mut keystore,
+            &mut history,
+            &mut risks,
+        )
+        .await?
+    } else {
+        rules::Carries::default()
+    };
     let estate = estate_of(&km, &tables, &groups, &shadows, &name, &risks);
     let inputs = inputs_of(&estate, &ctx).ok_or_else(vanished)?;
-
-    let mut material = match material {
-        Some(made) => made,
-        None => core_material::ensure(&state, &inputs).await?,
-    };
+    let group_statuses = keystore.maintain_groups(&inputs.key_groups, Timestamp::now())?;
+    let ready = sts.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let replicas = super::state::replicas(&ctx, &inputs, ready)
+        .await
+        .map_err(Error::kube("read the replica certificate"))?;
+    let in_sync = keystore_sync::sync(&mut keystore, replicas, generation, &now).await?;
+    // One write, with one backup, before anything depends on it: an accepted move's drive
+    // is handed on, and served here, only once its keys are stored here.
+    keystore.commit(&state).await?;
+    material.keystore = keystore.stored().to_vec();
+    rules::hand_on(&state, &inputs, &carries.carried).await?;
     // Recorded before the configuration serves them: a drive is never served by a
     // KeyManager whose history does not say so.
     rules::write_served(
@@ -113,27 +137,12 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         &groups,
         history,
         version.as_deref(),
-        history_changed,
+        carries.history_changed,
     )
     .await?;
-    let mut keystore = Canonical::of(&inputs, &material)?;
-    let group_statuses = keystore.maintain_groups(&inputs.key_groups, Timestamp::now())?;
-    keystore.commit(&state).await?;
-    material.keystore = keystore.stored().to_vec();
+    publish_carried(&ctx, &tables, carries.carried).await;
     patch_group_statuses(&client, &ns, group_statuses).await?;
     apply_children(&client, &inputs, &material).await?;
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .get_opt(&inputs.names().statefulset)
-        .await
-        .map_err(Error::kube("read the StatefulSet"))?
-        .and_then(|s| s.status);
-    let ready = sts.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let replicas = super::state::replicas(&ctx, &inputs, ready)
-        .await
-        .map_err(Error::kube("read the replica certificate"))?;
-    let in_sync = keystore_sync::sync(&mut keystore, replicas, generation, &now).await?;
-    keystore.commit(&state).await?;
-    material.keystore = keystore.stored().to_vec();
     let mut status = status(&km, &inputs, &all_kms, &material, sts, generation, &now);
     status
         .0
@@ -150,23 +159,9 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     Ok(Action::requeue(interval))
 }
 
-/// Carries the keys of the accepted moves, and publishes an Event for each. Returns the
-/// material (made or read for the carry) and whether the history changed.
-async fn carry_moves(
-    ctx: &Arc<Context>,
-    state: &Kube,
-    inputs: &Inputs<'_>,
-    tables: &[DriveTable],
-    history: &mut DriveHistory,
-    risks: &mut Vec<rules::DriveRisk>,
-) -> Result<(Material, bool), Error> {
-    let mut made = core_material::ensure(state, inputs).await?;
-    let mut keystore = Canonical::of(inputs, &made)?;
-    let carries =
-        rules::carry_accepted(state, ctx.as_ref(), inputs, &mut keystore, history, risks).await?;
-    keystore.commit(state).await?;
-    made.keystore = keystore.stored().to_vec();
-    for done in carries.carried {
+/// Publishes an Event on the table of each drive whose keys were carried here.
+async fn publish_carried(ctx: &Context, tables: &[DriveTable], carried: Vec<rules::Carried>) {
+    for done in carried {
         if let Some(table) = tables.iter().find(|t| t.name_any() == done.table) {
             drive_moves::publish(
                 ctx,
@@ -179,7 +174,6 @@ async fn carry_moves(
             .await;
         }
     }
-    Ok((made, carries.history_changed))
 }
 
 /// The estate this KeyManager is reconciled from, without the drives held back.

@@ -304,10 +304,14 @@ pub trait Origins: Send + Sync {
     -> impl Future<Output = Result<Replicas, Error>> + Send;
 }
 
-/// A drive whose keys were carried, for an Event on its table.
+/// A drive whose keys were carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Carried {
-    /// The DriveTable listing the drive.
+    /// The drive's serial.
+    pub serial: String,
+    /// The KeyManager the keys came from, whose history is to hand the drive on.
+    pub from: Owner,
+    /// The DriveTable listing the drive, for an Event.
     pub table: String,
     /// What was carried, from where.
     pub note: String,
@@ -322,10 +326,12 @@ pub struct Carries {
     pub history_changed: bool,
 }
 
-/// Carries the keys of every accepted move into `keystore` (in memory: the caller
-/// commits), marks each drive as handed on in the old KeyManager's history and as carried
-/// in `history`. A move whose keys cannot be carried stays held back, with the reason in
-/// its risk; a carried one is no longer a risk.
+/// Carries the keys of every accepted move into `keystore` and records each drive as
+/// carried in `history`, both in memory. A move whose keys cannot be carried stays held
+/// back, with the reason in its risk; a carried one is no longer a risk.
+///
+/// The caller commits `keystore`, then calls [`hand_on`]: the old KeyManager gives up a
+/// drive only once its keys are stored here.
 pub async fn carry_accepted<S: State, O: Origins>(
     state: &S,
     origins: &O,
@@ -370,7 +376,6 @@ pub async fn carry_accepted<S: State, O: Origins>(
                 continue;
             }
         };
-        mark_moved(state, &from, &risk.serial, &me).await?;
         history_changed |= history.carried(
             &risk.serial,
             &risk.other_key_manager,
@@ -388,6 +393,8 @@ pub async fn carry_accepted<S: State, O: Origins>(
         );
         tracing::info!(key_manager = %me, %note, "drive moved");
         carried.push(Carried {
+            serial: risk.serial.clone(),
+            from,
             table: risk.table.clone(),
             note,
         });
@@ -474,6 +481,20 @@ async fn carry<S: State, O: Origins>(
         }
     }
     keystore.carry_from(&source, group)
+}
+
+/// Marks each carried drive as handed on to the KeyManager of `inputs` in the history of
+/// the KeyManager it came from. Call it once the carried keys are committed.
+pub async fn hand_on<S: State>(
+    state: &S,
+    inputs: &Inputs<'_>,
+    carried: &[Carried],
+) -> Result<(), Error> {
+    let me = key_manager_ref(&inputs.namespace(), &inputs.name());
+    for drive in carried {
+        mark_moved(state, &drive.from, &drive.serial, &me).await?;
+    }
+    Ok(())
 }
 
 /// Marks `serial` as handed on to `to` in KeyManager `from`'s history, from a fresh read,
