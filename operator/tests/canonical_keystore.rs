@@ -115,3 +115,76 @@ async fn a_carry_and_new_pool_keys_in_one_reconcile_are_written_once() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_keystore_changed_by_another_writer_is_not_overwritten_and_the_reconcile_waits() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use kube::runtime::controller::Action;
+    use kube_fake_client::interceptor::Funcs;
+
+    // Every replace of the keystore Secret finds it changed since it was read.
+    let client = common::cluster_with(
+        |_| {},
+        Funcs::new().replace(|r| {
+            if r.name == "tape-keys-keystore" {
+                Err(kube_fake_client::Error::Conflict(
+                    "the object has been modified".to_owned(),
+                ))
+            } else {
+                Ok(None)
+            }
+        }),
+    )
+    .await;
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap();
+    let ctx = Context::listed(client.clone(), "shadowkeep-test")
+        .await
+        .unwrap();
+    let action = reconcile(Arc::new(km), Arc::new(ctx))
+        .await
+        .expect("a conflict is a wait, not a failure");
+    assert_eq!(
+        action,
+        Action::requeue(shadowkeep::controller::key_manager::WAIT)
+    );
+    let status = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "StateChanged")
+    );
+    assert!(
+        progressing.message.contains("Secret tape-keys-keystore"),
+        "{}",
+        progressing.message
+    );
+    assert!(
+        Api::<StatefulSet>::namespaced(client.clone(), NS)
+            .get_opt("tape-keys")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is applied from a keystore that was not written"
+    );
+    let stored = Keystore::from_bytes(&data(
+        &Api::<Secret>::namespaced(client.clone(), NS)
+            .get("tape-keys-keystore")
+            .await
+            .unwrap(),
+        "keystore",
+    ))
+    .unwrap();
+    assert!(stored.is_empty(), "the other writer's keystore stands");
+}

@@ -84,6 +84,10 @@ fn inputs(estate: &Estate) -> Inputs<'_> {
     Inputs::from_estate(estate).into_iter().next().unwrap()
 }
 
+fn tables_of(inputs: &Inputs<'_>) -> Vec<DriveTable> {
+    inputs.drive_tables.iter().map(|t| (*t).clone()).collect()
+}
+
 fn owner(name: &str) -> Owner {
     Owner::new(NS, name)
 }
@@ -305,7 +309,8 @@ async fn a_deleted_key_managers_drive_carries_its_keys<S: State>(state: &S) {
     old_keys.commit(state).await.unwrap();
     drive_moves::write_served(
         state,
-        &old,
+        &owner("old"),
+        &tables_of(&old),
         &[(*old.key_groups[0]).clone()],
         DriveHistory::new(),
         None,
@@ -565,7 +570,8 @@ async fn kubernetes_objects_are_written_as_they_always_were() {
     key_groups_reach_a_fixed_point(&state).await;
     drive_moves::write_served(
         &state,
-        &inputs(&estate("tape-keys", 10, &["D1"])),
+        &owner("tape-keys"),
+        &tables_of(&inputs(&estate("tape-keys", 10, &["D1"]))),
         &[],
         DriveHistory::new(),
         None,

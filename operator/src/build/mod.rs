@@ -13,6 +13,9 @@ mod statefulset;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource as _, ResourceExt as _};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
@@ -86,6 +89,18 @@ impl<'a> Inputs<'a> {
                 }
             })
             .collect()
+    }
+
+    /// The KeyManager alone, without the objects that refer to it: enough for what does
+    /// not depend on them (its names, material, replicas).
+    pub fn of_key_manager(key_manager: &'a KeyManager) -> Self {
+        Self {
+            key_manager,
+            drive_tables: Vec::new(),
+            key_groups: Vec::new(),
+            shadows: Vec::new(),
+            default_image: None,
+        }
     }
 
     /// The KeyManager's name.
@@ -241,36 +256,78 @@ impl Names {
     }
 }
 
-/// Every object of one KeyManager, in apply order: Secrets, the cert-manager Certificate
-/// (when asked for), ConfigMap, Services, StatefulSet, PodDisruptionBudget. `material` holds what must be generated.
+/// A child the controller applies on every reconcile.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a handful per reconcile, each built and applied once
+pub enum Child {
+    /// The license Secret.
+    Secret(Secret),
+    /// The cert-manager Certificate (a kind this crate has no type for).
+    Certificate(serde_json::Value),
+    /// The server configuration.
+    ConfigMap(ConfigMap),
+    /// The headless or the client Service.
+    Service(Service),
+    /// The replicas.
+    StatefulSet(StatefulSet),
+    /// The disruption budget.
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+impl Child {
+    /// The object as JSON, as it is applied (`apiVersion` and `kind` included).
+    pub fn to_value(&self) -> Result<serde_json::Value, BuildError> {
+        let value = match self {
+            Self::Secret(o) => serde_json::to_value(o),
+            Self::Certificate(o) => Ok(o.clone()),
+            Self::ConfigMap(o) => serde_json::to_value(o),
+            Self::Service(o) => serde_json::to_value(o),
+            Self::StatefulSet(o) => serde_json::to_value(o),
+            Self::PodDisruptionBudget(o) => serde_json::to_value(o),
+        };
+        value.map_err(|e| BuildError(e.to_string()))
+    }
+}
+
+/// The children applied on every reconcile, in apply order: the license Secret, the
+/// cert-manager Certificate (when asked for), ConfigMap, Services, StatefulSet,
+/// PodDisruptionBudget. What the StatefulSet mounts comes before it.
+pub fn applied(inputs: &Inputs<'_>, material: &Material) -> Result<Vec<Child>, BuildError> {
+    let mut out = vec![Child::Secret(license_secret(inputs, material))];
+    if let Some(certificate) = certificate(inputs) {
+        out.push(Child::Certificate(certificate));
+    }
+    let config = config_map(inputs)?;
+    let hash = config_hash(&config);
+    out.push(Child::ConfigMap(config));
+    out.push(Child::Service(peer_service(inputs)));
+    out.push(Child::Service(client_service(inputs)));
+    out.push(Child::StatefulSet(statefulset(inputs, &hash)));
+    out.push(Child::PodDisruptionBudget(pod_disruption_budget(inputs)));
+    Ok(out)
+}
+
+/// Every object of one KeyManager, in apply order: the Secrets made once (KEK, keystore,
+/// CA, replica certificate), then what [`applied`] builds. `material` holds what must be
+/// generated.
 pub fn children(
     inputs: &Inputs<'_>,
     material: &Material,
 ) -> Result<Vec<serde_json::Value>, BuildError> {
-    let mut out = Vec::new();
-    let mut push = |v: Result<serde_json::Value, serde_json::Error>| -> Result<(), BuildError> {
-        out.push(v.map_err(|e| BuildError(e.to_string()))?);
-        Ok(())
-    };
-    push(serde_json::to_value(kek_secret(inputs, material)))?;
-    push(serde_json::to_value(keystore_secret(inputs, material)))?;
-    if let Some(ca) = ca_secret(inputs, material) {
-        push(serde_json::to_value(ca))?;
+    let mut once = vec![
+        kek_secret(inputs, material),
+        keystore_secret(inputs, material),
+    ];
+    once.extend(ca_secret(inputs, material));
+    once.extend(tls_secret(inputs, material));
+    let mut out = once
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BuildError(e.to_string()))?;
+    for child in applied(inputs, material)? {
+        out.push(child.to_value()?);
     }
-    if let Some(tls) = tls_secret(inputs, material) {
-        push(serde_json::to_value(tls))?;
-    }
-    push(serde_json::to_value(license_secret(inputs, material)))?;
-    if let Some(certificate) = certificate(inputs) {
-        push(Ok(certificate))?;
-    }
-    let config = config_map(inputs)?;
-    let hash = config_hash(&config);
-    push(serde_json::to_value(config))?;
-    push(serde_json::to_value(peer_service(inputs)))?;
-    push(serde_json::to_value(client_service(inputs)))?;
-    push(serde_json::to_value(statefulset(inputs, &hash)))?;
-    push(serde_json::to_value(pod_disruption_budget(inputs)))?;
     Ok(out)
 }
 

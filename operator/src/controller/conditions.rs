@@ -1,20 +1,32 @@
 //! Status writes that must not lose another controller's conditions.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+/// A merge patch of a status, made on a fresh read: its resourceVersion makes the write
+/// fail rather than overwrite a change made since.
+#[derive(Debug, Serialize)]
+struct Conditional<S> {
+    metadata: ObjectMeta,
+    status: S,
+}
+
 /// Writes a status computed from a fresh read of the object, with its resourceVersion as
 /// a precondition, and tries again on a conflict. Two controllers write conditions of a
 /// DriveTable (and of a KeyGroup), and the status patch replaces the whole list: a patch
 /// made from a stale copy would drop the other controller's condition, which would write
 /// it back, forever.
 ///
-/// `status` gets the fresh object and returns the `status` value to merge. Returns the
-/// object as it was before the write, or `None` when it does not exist.
-pub async fn update_status<K>(
+/// `status` gets the fresh object and returns the status to merge. Returns the object as
+/// it was before the write, or `None` when it does not exist.
+pub async fn update_status<K, S>(
     api: &kube::Api<K>,
     name: &str,
-    mut status: impl FnMut(&K) -> serde_json::Value,
+    mut status: impl FnMut(&K) -> S,
 ) -> Result<Option<K>, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize + std::fmt::Debug,
 {
     const ATTEMPTS: usize = 5;
     let mut attempt = 0;
@@ -23,15 +35,18 @@ where
         let Some(fresh) = api.get_opt(name).await? else {
             return Ok(None);
         };
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": fresh.meta().resource_version},
-            "status": status(&fresh),
-        });
+        let patch = Conditional {
+            metadata: ObjectMeta {
+                resource_version: fresh.meta().resource_version.clone(),
+                ..ObjectMeta::default()
+            },
+            status: status(&fresh),
+        };
         match api
             .patch_status(
                 name,
                 &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(patch),
+                &kube::api::Patch::Merge(&patch),
             )
             .await
         {

@@ -1,20 +1,12 @@
-//! Drive moves against the cluster: the index of who serves each drive, kept from a watch
-//! of the drive-history ConfigMaps, and the risks reported on DriveTables. The rules, and
-//! carrying a drive's keys, are [`crate::core::drive_moves`].
+//! The index of who serves each drive, kept from a watch of the drive-history ConfigMaps.
+//! The rules, and carrying a drive's keys, are [`crate::core::drive_moves`].
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
-use kube::{Resource, ResourceExt};
-use serde_json::json;
-use shadowkeep_api::crd::DriveTable;
+use kube::ResourceExt;
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
 
-use super::conditions::update_status;
 use super::state::HISTORY_LABEL;
-use super::{Context, Error};
-use crate::core::conditions::{merge, reasons, types};
-use crate::core::drive_moves::{DriveIndex, DriveRisk, key_manager_ref, table_report};
+use crate::core::drive_moves::{DriveIndex, key_manager_ref};
 
 /// The KeyManager (`namespace/name`) and history a history ConfigMap holds; `None` for a
 /// ConfigMap that is not a readable history.
@@ -130,89 +122,13 @@ impl SharedDriveIndex {
     }
 }
 
-/// Publishes an Event about `table`.
-pub async fn publish(
-    ctx: &Context,
-    table: &DriveTable,
-    type_: kube::runtime::events::EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = kube::runtime::events::Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &table.object_ref(&())).await {
-        tracing::warn!(error = %e, table = %table.name_any(), "failed to publish an Event");
-    }
-}
-
-/// Puts the risk on each affected DriveTable (a condition naming the drive and both
-/// KeyManagers, and the drive count) and publishes a Warning Event for each new one.
-pub async fn report_risks(
-    client: &kube::Client,
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    tables: &[DriveTable],
-    risks: &[DriveRisk],
-    now: &Time,
-) -> Result<(), Error> {
-    let api: Api<DriveTable> = Api::namespaced(client.clone(), ns);
-    for table in tables
-        .iter()
-        .filter(|t| t.spec.key_manager_ref.name == name)
-    {
-        let table_name = table.name_any();
-        let (c, served) = table_report(table, name, risks, now);
-        let before = update_status(&api, &table_name, |fresh: &DriveTable| {
-            let previous = fresh
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            json!({
-                "observedGeneration": table.meta().generation,
-                "conditions": merge(&previous, vec![c.clone()]),
-                "drives": i32::try_from(served).unwrap_or(i32::MAX),
-            })
-        })
-        .await
-        .map_err(Error::kube(format!(
-            "update DriveTable {table_name} status"
-        )))?;
-        let was_at_risk = before.and_then(|t| t.status).is_some_and(|s| {
-            s.conditions.iter().any(|p| {
-                p.type_ == types::KEY_HISTORY_AT_RISK
-                    && p.status == "True"
-                    && p.message == c.message
-            })
-        });
-        if c.status == "True" && !was_at_risk {
-            publish(
-                ctx,
-                table,
-                kube::runtime::events::EventType::Warning,
-                reasons::KEY_HISTORY_AT_RISK,
-                "HoldBackDrive",
-                c.message.clone(),
-            )
-            .await;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::state::history_name;
     use jiff::Timestamp;
     use kube::runtime::watcher::Event;
+    use serde_json::json;
 
     fn history_cm(ns: &str, km: &str, served: &[&str], moved: &[&str]) -> ConfigMap {
         let mut history = DriveHistory::new();

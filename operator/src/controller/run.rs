@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,7 +17,7 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, drive_moves, error_policy, key_manager, references};
+use super::{Context, Error, drive_moves, error_policy, key_manager, measured, references};
 
 /// The Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "shadowkeep-operator";
@@ -72,18 +71,28 @@ fn owner<K: kube::Resource>(o: &K, name: &str) -> Option<ObjectRef<KeyManager>> 
 }
 
 async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let key = super::backoff_key(km.as_ref());
-    let result = key_manager::reconcile(km, Arc::clone(&ctx)).await;
-    if result.is_ok() {
-        ctx.backoff.succeeded(&key);
-    }
-    ctx.metrics.record(
-        "KeyManager",
-        started.elapsed(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    result
+    measured(
+        &ctx,
+        km.as_ref(),
+        key_manager::reconcile(Arc::clone(&km), Arc::clone(&ctx)),
+    )
+    .await
+}
+
+/// The DriveTable and KeyGroup reconciles, measured like the KeyManager's.
+async fn reconcile_referrer<K>(
+    object: Arc<PartialObjectMeta<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error>
+where
+    K: references::References + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    measured(
+        &ctx,
+        object.as_ref(),
+        references::reconcile(Arc::clone(&object), Arc::clone(&ctx)),
+    )
+    .await
 }
 
 /// Every KeyManager's drive history, watched and listed before the first reconcile: a
@@ -199,7 +208,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )
         .with_config(limits.clone())
         .shutdown_on_signal()
-        .run(references::reconcile, error_policy, Arc::clone(&ctx))
+        .run(reconcile_referrer, error_policy, Arc::clone(&ctx))
         .for_each(|_| async {});
         let groups = Controller::new(
             api::<PartialObjectMeta<KeyGroup>>(&client, ns),
@@ -207,7 +216,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )
         .with_config(limits)
         .shutdown_on_signal()
-        .run(references::reconcile, error_policy, ctx)
+        .run(reconcile_referrer, error_policy, ctx)
         .for_each(|_| async {});
         futures::future::join(tables, groups)
     };

@@ -310,51 +310,55 @@ pub async fn ready_replicas(
     )
 }
 
-/// How to ask the replicas of the KeyManager of `inputs`, `ready` of which are ready: with
-/// the replica certificate from its Secret, at their pod DNS names (or where the context's
-/// resolver says).
-pub async fn replicas(
+/// How to ask the replicas of the KeyManager of `inputs`, `ready` of which are ready,
+/// presenting `certificate` (the replica certificate: chain, key and CA, from the Secret
+/// named `secret`; `None` when it is missing): at their pod DNS names, or where the
+/// context's resolver says.
+pub fn replicas(
     ctx: &Context,
     inputs: &Inputs<'_>,
     ready: i32,
-) -> Result<Replicas, kube::Error> {
+    certificate: Option<(&[u8], &[u8], &[u8])>,
+    secret: &str,
+) -> Replicas {
     if ready == 0 && ctx.replica_resolver.is_none() {
-        return Ok(Replicas::Skip {
+        return Replicas::Skip {
             reason: reasons::NO_REPLICA_READY,
             message: "no replica is ready to be asked for its keys".to_owned(),
-        });
+        };
     }
-    let secret_name = inputs.tls_secret_name();
-    let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), &inputs.namespace())
-        .get_opt(&secret_name)
-        .await?
-    else {
-        return Ok(Replicas::Skip {
+    let Some((crt, key, ca)) = certificate else {
+        return Replicas::Skip {
             reason: reasons::REPLICA_UNREACHABLE,
-            message: format!("Secret {secret_name} (the replica certificate) not found"),
-        });
+            message: format!("Secret {secret} (the replica certificate) not found"),
+        };
     };
-    let field = |k: &str| bytes(&secret, k);
-    let connector = match connector_from_pem(
-        &field("ca.crt"),
-        Some((&field("tls.crt"), &field("tls.key"))),
-    ) {
+    let connector = match connector_from_pem(ca, Some((crt, key))) {
         Ok(c) => c,
         Err(e) => {
-            return Ok(Replicas::Skip {
+            return Replicas::Skip {
                 reason: reasons::REPLICA_UNREACHABLE,
-                message: format!("Secret {secret_name}: {e}"),
-            });
+                message: format!("Secret {secret}: {e}"),
+            };
         }
     };
     let addresses = match &ctx.replica_resolver {
         Some(resolve) => resolve(inputs),
         None => in_cluster(inputs),
     };
-    Ok(Replicas::Ask {
+    Replicas::Ask {
         addresses,
         connector,
-    })
+    }
+}
+
+/// The parts of a replica certificate Secret: chain, key, CA.
+pub fn certificate_of(secret: &Secret) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (
+        bytes(secret, "tls.crt"),
+        bytes(secret, "tls.key"),
+        bytes(secret, "ca.crt"),
+    )
 }
 
 impl Origins for Context {
@@ -377,8 +381,20 @@ impl Origins for Context {
         let ready = ready_replicas(&self.client, inputs)
             .await
             .map_err(failed("read the StatefulSet"))?;
-        replicas(self, inputs, ready)
+        let secret = inputs.tls_secret_name();
+        let certificate = Api::<Secret>::namespaced(self.client.clone(), &inputs.namespace())
+            .get_opt(&secret)
             .await
-            .map_err(failed("read the replica certificate"))
+            .map_err(failed("read the replica certificate"))?
+            .map(|s| certificate_of(&s));
+        Ok(replicas(
+            self,
+            inputs,
+            ready,
+            certificate
+                .as_ref()
+                .map(|(crt, key, ca)| (crt.as_slice(), key.as_slice(), ca.as_slice())),
+            &secret,
+        ))
     }
 }

@@ -47,6 +47,9 @@ pub mod reasons {
     pub const REPLICA_UNREACHABLE: &str = "ReplicaUnreachable";
     /// No replica is ready to be asked.
     pub const NO_REPLICA_READY: &str = "NoReplicaReady";
+    /// Another writer changed the keystore or a drive history during the reconcile; it
+    /// runs again from what is stored.
+    pub const STATE_CHANGED: &str = "StateChanged";
 }
 
 /// A condition as computed now.

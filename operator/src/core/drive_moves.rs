@@ -272,19 +272,23 @@ fn key_group_of(name: &str, drive_group: Option<&String>, groups: &[KeyGroup]) -
     })
 }
 
-/// Records in `history` every drive the KeyManager of `inputs` serves now, with the
-/// KeyGroup its keys come from. Returns whether the history changed.
+/// Records in `history` every drive of KeyManager `name`'s `served` tables (its own, less
+/// the drives held back), with the KeyGroup its keys come from. Returns whether the
+/// history changed.
 pub fn record_served(
     history: &mut DriveHistory,
-    inputs: &Inputs<'_>,
+    name: &str,
+    served: &[DriveTable],
     groups: &[KeyGroup],
     now: Timestamp,
 ) -> bool {
-    let name = inputs.name();
     let mut changed = false;
-    for table in &inputs.drive_tables {
+    for table in served
+        .iter()
+        .filter(|t| t.spec.key_manager_ref.name == name)
+    {
         for drive in &table.spec.drives {
-            let group = key_group_of(&name, drive.key_group.as_ref(), groups);
+            let group = key_group_of(name, drive.key_group.as_ref(), groups);
             changed |= history.record(&drive.serial, group.as_deref(), now);
         }
     }
@@ -527,21 +531,21 @@ async fn mark_moved<S: State>(
     Ok(())
 }
 
-/// Records every drive the KeyManager of `inputs` serves now in its history and writes
-/// the history when it changed (`carried`: the carry changed it already). `version` is
-/// the version read (`None`: there was none), so a change made since fails the write.
+/// Records every drive of `owner`'s `served` tables in its history and writes the history
+/// when it changed (`carried`: the carry changed it already). `version` is the version read
+/// (`None`: there was none), so a change made since fails the write.
 pub async fn write_served<S: State>(
     state: &S,
-    inputs: &Inputs<'_>,
+    owner: &Owner,
+    served: &[DriveTable],
     groups: &[KeyGroup],
     mut history: DriveHistory,
     version: Option<&str>,
     carried: bool,
 ) -> Result<(), Error> {
-    let changed = record_served(&mut history, inputs, groups, Timestamp::now()) || carried;
-    if changed {
-        let owner = Owner::new(inputs.namespace(), inputs.name());
-        state.write_history(&owner, &history, version).await?;
+    let recorded = record_served(&mut history, &owner.name, served, groups, Timestamp::now());
+    if recorded || carried {
+        state.write_history(owner, &history, version).await?;
     }
     Ok(())
 }
