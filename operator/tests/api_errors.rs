@@ -90,6 +90,7 @@ fn context(client: kube::Client) -> Arc<Context> {
         server_image: None,
         backoff: Backoff::default(),
         replica_resolver: None,
+        applied: Arc::default(),
     })
 }
 

@@ -4,6 +4,7 @@
 //! server-side apply under one field manager, then status — and each step fails with its
 //! own error, whose step is its category in metrics and Events.
 
+pub mod applied;
 pub mod conditions;
 pub mod drive_moves;
 pub mod key_manager;
@@ -47,6 +48,9 @@ pub struct Context {
     /// Where the replicas are, when not at their pod DNS names (tests); `None` in a
     /// cluster.
     pub replica_resolver: Option<crate::core::keystore_sync::ReplicaResolver>,
+    /// What was last applied of each child, so that a reconcile at rest applies nothing;
+    /// kept current by the watches of the owned kinds.
+    pub applied: std::sync::Arc<applied::Applied>,
 }
 
 impl Context {
@@ -78,6 +82,7 @@ impl Context {
             server_image: None,
             backoff: Backoff::default(),
             replica_resolver: None,
+            applied: std::sync::Arc::default(),
         })
     }
 }

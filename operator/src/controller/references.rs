@@ -125,16 +125,19 @@ where
             &now,
         )
     };
-    super::conditions::update_status(
-        &Api::<K>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        |fresh| K::with_conditions(merge(&fresh.conditions(), vec![ready.clone()])),
-    )
-    .await
-    .map_err(StatusError::of(format!(
-        "update {} {name} status",
-        K::kind(&())
-    )))?;
+    // Already said: nothing to write.
+    if merge(&object.conditions(), vec![ready.clone()]) != object.conditions() {
+        super::conditions::update_status(
+            &Api::<K>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            |fresh| K::with_conditions(merge(&fresh.conditions(), vec![ready.clone()])),
+        )
+        .await
+        .map_err(StatusError::of(format!(
+            "update {} {name} status",
+            K::kind(&())
+        )))?;
+    }
     // A KeyManager that appears later wakes this object through the KeyManager watch.
     Ok(if km.is_some() {
         Action::await_change()

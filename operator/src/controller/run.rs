@@ -19,6 +19,33 @@ use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
 use super::{Context, Error, drive_moves, error_policy, key_manager, measured, references};
 
+/// The objects of an owned kind, as they change: each change wakes the KeyManager that
+/// owns it, and a change someone else made makes the next reconcile apply it again.
+fn owned<K>(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    ctx: &Arc<Context>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let applied = Arc::clone(&ctx.applied);
+    watcher(api::<K>(client, ns), config.clone())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                applied.observe(event);
+            }
+        })
+        .touched_objects()
+}
+
 /// The Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "shadowkeep-operator";
 
@@ -174,12 +201,13 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
         backoff: super::Backoff::default(),
         replica_resolver: None,
+        applied: Arc::default(),
     });
     let controller = controller
-        .owns(api::<StatefulSet>(&client, ns), config.clone())
-        .owns(api::<ConfigMap>(&client, ns), config.clone())
-        .owns(api::<Service>(&client, ns), config.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), config.clone())
+        .owns_stream(owned::<StatefulSet>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<ConfigMap>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<Service>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<PodDisruptionBudget>(&client, ns, &config, &ctx))
         .watches(api::<DriveTable>(&client, ns), config.clone(), |o| {
             owner(&o, &o.spec.key_manager_ref.name)
         })

@@ -1,5 +1,7 @@
 //! The apply step: every child the builder made, in the order it gave, with server-side
-//! apply under one field manager.
+//! apply under one field manager — unless it is exactly what was last applied and has not
+//! changed since ([`crate::controller::applied`]): an estate at rest costs the API server
+//! no write.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
@@ -8,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{Child, FIELD_MANAGER};
+use crate::controller::applied::Applied;
 use crate::controller::{ApplyError, Context};
 
 fn params() -> PatchParams {
@@ -23,14 +26,22 @@ where
         + std::fmt::Debug,
 {
     let name = object.name_any();
-    Api::<K>::namespaced(ctx.client.clone(), ns)
+    let failed = |e| ApplyError {
+        kind: K::kind(&()).into_owned(),
+        name: name.clone(),
+        source: Box::new(e),
+    };
+    let key = Applied::key::<K>(ns, &name);
+    let hash = Applied::hash(object).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    if ctx.applied.is_current(&key, &hash) {
+        return Ok(());
+    }
+    let stored = Api::<K>::namespaced(ctx.client.clone(), ns)
         .patch(&name, &params(), &Patch::Apply(object))
         .await
-        .map_err(|e| ApplyError {
-            kind: K::kind(&()).into_owned(),
-            name,
-            source: Box::new(e),
-        })?;
+        .map_err(failed)?;
+    ctx.applied
+        .record(key, hash, stored.meta().resource_version.clone());
     Ok(())
 }
 

@@ -255,13 +255,17 @@ struct StatusApply<'a> {
     status: &'a KeyManagerStatus,
 }
 
-/// Writes the KeyManager's status, publishing an Event for each condition that changed.
+/// Writes the KeyManager's status, publishing an Event for each condition that changed;
+/// a status the KeyManager already has is not written again.
 async fn write_status(
     ctx: &Context,
     read: &Dereferenced,
     status: &KeyManagerStatus,
 ) -> Result<(), StatusError> {
     let km = &read.key_manager;
+    if km.status.as_ref() == Some(status) {
+        return Ok(());
+    }
     let previous = km
         .status
         .as_ref()
@@ -293,6 +297,26 @@ pub async fn write(ctx: &Context, read: &Dereferenced, report: Report) -> Result
     }
     let groups: Api<KeyGroup> = Api::namespaced(ctx.client.clone(), &read.namespace);
     for (name, status) in &report.groups {
+        let listed = read
+            .groups
+            .iter()
+            .find(|g| g.name_any() == *name)
+            .and_then(|g| g.status.as_ref());
+        if listed.is_some_and(|l| {
+            (
+                &l.observed_generation,
+                &l.keys,
+                &l.active_key,
+                &l.last_rotated_at,
+            ) == (
+                &status.observed_generation,
+                &status.keys,
+                &status.active_key,
+                &status.last_rotated_at,
+            )
+        }) {
+            continue;
+        }
         groups
             .patch_status(
                 name,
@@ -323,6 +347,9 @@ struct GroupPatch<'a> {
     status: &'a KeyGroupStatus,
 }
 
+/// Writes a DriveTable's risk and drive count, unless the table as listed has them
+/// already; from a fresh read otherwise, since the DriveTable controller writes its
+/// conditions too.
 async fn write_table(
     ctx: &Context,
     read: &Dereferenced,
@@ -330,8 +357,8 @@ async fn write_table(
 ) -> Result<(), StatusError> {
     let api: Api<DriveTable> = Api::namespaced(ctx.client.clone(), &read.namespace);
     let c = &table.condition;
-    let before = update_status(&api, &table.name, |fresh: &DriveTable| {
-        let previous = fresh
+    let status_of = |object: &DriveTable| {
+        let previous = object
             .status
             .as_ref()
             .map(|s| s.conditions.as_slice())
@@ -341,12 +368,17 @@ async fn write_table(
             conditions: merge(previous, vec![c.clone()]),
             drives: Some(table.drives),
         }
-    })
-    .await
-    .map_err(StatusError::of(format!(
-        "update DriveTable {} status",
-        table.name
-    )))?;
+    };
+    let listed = read.tables.iter().find(|t| t.name_any() == table.name);
+    if listed.is_some_and(|t| t.status.as_ref() == Some(&status_of(t))) {
+        return Ok(());
+    }
+    let before = update_status(&api, &table.name, status_of)
+        .await
+        .map_err(StatusError::of(format!(
+            "update DriveTable {} status",
+            table.name
+        )))?;
     let was_at_risk = before.and_then(|t| t.status).is_some_and(|s| {
         s.conditions.iter().any(|p| {
             p.type_ == types::KEY_HISTORY_AT_RISK && p.status == "True" && p.message == c.message
