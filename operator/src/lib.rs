@@ -1,12 +1,19 @@
-//! The `shadowkeep` command: the operator's controllers and the command-line tools around
-//! them.
+//! The `shadowkeep` command: the operator's control core, its Kubernetes shell, and the
+//! command-line tools around them.
 //!
-//! - [`cli`]: one module per subcommand (`crds`, `validate`), each a function from
-//!   arguments to an exit code, so tests drive them without a process.
+//! - [`core`]: the estate's rules with no Kubernetes client — material, the canonical
+//!   keystore, drive moves, keystore sync — and the one interface for the state they keep,
+//!   implemented by Kubernetes objects and by a data directory.
+//! - [`build`]: pure builders, from a KeyManager and the objects naming it to the
+//!   Kubernetes objects applied for it.
+//! - [`controller`]: the Kubernetes shell — each reconcile a pipeline of dereference,
+//!   validate, material and carry (the core), build, apply and status.
+//! - [`cli`]: one module per subcommand (`crds`, `validate`, `render`), each a function
+//!   from arguments to an exit code, so tests drive them without a process.
 //!
-//! The domain model and the resource types live in `shadowkeep-api`; this crate adds the
-//! file system and, later, the Kubernetes client.
+//! The domain model and the resource types live in `shadowkeep-api`.
 
 pub mod build;
 pub mod cli;
 pub mod controller;
+pub mod core;

@@ -1,7 +1,8 @@
 //! `shadowkeep operator` as a process, against the in-memory API server served over HTTP
 //! with watches: the quickstart converges, the operator then changes nothing while nothing
-//! else does, an edited DriveTable reaches the rendered configuration through the watch, and
-//! SIGTERM stops it cleanly.
+//! else does, an edited DriveTable reaches the rendered configuration through the watch, a
+//! reconcile at rest writes only its status, a deleted child comes back, and SIGTERM stops
+//! it cleanly.
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
 #![allow(clippy::unwrap_used)]
@@ -94,7 +95,7 @@ async fn operator_process_converges_settles_follows_watches_and_stops_on_sigterm
         format!("http://{address}").parse().unwrap(),
     ))
     .unwrap();
-    let tables: Api<DriveTable> = Api::namespaced(http, NS);
+    let tables: Api<DriveTable> = Api::namespaced(http.clone(), NS);
     let mut table = tables.get("library-a").await.unwrap();
     let mut drive = table.spec.drives[0].clone();
     drive.serial = "1013000999".to_owned();
@@ -124,6 +125,8 @@ async fn operator_process_converges_settles_follows_watches_and_stops_on_sigterm
     )
     .await;
 
+    reconciles_at_rest_and_restores_children(&server, &http, &fake).await;
+
     let pid = operator.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -136,4 +139,73 @@ async fn operator_process_converges_settles_follows_watches_and_stops_on_sigterm
         .unwrap();
     assert!(exit.success(), "the operator stopped with {exit}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Once settled: a reconcile asked for while nothing changed writes only the status that
+/// says it ran, and a child deleted behind the operator's back is applied again.
+async fn reconciles_at_rest_and_restores_children(
+    server: &Arc<apiserver::ApiServer>,
+    http: &kube::Client,
+    fake: &kube::Client,
+) {
+    let kms: Api<KeyManager> = Api::namespaced(fake.clone(), NS);
+    let configs: Api<ConfigMap> = Api::namespaced(fake.clone(), NS);
+    let settled = |server: &Arc<apiserver::ApiServer>| {
+        let server = Arc::clone(server);
+        async move {
+            let mut last = server.writes();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = server.writes();
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+        }
+    };
+    let before = settled(server).await;
+    let requests = server.requests();
+    let http_kms: Api<KeyManager> = Api::namespaced(http.clone(), NS);
+    common::annotate(
+        &http_kms,
+        "tape-keys",
+        "shadowkeep.io/reconcile-requested-at",
+        "at-rest",
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the requested reconcile", || {
+        let kms = kms.clone();
+        async move {
+            kms.get("tape-keys")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.last_handled_reconcile_at)
+                .as_deref()
+                == Some("at-rest")
+        }
+    })
+    .await;
+    assert_eq!(
+        settled(server).await - before,
+        2,
+        "the annotation and the status that echoes it, and no other write"
+    );
+    assert!(
+        server.requests() - requests > 2,
+        "the reconcile read what it works from"
+    );
+
+    // A child deleted behind the operator's back is applied again: the watch of the owned
+    // kind says it is gone.
+    Api::<ConfigMap>::namespaced(http.clone(), NS)
+        .delete("tape-keys-config", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the configuration again", || {
+        let configs = configs.clone();
+        async move { configs.get_opt("tape-keys-config").await.unwrap().is_some() }
+    })
+    .await;
 }

@@ -41,6 +41,8 @@ pub struct ApiServer {
     watchers: broadcast::Sender<Change>,
     /// The last published form of each object, to drop writes that change nothing.
     last: Mutex<HashMap<String, Value>>,
+    /// Requests so far, reads and writes (a watch counts once, when opened).
+    requests: AtomicU64,
     /// Successful writes so far.
     writes: AtomicU64,
     /// Writes that changed an object (published to watches) so far.
@@ -90,9 +92,15 @@ impl ApiServer {
             client,
             watchers,
             last: Mutex::new(HashMap::new()),
+            requests: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             changes: AtomicU64::new(0),
         })
+    }
+
+    /// Requests so far, reads and writes; a watch counts once, when it is opened.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Successful writes so far, changing anything or not (a periodic reconcile applies
@@ -118,6 +126,7 @@ impl ApiServer {
     }
 
     async fn handle(&self, request: Request<AxumBody>) -> Response<AxumBody> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let watch = request.method() == Method::GET
             && request
                 .uri()

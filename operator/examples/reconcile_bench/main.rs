@@ -12,9 +12,10 @@
 //! Out of process (`--operator BIN`): the in-memory API server is served over HTTP with
 //! watches, `BIN operator` runs against it as its own process with a kubeconfig, and the
 //! figures are the time until every KeyManager has a full status, the time until the
-//! operator stops changing anything, the writes and changes it makes in 10 s after that
-//! (writes from periodic reconciles, but no change: it settled rather than looping), and
-//! the operator process's own peak memory.
+//! operator stops changing anything, the writes and changes it makes in the 10 s after that,
+//! the requests and writes per second over 40 s at rest (every KeyManager is reconciled
+//! periodically in that time: it keeps reading, and an estate at rest should cost next to
+//! no write; writes also per 100 KeyManagers), and the operator process's own peak memory.
 //!
 //! ```sh
 //! cargo build --release -p shadowkeep
@@ -24,6 +25,10 @@
 //! Arguments after a second `--` are passed to `BIN operator` (`-- --concurrency 8`).
 
 mod apiserver;
+
+/// How long the estate is watched at rest, after it settled: longer than the 30 s between
+/// periodic reconciles, so that every KeyManager is reconciled at rest at least once.
+const IDLE: Duration = Duration::from_secs(40);
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -279,12 +284,17 @@ async fn out_of_process(
             return Err("the operator kept writing".into());
         }
     };
-    // Steady state: watches open, periodic reconciles applying what is already there,
+    // Steady state: watches open, periodic reconciles finding everything as they left it,
     // nothing changed.
-    let (writes, changes) = (server.writes(), server.changes());
+    let (requests, writes, changes) = (server.requests(), server.writes(), server.changes());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_writes = server.writes() - writes;
     let idle_changes = server.changes() - changes;
+    tokio::time::sleep(IDLE.saturating_sub(Duration::from_secs(10))).await;
+    let idle_requests = server.requests() - requests;
+    let all_idle_writes = server.writes() - writes;
+    let per_s = |n: u64| f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / IDLE.as_secs_f64();
+    let per_100 = f64::from(u32::try_from(count).unwrap_or(u32::MAX)) / 100.0;
     let rss_idle = process_kib(&pid, "VmRSS:");
     let peak = process_kib(&pid, "VmHWM:");
     // SIGTERM, as Kubernetes stops it (and as a profiler wrapping it needs to write its
@@ -300,13 +310,16 @@ async fn out_of_process(
     }
     std::fs::remove_dir_all(&dir)?;
     println!(
-        "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"converged_s\":{:.2},\"settled_s\":{:.2},\"operator_peak_rss_mib\":{:.1},\"operator_peak_rss_at_convergence_mib\":{:.1},\"operator_idle_rss_mib\":{:.1},\"writes_in_10s_after\":{idle_writes},\"changes_in_10s_after\":{idle_changes}}}",
+        "{{\"key_managers\":{count},\"drives_each\":{drives},\"setup_s\":{:.2},\"converged_s\":{:.2},\"settled_s\":{:.2},\"operator_peak_rss_mib\":{:.1},\"operator_peak_rss_at_convergence_mib\":{:.1},\"operator_idle_rss_mib\":{:.1},\"writes_in_10s_after\":{idle_writes},\"changes_in_10s_after\":{idle_changes},\"idle_requests_per_s\":{:.1},\"idle_writes_per_s\":{:.2},\"idle_writes_per_s_per_100_key_managers\":{:.2}}}",
         setup.as_secs_f64(),
         converged.as_secs_f64(),
         settled.as_secs_f64(),
         mib(peak),
         mib(peak_converged),
         mib(rss_idle),
+        per_s(idle_requests),
+        per_s(all_idle_writes),
+        per_s(all_idle_writes) / per_100,
     );
     Ok(())
 }

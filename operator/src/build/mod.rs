@@ -13,6 +13,9 @@ mod statefulset;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource as _, ResourceExt as _};
 use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
@@ -22,7 +25,8 @@ pub use certificate::certificate;
 pub use config::{CONFIG_FILE, config_hash, config_map, replicas_of, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
-    KEEP_ANNOTATION, Material, ca_secret, kek_secret, keystore_secret, license_secret, tls_secret,
+    KEEP_ANNOTATION, Material, ca_secret, ca_secret_of, kek_secret, kek_secret_of, keystore_secret,
+    keystore_secret_of, license_secret, signing_secret_of, tls_secret, tls_secret_of,
 };
 pub use service::{client_service, peer_service};
 pub use statefulset::statefulset;
@@ -87,6 +91,18 @@ impl<'a> Inputs<'a> {
             .collect()
     }
 
+    /// The KeyManager alone, without the objects that refer to it: enough for what does
+    /// not depend on them (its names, material, replicas).
+    pub fn of_key_manager(key_manager: &'a KeyManager) -> Self {
+        Self {
+            key_manager,
+            drive_tables: Vec::new(),
+            key_groups: Vec::new(),
+            shadows: Vec::new(),
+            default_image: None,
+        }
+    }
+
     /// The KeyManager's name.
     pub fn name(&self) -> String {
         self.key_manager.name_any()
@@ -106,40 +122,20 @@ impl<'a> Inputs<'a> {
 
     /// The labels every child carries.
     pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut labels = self.selector();
-        labels.insert(
-            "app.kubernetes.io/name".to_owned(),
-            "shadowkeep-server".to_owned(),
-        );
-        labels.insert(
-            "app.kubernetes.io/component".to_owned(),
-            "key-server".to_owned(),
-        );
-        labels.insert(
-            "app.kubernetes.io/managed-by".to_owned(),
-            FIELD_MANAGER.to_owned(),
-        );
-        labels
+        labels(&self.name())
     }
 
     /// The labels that select the KeyManager's pods.
     pub fn selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("app.kubernetes.io/instance".to_owned(), self.name()),
-            ("shadowkeep.io/key-manager".to_owned(), self.name()),
-        ])
+        selector(&self.name())
     }
 
     /// Metadata for a child: name, namespace, labels, and — unless the child must outlive
     /// the KeyManager — an owner reference so Kubernetes removes it with the KeyManager.
     pub fn meta(&self, name: &str, owned: bool) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(self.namespace()),
-            labels: Some(self.labels()),
-            owner_references: owned.then(|| vec![self.owner_reference()]),
-            ..ObjectMeta::default()
-        }
+        let mut meta = kept_meta(&self.namespace(), &self.name(), name);
+        meta.owner_references = owned.then(|| vec![self.owner_reference()]);
+        meta
     }
 
     fn owner_reference(&self) -> OwnerReference {
@@ -170,6 +166,50 @@ impl<'a> Inputs<'a> {
     /// replica certificate).
     pub fn peer_identity(&self) -> String {
         format!("*.{}.{}.svc", self.names().peers, self.namespace())
+    }
+}
+
+/// The labels every child of KeyManager `key_manager` carries.
+pub fn labels(key_manager: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(key_manager);
+    labels.insert(
+        "app.kubernetes.io/name".to_owned(),
+        "shadowkeep-server".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        "key-server".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        FIELD_MANAGER.to_owned(),
+    );
+    labels
+}
+
+/// The labels that select the pods of KeyManager `key_manager`.
+pub fn selector(key_manager: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            key_manager.to_owned(),
+        ),
+        (
+            "shadowkeep.io/key-manager".to_owned(),
+            key_manager.to_owned(),
+        ),
+    ])
+}
+
+/// Metadata of object `name`, a child of KeyManager `key_manager` in `namespace` that
+/// outlives it: its labels, and no owner reference. The KeyManager object itself is not
+/// needed, so the state of a deleted KeyManager is written the same way.
+pub fn kept_meta(namespace: &str, key_manager: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels(key_manager)),
+        ..ObjectMeta::default()
     }
 }
 
@@ -216,36 +256,78 @@ impl Names {
     }
 }
 
-/// Every object of one KeyManager, in apply order: Secrets, the cert-manager Certificate
-/// (when asked for), ConfigMap, Services, StatefulSet, PodDisruptionBudget. `material` holds what must be generated.
+/// A child the controller applies on every reconcile.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a handful per reconcile, each built and applied once
+pub enum Child {
+    /// The license Secret.
+    Secret(Secret),
+    /// The cert-manager Certificate (a kind this crate has no type for).
+    Certificate(serde_json::Value),
+    /// The server configuration.
+    ConfigMap(ConfigMap),
+    /// The headless or the client Service.
+    Service(Service),
+    /// The replicas.
+    StatefulSet(StatefulSet),
+    /// The disruption budget.
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+impl Child {
+    /// The object as JSON, as it is applied (`apiVersion` and `kind` included).
+    pub fn to_value(&self) -> Result<serde_json::Value, BuildError> {
+        let value = match self {
+            Self::Secret(o) => serde_json::to_value(o),
+            Self::Certificate(o) => Ok(o.clone()),
+            Self::ConfigMap(o) => serde_json::to_value(o),
+            Self::Service(o) => serde_json::to_value(o),
+            Self::StatefulSet(o) => serde_json::to_value(o),
+            Self::PodDisruptionBudget(o) => serde_json::to_value(o),
+        };
+        value.map_err(|e| BuildError(e.to_string()))
+    }
+}
+
+/// The children applied on every reconcile, in apply order: the license Secret, the
+/// cert-manager Certificate (when asked for), ConfigMap, Services, StatefulSet,
+/// PodDisruptionBudget. What the StatefulSet mounts comes before it.
+pub fn applied(inputs: &Inputs<'_>, material: &Material) -> Result<Vec<Child>, BuildError> {
+    let mut out = vec![Child::Secret(license_secret(inputs, material))];
+    if let Some(certificate) = certificate(inputs) {
+        out.push(Child::Certificate(certificate));
+    }
+    let config = config_map(inputs)?;
+    let hash = config_hash(&config);
+    out.push(Child::ConfigMap(config));
+    out.push(Child::Service(peer_service(inputs)));
+    out.push(Child::Service(client_service(inputs)));
+    out.push(Child::StatefulSet(statefulset(inputs, &hash)));
+    out.push(Child::PodDisruptionBudget(pod_disruption_budget(inputs)));
+    Ok(out)
+}
+
+/// Every object of one KeyManager, in apply order: the Secrets made once (KEK, keystore,
+/// CA, replica certificate), then what [`applied`] builds. `material` holds what must be
+/// generated.
 pub fn children(
     inputs: &Inputs<'_>,
     material: &Material,
 ) -> Result<Vec<serde_json::Value>, BuildError> {
-    let mut out = Vec::new();
-    let mut push = |v: Result<serde_json::Value, serde_json::Error>| -> Result<(), BuildError> {
-        out.push(v.map_err(|e| BuildError(e.to_string()))?);
-        Ok(())
-    };
-    push(serde_json::to_value(kek_secret(inputs, material)))?;
-    push(serde_json::to_value(keystore_secret(inputs, material)))?;
-    if let Some(ca) = ca_secret(inputs, material) {
-        push(serde_json::to_value(ca))?;
+    let mut once = vec![
+        kek_secret(inputs, material),
+        keystore_secret(inputs, material),
+    ];
+    once.extend(ca_secret(inputs, material));
+    once.extend(tls_secret(inputs, material));
+    let mut out = once
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BuildError(e.to_string()))?;
+    for child in applied(inputs, material)? {
+        out.push(child.to_value()?);
     }
-    if let Some(tls) = tls_secret(inputs, material) {
-        push(serde_json::to_value(tls))?;
-    }
-    push(serde_json::to_value(license_secret(inputs, material)))?;
-    if let Some(certificate) = certificate(inputs) {
-        push(Ok(certificate))?;
-    }
-    let config = config_map(inputs)?;
-    let hash = config_hash(&config);
-    push(serde_json::to_value(config))?;
-    push(serde_json::to_value(peer_service(inputs)))?;
-    push(serde_json::to_value(client_service(inputs)))?;
-    push(serde_json::to_value(statefulset(inputs, &hash)))?;
-    push(serde_json::to_value(pod_disruption_budget(inputs)))?;
     Ok(out)
 }
 

@@ -8,7 +8,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use shadowkeep_api::crd::TlsSource;
 
-use super::Inputs;
+use super::{Inputs, Names};
 
 /// Annotation on Secrets the operator never deletes.
 pub const KEEP_ANNOTATION: &str = "shadowkeep.io/keep-on-delete";
@@ -36,32 +36,51 @@ impl std::fmt::Debug for Material {
 }
 
 fn secret(inputs: &Inputs<'_>, name: &str, owned: bool, data: Vec<(&str, &[u8])>) -> Secret {
-    let mut metadata = inputs.meta(name, owned);
     if !owned {
-        metadata.annotations = Some(BTreeMap::from([(
-            KEEP_ANNOTATION.to_owned(),
-            "true".to_owned(),
-        )]));
+        return kept_secret(&inputs.namespace(), &inputs.name(), name, data);
     }
+    Secret {
+        metadata: inputs.meta(name, owned),
+        type_: Some("Opaque".to_owned()),
+        data: Some(byte_strings(data)),
+        ..Secret::default()
+    }
+}
+
+fn byte_strings(data: Vec<(&str, &[u8])>) -> BTreeMap<String, ByteString> {
+    data.into_iter()
+        .map(|(k, v)| (k.to_owned(), ByteString(v.to_vec())))
+        .collect()
+}
+
+/// A Secret of KeyManager `key_manager` that outlives it: no owner reference, and
+/// [`KEEP_ANNOTATION`].
+fn kept_secret(namespace: &str, key_manager: &str, name: &str, data: Vec<(&str, &[u8])>) -> Secret {
+    let mut metadata = super::kept_meta(namespace, key_manager, name);
+    metadata.annotations = Some(BTreeMap::from([(
+        KEEP_ANNOTATION.to_owned(),
+        "true".to_owned(),
+    )]));
     Secret {
         metadata,
         type_: Some("Opaque".to_owned()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k.to_owned(), ByteString(v.to_vec())))
-                .collect(),
-        ),
+        data: Some(byte_strings(data)),
         ..Secret::default()
     }
 }
 
 /// The KEK. Immutable: it is generated once and never replaced.
 pub fn kek_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
-    let mut s = secret(
-        inputs,
-        &inputs.names().kek,
-        false,
-        vec![("kek", &material.kek)],
+    kek_secret_of(&inputs.namespace(), &inputs.name(), &material.kek)
+}
+
+/// The KEK Secret of KeyManager `key_manager` in `namespace`.
+pub fn kek_secret_of(namespace: &str, key_manager: &str, kek: &[u8]) -> Secret {
+    let mut s = kept_secret(
+        namespace,
+        key_manager,
+        &Names::of(key_manager).kek,
+        vec![("kek", kek)],
     );
     s.immutable = Some(true);
     s
@@ -69,11 +88,16 @@ pub fn kek_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
 
 /// The canonical keystore, merged into every replica.
 pub fn keystore_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
-    secret(
-        inputs,
-        &inputs.names().keystore,
-        false,
-        vec![("keystore", &material.keystore)],
+    keystore_secret_of(&inputs.namespace(), &inputs.name(), &material.keystore)
+}
+
+/// The canonical keystore Secret of KeyManager `key_manager` in `namespace`.
+pub fn keystore_secret_of(namespace: &str, key_manager: &str, keystore: &[u8]) -> Secret {
+    kept_secret(
+        namespace,
+        key_manager,
+        &Names::of(key_manager).keystore,
+        vec![("keystore", keystore)],
     )
 }
 
@@ -84,14 +108,31 @@ pub fn tls_secret(inputs: &Inputs<'_>, material: &Material) -> Option<Secret> {
         return None;
     }
     let (crt, key, ca) = material.tls.as_ref()?;
-    let mut s = secret(
-        inputs,
-        &inputs.names().tls,
-        false,
+    Some(tls_secret_of(
+        &inputs.namespace(),
+        &inputs.name(),
+        crt,
+        key,
+        ca,
+    ))
+}
+
+/// The generated replica certificate Secret of KeyManager `key_manager` in `namespace`.
+pub fn tls_secret_of(
+    namespace: &str,
+    key_manager: &str,
+    crt: &[u8],
+    key: &[u8],
+    ca: &[u8],
+) -> Secret {
+    let mut s = kept_secret(
+        namespace,
+        key_manager,
+        &Names::of(key_manager).tls,
         vec![("tls.crt", crt), ("tls.key", key), ("ca.crt", ca)],
     );
     s.type_ = Some("kubernetes.io/tls".to_owned());
-    Some(s)
+    s
 }
 
 /// The generated CA (certificate and key), which signs replica certificates. No pod
@@ -102,12 +143,30 @@ pub fn ca_secret(inputs: &Inputs<'_>, material: &Material) -> Option<Secret> {
     }
     let (_, _, ca) = material.tls.as_ref()?;
     let key = material.ca_key.as_ref()?;
-    Some(secret(
-        inputs,
-        &inputs.names().ca,
-        false,
-        vec![("ca.crt", ca), ("ca.key", key)],
-    ))
+    Some(ca_secret_of(&inputs.namespace(), &inputs.name(), ca, key))
+}
+
+/// The generated CA Secret of KeyManager `key_manager` in `namespace`.
+pub fn ca_secret_of(namespace: &str, key_manager: &str, crt: &[u8], key: &[u8]) -> Secret {
+    kept_secret(
+        namespace,
+        key_manager,
+        &Names::of(key_manager).ca,
+        vec![("ca.crt", crt), ("ca.key", key)],
+    )
+}
+
+/// The license signing key Secret of KeyManager `key_manager` in `namespace`. It has
+/// always been written without a type (the API server reads that as Opaque).
+pub fn signing_secret_of(namespace: &str, key_manager: &str, seed: &[u8]) -> Secret {
+    let mut s = kept_secret(
+        namespace,
+        key_manager,
+        &Names::of(key_manager).signing,
+        vec![("seed", seed)],
+    );
+    s.type_ = None;
+    s
 }
 
 /// The signed server license.

@@ -1,89 +1,14 @@
-//! Status conditions: computed fresh each reconcile, merged with the previous ones so that
-//! `lastTransitionTime` moves only when a condition's status does.
+//! Status writes that must not lose another controller's conditions.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
 
-/// Condition types.
-pub mod types {
-    /// Every replica is ready.
-    pub const READY: &str = "Ready";
-    /// Replicas are being created or rolled.
-    pub const PROGRESSING: &str = "Progressing";
-    /// More than one replica is missing: keys are at risk if another fails.
-    pub const DEGRADED: &str = "Degraded";
-    /// One replica and no Shadow.
-    pub const SINGLE_SERVER: &str = "SingleServer";
-    /// Another KeyManager has the same server id.
-    pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
-    /// A drive is listed under two KeyManagers: its keys would be split between them.
-    pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
-    /// Every replica's keys are in the canonical keystore.
-    pub const KEYSTORE_IN_SYNC: &str = "KeystoreInSync";
-}
-
-/// Condition reasons (CamelCase, as Kubernetes conventions ask).
-pub mod reasons {
-    /// All replicas ready.
-    pub const REPLICAS_READY: &str = "ReplicasReady";
-    /// Not all replicas ready yet.
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
-    /// The spec was refused; nothing was changed.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// Nothing to report.
-    pub const AS_EXPECTED: &str = "AsExpected";
-    /// One replica, no shadow.
-    pub const SINGLE_SERVER: &str = "SingleServer";
-    /// Server id shared with another KeyManager.
-    pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
-    /// Replicas are missing.
-    pub const REPLICAS_MISSING: &str = "ReplicasMissing";
-    /// A drive is claimed by another KeyManager.
-    pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
-    /// Every replica answered the keystore sync.
-    pub const REPLICAS_SYNCED: &str = "ReplicasSynced";
-    /// A replica answered but does not hold the canonical keystore yet.
-    pub const REPLICAS_BEHIND: &str = "ReplicasBehind";
-    /// A replica did not answer the keystore sync.
-    pub const REPLICA_UNREACHABLE: &str = "ReplicaUnreachable";
-    /// No replica is ready to be asked.
-    pub const NO_REPLICA_READY: &str = "NoReplicaReady";
-}
-
-/// A condition as computed now.
-pub fn condition(
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    Condition {
-        type_: type_.to_owned(),
-        status: if status { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    }
-}
-
-/// The previous conditions with `next` written over them by type, sorted by type. Other
-/// types are kept (a status patch replaces the whole list), and a condition whose status
-/// is unchanged keeps its `lastTransitionTime`.
-pub fn merge(previous: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
-    let mut all = previous.to_vec();
-    for mut c in next {
-        if let Some(old) = previous.iter().find(|o| o.type_ == c.type_)
-            && old.status == c.status
-        {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
-        all.retain(|o| o.type_ != c.type_);
-        all.push(c);
-    }
-    all.sort_by(|a, b| a.type_.cmp(&b.type_));
-    all
+/// A merge patch of a status, made on a fresh read: its resourceVersion makes the write
+/// fail rather than overwrite a change made since.
+#[derive(Debug, Serialize)]
+struct Conditional<S> {
+    metadata: ObjectMeta,
+    status: S,
 }
 
 /// Writes a status computed from a fresh read of the object, with its resourceVersion as
@@ -92,15 +17,16 @@ pub fn merge(previous: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
 /// made from a stale copy would drop the other controller's condition, which would write
 /// it back, forever.
 ///
-/// `status` gets the fresh object and returns the `status` value to merge. Returns the
-/// object as it was before the write, or `None` when it does not exist.
-pub async fn update_status<K>(
+/// `status` gets the fresh object and returns the status to merge. Returns the object as
+/// it was before the write, or `None` when it does not exist.
+pub async fn update_status<K, S>(
     api: &kube::Api<K>,
     name: &str,
-    mut status: impl FnMut(&K) -> serde_json::Value,
+    mut status: impl FnMut(&K) -> S,
 ) -> Result<Option<K>, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize + std::fmt::Debug,
 {
     const ATTEMPTS: usize = 5;
     let mut attempt = 0;
@@ -109,15 +35,18 @@ where
         let Some(fresh) = api.get_opt(name).await? else {
             return Ok(None);
         };
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": fresh.meta().resource_version},
-            "status": status(&fresh),
-        });
+        let patch = Conditional {
+            metadata: ObjectMeta {
+                resource_version: fresh.meta().resource_version.clone(),
+                ..ObjectMeta::default()
+            },
+            status: status(&fresh),
+        };
         match api
             .patch_status(
                 name,
                 &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(patch),
+                &kube::api::Patch::Merge(&patch),
             )
             .await
         {

@@ -1,17 +1,21 @@
-//! The controllers. Each reconcile is a pipeline — read, validate, build (pure, in
-//! [`crate::build`]), apply with server-side apply under one field manager, then status —
-//! and each step fails with its own error.
+//! The controllers: the Kubernetes shell around the control core ([`crate::core`]). Each
+//! reconcile is a pipeline — dereference (every read), validate (pure), material and carry
+//! (the core, the only stateful step), build (pure, in [`crate::build`]), apply with
+//! server-side apply under one field manager, then status — and each step fails with its
+//! own error, whose step is its category in metrics and Events.
 
+pub mod applied;
 pub mod conditions;
 pub mod drive_moves;
 pub mod key_manager;
-pub mod keystore_sync;
 pub mod lease;
 pub mod references;
 pub mod run;
+pub mod state;
 pub mod telemetry;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,7 +36,7 @@ pub struct Context {
     /// server id check reads it instead of listing the cluster on every reconcile.
     pub key_managers: kube::runtime::reflector::Store<shadowkeep_api::crd::KeyManager>,
     /// Which KeyManagers serve each drive, from a watch of every drive history
-    /// (ConfigMaps labelled [`drive_moves::HISTORY_LABEL`]).
+    /// (ConfigMaps labelled [`state::HISTORY_LABEL`]).
     pub drive_index: std::sync::Arc<drive_moves::SharedDriveIndex>,
     /// Publishes Kubernetes Events.
     pub recorder: kube::runtime::events::Recorder,
@@ -43,7 +47,10 @@ pub struct Context {
     pub backoff: Backoff,
     /// Where the replicas are, when not at their pod DNS names (tests); `None` in a
     /// cluster.
-    pub replica_resolver: Option<keystore_sync::ReplicaResolver>,
+    pub replica_resolver: Option<crate::core::keystore_sync::ReplicaResolver>,
+    /// What was last applied of each child, so that a reconcile at rest applies nothing;
+    /// kept current by the watches of the owned kinds.
+    pub applied: std::sync::Arc<applied::Applied>,
 }
 
 impl Context {
@@ -62,7 +69,7 @@ impl Context {
             writer.apply_watcher_event(&Event::Apply(km));
         }
         let histories = Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone())
-            .list(&ListParams::default().labels(drive_moves::HISTORY_LABEL))
+            .list(&ListParams::default().labels(state::HISTORY_LABEL))
             .await?;
         let drive_index = std::sync::Arc::new(drive_moves::SharedDriveIndex::of(&histories.items));
         Ok(Self {
@@ -75,6 +82,7 @@ impl Context {
             server_image: None,
             backoff: Backoff::default(),
             replica_resolver: None,
+            applied: std::sync::Arc::default(),
         })
     }
 }
@@ -85,38 +93,168 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Why a reconcile failed.
+/// Why a reconcile failed: the step that failed, with that step's own error. The step is
+/// the failure's category in metrics and in the Warning Event about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The API server refused or could not be reached.
-    #[error("failed to {action}: {source}")]
-    Kube {
-        /// What was being done.
-        action: String,
-        /// The cause.
-        source: Box<kube::Error>,
-    },
-    /// A child could not be built or material could not be made.
-    #[error("failed to build: {0}")]
-    Build(String),
+    /// Reading what the reconcile works from failed.
+    #[error(transparent)]
+    Dereference(#[from] ReadError),
+    /// Making material, carrying keys or keeping the canonical keystore failed (the
+    /// control core).
+    #[error(transparent)]
+    Material(#[from] crate::core::Error),
+    /// A child could not be built.
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
+    /// The API server refused a child.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A status could not be written.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+impl From<crate::core::StateError> for Error {
+    fn from(e: crate::core::StateError) -> Self {
+        Self::Material(e.into())
+    }
 }
 
 impl Error {
-    /// A short label for metrics and Events.
+    /// The step that failed, as a metric label.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube { .. } => "kube",
+            Self::Dereference(_) => "dereference",
+            Self::Material(_) => "material",
             Self::Build(_) => "build",
+            Self::Apply(_) => "apply",
+            Self::Status(_) => "status",
         }
     }
 
-    pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+    /// The step that failed, as the reason of a Warning Event.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Self::Dereference(_) => "DereferenceFailed",
+            Self::Material(_) => "MaterialFailed",
+            Self::Build(_) => "BuildFailed",
+            Self::Apply(_) => "ApplyFailed",
+            Self::Status(_) => "StatusFailed",
+        }
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// A read of the dereference step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action}: {source}")]
+pub struct ReadError {
+    /// What was being read.
+    pub action: String,
+    /// The cause.
+    #[source]
+    pub source: Source,
+}
+
+impl ReadError {
+    /// A failure while doing `action`.
+    pub fn of<E>(action: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let action = action.into();
-        move |source| Self::Kube {
+        move |source| Self {
             action,
             source: Box::new(source),
         }
     }
+}
+
+/// The API server refused a child.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to apply {kind} {name}: {source}")]
+pub struct ApplyError {
+    /// The child's kind.
+    pub kind: String,
+    /// The child's name.
+    pub name: String,
+    /// The cause.
+    #[source]
+    pub source: Box<kube::Error>,
+}
+
+/// A status could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action}: {source}")]
+pub struct StatusError {
+    /// Whose status.
+    pub action: String,
+    /// The cause.
+    #[source]
+    pub source: Box<kube::Error>,
+}
+
+impl StatusError {
+    /// A failure while doing `action`.
+    pub fn of(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Self {
+            action,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl Context {
+    /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
+    pub async fn publish(
+        &self,
+        object: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let event = kube::runtime::events::Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::warn!(error = %e, object = ?object.name, "failed to publish an Event");
+        }
+    }
+}
+
+/// Runs one reconcile of `object` measured: its duration and, when it fails, its category
+/// in the metrics, a Warning Event naming the step, and the backoff reset on success.
+pub async fn measured<K, F>(ctx: &Context, object: &K, reconcile: F) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, Error>>,
+{
+    let kind = K::kind(&());
+    let measure = ctx.metrics.count_and_measure(&kind);
+    let result = reconcile.await;
+    match &result {
+        Ok(_) => ctx.backoff.succeeded(&backoff_key(object)),
+        Err(e) => {
+            measure.failed(e.metric_label());
+            ctx.publish(
+                &object.object_ref(&()),
+                kube::runtime::events::EventType::Warning,
+                e.event_reason(),
+                "Reconcile",
+                &e.to_string(),
+            )
+            .await;
+        }
+    }
+    result
 }
 
 /// Exponential backoff per object: an API server that is down or refusing is asked again

@@ -9,11 +9,10 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt as _};
-use serde_json::json;
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager};
+use shadowkeep_api::crd::{DriveTable, DriveTableStatus, KeyGroup, KeyGroupStatus, KeyManager};
 
-use super::conditions::{condition, merge, reasons, types};
-use super::{Context, Error};
+use super::{Context, Error, ReadError, StatusError};
+use crate::core::conditions::{condition, merge, reasons, types};
 
 /// Reason: the KeyManager named is not there.
 pub const KEY_MANAGER_NOT_FOUND: &str = "KeyManagerNotFound";
@@ -26,9 +25,24 @@ pub trait References:
     fn key_manager(&self) -> &str;
     /// The current conditions.
     fn conditions(&self) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>;
+    /// Its status type.
+    type Status: serde::Serialize + std::fmt::Debug;
+    /// A status holding only `conditions`, to merge into the stored one.
+    fn with_conditions(
+        conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    ) -> Self::Status;
 }
 
 impl References for DriveTable {
+    type Status = DriveTableStatus;
+    fn with_conditions(
+        conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    ) -> DriveTableStatus {
+        DriveTableStatus {
+            conditions,
+            ..DriveTableStatus::default()
+        }
+    }
     fn key_manager(&self) -> &str {
         &self.spec.key_manager_ref.name
     }
@@ -41,6 +55,15 @@ impl References for DriveTable {
 }
 
 impl References for KeyGroup {
+    type Status = KeyGroupStatus;
+    fn with_conditions(
+        conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    ) -> KeyGroupStatus {
+        KeyGroupStatus {
+            conditions,
+            ..KeyGroupStatus::default()
+        }
+    }
     fn key_manager(&self) -> &str {
         &self.spec.key_manager_ref.name
     }
@@ -69,7 +92,7 @@ where
     let Some(object) = Api::<K>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
         .await
-        .map_err(Error::kube(format!("read {} {name}", K::kind(&()))))?
+        .map_err(ReadError::of(format!("read {} {name}", K::kind(&()))))?
     else {
         // Deleted since the event: nothing to report on.
         return Ok(Action::await_change());
@@ -77,7 +100,7 @@ where
     let km = Api::<KeyManager>::namespaced(ctx.client.clone(), &ns)
         .get_opt(object.key_manager())
         .await
-        .map_err(Error::kube("read the KeyManager"))?;
+        .map_err(ReadError::of("read the KeyManager"))?;
     let now = Time(jiff::Timestamp::now());
     let generation = object.meta().generation;
     let ready = if km.is_some() {
@@ -102,17 +125,19 @@ where
             &now,
         )
     };
-    super::conditions::update_status(
-        &Api::<K>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        |fresh| json!({"conditions": merge(&fresh.conditions(), vec![ready.clone()])}),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "update {} {name} status",
-        K::kind(&())
-    )))?;
-    ctx.backoff.succeeded(&super::backoff_key(&object));
+    // Already said: nothing to write.
+    if merge(&object.conditions(), vec![ready.clone()]) != object.conditions() {
+        super::conditions::update_status(
+            &Api::<K>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            |fresh| K::with_conditions(merge(&fresh.conditions(), vec![ready.clone()])),
+        )
+        .await
+        .map_err(StatusError::of(format!(
+            "update {} {name} status",
+            K::kind(&())
+        )))?;
+    }
     // A KeyManager that appears later wakes this object through the KeyManager watch.
     Ok(if km.is_some() {
         Action::await_change()

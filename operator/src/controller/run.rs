@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,7 +17,34 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, drive_moves, error_policy, key_manager, references};
+use super::{Context, Error, drive_moves, error_policy, key_manager, measured, references};
+
+/// The objects of an owned kind, as they change: each change wakes the KeyManager that
+/// owns it, and a change someone else made makes the next reconcile apply it again.
+fn owned<K>(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    ctx: &Arc<Context>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let applied = Arc::clone(&ctx.applied);
+    watcher(api::<K>(client, ns), config.clone())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                applied.observe(event);
+            }
+        })
+        .touched_objects()
+}
 
 /// The Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "shadowkeep-operator";
@@ -72,18 +98,28 @@ fn owner<K: kube::Resource>(o: &K, name: &str) -> Option<ObjectRef<KeyManager>> 
 }
 
 async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let key = super::backoff_key(km.as_ref());
-    let result = key_manager::reconcile(km, Arc::clone(&ctx)).await;
-    if result.is_ok() {
-        ctx.backoff.succeeded(&key);
-    }
-    ctx.metrics.record(
-        "KeyManager",
-        started.elapsed(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    result
+    measured(
+        &ctx,
+        km.as_ref(),
+        key_manager::reconcile(Arc::clone(&km), Arc::clone(&ctx)),
+    )
+    .await
+}
+
+/// The DriveTable and KeyGroup reconciles, measured like the KeyManager's.
+async fn reconcile_referrer<K>(
+    object: Arc<PartialObjectMeta<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error>
+where
+    K: references::References + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    measured(
+        &ctx,
+        object.as_ref(),
+        references::reconcile(Arc::clone(&object), Arc::clone(&ctx)),
+    )
+    .await
 }
 
 /// Every KeyManager's drive history, watched and listed before the first reconcile: a
@@ -96,7 +132,7 @@ async fn watch_drive_histories(
     let index = Arc::new(drive_moves::SharedDriveIndex::default());
     let events = watcher(
         api::<ConfigMap>(client, ns),
-        config.clone().labels(drive_moves::HISTORY_LABEL),
+        config.clone().labels(super::state::HISTORY_LABEL),
     )
     .default_backoff();
     let follower = Arc::clone(&index);
@@ -165,12 +201,13 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         server_image: std::env::var("SHADOWKEEP_SERVER_IMAGE").ok(),
         backoff: super::Backoff::default(),
         replica_resolver: None,
+        applied: Arc::default(),
     });
     let controller = controller
-        .owns(api::<StatefulSet>(&client, ns), config.clone())
-        .owns(api::<ConfigMap>(&client, ns), config.clone())
-        .owns(api::<Service>(&client, ns), config.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), config.clone())
+        .owns_stream(owned::<StatefulSet>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<ConfigMap>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<Service>(&client, ns, &config, &ctx))
+        .owns_stream(owned::<PodDisruptionBudget>(&client, ns, &config, &ctx))
         .watches(api::<DriveTable>(&client, ns), config.clone(), |o| {
             owner(&o, &o.spec.key_manager_ref.name)
         })
@@ -199,7 +236,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )
         .with_config(limits.clone())
         .shutdown_on_signal()
-        .run(references::reconcile, error_policy, Arc::clone(&ctx))
+        .run(reconcile_referrer, error_policy, Arc::clone(&ctx))
         .for_each(|_| async {});
         let groups = Controller::new(
             api::<PartialObjectMeta<KeyGroup>>(&client, ns),
@@ -207,7 +244,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )
         .with_config(limits)
         .shutdown_on_signal()
-        .run(references::reconcile, error_policy, ctx)
+        .run(reconcile_referrer, error_policy, ctx)
         .for_each(|_| async {});
         futures::future::join(tables, groups)
     };

@@ -2,8 +2,9 @@
 //! duration, and `/healthz` and `/readyz`, served over HTTP.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -97,6 +98,16 @@ impl Metrics {
         }
     }
 
+    /// Counts one reconcile of `kind` and measures it until the guard is dropped.
+    pub fn count_and_measure(&self, kind: &str) -> Measure<'_> {
+        Measure {
+            metrics: self,
+            kind: kind.to_owned(),
+            started: Instant::now(),
+            failure: Mutex::new(None),
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -104,6 +115,43 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+/// One reconcile being measured: recorded, with its duration, when dropped.
+pub struct Measure<'a> {
+    metrics: &'a Metrics,
+    kind: String,
+    started: Instant,
+    failure: Mutex<Option<&'static str>>,
+}
+
+impl Measure<'_> {
+    /// Records that the reconcile failed, in `category`.
+    pub fn failed(&self, category: &'static str) {
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(category);
+    }
+}
+
+impl Drop for Measure<'_> {
+    fn drop(&mut self) {
+        let failure = *self
+            .failure
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.metrics
+            .record(&self.kind, self.started.elapsed(), failure);
+    }
+}
+
+impl std::fmt::Debug for Measure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Measure")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 

@@ -15,9 +15,18 @@ pub const NS: &str = "default";
 
 /// An in-memory API holding the quickstart manifests (in namespace `default`).
 pub async fn cluster(edit: impl Fn(&mut KeyManager)) -> kube::Client {
+    cluster_with(edit, kube_fake_client::interceptor::Funcs::new()).await
+}
+
+/// [`cluster`], whose requests pass through `interceptors` first (to make it refuse one).
+pub async fn cluster_with(
+    edit: impl Fn(&mut KeyManager),
+    interceptors: kube_fake_client::interceptor::Funcs,
+) -> kube::Client {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
     let decoder = Decoder::new();
     let mut builder = ClientBuilder::new()
+        .with_interceptor_funcs(interceptors)
         .with_resource::<KeyManager>()
         .with_resource::<DriveTable>()
         .with_resource::<KeyGroup>()

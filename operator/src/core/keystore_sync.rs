@@ -1,29 +1,26 @@
-//! Keystore sync: the keys each replica holds are pulled into the canonical keystore
-//! Secret, which the replicas import in turn, so that the canonical keystore holds every
-//! key any replica ever held (a drive's keys can then be carried, and a lost replica's
-//! keys restored).
+//! Keystore sync: the keys each replica holds are pulled into the canonical keystore,
+//! which the replicas import in turn, so that the canonical keystore holds every key any
+//! replica ever held (a drive's keys can then be carried, and a lost replica's keys
+//! restored).
 //!
-//! Each reconcile asks every replica's admin API for the records the canonical keystore
-//! lacks (the same delta exchange replicas use among themselves), presenting the replica
-//! certificate, which the replicas accept as a peer. The merge only grows the keystore,
-//! and a backup is kept before the Secret changes.
+//! Every replica's admin API is asked for the records the canonical keystore lacks (the
+//! same delta exchange replicas use among themselves), presenting the replica
+//! certificate, which the replicas accept as a peer. The merge only grows the keystore.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::Api;
 use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
-use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::client::{http1_connect_as, send};
 use shadowkeep_server::replication::summary;
 use tokio_rustls::TlsConnector;
 
+use super::Error;
 use super::conditions::{condition, reasons, types};
-use super::{Context, Error};
-use crate::build::{Inputs, Material, replicas_of};
+use super::keystore::Canonical;
+use crate::build::{Inputs, replicas_of};
 
 /// Where to reach a replica: its pod name, the address to connect to, and the name its
 /// certificate is checked for.
@@ -81,7 +78,7 @@ pub struct Answer {
 pub async fn pull(
     replicas: &[ReplicaAddress],
     connector: &TlsConnector,
-    keystore: &mut Keystore,
+    keystore: &mut Canonical,
 ) -> Vec<Pulled> {
     let mut pulled = Vec::new();
     for replica in replicas {
@@ -102,9 +99,9 @@ pub async fn pull(
 async fn pull_one(
     replica: &ReplicaAddress,
     connector: &TlsConnector,
-    keystore: &mut Keystore,
+    keystore: &mut Canonical,
 ) -> Result<Answer, String> {
-    let body = serde_json::to_vec(&summary(keystore)).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&summary(keystore.keystore())).map_err(|e| e.to_string())?;
     let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
     let (status, reply) = send(
         &mut sender,
@@ -168,105 +165,15 @@ pub struct Synced {
     pub replicas: Vec<ReplicaSyncStatus>,
 }
 
-/// The ready replicas of a KeyManager's StatefulSet (0 when it has none yet).
-pub async fn ready_replicas(client: &kube::Client, inputs: &Inputs<'_>) -> Result<i32, Error> {
-    Ok(
-        Api::<StatefulSet>::namespaced(client.clone(), &inputs.namespace())
-            .get_opt(&inputs.names().statefulset)
-            .await
-            .map_err(Error::kube("read the StatefulSet"))?
-            .and_then(|s| s.status)
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0),
-    )
-}
-
-/// Pulls every replica's keys into the canonical keystore (when `ready` replicas are),
-/// writes the Secret when it grew, and reports: `KeystoreInSync` is True when every
-/// replica answered and holds exactly the canonical keystore. Only a failure to write the
-/// Secret fails the reconcile; an unreachable replica is reported.
-pub async fn sync(
-    client: &kube::Client,
-    ctx: &Context,
-    inputs: &Inputs<'_>,
-    material: &mut Material,
-    ready: i32,
-    generation: Option<i64>,
-    now: &Time,
-) -> Result<Synced, Error> {
-    let ns = inputs.namespace();
-    let not_synced = |reason: &str, message: String| Synced {
-        condition: condition(
-            types::KEYSTORE_IN_SYNC,
-            false,
-            reason,
-            message,
-            generation,
-            now,
-        ),
-        all_answered: false,
-        replicas: Vec::new(),
-    };
-    if ready == 0 && ctx.replica_resolver.is_none() {
-        return Ok(not_synced(
-            reasons::NO_REPLICA_READY,
-            "no replica is ready to be asked for its keys".to_owned(),
-        ));
-    }
-    let secret_name = inputs.tls_secret_name();
-    let Some(secret) = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube(format!("read Secret {secret_name}")))?
-    else {
-        return Ok(not_synced(
-            reasons::REPLICA_UNREACHABLE,
-            format!("Secret {secret_name} (the replica certificate) not found"),
-        ));
-    };
-    let field = |k: &str| super::key_manager::bytes(&secret, k);
-    let connector = match connector_from_pem(
-        &field("ca.crt"),
-        Some((&field("tls.crt"), &field("tls.key"))),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(not_synced(
-                reasons::REPLICA_UNREACHABLE,
-                format!("Secret {secret_name}: {e}"),
-            ));
-        }
-    };
-    let replicas = match &ctx.replica_resolver {
-        Some(resolve) => resolve(inputs),
-        None => in_cluster(inputs),
-    };
-    let mut keystore = super::key_manager::open_keystore(material)?;
-    let pulled = pull(&replicas, &connector, &mut keystore).await;
-    let added: usize = pulled
-        .iter()
-        .filter_map(|p| p.outcome.as_ref().ok())
-        .map(|a| a.pulled)
-        .sum();
-    if added > 0 {
-        super::key_manager::replace_keystore(client, inputs, material, &keystore).await?;
-        tracing::info!(key_manager = %inputs.name(), namespace = %ns, added, "keys pulled from replicas");
-    }
-    report(&pulled, &keystore, generation, now)
-}
-
 /// The status of each replica, and `KeystoreInSync`, from what they answered and the
 /// canonical keystore after the merge.
-fn report(
+pub fn report(
     pulled: &[Pulled],
     keystore: &Keystore,
     generation: Option<i64>,
     now: &Time,
 ) -> Result<Synced, Error> {
-    let canonical = keystore
-        .digest()
-        .map_err(|e| Error::Build(e.to_string()))?
-        .to_string();
+    let canonical = keystore.digest().map_err(Error::Keystore)?.to_string();
     let statuses: Vec<ReplicaSyncStatus> = pulled
         .iter()
         .map(|p| match &p.outcome {
@@ -342,4 +249,79 @@ fn report(
         all_answered,
         replicas: statuses,
     })
+}
+
+/// How to ask a KeyManager's replicas for their keys, or why they cannot be asked.
+pub enum Replicas {
+    /// Ask these, presenting the replica certificate.
+    Ask {
+        /// Where they are.
+        addresses: Vec<ReplicaAddress>,
+        /// TLS with the replica certificate and its CA.
+        connector: TlsConnector,
+    },
+    /// Ask none.
+    Skip {
+        /// The `KeystoreInSync` reason.
+        reason: &'static str,
+        /// Why, for its message.
+        message: String,
+    },
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ask { addresses, .. } => f
+                .debug_struct("Ask")
+                .field("addresses", addresses)
+                .finish_non_exhaustive(),
+            Self::Skip { reason, message } => f
+                .debug_struct("Skip")
+                .field("reason", reason)
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
+/// Pulls every replica's keys into the canonical keystore (in memory: the caller commits)
+/// and reports: `KeystoreInSync` is True when every replica answered and holds exactly the
+/// canonical keystore. An unreachable replica is reported, not an error.
+pub async fn sync(
+    keystore: &mut Canonical,
+    replicas: Replicas,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<Synced, Error> {
+    let (addresses, connector) = match replicas {
+        Replicas::Ask {
+            addresses,
+            connector,
+        } => (addresses, connector),
+        Replicas::Skip { reason, message } => {
+            return Ok(Synced {
+                condition: condition(
+                    types::KEYSTORE_IN_SYNC,
+                    false,
+                    reason,
+                    message,
+                    generation,
+                    now,
+                ),
+                all_answered: false,
+                replicas: Vec::new(),
+            });
+        }
+    };
+    let pulled = pull(&addresses, &connector, keystore).await;
+    let added: usize = pulled
+        .iter()
+        .filter_map(|p| p.outcome.as_ref().ok())
+        .map(|a| a.pulled)
+        .sum();
+    if added > 0 {
+        tracing::info!(key_manager = %keystore.owner(), added, "keys pulled from replicas");
+    }
+    report(&pulled, keystore.keystore(), generation, now)
 }

@@ -1,0 +1,109 @@
+//! The KeyManager controller: a KeyManager and the DriveTables, KeyGroups and Shadows that
+//! name it become running key-server replicas.
+//!
+//! One reconcile is six steps, each in its module with its own error:
+//! [`dereference`] (every read) → [`validate`] (pure) → [`material`] (the control core:
+//! material, carries, the canonical keystore — the only stateful step) → build (pure, in
+//! [`crate::build`]) → [`apply`] (children in the order the builder gives) → [`status`]
+//! (computed purely, then written).
+
+pub mod apply;
+pub mod dereference;
+pub mod material;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::{Resource as _, ResourceExt as _};
+use shadowkeep_api::crd::KeyManager;
+use shadowkeep_api::estate::Estate;
+use shadowkeep_api::manifest::Resource as Object;
+
+use super::{Context, Error};
+use crate::build::{self, BuildError, Inputs};
+use crate::core::drive_moves::{DriveRisk, without_blocked};
+use dereference::Dereferenced;
+use material::Outcome;
+
+/// Annotation that asks for an immediate reconcile; its value is echoed in
+/// `status.lastHandledReconcileAt`.
+pub const RECONCILE_REQUESTED_AT: &str = "shadowkeep.io/reconcile-requested-at";
+
+/// How soon a reconcile that waits (a drive not yet released, a keystore changed under it)
+/// runs again.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Reconciles one KeyManager.
+#[tracing::instrument(skip_all, fields(key_manager = %km.name_any(), namespace = km.namespace().unwrap_or_default()))]
+pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if km.meta().deletion_timestamp.is_some() {
+        // Owned children go with it; the KEK, keystore and CA stay (no owner reference).
+        return Ok(Action::await_change());
+    }
+    let now = Time(Timestamp::now());
+    // Client required: every read.
+    let read = dereference::dereference(&ctx, km).await?;
+    // No client required.
+    if let Err(invalid) = validate::validate(&read) {
+        status::invalid(&ctx, &read, invalid, &now).await?;
+        return Ok(Action::await_change());
+    }
+    // Client required: the control core makes material, carries keys, keeps the keystore.
+    let prepared = match material::prepare(&ctx, &read, &now).await? {
+        Outcome::Ready(prepared) => prepared,
+        Outcome::Waiting(waiting) => {
+            status::waiting(&ctx, &read, &waiting, &now).await?;
+            return Ok(Action::requeue(WAIT));
+        }
+    };
+    // No client required.
+    let estate = estate(&read, &prepared.risks);
+    let inputs = inputs(&estate, &ctx)?;
+    let children = build::applied(&inputs, &prepared.material)?;
+    // Client required.
+    apply::apply(&ctx, &inputs.namespace(), &children).await?;
+    // No client required.
+    let report = status::report(&read, &inputs, &prepared, &now);
+    // Client required.
+    status::write(&ctx, &read, report).await?;
+    Ok(Action::requeue(if prepared.waiting() {
+        WAIT
+    } else {
+        read.key_manager
+            .spec
+            .sync_interval
+            .as_duration()
+            .max(Duration::from_secs(30))
+    }))
+}
+
+/// The estate the children are built from: the KeyManager, the objects in its namespace,
+/// and its own tables without the drives held back.
+fn estate(read: &Dereferenced, risks: &[DriveRisk]) -> Estate {
+    let mut estate = Estate::new();
+    estate.add(Object::KeyManager((*read.key_manager).clone()));
+    for t in &read.tables {
+        estate.add(Object::DriveTable(without_blocked(t, &read.name, risks)));
+    }
+    for g in &read.groups {
+        estate.add(Object::KeyGroup(g.clone()));
+    }
+    for s in &read.shadows {
+        estate.add(Object::Shadow(s.clone()));
+    }
+    estate
+}
+
+fn inputs<'a>(estate: &'a Estate, ctx: &Context) -> Result<Inputs<'a>, BuildError> {
+    let mut inputs = Inputs::from_estate(estate)
+        .into_iter()
+        .next()
+        .ok_or_else(|| BuildError("the KeyManager vanished from its own estate".to_owned()))?;
+    inputs.default_image.clone_from(&ctx.server_image);
+    Ok(inputs)
+}

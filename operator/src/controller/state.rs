@@ -1,0 +1,400 @@
+//! The core's state as Kubernetes objects, as the operator has always written them:
+//! material in Secrets that outlive their KeyManager (`NAME-kek`, `NAME-keystore`,
+//! `NAME-ca`, `NAME-tls`, `NAME-license-signing`), keystore backups in immutable Secrets
+//! labelled [`BACKUP_LABEL`], and drive histories in ConfigMaps labelled
+//! [`HISTORY_LABEL`].
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use shadowkeep_api::crd::KeyManager;
+use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
+use shadowkeep_server::client::connector_from_pem;
+
+use super::Context;
+use crate::build::{self, Inputs, Names};
+use crate::core::conditions::reasons;
+use crate::core::drive_moves::{Origins, RELEASE_DRIVES};
+use crate::core::keystore_sync::{Replicas, in_cluster};
+use crate::core::state::{Fields, Item, Owner, State, StateError, StoredHistory};
+
+/// Label on keystore backups, naming their KeyManager.
+pub const BACKUP_LABEL: &str = "shadowkeep.io/keystore-backup-of";
+
+/// Label on drive-history ConfigMaps, naming their KeyManager.
+pub const HISTORY_LABEL: &str = "shadowkeep.io/drive-history-of";
+
+/// The name of a KeyManager's drive-history ConfigMap.
+pub fn history_name(key_manager: &str) -> String {
+    format!("{key_manager}-drive-history")
+}
+
+/// A value of a Secret (empty when missing).
+pub fn bytes(secret: &Secret, key: &str) -> Vec<u8> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .unwrap_or_default()
+}
+
+/// The state in the Secrets and ConfigMaps of the KeyManager's namespace.
+#[derive(Clone)]
+pub struct Kube {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube").finish_non_exhaustive()
+    }
+}
+
+fn secret_name(owner: &Owner, item: Item) -> String {
+    let names = Names::of(&owner.name);
+    match item {
+        Item::Kek => names.kek,
+        Item::Keystore => names.keystore,
+        Item::Ca => names.ca,
+        Item::Tls => names.tls,
+        Item::LicenseSigning => names.signing,
+    }
+}
+
+/// The Secret that holds `fields` as `owner`'s item.
+fn secret_of(owner: &Owner, item: Item, fields: &Fields) -> Secret {
+    let (ns, name) = (owner.namespace.as_str(), owner.name.as_str());
+    let f = |field| fields.get(field);
+    match item {
+        Item::Kek => build::kek_secret_of(ns, name, f("kek")),
+        Item::Keystore => build::keystore_secret_of(ns, name, f("keystore")),
+        Item::Ca => build::ca_secret_of(ns, name, f("ca.crt"), f("ca.key")),
+        Item::Tls => build::tls_secret_of(ns, name, f("tls.crt"), f("tls.key"), f("ca.crt")),
+        Item::LicenseSigning => build::signing_secret_of(ns, name, f("seed")),
+    }
+}
+
+fn fields_of(secret: &Secret, item: Item) -> Fields {
+    Fields::of(item.fields().iter().map(|f| (*f, bytes(secret, f))))
+}
+
+fn conflict_or(action: String) -> impl FnOnce(kube::Error) -> StateError {
+    move |e| match e {
+        kube::Error::Api(status) if status.code == 409 => StateError::Conflict { action },
+        e => StateError::store(action)(e),
+    }
+}
+
+impl Kube {
+    /// The state behind `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+
+    fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn prune_backups(&self, owner: &Owner, retention: usize) -> Result<(), StateError> {
+        let secrets = self.secrets(&owner.namespace);
+        let mut backups: Vec<String> = self
+            .backup_secrets(owner)
+            .await?
+            .iter()
+            .map(kube::ResourceExt::name_any)
+            .collect();
+        // Names end in a millisecond stamp of equal width: name order is age order.
+        backups.sort();
+        let excess = backups.len().saturating_sub(retention);
+        for name in backups.into_iter().take(excess) {
+            secrets
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map_err(StateError::store(format!("prune keystore backup {name}")))?;
+        }
+        Ok(())
+    }
+
+    async fn backup_secrets(&self, owner: &Owner) -> Result<Vec<Secret>, StateError> {
+        Ok(self
+            .secrets(&owner.namespace)
+            .list(&ListParams::default().labels(&format!("{BACKUP_LABEL}={}", owner.name)))
+            .await
+            .map_err(StateError::store("list keystore backups"))?
+            .items)
+    }
+}
+
+impl State for Kube {
+    async fn read(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
+        let name = secret_name(owner, item);
+        Ok(self
+            .secrets(&owner.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(StateError::store(format!("read Secret {name}")))?
+            .map(|s| fields_of(&s, item)))
+    }
+
+    async fn create(
+        &self,
+        owner: &Owner,
+        item: Item,
+        fields: Fields,
+    ) -> Result<Fields, StateError> {
+        let secrets = self.secrets(&owner.namespace);
+        let name = secret_name(owner, item);
+        if let Some(existing) = secrets
+            .get_opt(&name)
+            .await
+            .map_err(StateError::store(format!("read Secret {name}")))?
+        {
+            return Ok(fields_of(&existing, item));
+        }
+        match secrets
+            .create(&PostParams::default(), &secret_of(owner, item, &fields))
+            .await
+        {
+            Ok(created) => Ok(fields_of(&created, item)),
+            // Another reconcile made it first: use that one.
+            Err(kube::Error::Api(e)) if e.code == 409 => secrets
+                .get(&name)
+                .await
+                .map(|s| fields_of(&s, item))
+                .map_err(StateError::store(format!("read Secret {name}"))),
+            Err(e) => Err(StateError::store(format!("create Secret {name}"))(e)),
+        }
+    }
+
+    /// The replace carries the Secret's resourceVersion, so a change made between the
+    /// read and the write makes it fail rather than lose keys.
+    async fn replace_keystore(
+        &self,
+        owner: &Owner,
+        old: &[u8],
+        new: &[u8],
+        retention: usize,
+    ) -> Result<(), StateError> {
+        let secrets = self.secrets(&owner.namespace);
+        let name = Names::of(&owner.name).keystore;
+        let mut current = secrets
+            .get(&name)
+            .await
+            .map_err(StateError::store(format!("read Secret {name}")))?;
+        if bytes(&current, "keystore") != old {
+            return Err(StateError::Conflict {
+                action: format!("update Secret {name}"),
+            });
+        }
+        let stamp = Timestamp::now().as_millisecond();
+        let mut backup = build::keystore_secret_of(&owner.namespace, &owner.name, old);
+        backup.metadata.name = Some(format!("{name}-backup-{stamp}"));
+        backup
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(BACKUP_LABEL.to_owned(), owner.name.clone());
+        backup.immutable = Some(true);
+        secrets
+            .create(&PostParams::default(), &backup)
+            .await
+            .map_err(StateError::store("create a keystore backup"))?;
+        current.data =
+            Some([("keystore".to_owned(), k8s_openapi::ByteString(new.to_vec()))].into());
+        secrets
+            .replace(&name, &PostParams::default(), &current)
+            .await
+            .map_err(conflict_or(format!("update Secret {name}")))?;
+        self.prune_backups(owner, retention).await
+    }
+
+    async fn backups(&self, owner: &Owner) -> Result<Vec<Vec<u8>>, StateError> {
+        let mut backups = self.backup_secrets(owner).await?;
+        backups.sort_by_key(kube::ResourceExt::name_any);
+        Ok(backups.iter().map(|s| bytes(s, "keystore")).collect())
+    }
+
+    async fn read_history(&self, owner: &Owner) -> Result<Option<StoredHistory>, StateError> {
+        let name = history_name(&owner.name);
+        let Some(cm) = Api::<ConfigMap>::namespaced(self.client.clone(), &owner.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(StateError::store(format!("read ConfigMap {name}")))?
+        else {
+            return Ok(None);
+        };
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(HISTORY_FILE))
+            .map_or("", String::as_str);
+        let history = DriveHistory::from_json(text).map_err(|e| StateError::Corrupt {
+            what: format!("ConfigMap {name}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(StoredHistory {
+            history,
+            released: cm.annotations().get(RELEASE_DRIVES).cloned(),
+            version: cm.metadata.resource_version.clone().unwrap_or_default(),
+        }))
+    }
+
+    fn history_location(&self, owner: &Owner) -> String {
+        format!("ConfigMap {}", history_name(&owner.name))
+    }
+
+    /// Created with the KeyManager's labels but no owner, so that it outlives it; changed
+    /// with its resourceVersion as a precondition, keeping what else is on it (the
+    /// release annotation).
+    async fn write_history(
+        &self,
+        owner: &Owner,
+        history: &DriveHistory,
+        version: Option<&str>,
+    ) -> Result<(), StateError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &owner.namespace);
+        let name = history_name(&owner.name);
+        let data = Some([(HISTORY_FILE.to_owned(), history.to_json())].into());
+        match version {
+            None => {
+                let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
+                metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(HISTORY_LABEL.to_owned(), owner.name.clone());
+                metadata.annotations =
+                    Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
+                let cm = ConfigMap {
+                    metadata,
+                    data,
+                    ..ConfigMap::default()
+                };
+                api.create(&PostParams::default(), &cm)
+                    .await
+                    .map_err(conflict_or(format!("create ConfigMap {name}")))?;
+            }
+            Some(version) => {
+                let patch = ConfigMap {
+                    metadata: ObjectMeta {
+                        resource_version: Some(version.to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                    data,
+                    ..ConfigMap::default()
+                };
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(conflict_or(format!("update ConfigMap {name}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ready replicas of a KeyManager's StatefulSet (0 when it has none yet).
+pub async fn ready_replicas(
+    client: &kube::Client,
+    inputs: &Inputs<'_>,
+) -> Result<i32, kube::Error> {
+    Ok(
+        Api::<StatefulSet>::namespaced(client.clone(), &inputs.namespace())
+            .get_opt(&inputs.names().statefulset)
+            .await?
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    )
+}
+
+/// How to ask the replicas of the KeyManager of `inputs`, `ready` of which are ready,
+/// presenting `certificate` (the replica certificate: chain, key and CA, from the Secret
+/// named `secret`; `None` when it is missing): at their pod DNS names, or where the
+/// context's resolver says.
+pub fn replicas(
+    ctx: &Context,
+    inputs: &Inputs<'_>,
+    ready: i32,
+    certificate: Option<(&[u8], &[u8], &[u8])>,
+    secret: &str,
+) -> Replicas {
+    if ready == 0 && ctx.replica_resolver.is_none() {
+        return Replicas::Skip {
+            reason: reasons::NO_REPLICA_READY,
+            message: "no replica is ready to be asked for its keys".to_owned(),
+        };
+    }
+    let Some((crt, key, ca)) = certificate else {
+        return Replicas::Skip {
+            reason: reasons::REPLICA_UNREACHABLE,
+            message: format!("Secret {secret} (the replica certificate) not found"),
+        };
+    };
+    let connector = match connector_from_pem(ca, Some((crt, key))) {
+        Ok(c) => c,
+        Err(e) => {
+            return Replicas::Skip {
+                reason: reasons::REPLICA_UNREACHABLE,
+                message: format!("Secret {secret}: {e}"),
+            };
+        }
+    };
+    let addresses = match &ctx.replica_resolver {
+        Some(resolve) => resolve(inputs),
+        None => in_cluster(inputs),
+    };
+    Replicas::Ask {
+        addresses,
+        connector,
+    }
+}
+
+/// The parts of a replica certificate Secret: chain, key, CA.
+pub fn certificate_of(secret: &Secret) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (
+        bytes(secret, "tls.crt"),
+        bytes(secret, "tls.key"),
+        bytes(secret, "ca.crt"),
+    )
+}
+
+impl Origins for Context {
+    async fn key_manager(&self, owner: &Owner) -> Result<Option<KeyManager>, crate::core::Error> {
+        Api::<KeyManager>::namespaced(self.client.clone(), &owner.namespace)
+            .get_opt(&owner.name)
+            .await
+            .map_err(|e| StateError::store(format!("read KeyManager {owner}"))(e).into())
+    }
+
+    async fn replicas(&self, inputs: &Inputs<'_>) -> Result<Replicas, crate::core::Error> {
+        let failed = |what: &str| {
+            let action = format!(
+                "{what} of KeyManager {}/{}",
+                inputs.namespace(),
+                inputs.name()
+            );
+            move |e| crate::core::Error::from(StateError::store(action)(e))
+        };
+        let ready = ready_replicas(&self.client, inputs)
+            .await
+            .map_err(failed("read the StatefulSet"))?;
+        let secret = inputs.tls_secret_name();
+        let certificate = Api::<Secret>::namespaced(self.client.clone(), &inputs.namespace())
+            .get_opt(&secret)
+            .await
+            .map_err(failed("read the replica certificate"))?
+            .map(|s| certificate_of(&s));
+        Ok(replicas(
+            self,
+            inputs,
+            ready,
+            certificate
+                .as_ref()
+                .map(|(crt, key, ca)| (crt.as_slice(), key.as_slice(), ca.as_slice())),
+            &secret,
+        ))
+    }
+}

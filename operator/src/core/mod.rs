@@ -1,0 +1,64 @@
+//! The control core: the estate's rules with no Kubernetes client, so that the operator
+//! and a local shell call the same functions.
+//!
+//! - [`material`]: what is generated once — the KEK, the replica certificate and its CA,
+//!   the license.
+//! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
+//! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
+//! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
+//! - [`conditions`]: status conditions, computed fresh and merged with the previous ones.
+//! - [`state`]: what the core keeps, behind one interface with two implementations
+//!   (Kubernetes objects, a data directory).
+//!
+//! The controllers (`crate::controller`) depend on this module, never the other way.
+
+pub mod conditions;
+pub mod drive_moves;
+pub mod keystore;
+pub mod keystore_sync;
+pub mod material;
+pub mod state;
+
+use shadowkeep_api::keystore::{KeystoreError, SealError};
+
+pub use state::StateError;
+
+/// Why a step of the core failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The canonical keystore could not be read or written.
+    #[error("failed to read or write the canonical keystore: {0}")]
+    Keystore(#[source] KeystoreError),
+    /// The KEK stored for a KeyManager is not a KEK.
+    #[error("failed to read the KEK of KeyManager {key_manager}: {source}")]
+    Kek {
+        /// The KeyManager (`namespace/name`).
+        key_manager: String,
+        /// The cause.
+        #[source]
+        source: SealError,
+    },
+    /// A KeyGroup's keys could not be generated or rotated.
+    #[error("failed to maintain the keys of KeyGroup {group}: {source}")]
+    KeyGroup {
+        /// The KeyGroup.
+        group: String,
+        /// The cause.
+        #[source]
+        source: KeystoreError,
+    },
+    /// The state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A drive's keys cannot be carried (yet): the reason, for the drive's risk.
+    #[error("failed to carry the drive's keys: {0}")]
+    Carry(String),
+    /// Material could not be made or read back.
+    #[error("failed to make {what}: {reason}")]
+    Material {
+        /// What was being made.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
