@@ -12,6 +12,8 @@
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
 //! - [`pki`]: certificate authorities and the certificates they sign.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
+//! - [`replica_sync`]: the admin API's sync contract (summary, delta, digest and merge
+//!   replies), shared by the server and the operator.
 //! - [`shadow`]: the shadow state machine and the replica's rules for registering a shadow.
 //!
 //! Nothing here touches the network, the file system or a Kubernetes client, so the server,
@@ -27,5 +29,6 @@ pub mod license;
 pub mod manifest;
 pub mod password;
 pub mod pki;
+pub mod replica_sync;
 pub mod server_config;
 pub mod shadow;

@@ -30,8 +30,8 @@ use axum::{Extension, Json, Router};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
+use shadowkeep_api::replica_sync::{DigestReply, MergeReply, RefusedRecord, Summary, delta};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -40,7 +40,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
-use crate::replication::{MergeReply, RefusedRecord, Summary, delta};
 use crate::store::{Store, StoreError};
 use crate::tls;
 
@@ -302,9 +301,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn digest(State(state): State<AdminState>) -> Response {
     match state.store.read(|ks| ks.digest().map(|d| (d, ks.len()))) {
-        Ok((digest, keys)) => {
-            Json(json!({"digest": digest.to_string(), "keys": keys})).into_response()
-        }
+        Ok((digest, keys)) => Json(DigestReply {
+            digest: digest.to_string(),
+            keys,
+        })
+        .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

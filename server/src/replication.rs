@@ -5,7 +5,6 @@
 //!
 //! Peers talk over the admin API (HTTPS with client certificates); see [`crate::admin`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use shadowkeep_api::keystore::{Key, Keystore};
+use shadowkeep_api::replica_sync::{MergeReply, summary};
 use shadowkeep_api::server_config::{PeerConfig, ReplicationConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -28,68 +26,6 @@ use crate::store::Store;
 
 /// Most keys pushed to a peer in one request.
 const MAX_PUSH: usize = 1024;
-
-/// The summary a replica sends when it asks a peer for what it lacks: a hash of every
-/// record it holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Summary {
-    /// Key id to the SHA-256 of the record's canonical JSON.
-    pub have: BTreeMap<String, String>,
-}
-
-/// The answer to `POST /v1/keystore/merge`: `200 OK` when every record was taken or
-/// already held, `409 Conflict` when any is listed in `conflicts` or `refused`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MergeReply {
-    /// Records in the request.
-    pub received: usize,
-    /// Records taken: keys new here, and later states or attributes of keys held.
-    pub stored: usize,
-    /// Ids held here with other material or identity. The key held stays as it was and is
-    /// served; the incoming record is quarantined (kept aside, never served).
-    pub conflicts: Vec<String>,
-    /// Records not stored at all, and why.
-    pub refused: Vec<RefusedRecord>,
-}
-
-/// A record a merge did not store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefusedRecord {
-    /// The record's key id.
-    pub id: String,
-    /// Why (never any material).
-    pub reason: String,
-}
-
-/// The hash of a record, as carried in a [`Summary`].
-pub fn record_hash(key: &Key) -> String {
-    let json = serde_json::to_vec(key).unwrap_or_default();
-    hex::encode(Sha256::digest(&json))
-}
-
-/// The summary of a keystore.
-pub fn summary(keystore: &Keystore) -> Summary {
-    Summary {
-        have: keystore
-            .keys()
-            .map(|k| (k.id.to_string(), record_hash(k)))
-            .collect(),
-    }
-}
-
-/// The records of `keystore` that a holder of `summary` lacks or holds differently.
-pub fn delta(keystore: &Keystore, summary: &Summary) -> Keystore {
-    let mut out = Keystore::new();
-    for key in keystore.keys() {
-        if summary.have.get(key.id.as_str()) != Some(&record_hash(key)) {
-            // Records of one keystore never conflict with each other.
-            let _ = out.insert(key.clone());
-        }
-    }
-    out
-}
 
 /// The configured peers, less this replica. The operator renders one configuration for
 /// every replica, listing them all; each leaves itself out by name (a StatefulSet pod's host
@@ -387,6 +323,8 @@ impl PeerLink {
 #[cfg(test)]
 mod tests {
     use shadowkeep_api::keystore::{Algorithm, Kek};
+
+    use shadowkeep_api::replica_sync::RefusedRecord;
 
     use super::*;
 

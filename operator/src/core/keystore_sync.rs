@@ -13,8 +13,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
+use shadowkeep_api::replica_sync::{DigestReply, summary};
 use shadowkeep_server::client::{http1_connect_as, send};
-use shadowkeep_server::replication::summary;
 use tokio_rustls::TlsConnector;
 
 use super::Error;
@@ -139,18 +139,12 @@ async fn pull_one(
     if !status.is_success() {
         return Err(format!("digest: HTTP {status}"));
     }
-    let state: serde_json::Value =
+    let state: DigestReply =
         serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))?;
     Ok(Answer {
         pulled: report.added.len(),
-        keys: state["keys"]
-            .as_u64()
-            .and_then(|k| usize::try_from(k).ok())
-            .ok_or("its digest: no key count")?,
-        digest: state["digest"]
-            .as_str()
-            .ok_or("its digest: no digest")?
-            .to_owned(),
+        keys: state.keys,
+        digest: state.digest,
     })
 }
 
