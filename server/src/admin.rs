@@ -31,7 +31,7 @@ use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
-use shadowkeep_api::replica_sync::{DigestReply, MergeReply, RefusedRecord, Summary, delta};
+use shadowkeep_api::replica_sync::{DigestReply, MergeReply, Summary, delta};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::tls;
 
 /// Largest request body: a full keystore of a large estate. Only peers may send a body.
@@ -357,14 +357,6 @@ async fn merge(State(state): State<AdminState>, request: Request) -> Response {
     };
     let mut wanted = Vec::with_capacity(candidates.len());
     for (key, conflict) in candidates {
-        // A record this server cannot open would be a key it holds but can never serve.
-        if let Err(e) = state.kek.open(&key.id, &key.material) {
-            reply.refused.push(RefusedRecord {
-                id: key.id.to_string(),
-                reason: e.to_string(),
-            });
-            continue;
-        }
         if conflict {
             reply.conflicts.push(key.id.to_string());
         } else {
@@ -373,20 +365,15 @@ async fn merge(State(state): State<AdminState>, request: Request) -> Response {
         wanted.push(key);
     }
     if !wanted.is_empty() {
-        match state.store.commit_fitting(wanted).await {
-            Ok(too_large) => {
-                for e in too_large {
-                    if let StoreError::TooLarge { id, .. } = &e {
-                        if reply.conflicts.contains(id) {
-                            reply.conflicts.retain(|c| c != id);
-                        } else {
-                            reply.stored = reply.stored.saturating_sub(1);
-                        }
-                        reply.refused.push(RefusedRecord {
-                            id: id.clone(),
-                            reason: e.to_string(),
-                        });
+        match state.store.commit_from_elsewhere(wanted, &state.kek).await {
+            Ok(refused) => {
+                for record in refused {
+                    if reply.conflicts.contains(&record.id) {
+                        reply.conflicts.retain(|c| *c != record.id);
+                    } else {
+                        reply.stored = reply.stored.saturating_sub(1);
                     }
+                    reply.refused.push(record);
                 }
             }
             Err(e) => {

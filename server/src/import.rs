@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use shadowkeep_api::keystore::{Key, Keystore};
+use shadowkeep_api::keystore::{Kek, Key, Keystore};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -15,7 +15,7 @@ const POLL: Duration = Duration::from_secs(2);
 
 /// Merges the file into the store now. A missing or unreadable file is logged, not fatal:
 /// the store already holds everything it held.
-pub async fn merge_file(path: &Path, store: &Store) {
+pub async fn merge_file(path: &Path, store: &Store, kek: &Kek) {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -35,10 +35,10 @@ pub async fn merge_file(path: &Path, store: &Store) {
     if n == 0 {
         return;
     }
-    match store.commit_fitting(wanted).await {
+    match store.commit_from_elsewhere(wanted, kek).await {
         Ok(refused) => {
-            for e in &refused {
-                tracing::error!(file = %path.display(), error = %e, "refused a record of the keystore file");
+            for r in &refused {
+                tracing::error!(file = %path.display(), key = %r.id, reason = %r.reason, "refused a record of the keystore file");
             }
             tracing::info!(file = %path.display(), records = n - refused.len(), "merged keystore file");
         }
@@ -49,7 +49,7 @@ pub async fn merge_file(path: &Path, store: &Store) {
 }
 
 /// Watches the file and merges it whenever its modification time or size changes.
-pub async fn watch(path: PathBuf, store: Store, cancel: CancellationToken) {
+pub async fn watch(path: PathBuf, store: Store, kek: Kek, cancel: CancellationToken) {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
             .ok()
@@ -64,7 +64,7 @@ pub async fn watch(path: PathBuf, store: Store, cancel: CancellationToken) {
         let now = stamp(&path);
         if now != last {
             last = now;
-            merge_file(&path, &store).await;
+            merge_file(&path, &store, &kek).await;
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Server {
     acceptor: TlsAcceptor,
     admin: Option<(std::net::SocketAddr, TlsAcceptor, AdminState)>,
     keystore_file: Option<std::path::PathBuf>,
+    /// To check that the keystore file's records open before they are stored.
+    kek: Kek,
     cancel: CancellationToken,
 }
 
@@ -121,6 +123,7 @@ impl Server {
                     r,
                     &config.tls.client_ca,
                     store.clone(),
+                    kek.clone(),
                     Arc::clone(&metrics),
                     cancel.clone(),
                 )?;
@@ -146,6 +149,7 @@ impl Server {
             peers = peers.len(),
             "keystore opened"
         );
+        let kek_for_import = kek.clone();
         Ok(Self {
             shared: Arc::new(Shared {
                 slots: Slots::new(
@@ -169,6 +173,7 @@ impl Server {
             acceptor,
             admin,
             keystore_file: config.keystore_file.clone(),
+            kek: kek_for_import,
             cancel,
         })
     }
@@ -212,10 +217,11 @@ impl Server {
         let cancel = self.cancel.clone();
         let tracker = TaskTracker::new();
         if let Some(path) = &self.keystore_file {
-            crate::import::merge_file(path, self.store()).await;
+            crate::import::merge_file(path, self.store(), &self.kek).await;
             tracker.spawn(crate::import::watch(
                 path.clone(),
                 self.store().clone(),
+                self.kek.clone(),
                 cancel.clone(),
             ));
         }

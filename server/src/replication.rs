@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
-use shadowkeep_api::keystore::{Key, Keystore};
+use shadowkeep_api::keystore::{Kek, Key, Keystore};
 use shadowkeep_api::replica_sync::{MergeReply, summary};
 use shadowkeep_api::server_config::{PeerConfig, ReplicationConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +70,7 @@ impl Replication {
         config: &ReplicationConfig,
         ca: &std::path::Path,
         store: Store,
+        kek: Kek,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, ReplicationError> {
@@ -101,6 +102,7 @@ impl Replication {
         tokio::spawn(anti_entropy(
             pullers,
             store,
+            kek,
             metrics,
             Duration::from_secs(config.sync_interval_secs),
             cancel,
@@ -216,13 +218,14 @@ fn holds(reply: &MergeReply, keys: &[Key]) -> bool {
 async fn anti_entropy(
     mut peers: Vec<PeerLink>,
     store: Store,
+    kek: Kek,
     metrics: Arc<Metrics>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
     loop {
         for peer in &mut peers {
-            match pull(peer, &store).await {
+            match pull(peer, &store, &kek).await {
                 Ok(n) => {
                     metrics.synced(&peer.name);
                     if n > 0 {
@@ -243,7 +246,7 @@ async fn anti_entropy(
 }
 
 /// Asks `peer` for what this replica lacks and stores it. Returns the records taken.
-async fn pull(peer: &mut PeerLink, store: &Store) -> Result<usize, String> {
+async fn pull(peer: &mut PeerLink, store: &Store, kek: &Kek) -> Result<usize, String> {
     let mine = store.read(summary);
     let body = serde_json::to_vec(&mine).map_err(|e| e.to_string())?;
     let (status, reply) = peer.post("/v1/keystore/delta", body).await?;
@@ -260,11 +263,11 @@ async fn pull(peer: &mut PeerLink, store: &Store) -> Result<usize, String> {
         return Ok(0);
     }
     let refused = store
-        .commit_fitting(wanted)
+        .commit_from_elsewhere(wanted, kek)
         .await
         .map_err(|e| e.to_string())?;
-    for e in &refused {
-        tracing::error!(peer = %peer.name, error = %e, "refused a record from a peer; the peer keeps it");
+    for r in &refused {
+        tracing::error!(peer = %peer.name, key = %r.id, reason = %r.reason, "refused a record from a peer; the peer keeps it");
     }
     Ok(n - refused.len())
 }

@@ -35,7 +35,8 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use shadowkeep_api::keystore::{Key, KeyId, Keystore, KeystoreError};
+use shadowkeep_api::keystore::{Kek, Key, KeyId, Keystore, KeystoreError};
+use shadowkeep_api::replica_sync::RefusedRecord;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::log::MAX_RECORD;
@@ -216,17 +217,35 @@ impl Store {
         self.write(keys, records).await
     }
 
-    /// [`Store::commit`] for records from elsewhere (a peer, a keystore file): a record over
-    /// [`MAX_RECORD`] (only a server from before the limit could have made one) is left out
-    /// and returned, so that it cannot keep every other record from arriving.
-    pub async fn commit_fitting(&self, keys: Vec<Key>) -> Result<Vec<StoreError>, StoreError> {
+    /// [`Store::commit`] for records from elsewhere (a peer, the operator's keystore file),
+    /// one rule for every way in. A record is left out, and returned with the reason, when
+    /// its material does not open under `kek` (a key this server could hold but never serve,
+    /// whose id would then quarantine the real record), or when it is over [`MAX_RECORD`]
+    /// (only a server from before the limit could have made one); the rest is committed,
+    /// so that one bad record cannot keep every other from arriving.
+    pub async fn commit_from_elsewhere(
+        &self,
+        keys: Vec<Key>,
+        kek: &Kek,
+    ) -> Result<Vec<RefusedRecord>, StoreError> {
         let mut fitting = Vec::with_capacity(keys.len());
         let mut refused = Vec::new();
         let mut records = Vec::new();
         for key in keys {
+            // The plaintext is wiped as soon as it is dropped.
+            if let Err(e) = kek.open(&key.id, &key.material) {
+                refused.push(RefusedRecord {
+                    id: key.id.to_string(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
             match encode_key(&key, &mut records) {
                 Ok(()) => fitting.push(key),
-                Err(e @ StoreError::TooLarge { .. }) => refused.push(e),
+                Err(e @ StoreError::TooLarge { .. }) => refused.push(RefusedRecord {
+                    id: key.id.to_string(),
+                    reason: e.to_string(),
+                }),
                 Err(e) => return Err(e),
             }
         }
@@ -897,9 +916,15 @@ mod tests {
         assert_eq!(std::fs::read(dir.join(LOG)).unwrap(), before);
         assert_eq!(store.read(Keystore::len), 0);
 
-        // From a peer, the record that fits still arrives.
-        let refused = store.commit_fitting(vec![big, ok.clone()]).await.unwrap();
-        assert_eq!(refused.len(), 1);
+        // From a peer, the record that fits still arrives; one sealed under another KEK is
+        // refused too.
+        let foreign = key(&Kek::generate(), "FOREIGN");
+        let refused = store
+            .commit_from_elsewhere(vec![big.clone(), ok.clone(), foreign.clone()], &kek)
+            .await
+            .unwrap();
+        let ids: Vec<_> = refused.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, [big.id.to_string(), foreign.id.to_string()]);
         assert_eq!(store.read(Keystore::len), 1);
         assert!(store.get(&ok.id).is_some());
         std::fs::remove_dir_all(dir).unwrap();
