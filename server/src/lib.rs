@@ -16,6 +16,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod dev;
+pub mod durable;
 pub mod import;
 pub mod kmip;
 mod listener;

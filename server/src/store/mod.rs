@@ -32,6 +32,7 @@ pub mod snapshot;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -41,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::log::MAX_RECORD;
 use self::log::{End, Header, SnapshotRef};
+use crate::durable;
 
 /// The snapshot file.
 pub const SNAPSHOT: &str = "keystore.snapshot";
@@ -331,11 +333,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error("read", path)(e)),
-    }
+    durable::read_optional(path).map_err(io_error("read", path))
 }
 
 fn load(dir: &Path) -> Result<Loaded, StoreError> {
@@ -451,6 +449,7 @@ fn open_log(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(io_error("open", path))
 }
@@ -510,17 +509,10 @@ struct ReplaceError {
 /// replaced file.
 fn replace_log(dir: &Path, snapshot: SnapshotRef) -> Result<OpenLog, ReplaceError> {
     let header = log::encode_header(&Header::new(Some(snapshot)));
-    let tmp = dir.join(format!(".{LOG}.tmp"));
+    let tmp = durable::temporary(dir, LOG);
     let path = dir.join(LOG);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(io_error("create", &tmp))?;
-        file.write_all(&header).map_err(io_error("write", &tmp))?;
-        file.sync_all().map_err(io_error("fsync", &tmp))?;
+        durable::write_new(&tmp, &header).map_err(io_error("write", &tmp))?;
         let appender = open_log(&tmp)?;
         std::fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
         Ok(appender)
@@ -546,9 +538,7 @@ fn replace_log(dir: &Path, snapshot: SnapshotRef) -> Result<OpenLog, ReplaceErro
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("fsync", dir))
+    durable::sync_dir(dir).map_err(io_error("fsync", dir))
 }
 
 struct Writer {
@@ -690,22 +680,10 @@ impl Writer {
     }
 }
 
-/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file.
-/// On failure the temporary file is removed, so a full disk is not made fuller.
+/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file
+/// (see [`durable::write_atomically`]).
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-        file.write_all(bytes).map_err(io_error("write", &tmp))?;
-        file.sync_all().map_err(io_error("fsync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)
+    durable::write_atomically(dir, name, bytes).map_err(io_error("write", &dir.join(name)))
 }
 #[cfg(test)]
 mod tests {

@@ -15,14 +15,14 @@
 //! directory at a time; the version checks catch a change made behind its back between
 //! its reads and its writes, not two writers racing.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
+use shadowkeep_server::durable::{read_optional, sync_dir, temporary, write_atomically, write_new};
 
 use super::{Fields, Item, Owner, State, StateError, StoredHistory};
 
@@ -33,18 +33,6 @@ pub const RELEASE_FILE: &str = "release-drives";
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
-}
-
-/// Temporary names unique within the process (the pid makes them unique across).
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-fn temporary(dir: &Path, name: &str) -> PathBuf {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` and any missing parent (mode 0700), fsyncing the parent of each one made
@@ -67,28 +55,6 @@ fn make_dirs(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `bytes` to a new file `path` (mode 0600) and fsyncs it.
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Replaces `dir/name` with `bytes`, whole or not at all.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temporary(dir, name);
-    let result = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, dir.join(name)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)
-}
-
 /// Creates `dir/name` with `bytes` unless it exists; whether it was created.
 fn create_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<bool> {
     let tmp = temporary(dir, name);
@@ -102,14 +68,6 @@ fn create_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<bool> {
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn read_opt(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -163,7 +121,7 @@ impl DataDir {
         let mut fields = Vec::new();
         for field in item.fields() {
             let path = dir.join(field);
-            let bytes = read_opt(&path)
+            let bytes = read_optional(&path)
                 .map_err(StateError::store(format!("read {}", path.display())))?
                 .ok_or_else(|| StateError::Corrupt {
                     what: dir.display().to_string(),
@@ -223,7 +181,7 @@ impl DataDir {
         let dir = owner_dir.join(Item::Keystore.name());
         let path = dir.join("keystore");
         let action = format!("replace {}", path.display());
-        let current = read_opt(&path).map_err(StateError::store(action.clone()))?;
+        let current = read_optional(&path).map_err(StateError::store(action.clone()))?;
         if current.as_deref() != Some(old) {
             return Err(StateError::Conflict { action });
         }
@@ -291,7 +249,7 @@ impl DataDir {
         let dir = self.owner_dir(owner)?;
         let path = dir.join(HISTORY_FILE);
         let Some(bytes) =
-            read_opt(&path).map_err(StateError::store(format!("read {}", path.display())))?
+            read_optional(&path).map_err(StateError::store(format!("read {}", path.display())))?
         else {
             return Ok(None);
         };
@@ -302,7 +260,7 @@ impl DataDir {
         let text = std::str::from_utf8(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let history = DriveHistory::from_json(text).map_err(|e| corrupt(e.to_string()))?;
         let release = dir.join(RELEASE_FILE);
-        let released = read_opt(&release)
+        let released = read_optional(&release)
             .map_err(StateError::store(format!("read {}", release.display())))?
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
         Ok(Some(StoredHistory {
@@ -334,7 +292,7 @@ impl DataDir {
                 }
             }
             Some(version) => {
-                let current = read_opt(&path).map_err(StateError::store(action.clone()))?;
+                let current = read_optional(&path).map_err(StateError::store(action.clone()))?;
                 if current.as_deref().map(version_of).as_deref() != Some(version) {
                     return Err(StateError::Conflict { action });
                 }
