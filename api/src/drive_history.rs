@@ -28,7 +28,7 @@ pub const DRIVE_KEY_GROUP_ATTRIBUTE: &str = "kmip:y-KeyGroup#0";
 const FORMAT: u32 = 1;
 
 /// The drives one KeyManager has served.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveHistory {
     /// Format version; only 1 exists.
@@ -64,6 +64,14 @@ pub enum HistoryError {
     /// Written by a newer release.
     #[error("drive history has format {0}; this release reads format {FORMAT}")]
     Format(u32),
+}
+
+/// An empty history of the current format (a derived default would say format 0, which
+/// no release reads back).
+impl Default for DriveHistory {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DriveHistory {

@@ -71,6 +71,19 @@ impl Authority {
         })
     }
 
+    /// The CA stored as `cert_pem` and `key_pem` (as [`Self::cert_pem`] and
+    /// [`Self::key_pem`] gave them), to sign more leaf certificates.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(err("the stored CA key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(err("the stored CA certificate"))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: Zeroizing::new(key_pem.to_owned()),
+        })
+    }
+
     /// The CA certificate, for clients and servers to trust.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -109,5 +122,34 @@ impl Authority {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_ca_signs_leaves_that_name_it_as_issuer() {
+        let ca = Authority::generate("test CA").unwrap();
+        let again = Authority::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        let leaf = again
+            .leaf("server", &["127.0.0.9".to_owned()], Usage::Server)
+            .unwrap();
+        let (_, ca_der) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()).unwrap();
+        let (_, leaf_der) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        let ca_cert = ca_der.parse_x509().unwrap();
+        let leaf_cert = leaf_der.parse_x509().unwrap();
+        assert_eq!(leaf_cert.issuer(), ca_cert.subject());
+        leaf_cert
+            .verify_signature(Some(ca_cert.public_key()))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_damaged_stored_ca_is_refused() {
+        let ca = Authority::generate("test CA").unwrap();
+        assert!(Authority::from_pem(ca.cert_pem(), "not a key").is_err());
+        assert!(Authority::from_pem("not a certificate", ca.key_pem()).is_err());
     }
 }

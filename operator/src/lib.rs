@@ -8,6 +8,8 @@
 //!   Kubernetes objects applied for it.
 //! - [`controller`]: the Kubernetes shell — each reconcile a pipeline of dereference,
 //!   validate, material and carry (the core), build, apply and status.
+//! - [`local`]: the local shell — `shadowkeep up` runs an estate's replicas as local
+//!   key servers on the same core, and `shadowkeep status` asks them.
 //! - [`cli`]: one module per subcommand (`crds`, `validate`, `render`), each a function
 //!   from arguments to an exit code, so tests drive them without a process.
 //!
@@ -17,3 +19,4 @@ pub mod build;
 pub mod cli;
 pub mod controller;
 pub mod core;
+pub mod local;

@@ -1,7 +1,8 @@
 //! The core's state interface, implemented twice — Kubernetes objects (against the
 //! in-memory API server) and a data directory — and the core's scenarios run against
 //! both: material made once, a KeyGroup pool generated then left alone (a fixed point),
-//! an outdated keystore never overwritten, a drive's keys carried from a deleted KeyManager.
+//! an outdated keystore never overwritten, a drive's keys carried from a deleted KeyManager,
+//! and the whole stateful step (`core::prepare`) reaching a fixed point.
 //! Then what only one shell has: the directory's modes, names and damaged files, and the
 //! Kubernetes objects exactly as the operator has always written them.
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube_fake_client::ClientBuilder;
 use shadowkeep::build::Inputs;
@@ -22,6 +24,7 @@ use shadowkeep::core::drive_moves::{self, DriveIndex, Origins};
 use shadowkeep::core::keystore::Canonical;
 use shadowkeep::core::keystore_sync::Replicas;
 use shadowkeep::core::material;
+use shadowkeep::core::prepare::{Declared, Outcome, Surroundings, prepare};
 use shadowkeep::core::state::dir::DataDir;
 use shadowkeep::core::state::{Fields, Item, Owner, State, StateError};
 use shadowkeep_api::crd::{DriveTable, KeyManager};
@@ -408,12 +411,78 @@ async fn a_deleted_key_managers_drive_carries_its_keys<S: State>(state: &S) {
     );
 }
 
+/// The whole stateful step, as both shells run it: the first run makes the material, the
+/// pool and the drive history; a second run from what is stored writes nothing.
+async fn the_whole_step_reaches_a_fixed_point<S: State>(state: &S) {
+    let estate = estate("whole", 5, &["D9"]);
+    let km = &estate.key_managers()[0];
+    let nobody = |_: &str, _: &str| Vec::new();
+    let unasked = |_: &shadowkeep::build::Material| Replicas::Skip {
+        reason: "NoReplicaReady",
+        message: "none runs".to_owned(),
+    };
+    let around = Surroundings {
+        origins: &Deleted,
+        others_serving: &nobody,
+        replicas: &unasked,
+    };
+    let run = |history: DriveHistory, version: Option<String>| {
+        let around = &around;
+        let estate = &estate;
+        async move {
+            let declared = Declared {
+                key_manager: km,
+                namespace: NS,
+                name: "whole",
+                tables: estate.drive_tables(),
+                groups: estate.key_groups(),
+                shadows: estate.shadows(),
+                history: &history,
+                history_version: version.as_deref(),
+            };
+            match prepare(state, around, &declared, &Time(Timestamp::now()))
+                .await
+                .unwrap()
+            {
+                Outcome::Ready(p) => p,
+                Outcome::Waiting(w) => panic!("waiting: {}", w.message),
+            }
+        }
+    };
+    let first = run(DriveHistory::new(), None).await;
+    assert_eq!(first.keys, 6, "five ready and one active");
+    assert!(first.risks.is_empty());
+    let stored = state.read_history(&owner("whole")).await.unwrap().unwrap();
+    assert!(stored.history.serves("D9"), "the drive served is recorded");
+    assert_eq!(state.backups(&owner("whole")).await.unwrap().len(), 1);
+
+    let second = run(stored.history.clone(), Some(stored.version.clone())).await;
+    assert_eq!(second.digest, first.digest);
+    assert_eq!(second.material.keystore, first.material.keystore);
+    assert_eq!(
+        state.backups(&owner("whole")).await.unwrap().len(),
+        1,
+        "no new write"
+    );
+    assert_eq!(
+        state
+            .read_history(&owner("whole"))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        stored.version,
+        "the history is left alone"
+    );
+}
+
 async fn every_scenario<S: State>(state: &S) {
     material_is_made_once(state).await;
     the_keystore_is_replaced_from_what_is_stored(state).await;
     a_history_changes_only_from_the_version_read(state).await;
     key_groups_reach_a_fixed_point(state).await;
     a_deleted_key_managers_drive_carries_its_keys(state).await;
+    the_whole_step_reaches_a_fixed_point(state).await;
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! - [`tls`] and [`auth`]: mutual TLS, and the drive table's verdict on each client.
 //! - [`net`]: KMIP connections — framing, timeouts, graceful shutdown; `listener` holds
 //!   what it shares with the admin API (connection slots, accept with backoff).
+//! - [`cli`]: the command line, for both binaries that run the server.
 //! - [`dev`]: the files a local development server needs.
 //! - [`client`]: a small KMIP client, for tests and the load generator.
 //!
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod dev;
 pub mod durable;

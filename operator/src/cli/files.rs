@@ -33,7 +33,16 @@ impl ManifestFiles {
     /// Lists each path: a file as itself, a directory as the `*.yaml` and `*.yml` files
     /// under it, following links to directories not walked yet.
     pub fn collect(paths: &[PathBuf]) -> Self {
+        Self::collect_except(paths, &[])
+    }
+
+    /// Like [`Self::collect`], never entering the directories `skip` (a data directory
+    /// inside the manifests' tree holds YAML that is not a manifest).
+    pub fn collect_except(paths: &[PathBuf], skip: &[PathBuf]) -> Self {
         let mut found = Self::default();
+        found
+            .seen
+            .extend(skip.iter().filter_map(|d| std::fs::canonicalize(d).ok()));
         for path in paths {
             found.add_path(path);
         }

@@ -56,6 +56,32 @@ pub enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Run an estate on this machine: every KeyManager replica a key server on its own
+    /// loopback address, reconciled by the operator's control core, with the state in a
+    /// data directory. Runs until Ctrl-C; manifest edits are applied as they are saved.
+    Up {
+        /// Files or directories to read; directories are searched for *.yaml and *.yml.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Where the keys, certificates and servers' stores are kept; reused by later runs.
+        #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
+        data_dir: PathBuf,
+        /// The loopback address of the first server; the next ones count up from it. Give
+        /// estates that run side by side different bases.
+        #[arg(long, value_name = "IP", default_value = "127.0.0.2")]
+        address_base: std::net::Ipv4Addr,
+    },
+    /// Show the KeyManagers and servers that `shadowkeep up` runs, as they answer now.
+    Status {
+        /// The data directory `up` runs with.
+        #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
+        data_dir: PathBuf,
+        /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long = "output", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
+    /// Run the key server (the same as the `shadowkeep-server` binary).
+    Server(shadowkeep_server::cli::Args),
     /// Check manifests (files or directories, multi-document YAML) against the CRD schemas,
     /// their CEL rules and the estate rules. Exit 0 when valid (warnings allowed), 1 on any
     /// error, 2 when input could not be read.
@@ -87,6 +113,22 @@ pub fn run(cli: Cli) -> ExitCode {
             let code = render::render(&paths, &mut std::io::stdout().lock());
             ExitCode::from(code)
         }
+        Command::Up {
+            paths,
+            data_dir,
+            address_base,
+        } => crate::local::up::run(crate::local::up::Options {
+            paths,
+            data_dir,
+            address_base,
+        }),
+        Command::Status { data_dir, output } => {
+            crate::local::status::run(&crate::local::status::Options {
+                data_dir,
+                json: output == "json",
+            })
+        }
+        Command::Server(args) => shadowkeep_server::cli::main(args),
         Command::Validate { paths } => {
             let report = validate::validate_paths(&paths);
             let stdout = std::io::stdout();

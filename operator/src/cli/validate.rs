@@ -77,7 +77,12 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
 /// Reads every manifest under `paths`: what validation found, and the estate of the
 /// objects that decoded.
 pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
-    let listed = ManifestFiles::collect(paths);
+    load_except(paths, &[])
+}
+
+/// Like [`load`], never entering the directories `skip`.
+pub fn load_except(paths: &[PathBuf], skip: &[PathBuf]) -> (Report, Estate) {
+    let listed = ManifestFiles::collect_except(paths, skip);
     let mut report = Report {
         unreadable: listed.unreadable,
         ..Report::default()

@@ -6,6 +6,7 @@
 //! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
+//! - [`prepare`]: the stateful step of a KeyManager's reconcile, run by both shells.
 //! - [`conditions`]: status conditions, computed fresh and merged with the previous ones.
 //! - [`state`]: what the core keeps, behind one interface with two implementations
 //!   (Kubernetes objects, a data directory).
@@ -17,6 +18,7 @@ pub mod drive_moves;
 pub mod keystore;
 pub mod keystore_sync;
 pub mod material;
+pub mod prepare;
 pub mod state;
 
 use shadowkeep_api::keystore::{KeystoreError, SealError};

@@ -14,6 +14,7 @@ use shadowkeep_api::drive_history::DriveHistory;
 use crate::build::{Inputs, Names};
 use crate::controller::state::Kube;
 use crate::controller::{Context, ReadError};
+use crate::core::prepare::Declared;
 use crate::core::state::{Owner, State as _};
 
 /// What one reconcile works from.
@@ -62,6 +63,22 @@ where
         .await
         .map_err(ReadError::of(format!("list {}", K::kind(&()))))?
         .items)
+}
+
+impl Dereferenced {
+    /// What the control core works from.
+    pub fn declared(&self) -> Declared<'_> {
+        Declared {
+            key_manager: &self.key_manager,
+            namespace: &self.namespace,
+            name: &self.name,
+            tables: &self.tables,
+            groups: &self.groups,
+            shadows: &self.shadows,
+            history: &self.history,
+            history_version: self.history_version.as_deref(),
+        }
+    }
 }
 
 /// Reads what the reconcile of `km` works from.

@@ -22,12 +22,9 @@ use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 use shadowkeep_api::crd::KeyManager;
 use shadowkeep_api::estate::Estate;
-use shadowkeep_api::manifest::Resource as Object;
 
 use super::{Context, Error};
 use crate::build::{self, BuildError, Inputs};
-use crate::core::drive_moves::{DriveRisk, without_blocked};
-use dereference::Dereferenced;
 use material::Outcome;
 
 /// Annotation that asks for an immediate reconcile; its value is echoed in
@@ -62,7 +59,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         }
     };
     // No client required.
-    let estate = estate(&read, &prepared.risks);
+    let estate = read.declared().estate(&prepared.risks);
     let inputs = inputs(&estate, &ctx)?;
     let children = build::applied(&inputs, &prepared.material)?;
     // Client required.
@@ -74,29 +71,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     Ok(Action::requeue(if prepared.waiting() {
         WAIT
     } else {
-        read.key_manager
-            .spec
-            .sync_interval
-            .as_duration()
-            .max(Duration::from_secs(30))
+        crate::core::prepare::resync_after(&read.key_manager)
     }))
-}
-
-/// The estate the children are built from: the KeyManager, the objects in its namespace,
-/// and its own tables without the drives held back.
-fn estate(read: &Dereferenced, risks: &[DriveRisk]) -> Estate {
-    let mut estate = Estate::new();
-    estate.add(Object::KeyManager((*read.key_manager).clone()));
-    for t in &read.tables {
-        estate.add(Object::DriveTable(without_blocked(t, &read.name, risks)));
-    }
-    for g in &read.groups {
-        estate.add(Object::KeyGroup(g.clone()));
-    }
-    for s in &read.shadows {
-        estate.add(Object::Shadow(s.clone()));
-    }
-    estate
 }
 
 fn inputs<'a>(estate: &'a Estate, ctx: &Context) -> Result<Inputs<'a>, BuildError> {

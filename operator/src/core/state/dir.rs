@@ -113,6 +113,54 @@ impl DataDir {
             .join(&owner.name))
     }
 
+    /// The file holding `field` of `item` of `owner`, for a process that reads it where it
+    /// is kept (a local key server reads its KEK and the canonical keystore here).
+    pub fn field_path(
+        &self,
+        owner: &Owner,
+        item: Item,
+        field: &str,
+    ) -> Result<PathBuf, StateError> {
+        if !item.fields().contains(&field) {
+            return Err(StateError::Invalid(format!(
+                "{} holds no field {field:?}",
+                item.name()
+            )));
+        }
+        Ok(self.owner_dir(owner)?.join(item.name()).join(field))
+    }
+
+    /// Every KeyManager with state here, in order.
+    pub fn owners(&self) -> Result<Vec<Owner>, StateError> {
+        let listed = |dir: &Path| -> Result<Vec<String>, StateError> {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StateError::store(format!("list {}", dir.display()))(e)),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(StateError::store(format!("list {}", dir.display())))?;
+                if let Some(name) = entry.file_name().to_str()
+                    && valid_component(name)
+                    && entry.path().is_dir()
+                {
+                    names.push(name.to_owned());
+                }
+            }
+            names.sort();
+            Ok(names)
+        };
+        let root = self.root.join("key-managers");
+        let mut owners = Vec::new();
+        for namespace in listed(&root)? {
+            for name in listed(&root.join(&namespace))? {
+                owners.push(Owner::new(namespace.clone(), name));
+            }
+        }
+        Ok(owners)
+    }
+
     fn read_item(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
         let dir = self.owner_dir(owner)?.join(item.name());
         if !dir.is_dir() {

@@ -1,0 +1,68 @@
+//! Where `shadowkeep up` keeps things in its data directory:
+//!
+//! ```text
+//! DIR/key-managers/...                   the control core's state (core::state::dir)
+//! DIR/servers/NAMESPACE/NAME/            one key server: server.yaml, its certificate, store/
+//! DIR/clients/NAMESPACE/KEYMANAGER/      client certificates, one pair per identity
+//! DIR/ca.pem                             every KeyManager's CA, for clients to trust
+//! DIR/addresses.json                     the loopback address of each server
+//! DIR/estate.json                        what runs where, once everything listens
+//! DIR/up.lock                            held while `up` runs
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::core::state::dir::DataDir;
+
+/// The data directory of `shadowkeep up`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The control core's state.
+    pub fn state(&self) -> DataDir {
+        DataDir::new(&self.root)
+    }
+
+    /// The directory of server `name` of `namespace`.
+    pub fn server_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join("servers").join(namespace).join(name)
+    }
+
+    /// The client certificates of KeyManager `key_manager` of `namespace`.
+    pub fn clients_dir(&self, namespace: &str, key_manager: &str) -> PathBuf {
+        self.root.join("clients").join(namespace).join(key_manager)
+    }
+
+    /// Every KeyManager's CA certificate, concatenated.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
+    /// What runs where.
+    pub fn estate_file(&self) -> PathBuf {
+        self.root.join("estate.json")
+    }
+
+    /// The loopback address of each server.
+    pub fn addresses_file(&self) -> PathBuf {
+        self.root.join("addresses.json")
+    }
+
+    /// Held while `up` runs, so that two cannot share the directory.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("up.lock")
+    }
+}

@@ -1,0 +1,261 @@
+//! `shadowkeep status [--data-dir DIR] [-o json]`: the KeyManagers and Shadows of a local
+//! estate, asked of each running server's admin API with a short timeout. A server that
+//! does not answer is `Unreachable` and holds up nothing else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+use shadowkeep_api::keystore::Keystore;
+use shadowkeep_api::replica_sync::DigestReply;
+use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+
+use super::estate_file::{EstateFile, Server, table};
+use super::layout::Layout;
+use crate::core::state::{Item, Owner, State as _};
+
+/// How long one server may take to answer.
+pub const ASK_LIMIT: Duration = Duration::from_secs(2);
+
+/// One server, as it answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    /// The replica's or Shadow's name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The KeyManager it serves.
+    pub key_manager: String,
+    /// `replica` or `shadow`.
+    pub role: String,
+    /// `Ready` or `Unreachable` for a replica.
+    pub state: String,
+    /// Keys it holds, when it answered.
+    pub keys: Option<usize>,
+    /// Its keystore's digest, when it answered.
+    pub digest: Option<String>,
+    /// When a shadow last synchronized with its KeyManager; none for a replica.
+    pub last_synchronized: Option<String>,
+    /// Why it could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One KeyManager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyManagerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Replicas run.
+    pub replicas: usize,
+    /// Replicas that answered.
+    pub ready: usize,
+    /// Keys in the canonical keystore.
+    pub keys: Option<usize>,
+    /// Whether every replica answered and holds exactly the canonical keystore.
+    pub keystore_in_sync: bool,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Every KeyManager.
+    pub key_managers: Vec<KeyManagerStatus>,
+    /// Every server.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// What `status` was asked.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The data directory of `up`.
+    pub data_dir: PathBuf,
+    /// JSON instead of tables.
+    pub json: bool,
+}
+
+/// Runs `status`: 0 when it could read the estate, 1 otherwise.
+pub fn run(options: &Options) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowkeep status: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let layout = Layout::new(&options.data_dir);
+    let estate = match EstateFile::read(&layout.estate_file()) {
+        Ok(estate) => estate,
+        Err(e) => {
+            eprintln!(
+                "shadowkeep status: {e} (is `shadowkeep up` running with --data-dir {}?)",
+                options.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = runtime.block_on(status(&layout, &estate));
+    let text = if options.json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("shadowkeep status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        describe(&status)
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// Asks every server of `estate`, all at once.
+pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
+    let servers = futures::future::join_all(estate.servers.iter().map(|s| ask(layout, s))).await;
+    let mut by_key_manager: BTreeMap<(String, String), Vec<&ServerStatus>> = BTreeMap::new();
+    for s in servers.iter().filter(|s| s.role == "replica") {
+        by_key_manager
+            .entry((s.namespace.clone(), s.key_manager.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut key_managers = Vec::new();
+    for ((namespace, name), replicas) in by_key_manager {
+        let canonical = canonical(layout, &Owner::new(&namespace, &name)).await;
+        let ready = replicas.iter().filter(|r| r.state == "Ready").count();
+        key_managers.push(KeyManagerStatus {
+            keys: canonical.as_ref().map(|(keys, _)| *keys),
+            keystore_in_sync: ready == replicas.len()
+                && canonical.as_ref().is_some_and(|(_, digest)| {
+                    replicas.iter().all(|r| r.digest.as_deref() == Some(digest))
+                }),
+            replicas: replicas.len(),
+            ready,
+            name,
+            namespace,
+        });
+    }
+    Status {
+        key_managers,
+        servers,
+    }
+}
+
+/// The canonical keystore's size and digest.
+async fn canonical(layout: &Layout, owner: &Owner) -> Option<(usize, String)> {
+    let fields = layout.state().read(owner, Item::Keystore).await.ok()??;
+    let keystore = Keystore::from_bytes(fields.get("keystore")).ok()?;
+    let digest = keystore.digest().ok()?.to_string();
+    Some((keystore.len(), digest))
+}
+
+async fn ask(layout: &Layout, server: &Server) -> ServerStatus {
+    let answer = tokio::time::timeout(ASK_LIMIT, digest(layout, server))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", ASK_LIMIT.as_secs())));
+    let (state, keys, digest, error) = match answer {
+        Ok(reply) => ("Ready", Some(reply.keys), Some(reply.digest), None),
+        Err(e) => ("Unreachable", None, None, Some(e)),
+    };
+    ServerStatus {
+        name: server.name.clone(),
+        namespace: server.namespace.clone(),
+        key_manager: server.key_manager.clone(),
+        role: server.role.clone(),
+        state: state.to_owned(),
+        keys,
+        digest,
+        last_synchronized: None,
+        error,
+    }
+}
+
+/// Asks a replica for its keystore's digest, presenting its KeyManager's replica
+/// certificate (the identity the replicas accept from the control core).
+async fn digest(layout: &Layout, server: &Server) -> Result<DigestReply, String> {
+    let owner = Owner::new(&server.namespace, &server.key_manager);
+    let tls = layout
+        .state()
+        .read(&owner, Item::Tls)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("KeyManager {owner} has no replica certificate"))?;
+    let connector = connector_from_pem(
+        tls.get("ca.crt"),
+        Some((tls.get("tls.crt"), tls.get("tls.key"))),
+    )
+    .map_err(|e| e.to_string())?;
+    let host = server
+        .admin
+        .rsplit_once(':')
+        .map_or(server.admin.as_str(), |(h, _)| h);
+    let mut sender = http1_connect_as(&server.admin, host, &connector).await?;
+    let (status, body) = send(
+        &mut sender,
+        &server.admin,
+        hyper::Method::GET,
+        "/v1/keystore/digest",
+        Vec::new(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("its answer: {e}"))
+}
+
+/// The KeyManagers window and the Shadows window.
+pub fn describe(status: &Status) -> String {
+    let mut rows = vec![[
+        "KEYMANAGER".to_owned(),
+        "REPLICAS".to_owned(),
+        "READY".to_owned(),
+        "KEYS".to_owned(),
+        "IN SYNC".to_owned(),
+    ]];
+    for km in &status.key_managers {
+        rows.push([
+            format!("{}/{}", km.namespace, km.name),
+            km.replicas.to_string(),
+            km.ready.to_string(),
+            km.keys.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+            if km.keystore_in_sync { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let mut out = table(&rows);
+    out.push('\n');
+    let mut servers = vec![[
+        "SERVER".to_owned(),
+        "ROLE".to_owned(),
+        "STATE".to_owned(),
+        "KEYS".to_owned(),
+        "LAST SYNCHRONIZED".to_owned(),
+    ]];
+    for s in &status.servers {
+        servers.push([
+            format!("{}/{}", s.namespace, s.name),
+            s.role.clone(),
+            s.state.clone(),
+            s.keys.map_or_else(|| "-".to_owned(), |k| k.to_string()),
+            s.last_synchronized
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    out.push_str(&table(&servers));
+    if !status.servers.iter().any(|s| s.role == "shadow") {
+        out.push_str("\nNo Shadow runs: the key server does not run shadows yet.\n");
+    }
+    out
+}

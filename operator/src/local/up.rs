@@ -1,0 +1,505 @@
+//! `shadowkeep up PATH... [--data-dir DIR]`: validate the manifests as `validate` does,
+//! reconcile every KeyManager with the control core, run its replicas as local key
+//! servers, write `estate.json`, and keep it all in step with the manifest files until
+//! stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt as _;
+use sha2::{Digest as _, Sha256};
+use shadowkeep_api::estate::Estate;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::addresses::Addresses;
+use super::estate_file::{self, EstateFile};
+use super::layout::Layout;
+use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
+use super::supervise::{Log, ServerSpec, Supervisor};
+use crate::cli::files::{ManifestFiles, read_manifest};
+use crate::cli::validate::{EXIT_VALID, load_except};
+use crate::core::prepare::resync_after;
+use crate::core::state::{Item, Owner, State as _};
+
+/// What `up` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The manifests: files or directories.
+    pub paths: Vec<PathBuf>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The first loopback address to give a server.
+    pub address_base: Ipv4Addr,
+}
+
+/// How long `up` waits for a server to listen before it carries on without it.
+const READY_LIMIT: Duration = Duration::from_mins(1);
+/// How often the manifest files are read for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// The name `up` prints its own lines under.
+const UP: &str = "up";
+
+/// Runs `up` and returns its exit code: 0 when stopped by a signal, 1 when it could not
+/// start.
+pub fn run(options: Options) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,shadowkeep=info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowkeep up: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(up(options))
+}
+
+/// The manifests as read: the estate when valid, the findings to print either way.
+struct Read {
+    estate: Option<Estate>,
+    lines: Vec<String>,
+}
+
+fn read(paths: &[PathBuf], data_dir: &Path) -> Read {
+    let (report, estate) = load_except(paths, &[data_dir.to_path_buf()]);
+    let mut lines = report.lines();
+    let valid = report.exit_code() == EXIT_VALID;
+    lines.push(format!(
+        "{} objects in {} files: {}",
+        report.objects,
+        report.files,
+        if valid { "valid" } else { "invalid" }
+    ));
+    Read {
+        estate: valid.then_some(estate),
+        lines,
+    }
+}
+
+/// A digest of the manifest files' names and contents, to notice an edit.
+fn fingerprint(paths: &[PathBuf], data_dir: &Path) -> String {
+    let listed = ManifestFiles::collect_except(paths, &[data_dir.to_path_buf()]);
+    let mut hash = Sha256::new();
+    for file in &listed.files {
+        hash.update(file.display().to_string().as_bytes());
+        hash.update([0]);
+        match read_manifest(file) {
+            Ok(text) => hash.update(text.as_bytes()),
+            Err(e) => hash.update(e.as_bytes()),
+        }
+        hash.update([0]);
+    }
+    for (name, why) in &listed.unreadable {
+        hash.update(name.as_bytes());
+        hash.update(why.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+async fn up(options: Options) -> ExitCode {
+    let log = Arc::new(Log::new(UP.len()));
+    let say = |line: &str| log.line(UP, line);
+    let first = read(&options.paths, &options.data_dir);
+    for line in &first.lines {
+        say(line);
+    }
+    for key in first.estate.as_ref().map(replica_keys).unwrap_or_default() {
+        log.widen(key.rsplit('/').next().unwrap_or_default().len());
+    }
+    let Some(estate) = first.estate else {
+        say("the manifests are not valid: nothing started, nothing written");
+        return ExitCode::FAILURE;
+    };
+    let root = match std::path::absolute(&options.data_dir) {
+        Ok(root) => root,
+        Err(e) => {
+            say(&format!(
+                "failed to use {}: {e}",
+                options.data_dir.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let layout = Layout::new(&root);
+    let _lock = match lock(&layout) {
+        Ok(lock) => lock,
+        Err(e) => {
+            say(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            say(&format!(
+                "failed to find this program to start the servers: {e}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut up = Up {
+        layout,
+        base: options.address_base,
+        supervisor: Supervisor::new(exe, log.clone()),
+        log: log.clone(),
+        clients: Vec::new(),
+        estate,
+        next_sync: BTreeMap::new(),
+    };
+    if let Err(e) = up.reconcile_all(true).await {
+        say(&format!("{e}; stopping"));
+        up.supervisor.stop_all(std::future::pending()).await;
+        return ExitCode::FAILURE;
+    }
+    up.write_estate(true);
+    let code = up.run(&options.paths).await;
+    up.write_estate(false);
+    code
+}
+
+/// Holds the data directory's lock while `up` runs.
+fn lock(layout: &Layout) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let root = layout.root();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| format!("failed to create {}: {e}", root.display()))?;
+    let path = layout.lock_file();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("failed to open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another `shadowkeep up` runs with {}; stop it first",
+            root.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("failed to lock {}: {e}", path.display()))
+        }
+    }
+}
+
+struct Up {
+    layout: Layout,
+    base: Ipv4Addr,
+    supervisor: Supervisor,
+    log: Arc<Log>,
+    clients: Vec<estate_file::Client>,
+    estate: Estate,
+    /// When each KeyManager is next reconciled without a change.
+    next_sync: BTreeMap<String, tokio::time::Instant>,
+}
+
+impl Up {
+    fn say(&self, line: &str) {
+        self.log.line(UP, line);
+    }
+
+    /// Reconciles every KeyManager and brings the servers in line. On the first run any
+    /// failure stops `up`; later, a KeyManager that fails keeps the servers it has.
+    async fn reconcile_all(&mut self, first: bool) -> Result<(), String> {
+        let mut addresses =
+            Addresses::load(&self.layout.addresses_file(), self.base).map_err(|e| e.to_string())?;
+        addresses
+            .assign(replica_keys(&self.estate).iter().map(String::as_str))
+            .map_err(|e| e.to_string())?;
+        addresses
+            .save(&self.layout.addresses_file())
+            .map_err(|e| e.to_string())?;
+        let ready: BTreeSet<String> = self
+            .supervisor
+            .servers()
+            .into_iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(spec, _)| spec.key)
+            .collect();
+        let now = Time(Timestamp::now());
+        let mut wanted: BTreeMap<String, ServerSpec> = BTreeMap::new();
+        let mut clients = Vec::new();
+        let mut kept = BTreeSet::new();
+        let local = Local {
+            layout: &self.layout,
+            estate: &self.estate,
+            addresses: &addresses,
+            ready: &ready,
+        };
+        for km in self.estate.key_managers() {
+            let name = format!("{}/{}", namespace_of(km), km.name_any());
+            self.next_sync
+                .insert(name.clone(), tokio::time::Instant::now() + resync_after(km));
+            match reconcile::reconcile(&local, km, &now).await {
+                Ok(Ended::Reconciled(done)) => {
+                    let synced = &done.prepared.synced.condition;
+                    self.log.line(
+                        UP,
+                        &format!(
+                            "KeyManager {name}: {} keys; {}",
+                            done.prepared.keys, synced.message
+                        ),
+                    );
+                    for server in &done.servers {
+                        self.log.widen(server.name.len());
+                    }
+                    wanted.extend(reconcile::by_key(done.servers));
+                    clients.extend(done.clients);
+                }
+                Ok(Ended::Waiting(why)) | Err(why) if !first => {
+                    self.log.line(
+                        UP,
+                        &format!("KeyManager {name}: {why}; its servers are left as they are"),
+                    );
+                    kept.extend(
+                        self.supervisor
+                            .servers()
+                            .into_iter()
+                            .filter(|(s, _)| format!("{}/{}", s.namespace, s.key_manager) == name)
+                            .map(|(s, _)| s.key),
+                    );
+                }
+                Ok(Ended::Waiting(why)) | Err(why) => {
+                    return Err(format!("KeyManager {name}: {why}"));
+                }
+            }
+        }
+        for shadow in self.estate.shadows() {
+            if first {
+                self.say(&format!(
+                    "Shadow {}/{} is declared but not started: the key server does not run shadows yet",
+                    namespace_of(shadow),
+                    shadow.name_any()
+                ));
+            }
+        }
+        let bundle = self.ca_bundle().await?;
+        shadowkeep_server::durable::write_atomically(
+            self.layout.root(),
+            "ca.pem",
+            bundle.as_bytes(),
+        )
+        .map_err(|e| format!("failed to write {}: {e}", self.layout.ca_bundle().display()))?;
+        self.clients = clients;
+        self.apply(wanted, &kept).await;
+        Ok(())
+    }
+
+    /// Every declared KeyManager's CA certificate, for clients to trust.
+    async fn ca_bundle(&self) -> Result<String, String> {
+        let state = self.layout.state();
+        let mut bundle = String::new();
+        for km in self.estate.key_managers() {
+            let owner = Owner::new(namespace_of(km), km.name_any());
+            if let Some(ca) = state
+                .read(&owner, Item::Ca)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                bundle.push_str(&String::from_utf8_lossy(ca.get("ca.crt")));
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// Starts new servers, restarts changed ones one at a time (each waited for, so that a
+    /// KeyManager never loses every replica at once), stops those no longer declared.
+    async fn apply(&mut self, wanted: BTreeMap<String, ServerSpec>, kept: &BTreeSet<String>) {
+        let running: Vec<String> = self
+            .supervisor
+            .servers()
+            .into_iter()
+            .map(|(s, _)| s.key)
+            .collect();
+        for key in running {
+            if !wanted.contains_key(&key) && !kept.contains(&key) {
+                self.say(&format!("stopping {key}: no longer declared"));
+                self.supervisor.stop(&key).await;
+            }
+        }
+        let mut started = Vec::new();
+        for (key, spec) in wanted {
+            match self.supervisor.spec(&key) {
+                None => {
+                    self.supervisor.start(spec).await;
+                    started.push(key);
+                }
+                Some(old) if *old != spec => {
+                    self.say(&format!("restarting {key}: its configuration changed"));
+                    self.supervisor.start(spec).await;
+                    if !self.supervisor.wait_ready(&key, READY_LIMIT).await {
+                        self.say(&format!(
+                            "{key} does not listen after {} s",
+                            READY_LIMIT.as_secs()
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for key in started {
+            if !self.supervisor.wait_ready(&key, READY_LIMIT).await {
+                self.say(&format!(
+                    "{key} does not listen after {} s",
+                    READY_LIMIT.as_secs()
+                ));
+            }
+        }
+    }
+
+    /// The estate as it runs.
+    fn estate_file(&self, running: bool) -> EstateFile {
+        EstateFile {
+            ca: self.layout.ca_bundle(),
+            clients: self.clients.clone(),
+            servers: self
+                .supervisor
+                .servers()
+                .into_iter()
+                .map(|(spec, status)| estate_file::Server {
+                    name: spec.name,
+                    namespace: spec.namespace,
+                    key_manager: spec.key_manager,
+                    role: spec.role.as_str().to_owned(),
+                    kmip: spec.kmip.to_string(),
+                    admin: spec.admin.to_string(),
+                    pid: status.pid.filter(|_| running),
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes `estate.json`, and prints it when `print`.
+    fn write_estate(&self, print: bool) {
+        let file = self.estate_file(
+            print
+                || self
+                    .supervisor
+                    .servers()
+                    .iter()
+                    .any(|(_, s)| s.pid.is_some()),
+        );
+        if let Err(e) = file.write(&self.layout.estate_file()) {
+            self.say(&e);
+        }
+        if print {
+            self.say(&format!(
+                "estate written to {}",
+                self.layout.estate_file().display()
+            ));
+            for line in file.describe().lines() {
+                self.say(line);
+            }
+        }
+    }
+
+    /// Keeps the estate in step until a signal; 0 when stopped.
+    async fn run(&mut self, paths: &[PathBuf]) -> ExitCode {
+        let (mut interrupt, mut terminate) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                self.say(&format!("failed to listen for signals: {e}; stopping"));
+                self.supervisor.stop_all(std::future::pending()).await;
+                return ExitCode::FAILURE;
+            }
+        };
+        let data_dir = self.layout.root().to_path_buf();
+        let mut seen = fingerprint(paths, &data_dir);
+        let mut changes = self.supervisor.changes();
+        let mut pids = self.pids();
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = changes.changed() => {
+                    let now = self.pids();
+                    let all_ready = self.supervisor.servers().iter().all(|(_, s)| s.ready);
+                    if now != pids && all_ready {
+                        pids = now;
+                        self.write_estate(false);
+                        self.say("every server listens; estate.json updated");
+                    }
+                }
+                _ = watch.tick() => {
+                    let now = fingerprint(paths, &data_dir);
+                    if now != seen {
+                        seen = now;
+                        self.manifests_changed(paths).await;
+                        pids = self.pids();
+                        self.write_estate(false);
+                    } else if self.next_sync.values().any(|at| *at <= tokio::time::Instant::now())
+                        && let Err(e) = self.reconcile_all(false).await
+                    {
+                        self.say(&e);
+                    }
+                }
+            }
+        }
+        self.say("stopping every server (a second Ctrl-C kills them)");
+        let force = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        self.supervisor.stop_all(force).await;
+        self.say("stopped");
+        ExitCode::SUCCESS
+    }
+
+    fn pids(&self) -> Vec<Option<u32>> {
+        self.supervisor
+            .servers()
+            .into_iter()
+            .map(|(_, s)| s.pid)
+            .collect()
+    }
+
+    /// An edit of the manifests, applied as `kubectl apply` would be: validated first, and
+    /// reconciled only when valid.
+    async fn manifests_changed(&mut self, paths: &[PathBuf]) {
+        let read = read(paths, self.layout.root());
+        self.say("the manifests changed");
+        for line in &read.lines {
+            self.say(line);
+        }
+        let Some(estate) = read.estate else {
+            self.say("not applied: the running estate is left as it was");
+            return;
+        };
+        self.estate = estate;
+        if let Err(e) = self.reconcile_all(false).await {
+            self.say(&e);
+        }
+    }
+}
+
+/// The default data directory: `.shadowkeep` in the working directory.
+pub fn default_data_dir() -> PathBuf {
+    Path::new(".shadowkeep").to_path_buf()
+}

@@ -1,0 +1,346 @@
+"""`shadowkeep up` as a process: the quickstart estate on loopback addresses, used with
+PyKMIP, stopped by SIGINT or killed by SIGKILL, restarted, fed a broken manifest and a
+DriveTable edit.
+
+The `shadowkeep` binary must exist (`cargo build -p shadowkeep`): $SHADOWKEEP, or
+target/debug/shadowkeep in this repository. Every estate gets its own loopback range, so
+tests never share an address.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from kmip.core import enums
+from kmip.pie.client import ProxyKmipClient
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples" / "quickstart"
+_ranges = itertools.count(1)
+
+
+def binary():
+    path = Path(os.environ.get("SHADOWKEEP", REPO / "target" / "debug" / "shadowkeep"))
+    if not path.exists():
+        pytest.fail(f"{path} not found: build it with `cargo build -p shadowkeep`")
+    return path
+
+
+def wait_for(what, check, limit=90.0):
+    """Polls `check` until it returns something true; fails naming `what` after `limit` s."""
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # the condition is not met yet
+            last = e
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
+def processes_using(path):
+    """Pids of live processes whose command line names `path` (zombies do not count)."""
+    found = []
+    needle = str(path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "cmdline").read_bytes():
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def parent_of(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def tree_digest(root):
+    """Every path under `root` with a digest of its contents."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        out[str(p.relative_to(root))] = (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        )
+    return out
+
+
+class Up:
+    """One `shadowkeep up` process."""
+
+    def __init__(self, tmp_path, manifests, data_dir=None, base=None):
+        self.manifests = manifests
+        self.data_dir = data_dir or tmp_path / "data"
+        self.base = base or f"127.{100 + os.getpid() % 100}.{next(_ranges)}.2"
+        self.log = tmp_path / f"up-{time.monotonic_ns()}.log"
+        self.proc = None
+
+    def start(self):
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [binary(), "up", str(self.manifests), "--data-dir", str(self.data_dir),
+             "--address-base", self.base],
+            stdout=self.out, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def output(self):
+        return self.log.read_text(errors="replace")
+
+    def estate(self):
+        return json.loads((self.data_dir / "estate.json").read_text())
+
+    def wait_ready(self):
+        """Waits until estate.json lists every server as a running child of this `up`."""
+        def ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"up exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
+            e = self.estate()
+            ok = e["servers"] and all(s["pid"] and parent_of(s["pid"]) == self.proc.pid for s in e["servers"])
+            return e if ok else None
+        return wait_for("estate.json listing running servers", ready)
+
+    def interrupt(self):
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=60)
+        self.out.close()
+        return code
+
+    def status(self):
+        out = subprocess.run(
+            [binary(), "status", "--data-dir", str(self.data_dir), "-o", "json"],
+            capture_output=True, check=True, timeout=60,
+        )
+        return json.loads(out.stdout)
+
+
+@pytest.fixture
+def manifests(tmp_path):
+    dest = tmp_path / "manifests"
+    shutil.copytree(QUICKSTART, dest)
+    return dest
+
+
+@pytest.fixture
+def up(tmp_path, manifests):
+    running = Up(tmp_path, manifests).start()
+    running.wait_ready()
+    yield running
+    if running.proc.poll() is None:
+        code = running.interrupt()
+        assert code == 0, running.output()[-4000:]
+    wait_for("no server left", lambda: not processes_using(running.data_dir), limit=30)
+
+
+def client(estate, server, identity=None):
+    c = next(c for c in estate["clients"] if identity in (None, c["identity"]))
+    host, port = server["kmip"].rsplit(":", 1)
+    return ProxyKmipClient(
+        hostname=host, port=int(port), cert=c["cert"], key=c["key"], ca=estate["ca"],
+        ssl_version="PROTOCOL_TLSv1_2", kmip_version=enums.KMIPVersion.KMIP_1_2,
+        config_file="/dev/null",
+    )
+
+
+def create(estate, server, name, identity=None):
+    with client(estate, server, identity) as c:
+        uid = c.create(enums.CryptographicAlgorithm.AES, 256, name=name)
+        return uid, c.get(uid).value
+
+
+def get(estate, server, uid, identity=None):
+    with client(estate, server, identity) as c:
+        return c.get(uid).value
+
+
+def test_the_quickstart_serves_mirrored_keys_and_status_tells(up):
+    estate = up.estate()
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    assert [s["name"] for s in replicas] == ["tape-keys-0", "tape-keys-1"]
+    assert len({s["kmip"].rsplit(":")[0] for s in replicas}) == 2, "each server has its own address"
+    assert all(s["kmip"].endswith(":5696") and s["admin"].endswith(":9443") for s in replicas)
+    uid, material = create(estate, replicas[0], "TAPE0001")
+    # peerAcknowledgements: 1 — the Create answered once the other replica held the key.
+    assert get(estate, replicas[1], uid) == material
+    status = up.status()
+    km = status["keyManagers"][0]
+    assert (km["name"], km["replicas"], km["ready"]) == ("tape-keys", 2, 2)
+    states = {s["name"]: (s["role"], s["state"]) for s in status["servers"]}
+    assert states == {"tape-keys-0": ("replica", "Ready"), "tape-keys-1": ("replica", "Ready")}
+    # Ten KeyGroup keys made by the control core, and the one created here.
+    assert all(s["keys"] == 11 + 1 for s in status["servers"])
+    assert "Shadow default/tape-keys-dr is declared but not started" in up.output()
+
+
+def test_a_stopped_server_is_unreachable_in_status_without_blocking_it(up):
+    estate = up.estate()
+    frozen = estate["servers"][1]["pid"]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status = up.status()
+        took = time.monotonic() - started
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    states = {s["name"]: s["state"] for s in status["servers"]}
+    assert states == {"tape-keys-0": "Ready", "tape-keys-1": "Unreachable"}
+    assert status["keyManagers"][0]["ready"] == 1
+    assert took < 30, f"status took {took:.1f} s with one server frozen"
+
+
+def test_sigint_stops_every_server_and_exits_zero(up):
+    pids = [s["pid"] for s in up.estate()["servers"]]
+    assert up.interrupt() == 0
+    assert not processes_using(up.data_dir)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_sigkill_of_up_leaves_no_server(up):
+    assert processes_using(up.data_dir)
+    up.proc.kill()
+    up.proc.wait(timeout=30)
+    up.out.close()
+    wait_for("every server gone after up was killed", lambda: not processes_using(up.data_dir), limit=30)
+
+
+def test_a_second_up_on_the_same_directory_serves_the_same_keys(tmp_path, up):
+    estate = up.estate()
+    uid, material = create(estate, estate["servers"][0], "TAPE0002")
+    ca_before = Path(estate["ca"]).read_bytes()
+    assert up.interrupt() == 0
+    wait_for("no server left", lambda: not processes_using(up.data_dir), limit=30)
+    again = Up(tmp_path, up.manifests, data_dir=up.data_dir, base=up.base).start()
+    try:
+        again.wait_ready()
+        estate2 = again.estate()
+        assert [s["kmip"] for s in estate2["servers"]] == [s["kmip"] for s in estate["servers"]]
+        assert Path(estate2["ca"]).read_bytes() == ca_before
+        for server in estate2["servers"]:
+            assert get(estate2, server, uid) == material
+    finally:
+        assert again.interrupt() == 0
+
+
+def test_two_ups_cannot_share_a_directory(tmp_path, up):
+    second = Up(tmp_path, up.manifests, data_dir=up.data_dir).start()
+    assert second.proc.wait(timeout=60) == 1
+    second.out.close()
+    assert "another `shadowkeep up` runs with" in second.output()
+
+
+def test_an_invalid_manifest_starts_nothing_and_writes_nothing(tmp_path, manifests):
+    broken = tmp_path / "broken"
+    shutil.copytree(manifests, broken)
+    (broken / "second.yaml").write_text(
+        (REPO / "tests" / "invalid-manifests" / "drive-in-two-keymanagers.yaml").read_text()
+    )
+    fresh = Up(tmp_path, broken, data_dir=tmp_path / "fresh").start()
+    assert fresh.proc.wait(timeout=60) == 1
+    fresh.out.close()
+    assert "nothing started, nothing written" in fresh.output()
+    assert "error" in fresh.output()
+    assert not (tmp_path / "fresh").exists()
+    # A directory an earlier run left is not touched either.
+    used = Up(tmp_path, manifests, data_dir=tmp_path / "used").start()
+    used.wait_ready()
+    assert used.interrupt() == 0
+    before = tree_digest(tmp_path / "used")
+    again = Up(tmp_path, broken, data_dir=tmp_path / "used").start()
+    assert again.proc.wait(timeout=60) == 1
+    again.out.close()
+    assert tree_digest(tmp_path / "used") == before
+
+
+def test_a_killed_server_is_restarted_and_loses_no_key(up):
+    estate = up.estate()
+    keys = [create(estate, estate["servers"][0], f"TAPE{n:04}") for n in range(5)]
+    victim = estate["servers"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def restarted():
+        e = up.estate()
+        s = next(s for s in e["servers"] if s["name"] == victim["name"])
+        return e if s["pid"] and s["pid"] != victim["pid"] else None
+
+    estate2 = wait_for("the killed server restarted and estate.json rewritten", restarted)
+    assert "ended (signal: 9 (SIGKILL)); starting it again" in up.output()
+    server = next(s for s in estate2["servers"] if s["name"] == victim["name"])
+    for uid, material in keys:
+        assert wait_for(f"key {uid} on the restarted server", lambda: get(estate2, server, uid) == material)
+
+
+def test_a_drive_table_edit_admits_a_new_identity_without_restarting_up(up):
+    pid = up.proc.pid
+    table = up.manifests / "drivetable.yaml"
+    table.write_text(table.read_text() + """    - serial: "2013000001"
+      certificateIdentity: library-b.tape.example.com
+      keyGroup: lto-default
+      description: Library B, frame 1, drive 1
+""")
+
+    def admitted():
+        e = up.estate()
+        if not any(c["identity"] == "library-b.tape.example.com" for c in e["clients"]):
+            return None
+        if not all(s["pid"] for s in e["servers"]):
+            return None
+        return e
+
+    estate = wait_for("library-b's certificate in estate.json", admitted)
+    server = estate["servers"][0]
+
+    def works():
+        return create(estate, server, "TAPE-B-0001", identity="library-b.tape.example.com")
+
+    uid, material = wait_for("library-b served", works)
+    assert get(estate, estate["servers"][1], uid, identity="library-b.tape.example.com") == material
+    assert up.proc.poll() is None and up.proc.pid == pid
+    assert "the manifests changed" in up.output()
+
+
+def test_a_broken_edit_is_not_applied_and_the_estate_keeps_running(up):
+    estate = up.estate()
+    (up.manifests / "keymanager.yaml").write_text("apiVersion: shadowkeep.io/v1alpha1\nkind: KeyManager\nmetadata: {name: tape-keys}\nspec: {replicas: -3}\n")
+    wait_for("the broken edit reported", lambda: "not applied" in up.output())
+    uid, material = create(estate, estate["servers"][0], "TAPE0009")
+    assert get(estate, estate["servers"][1], uid) == material
+    assert [s["pid"] for s in up.estate()["servers"]] == [s["pid"] for s in estate["servers"]]
+
+
+def test_a_requested_reconcile_pulls_a_new_key_into_the_canonical_keystore(up):
+    estate = up.estate()
+    assert up.status()["keyManagers"][0]["keys"] == 11
+    create(estate, estate["servers"][0], "TAPE0010")
+    manifest = up.manifests / "keymanager.yaml"
+    manifest.write_text(manifest.read_text().replace(
+        "  name: tape-keys\n",
+        "  name: tape-keys\n  annotations:\n    shadowkeep.io/reconcile-requested-at: \"2026-12-02T16:00:00Z\"\n",
+        1,
+    ))
+
+    def pulled():
+        km = up.status()["keyManagers"][0]
+        return km if km["keys"] == 12 and km["keystoreInSync"] else None
+
+    wait_for("the new key in the canonical keystore, every replica in sync", pulled)
+    # An annotation is no configuration: no server was restarted for it.
+    assert [s["pid"] for s in up.estate()["servers"]] == [s["pid"] for s in estate["servers"]]
