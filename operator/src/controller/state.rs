@@ -12,13 +12,11 @@ use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use shadowkeep_api::crd::KeyManager;
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
-use shadowkeep_server::client::connector_from_pem;
 
 use super::Context;
 use crate::build::{self, Inputs, Names};
-use crate::core::conditions::reasons;
 use crate::core::drive_moves::{Origins, RELEASE_DRIVES};
-use crate::core::keystore_sync::{Replicas, in_cluster};
+use crate::core::keystore_sync::{Replicas, ask, in_cluster};
 use crate::core::state::{Fields, Item, Owner, State, StateError, StoredHistory};
 
 /// Label on keystore backups, naming their KeyManager.
@@ -321,35 +319,17 @@ pub fn replicas(
     certificate: Option<(&[u8], &[u8], &[u8])>,
     secret: &str,
 ) -> Replicas {
-    if ready == 0 && ctx.replica_resolver.is_none() {
-        return Replicas::Skip {
-            reason: reasons::NO_REPLICA_READY,
-            message: "no replica is ready to be asked for its keys".to_owned(),
-        };
-    }
-    let Some((crt, key, ca)) = certificate else {
-        return Replicas::Skip {
-            reason: reasons::REPLICA_UNREACHABLE,
-            message: format!("Secret {secret} (the replica certificate) not found"),
-        };
-    };
-    let connector = match connector_from_pem(ca, Some((crt, key))) {
-        Ok(c) => c,
-        Err(e) => {
-            return Replicas::Skip {
-                reason: reasons::REPLICA_UNREACHABLE,
-                message: format!("Secret {secret}: {e}"),
-            };
-        }
-    };
     let addresses = match &ctx.replica_resolver {
         Some(resolve) => resolve(inputs),
         None => in_cluster(inputs),
     };
-    Replicas::Ask {
+    let any_ready = ready > 0 || ctx.replica_resolver.is_some();
+    ask(
         addresses,
-        connector,
-    }
+        any_ready,
+        certificate,
+        &format!("Secret {secret}"),
+    )
 }
 
 /// The parts of a replica certificate Secret: chain, key, CA.

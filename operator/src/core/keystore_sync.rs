@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::{DigestReply, summary};
-use shadowkeep_server::client::{http1_connect_as, send};
+use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
 use tokio_rustls::TlsConnector;
 
 use super::Error;
@@ -276,6 +276,38 @@ impl std::fmt::Debug for Replicas {
                 .field("message", message)
                 .finish(),
         }
+    }
+}
+
+/// How to ask the replicas at `addresses` when any is ready: presenting `certificate`
+/// (the replica certificate: chain, key and CA, kept in `source`; `None` when missing).
+pub fn ask(
+    addresses: Vec<ReplicaAddress>,
+    any_ready: bool,
+    certificate: Option<(&[u8], &[u8], &[u8])>,
+    source: &str,
+) -> Replicas {
+    if !any_ready {
+        return Replicas::Skip {
+            reason: reasons::NO_REPLICA_READY,
+            message: "no replica is ready to be asked for its keys".to_owned(),
+        };
+    }
+    let Some((crt, key, ca)) = certificate else {
+        return Replicas::Skip {
+            reason: reasons::REPLICA_UNREACHABLE,
+            message: format!("{source} (the replica certificate) not found"),
+        };
+    };
+    match connector_from_pem(ca, Some((crt, key))) {
+        Ok(connector) => Replicas::Ask {
+            addresses,
+            connector,
+        },
+        Err(e) => Replicas::Skip {
+            reason: reasons::REPLICA_UNREACHABLE,
+            message: format!("{source}: {e}"),
+        },
     }
 }
 

@@ -17,7 +17,6 @@ use shadowkeep_api::crd::{KeyManager, TlsSource};
 use shadowkeep_api::drive_history::DriveHistory;
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::server_config::{PeerConfig, ServerConfig, TlsFiles};
-use shadowkeep_server::client::connector_from_pem;
 
 use super::addresses::Addresses;
 use super::certificates;
@@ -25,9 +24,8 @@ use super::estate_file::Client;
 use super::layout::Layout;
 use super::supervise::{Role, ServerSpec};
 use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, Material, replicas_of, server_config};
-use crate::core::conditions::reasons;
 use crate::core::drive_moves::{DriveIndex, Origins, risk_message};
-use crate::core::keystore_sync::{ReplicaAddress, Replicas};
+use crate::core::keystore_sync::{ReplicaAddress, Replicas, ask};
 use crate::core::prepare::{Declared, Outcome, Prepared, Surroundings, prepare};
 use crate::core::state::{Item, Owner, State as _, StateError};
 
@@ -123,28 +121,12 @@ impl Local<'_> {
                 server_name: ip.to_string(),
             });
         }
-        if !any_ready {
-            return Replicas::Skip {
-                reason: reasons::NO_REPLICA_READY,
-                message: "no replica is running yet to be asked for its keys".to_owned(),
-            };
-        }
-        let Some((crt, key, ca)) = certificate else {
-            return Replicas::Skip {
-                reason: reasons::REPLICA_UNREACHABLE,
-                message: "the replica certificate was not made".to_owned(),
-            };
-        };
-        match connector_from_pem(ca, Some((crt, key))) {
-            Ok(connector) => Replicas::Ask {
-                addresses,
-                connector,
-            },
-            Err(e) => Replicas::Skip {
-                reason: reasons::REPLICA_UNREACHABLE,
-                message: format!("the replica certificate: {e}"),
-            },
-        }
+        ask(
+            addresses,
+            any_ready,
+            certificate.map(|(crt, key, ca)| (crt.as_slice(), key.as_slice(), ca.as_slice())),
+            "the data directory",
+        )
     }
 
     fn declared_key_manager(&self, owner: &Owner) -> Option<&KeyManager> {
