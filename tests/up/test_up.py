@@ -344,3 +344,13 @@ def test_a_requested_reconcile_pulls_a_new_key_into_the_canonical_keystore(up):
     wait_for("the new key in the canonical keystore, every replica in sync", pulled)
     # An annotation is no configuration: no server was restarted for it.
     assert [s["pid"] for s in up.estate()["servers"]] == [s["pid"] for s in estate["servers"]]
+
+
+def test_sigint_during_an_edit_stops_everything(up):
+    table = up.manifests / "drivetable.yaml"
+    table.write_text(table.read_text() + """    - serial: "3013000001"
+      certificateIdentity: library-c.tape.example.com
+""")
+    wait_for("the edit noticed", lambda: "the manifests changed" in up.output())
+    assert up.interrupt() == 0
+    wait_for("no server left", lambda: not processes_using(up.data_dir), limit=30)

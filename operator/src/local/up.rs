@@ -447,15 +447,25 @@ impl Up {
                 }
                 _ = watch.tick() => {
                     let now = fingerprint(paths, &data_dir);
-                    if now != seen {
-                        seen = now;
-                        self.manifests_changed(paths).await;
+                    let edited = now != seen;
+                    seen = now;
+                    let due = self.next_sync.values().any(|at| *at <= tokio::time::Instant::now());
+                    if !edited && !due {
+                        continue;
+                    }
+                    // A reconcile can wait a minute for a restarted server; a signal
+                    // meanwhile stops `up` at once rather than after it.
+                    let stopped = tokio::select! {
+                        () = self.step(paths, edited) => false,
+                        _ = interrupt.recv() => true,
+                        _ = terminate.recv() => true,
+                    };
+                    if stopped {
+                        break;
+                    }
+                    if edited {
                         pids = self.pids();
                         self.write_estate(false);
-                    } else if self.next_sync.values().any(|at| *at <= tokio::time::Instant::now())
-                        && let Err(e) = self.reconcile_all(false).await
-                    {
-                        self.say(&e);
                     }
                 }
             }
@@ -470,6 +480,15 @@ impl Up {
         self.supervisor.stop_all(force).await;
         self.say("stopped");
         ExitCode::SUCCESS
+    }
+
+    /// Applies an edit of the manifests, or reconciles what is declared when it is due.
+    async fn step(&mut self, paths: &[PathBuf], edited: bool) {
+        if edited {
+            self.manifests_changed(paths).await;
+        } else if let Err(e) = self.reconcile_all(false).await {
+            self.say(&e);
+        }
     }
 
     fn pids(&self) -> Vec<Option<u32>> {
