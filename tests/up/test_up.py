@@ -189,6 +189,14 @@ def test_the_quickstart_serves_mirrored_keys_and_status_tells(up):
     assert all(s["keys"] == 11 + 1 for s in status["servers"])
     assert "Shadow default/tape-keys-dr is declared but not started" in up.output()
 
+    def reported_ready():
+        km = up.status()["keyManagers"][0]
+        ready = next(c for c in km["conditions"] if c["type"] == "Ready")
+        return km if ready["status"] == "True" else None
+
+    km = wait_for("the KeyManager's status Ready, as the operator computes it", reported_ready)
+    assert {c["type"] for c in km["conditions"]} >= {"Ready", "KeystoreInSync", "KeyHistoryAtRisk", "SingleServer"}
+
 
 def test_a_stopped_server_is_unreachable_in_status_without_blocking_it(up):
     estate = up.estate()
@@ -354,3 +362,64 @@ def test_sigint_during_an_edit_stops_everything(up):
     wait_for("the edit noticed", lambda: "the manifests changed" in up.output())
     assert up.interrupt() == 0
     wait_for("no server left", lambda: not processes_using(up.data_dir), limit=30)
+
+
+SECOND_KEY_MANAGER = """apiVersion: shadowkeep.io/v1alpha1
+kind: KeyManager
+metadata:
+  name: vault-keys
+spec:
+  serverId: vault-keys-eu1
+  replicas: 1
+---
+apiVersion: shadowkeep.io/v1alpha1
+kind: DriveTable
+metadata:
+  name: library-v
+spec:
+  keyManagerRef:
+    name: vault-keys
+  drives:
+    - serial: "7013000001"
+      certificateIdentity: library-v.tape.example.com
+"""
+
+
+def test_a_drive_moved_to_another_key_manager_is_held_back_until_accepted(tmp_path, manifests):
+    (manifests / "vault.yaml").write_text(SECOND_KEY_MANAGER)
+    running = Up(tmp_path, manifests).start()
+    try:
+        running.wait_ready()
+        assert len(running.estate()["servers"]) == 3
+        # Move drive 1013000125 from tape-keys to vault-keys in one edit, without accepting.
+        table = manifests / "drivetable.yaml"
+        text = table.read_text()
+        moved = """    - serial: "1013000125"
+      certificateIdentity: library-a.tape.example.com
+      description: Library A, frame 2, drive 1 (default key group)
+"""
+        assert moved in text
+        table.write_text(text.replace(moved, ""))
+        (manifests / "vault.yaml").write_text(SECOND_KEY_MANAGER + """    - serial: "1013000125"
+      certificateIdentity: library-a.tape.example.com
+""")
+
+        def held_back():
+            for km in running.status()["keyManagers"]:
+                if km["name"] != "vault-keys":
+                    continue
+                risk = next((c for c in km["conditions"] if c["type"] == "KeyHistoryAtRisk"), None)
+                if risk and risk["status"] == "True":
+                    return risk
+            return None
+
+        risk = wait_for("the moved drive held back, with KeyHistoryAtRisk on vault-keys", held_back)
+        assert "claimed by another KeyManager" in risk["message"]
+        wait_for("up naming the drive and where its keys are", lambda: (
+            'drive "1013000125" (DriveTable library-v) was served by KeyManager "default/tape-keys"'
+            in running.output()))
+        server_yaml = (running.data_dir / "servers" / "default" / "vault-keys-0" / "server.yaml").read_text()
+        assert "1013000125" not in server_yaml, "a held-back drive is not served"
+        assert "7013000001" in server_yaml
+    finally:
+        assert running.interrupt() == 0

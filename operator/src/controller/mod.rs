@@ -193,7 +193,7 @@ pub struct StatusError {
     pub action: String,
     /// The cause.
     #[source]
-    pub source: Box<kube::Error>,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl StatusError {
@@ -203,6 +203,17 @@ impl StatusError {
         move |source| Self {
             action,
             source: Box::new(source),
+        }
+    }
+
+    /// A status the state could not keep.
+    pub fn state(error: crate::core::state::StateError) -> Self {
+        match error {
+            crate::core::state::StateError::Store { action, source } => Self { action, source },
+            other => Self {
+                action: "write the status".to_owned(),
+                source: Box::new(other),
+            },
         }
     }
 }

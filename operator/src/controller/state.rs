@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use shadowkeep_api::crd::KeyManager;
+use shadowkeep_api::crd::{KeyManager, KeyManagerStatus};
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
 
 use super::Context;
@@ -127,7 +127,49 @@ impl Kube {
     }
 }
 
+/// The status as server-side apply takes it: the operator owns the whole status.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    status: &'a KeyManagerStatus,
+}
+
 impl State for Kube {
+    async fn read_status(&self, owner: &Owner) -> Result<Option<KeyManagerStatus>, StateError> {
+        Ok(
+            Api::<KeyManager>::namespaced(self.client.clone(), &owner.namespace)
+                .get_opt(&owner.name)
+                .await
+                .map_err(StateError::store(format!("read KeyManager {owner}")))?
+                .and_then(|km| km.status),
+        )
+    }
+
+    async fn write_status(
+        &self,
+        owner: &Owner,
+        status: &KeyManagerStatus,
+    ) -> Result<(), StateError> {
+        let apply = StatusApply {
+            api_version: &<KeyManager as kube::Resource>::api_version(&()),
+            kind: &<KeyManager as kube::Resource>::kind(&()),
+            status,
+        };
+        Api::<KeyManager>::namespaced(self.client.clone(), &owner.namespace)
+            .patch_status(
+                &owner.name,
+                &PatchParams::apply(build::FIELD_MANAGER).force(),
+                &Patch::Apply(&apply),
+            )
+            .await
+            .map_err(StateError::store(format!(
+                "update the status of KeyManager {owner}"
+            )))?;
+        Ok(())
+    }
+
     async fn read(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
         let name = secret_name(owner, item);
         Ok(self

@@ -1,6 +1,6 @@
 //! What the core keeps, behind one small interface: material made once (the KEK, the
 //! canonical keystore, the CA and replica certificate, the license signing key), the
-//! canonical keystore's versioned backups, and drive histories.
+//! canonical keystore's versioned backups, drive histories, and each KeyManager's status.
 //!
 //! Two implementations: Kubernetes objects (`crate::controller::state`, the Secrets and
 //! ConfigMaps the operator has always written) and files in a data directory
@@ -11,6 +11,7 @@ pub mod dir;
 use std::collections::BTreeMap;
 use std::future::Future;
 
+use shadowkeep_api::crd::KeyManagerStatus;
 use shadowkeep_api::drive_history::DriveHistory;
 
 /// A KeyManager whose state is kept: its namespace and name.
@@ -231,6 +232,19 @@ pub trait State: Send + Sync {
     /// Where the drive history of `owner` is kept, for a message telling a person where
     /// to release its drives once the KeyManager is deleted.
     fn history_location(&self, owner: &Owner) -> String;
+
+    /// The last status written for `owner`, or `None` when none was.
+    fn read_status(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Option<KeyManagerStatus>, StateError>> + Send;
+
+    /// Writes the status of `owner` whole (the reconcile owns all of it).
+    fn write_status(
+        &self,
+        owner: &Owner,
+        status: &KeyManagerStatus,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
 
     /// Writes the drive history of `owner`: created when `version` is `None`, replaced
     /// when the stored one is still at `version`. Fails with [`StateError::Conflict`],

@@ -24,10 +24,11 @@ use super::estate_file::Client;
 use super::layout::Layout;
 use super::supervise::{Role, ServerSpec};
 use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, Material, replicas_of, server_config};
-use crate::core::drive_moves::{DriveIndex, Origins, risk_message};
+use crate::core::drive_moves::{DriveIndex, Origins};
 use crate::core::keystore_sync::{ReplicaAddress, Replicas, ask};
 use crate::core::prepare::{Declared, Outcome, Prepared, Surroundings, prepare};
 use crate::core::state::{Item, Owner, State as _, StateError};
+use crate::core::status::{self, Observed};
 
 /// The namespace of an object without one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -95,6 +96,8 @@ pub struct Local<'a> {
     pub estate: &'a Estate,
     /// Each server's address.
     pub addresses: &'a Addresses,
+    /// The servers that run now.
+    pub running: &'a BTreeSet<String>,
     /// The servers that listen now.
     pub ready: &'a BTreeSet<String>,
 }
@@ -243,9 +246,7 @@ pub async fn reconcile(local: &Local<'_>, km: &KeyManager, now: &Time) -> Result
         .map_err(|e| e.to_string())?;
     let servers = servers(local, &inputs, &authority)?;
     let clients = clients(local, &inputs, &authority)?;
-    if !prepared.risks.is_empty() {
-        tracing::warn!(key_manager = %owner, risks = %risk_message(&prepared.risks, &name), "drives held back");
-    }
+    write_status(local, &declared, &inputs, &prepared, now).await?;
     Ok(Ended::Reconciled(Reconciled {
         servers,
         clients,
@@ -342,6 +343,57 @@ fn clients(
         });
     }
     Ok(clients)
+}
+
+/// Keeps the KeyManager's status in the data directory, computed as the operator computes
+/// it; written only when it changed.
+async fn write_status(
+    local: &Local<'_>,
+    declared: &Declared<'_>,
+    inputs: &Inputs<'_>,
+    prepared: &Prepared,
+    now: &Time,
+) -> Result<(), String> {
+    let owner = Owner::new(declared.namespace, declared.name);
+    let mine = |set: &BTreeSet<String>| {
+        let n = replicas_of(inputs)
+            .iter()
+            .filter(|p| set.contains(&server_key(declared.namespace, &p.name)))
+            .count();
+        i32::try_from(n).unwrap_or(i32::MAX)
+    };
+    let twins: Vec<String> = local
+        .estate
+        .key_managers()
+        .iter()
+        .filter(|o| {
+            o.spec.server_id == declared.key_manager.spec.server_id
+                && (namespace_of(*o), o.name_any()) != (owner.namespace.clone(), owner.name.clone())
+        })
+        .map(|o| format!("{}/{}", namespace_of(o), o.name_any()))
+        .collect();
+    let observed = Observed {
+        replicas: mine(local.running),
+        ready: mine(local.ready),
+        twins: &twins,
+    };
+    let state = local.layout.state();
+    let previous = state.read_status(&owner).await.map_err(|e| e.to_string())?;
+    let report = status::report(
+        declared,
+        previous.as_ref(),
+        inputs,
+        prepared,
+        &observed,
+        now,
+    );
+    if previous.as_ref() != Some(&report.status) {
+        state
+            .write_status(&owner, &report.status)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The operator's configuration, with this machine's addresses and files.

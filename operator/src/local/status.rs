@@ -3,6 +3,7 @@
 //! does not answer is `Unreachable` and holds up nothing else.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,6 +61,34 @@ pub struct KeyManagerStatus {
     pub keys: Option<usize>,
     /// Whether every replica answered and holds exactly the canonical keystore.
     pub keystore_in_sync: bool,
+    /// The conditions of its last reconcile, as the operator would report them.
+    pub conditions: Vec<ConditionSummary>,
+}
+
+/// One condition of a KeyManager's last reconcile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionSummary {
+    /// Its type (`Ready`, `KeystoreInSync`, `KeyHistoryAtRisk`, ...).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// Why, in one word.
+    pub reason: String,
+    /// Why, in a sentence.
+    pub message: String,
+    /// When it last changed.
+    pub last_transition_time: String,
+}
+
+impl ConditionSummary {
+    /// Whether the condition asks for attention.
+    pub fn troubling(&self) -> bool {
+        let fine_when_true = matches!(self.type_.as_str(), "Ready" | "KeystoreInSync");
+        let quiet = matches!(self.type_.as_str(), "Progressing");
+        !quiet && ((self.status == "True") != fine_when_true)
+    }
 }
 
 /// The whole answer.
@@ -132,7 +161,27 @@ pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
     }
     let mut key_managers = Vec::new();
     for ((namespace, name), replicas) in by_key_manager {
-        let canonical = canonical(layout, &Owner::new(&namespace, &name)).await;
+        let owner = Owner::new(&namespace, &name);
+        let canonical = canonical(layout, &owner).await;
+        let conditions = layout
+            .state()
+            .read_status(&owner)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| {
+                s.conditions
+                    .into_iter()
+                    .map(|c| ConditionSummary {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time.0.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let ready = replicas.iter().filter(|r| r.state == "Ready").count();
         key_managers.push(KeyManagerStatus {
             keys: canonical.as_ref().map(|(keys, _)| *keys),
@@ -142,6 +191,7 @@ pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
                 }),
             replicas: replicas.len(),
             ready,
+            conditions,
             name,
             namespace,
         });
@@ -234,6 +284,21 @@ pub fn describe(status: &Status) -> String {
         ]);
     }
     let mut out = table(&rows);
+    for km in &status.key_managers {
+        for c in km.conditions.iter().filter(|c| c.troubling()) {
+            let _ = writeln!(
+                out,
+                "  {}/{}: {}={} {}: {} (since {})",
+                km.namespace,
+                km.name,
+                c.type_,
+                c.status,
+                c.reason,
+                c.message,
+                c.last_transition_time
+            );
+        }
+    }
     out.push('\n');
     let mut servers = vec![[
         "SERVER".to_owned(),

@@ -24,6 +24,7 @@ use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
 use super::supervise::{Log, ServerSpec, Supervisor};
 use crate::cli::files::{ManifestFiles, read_manifest};
 use crate::cli::validate::{EXIT_VALID, load_except};
+use crate::core::drive_moves::risk_message;
 use crate::core::prepare::resync_after;
 use crate::core::state::{Item, Owner, State as _};
 
@@ -72,6 +73,30 @@ pub fn run(options: Options) -> ExitCode {
     runtime.block_on(up(options))
 }
 
+/// SIGINT and SIGTERM, listened for from the start, so that `up` stops its servers in
+/// order whenever one arrives.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Completes at the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 /// The manifests as read: the estate when valid, the findings to print either way.
 struct Read {
     estate: Option<Estate>,
@@ -117,6 +142,16 @@ fn fingerprint(paths: &[PathBuf], data_dir: &Path) -> String {
 async fn up(options: Options) -> ExitCode {
     let log = Arc::new(Log::new(UP.len()));
     let say = |line: &str| log.line(UP, line);
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            say(&format!("failed to listen for signals: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    // Taken before the manifests are read: an edit saved while they are read, or while the
+    // servers start, differs from it and is applied once `up` runs.
+    let seen = fingerprint(&options.paths, &options.data_dir);
     let first = read(&options.paths, &options.data_dir);
     for line in &first.lines {
         say(line);
@@ -163,14 +198,28 @@ async fn up(options: Options) -> ExitCode {
         clients: Vec::new(),
         estate,
         next_sync: BTreeMap::new(),
+        seen,
     };
-    if let Err(e) = up.reconcile_all(true).await {
-        say(&format!("{e}; stopping"));
-        up.supervisor.stop_all(std::future::pending()).await;
-        return ExitCode::FAILURE;
+    let started = tokio::select! {
+        started = up.start() => Some(started),
+        () = signals.next() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            up.say(&format!("{e}; stopping"));
+            up.supervisor.stop_all(signals.next()).await;
+            return ExitCode::FAILURE;
+        }
+        None => {
+            up.say("stopping every server (a second Ctrl-C kills them)");
+            up.supervisor.stop_all(signals.next()).await;
+            up.write_estate(false);
+            up.say("stopped");
+            return ExitCode::SUCCESS;
+        }
     }
-    up.write_estate(true);
-    let code = up.run(&options.paths).await;
+    let code = up.run(&options.paths, &mut signals).await;
     up.write_estate(false);
     code
 }
@@ -212,11 +261,24 @@ struct Up {
     estate: Estate,
     /// When each KeyManager is next reconciled without a change.
     next_sync: BTreeMap<String, tokio::time::Instant>,
+    /// The fingerprint of the manifests last applied.
+    seen: String,
 }
 
 impl Up {
     fn say(&self, line: &str) {
         self.log.line(UP, line);
+    }
+
+    /// The first reconcile and start, `estate.json` written and printed, then a second
+    /// reconcile with the servers up: their keys are asked for and the status tells.
+    async fn start(&mut self) -> Result<(), String> {
+        self.reconcile_all(true).await?;
+        self.write_estate(true);
+        if let Err(e) = self.reconcile_all(false).await {
+            self.say(&e);
+        }
+        Ok(())
     }
 
     /// Reconciles every KeyManager and brings the servers in line. On the first run any
@@ -230,12 +292,16 @@ impl Up {
         addresses
             .save(&self.layout.addresses_file())
             .map_err(|e| e.to_string())?;
-        let ready: BTreeSet<String> = self
-            .supervisor
-            .servers()
-            .into_iter()
+        let servers = self.supervisor.servers();
+        let running: BTreeSet<String> = servers
+            .iter()
+            .filter(|(_, s)| s.pid.is_some())
+            .map(|(spec, _)| spec.key.clone())
+            .collect();
+        let ready: BTreeSet<String> = servers
+            .iter()
             .filter(|(_, s)| s.ready)
-            .map(|(spec, _)| spec.key)
+            .map(|(spec, _)| spec.key.clone())
             .collect();
         let now = Time(Timestamp::now());
         let mut wanted: BTreeMap<String, ServerSpec> = BTreeMap::new();
@@ -245,6 +311,7 @@ impl Up {
             layout: &self.layout,
             estate: &self.estate,
             addresses: &addresses,
+            running: &running,
             ready: &ready,
         };
         for km in self.estate.key_managers() {
@@ -261,6 +328,15 @@ impl Up {
                             done.prepared.keys, synced.message
                         ),
                     );
+                    if !done.prepared.risks.is_empty() {
+                        self.log.line(
+                            UP,
+                            &format!(
+                                "KeyManager {name}: {}",
+                                risk_message(&done.prepared.risks, &km.name_any())
+                            ),
+                        );
+                    }
                     for server in &done.servers {
                         self.log.widen(server.name.len());
                     }
@@ -415,27 +491,14 @@ impl Up {
     }
 
     /// Keeps the estate in step until a signal; 0 when stopped.
-    async fn run(&mut self, paths: &[PathBuf]) -> ExitCode {
-        let (mut interrupt, mut terminate) = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(i), Ok(t)) => (i, t),
-            (Err(e), _) | (_, Err(e)) => {
-                self.say(&format!("failed to listen for signals: {e}; stopping"));
-                self.supervisor.stop_all(std::future::pending()).await;
-                return ExitCode::FAILURE;
-            }
-        };
+    async fn run(&mut self, paths: &[PathBuf], signals: &mut Signals) -> ExitCode {
         let data_dir = self.layout.root().to_path_buf();
-        let mut seen = fingerprint(paths, &data_dir);
         let mut changes = self.supervisor.changes();
         let mut pids = self.pids();
         let mut watch = tokio::time::interval(WATCH_EVERY);
         loop {
             tokio::select! {
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
+                () = signals.next() => break,
                 _ = changes.changed() => {
                     let now = self.pids();
                     let all_ready = self.supervisor.servers().iter().all(|(_, s)| s.ready);
@@ -447,8 +510,8 @@ impl Up {
                 }
                 _ = watch.tick() => {
                     let now = fingerprint(paths, &data_dir);
-                    let edited = now != seen;
-                    seen = now;
+                    let edited = now != self.seen;
+                    self.seen = now;
                     let due = self.next_sync.values().any(|at| *at <= tokio::time::Instant::now());
                     if !edited && !due {
                         continue;
@@ -457,8 +520,7 @@ impl Up {
                     // meanwhile stops `up` at once rather than after it.
                     let stopped = tokio::select! {
                         () = self.step(paths, edited) => false,
-                        _ = interrupt.recv() => true,
-                        _ = terminate.recv() => true,
+                        () = signals.next() => true,
                     };
                     if stopped {
                         break;
@@ -471,13 +533,7 @@ impl Up {
             }
         }
         self.say("stopping every server (a second Ctrl-C kills them)");
-        let force = async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        };
-        self.supervisor.stop_all(force).await;
+        self.supervisor.stop_all(signals.next()).await;
         self.say("stopped");
         ExitCode::SUCCESS
     }

@@ -25,11 +25,8 @@ use shadowkeep_api::estate::Estate;
 
 use super::{Context, Error};
 use crate::build::{self, BuildError, Inputs};
+use crate::core::status::Observed;
 use material::Outcome;
-
-/// Annotation that asks for an immediate reconcile; its value is echoed in
-/// `status.lastHandledReconcileAt`.
-pub const RECONCILE_REQUESTED_AT: &str = "shadowkeep.io/reconcile-requested-at";
 
 /// How soon a reconcile that waits (a drive not yet released, a keystore changed under it)
 /// runs again.
@@ -65,7 +62,23 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     // Client required.
     apply::apply(&ctx, &inputs.namespace(), &children).await?;
     // No client required.
-    let report = status::report(&read, &inputs, &prepared, &now);
+    let (replicas, ready) = read
+        .statefulset
+        .as_ref()
+        .map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
+    let observed = Observed {
+        replicas,
+        ready,
+        twins: &read.twins,
+    };
+    let report = crate::core::status::report(
+        &read.declared(),
+        read.key_manager.status.as_ref(),
+        &inputs,
+        &prepared,
+        &observed,
+        &now,
+    );
     // Client required.
     status::write(&ctx, &read, report).await?;
     Ok(Action::requeue(if prepared.waiting() {

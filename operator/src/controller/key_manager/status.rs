@@ -1,6 +1,6 @@
 //! The status step: the KeyManager's typed status, its DriveTables' risks and its
-//! KeyGroups' pools computed purely from what the reconcile found, then written, with an
-//! Event for each change someone should hear of.
+//! KeyGroups' pools, computed purely by the control core ([`crate::core::status`]), then
+//! written, with an Event for each change someone should hear of.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -11,200 +11,15 @@ use shadowkeep_api::crd::{
     DriveTable, DriveTableStatus, KeyGroup, KeyGroupStatus, KeyManager, KeyManagerStatus,
 };
 
-use super::RECONCILE_REQUESTED_AT;
 use super::dereference::Dereferenced;
-use super::material::{Prepared, Waiting};
-use crate::build::{FIELD_MANAGER, Inputs};
+use super::material::Waiting;
 use crate::controller::conditions::update_status;
+use crate::controller::state::Kube;
 use crate::controller::{Context, StatusError};
 use crate::core::conditions::{condition, merge, reasons, types};
-use crate::core::drive_moves::{Carried, KEY_HISTORY_CARRIED, risk_condition, table_report};
-use crate::core::keystore::GroupStatus;
-
-/// One DriveTable's report.
-#[derive(Clone, Debug)]
-pub struct TableReport {
-    /// The table.
-    pub name: String,
-    /// Its `KeyHistoryAtRisk`.
-    pub condition: Condition,
-    /// Its drives served.
-    pub drives: i32,
-    /// Its generation.
-    pub generation: Option<i64>,
-}
-
-/// Everything the status step writes.
-#[derive(Clone, Debug)]
-pub struct Report {
-    /// The KeyManager's status.
-    pub status: KeyManagerStatus,
-    /// Its DriveTables.
-    pub tables: Vec<TableReport>,
-    /// Its KeyGroups.
-    pub groups: Vec<(String, KeyGroupStatus)>,
-    /// The drives whose keys were carried here, for an Event each.
-    pub carried: Vec<Carried>,
-}
-
-/// The KeyManager's status: `conditions` merged into the previous ones, and `observe`
-/// applied to the rest.
-fn next_status(
-    read: &Dereferenced,
-    conditions: Vec<Condition>,
-    observe: impl FnOnce(&mut KeyManagerStatus),
-) -> KeyManagerStatus {
-    let km = &read.key_manager;
-    let mut status = km.status.clone().unwrap_or_default();
-    status.observed_generation = km.metadata.generation;
-    status.conditions = merge(&status.conditions, conditions);
-    observe(&mut status);
-    if let Some(at) = km.annotations().get(RECONCILE_REQUESTED_AT) {
-        status.last_handled_reconcile_at = Some(at.clone());
-    }
-    status
-}
-
-/// What the reconcile reports. Pure.
-pub fn report(read: &Dereferenced, inputs: &Inputs<'_>, prepared: &Prepared, now: &Time) -> Report {
-    let km = &read.key_manager;
-    let (replicas, ready) = read
-        .statefulset
-        .as_ref()
-        .map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
-    let mut conditions = key_manager_conditions(km, inputs, ready, replicas, &read.twins, now);
-    conditions.push(risk_condition(&prepared.risks, km.metadata.generation, now));
-    conditions.push(prepared.synced.condition.clone());
-    let status = next_status(read, conditions, |s| {
-        s.replicas = Some(replicas);
-        s.ready_replicas = Some(ready);
-        s.key_count = Some(i64::try_from(prepared.keys).unwrap_or(i64::MAX));
-        s.keystore_digest = Some(prepared.digest.clone());
-        s.replica_sync.clone_from(&prepared.synced.replicas);
-    });
-    let tables = read
-        .tables
-        .iter()
-        .filter(|t| t.spec.key_manager_ref.name == read.name)
-        .map(|t| {
-            let (condition, served) = table_report(t, &read.name, &prepared.risks, now);
-            TableReport {
-                name: t.name_any(),
-                condition,
-                drives: i32::try_from(served).unwrap_or(i32::MAX),
-                generation: t.metadata.generation,
-            }
-        })
-        .collect();
-    Report {
-        status,
-        tables,
-        groups: prepared.groups.iter().map(group_status).collect(),
-        carried: prepared.carried.clone(),
-    }
-}
-
-fn group_status(group: &GroupStatus) -> (String, KeyGroupStatus) {
-    (
-        group.name.clone(),
-        KeyGroupStatus {
-            observed_generation: group.generation,
-            conditions: Vec::new(),
-            keys: Some(i32::try_from(group.pool.keys).unwrap_or(i32::MAX)),
-            active_key: group.pool.active_key.clone(),
-            last_rotated_at: group.pool.last_rotated_at.map(Time),
-        },
-    )
-}
-
-/// The conditions of a KeyManager whose spec was applied.
-fn key_manager_conditions(
-    km: &KeyManager,
-    inputs: &Inputs<'_>,
-    ready: i32,
-    replicas: i32,
-    twins: &[String],
-    now: &Time,
-) -> Vec<Condition> {
-    let generation = km.metadata.generation;
-    let wanted = km.spec.replicas;
-    let single = wanted == 1 && inputs.shadows.is_empty();
-    let all_ready = ready >= wanted;
-    vec![
-        condition(
-            types::READY,
-            all_ready,
-            if all_ready {
-                reasons::REPLICAS_READY
-            } else {
-                reasons::REPLICAS_NOT_READY
-            },
-            format!("{ready} of {wanted} replicas ready"),
-            generation,
-            now,
-        ),
-        condition(
-            types::PROGRESSING,
-            !all_ready,
-            if all_ready {
-                reasons::AS_EXPECTED
-            } else {
-                reasons::REPLICAS_NOT_READY
-            },
-            format!("{ready} of {wanted} replicas ready"),
-            generation,
-            now,
-        ),
-        condition(
-            types::DEGRADED,
-            wanted > 1 && ready < wanted - 1 && replicas > 0,
-            if ready < wanted - 1 {
-                reasons::REPLICAS_MISSING
-            } else {
-                reasons::AS_EXPECTED
-            },
-            format!("{} replicas missing", (wanted - ready).max(0)),
-            generation,
-            now,
-        ),
-        condition(
-            types::SINGLE_SERVER,
-            single,
-            if single {
-                reasons::SINGLE_SERVER
-            } else {
-                reasons::AS_EXPECTED
-            },
-            if single {
-                "one replica and no Shadow: if it is lost, every key it created is lost with it"
-            } else {
-                "keys have a second home"
-            },
-            generation,
-            now,
-        ),
-        condition(
-            types::DUPLICATE_SERVER_ID,
-            !twins.is_empty(),
-            if twins.is_empty() {
-                reasons::AS_EXPECTED
-            } else {
-                reasons::DUPLICATE_SERVER_ID
-            },
-            if twins.is_empty() {
-                "server id is unique".to_owned()
-            } else {
-                format!(
-                    "server id {:?} is also used by {}",
-                    km.spec.server_id,
-                    twins.join(", ")
-                )
-            },
-            generation,
-            now,
-        ),
-    ]
-}
+use crate::core::drive_moves::KEY_HISTORY_CARRIED;
+use crate::core::state::{Owner, State as _};
+use crate::core::status::{Report, TableReport, next_status};
 
 /// Whether a condition in this state is news someone should hear of: a Warning Event.
 fn is_warning(c: &Condition) -> bool {
@@ -246,15 +61,6 @@ async fn publish_transitions(
     }
 }
 
-/// The status as server-side apply takes it: the operator owns the whole status.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusApply<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    status: &'a KeyManagerStatus,
-}
-
 /// Writes the KeyManager's status, publishing an Event for each condition that changed;
 /// a status the KeyManager already has is not written again.
 async fn write_status(
@@ -272,19 +78,10 @@ async fn write_status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     publish_transitions(ctx, km, previous, &status.conditions).await;
-    let apply = StatusApply {
-        api_version: &KeyManager::api_version(&()),
-        kind: &KeyManager::kind(&()),
-        status,
-    };
-    Api::<KeyManager>::namespaced(ctx.client.clone(), &read.namespace)
-        .patch_status(
-            &read.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&apply),
-        )
+    Kube::new(ctx.client.clone())
+        .write_status(&Owner::new(&read.namespace, &read.name), status)
         .await
-        .map_err(StatusError::of("update the KeyManager status"))?;
+        .map_err(StatusError::state)?;
     Ok(())
 }
 
@@ -419,7 +216,17 @@ pub async fn invalid(
         read.key_manager.metadata.generation,
         now,
     );
-    write_status(ctx, read, &next_status(read, vec![ready], |_| {})).await
+    write_status(
+        ctx,
+        read,
+        &next_status(
+            &read.key_manager,
+            read.key_manager.status.as_ref(),
+            vec![ready],
+            |_| {},
+        ),
+    )
+    .await
 }
 
 /// Reports a reconcile that stopped to try again soon: `Progressing` True with why.
@@ -438,5 +245,15 @@ pub async fn waiting(
         read.key_manager.metadata.generation,
         now,
     );
-    write_status(ctx, read, &next_status(read, vec![progressing], |_| {})).await
+    write_status(
+        ctx,
+        read,
+        &next_status(
+            &read.key_manager,
+            read.key_manager.status.as_ref(),
+            vec![progressing],
+            |_| {},
+        ),
+    )
+    .await
 }

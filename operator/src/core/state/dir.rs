@@ -5,6 +5,7 @@
 //! DIR/key-managers/NAMESPACE/NAME/backups/keystore-MILLIS
 //! DIR/key-managers/NAMESPACE/NAME/drives.json     the drive history
 //! DIR/key-managers/NAMESPACE/NAME/release-drives  drives released to other namespaces
+//! DIR/key-managers/NAMESPACE/NAME/status.json     the KeyManager's status
 //! ```
 //!
 //! Every file is written whole to a temporary name, fsynced, renamed into place, and its
@@ -21,6 +22,7 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
+use shadowkeep_api::crd::KeyManagerStatus;
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
 use shadowkeep_server::durable::{read_optional, sync_dir, temporary, write_atomically, write_new};
 
@@ -360,7 +362,37 @@ async fn blocking<T: Send + 'static>(
         .map_err(StateError::store("finish a file-system task"))?
 }
 
+/// Name of the file holding the KeyManager's status.
+pub const STATUS_FILE: &str = "status.json";
+
 impl State for DataDir {
+    async fn read_status(&self, owner: &Owner) -> Result<Option<KeyManagerStatus>, StateError> {
+        let path = self.owner_dir(owner)?.join(STATUS_FILE);
+        let Some(bytes) =
+            read_optional(&path).map_err(StateError::store(format!("read {}", path.display())))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn write_status(
+        &self,
+        owner: &Owner,
+        status: &KeyManagerStatus,
+    ) -> Result<(), StateError> {
+        let dir = self.owner_dir(owner)?;
+        let action = format!("write {}", dir.join(STATUS_FILE).display());
+        let bytes = serde_json::to_vec_pretty(status).map_err(StateError::store(&action))?;
+        make_dirs(&dir).map_err(StateError::store(&action))?;
+        write_atomically(&dir, STATUS_FILE, &bytes).map_err(StateError::store(action))
+    }
+
     async fn read(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
         let (dir, owner) = (self.clone(), owner.clone());
         blocking(move || dir.read_item(&owner, item)).await
