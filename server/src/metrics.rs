@@ -52,6 +52,24 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a shadow's change of state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The state before.
+    pub from: String,
+    /// The state after.
+    pub to: String,
+    /// The reason code.
+    pub reason: String,
+}
+
+/// Labels naming a shadow state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +88,16 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     /// Records received by merges, by what became of them.
     pub merge_records: Family<OutcomeLabels, Counter>,
+    /// A shadow's state: 1 for the current one, 0 for the others.
+    pub shadow_state: Family<StateLabels, Gauge>,
+    /// A shadow's changes of state.
+    pub shadow_transitions: Family<TransitionLabels, Counter>,
+    /// Keys a shadow mirrored from replicas.
+    pub shadow_mirrored: Counter,
+    /// Shadow registrations a replica judged, by outcome (`registered` or a refusal code).
+    pub shadow_registrations: Family<OutcomeLabels, Counter>,
+    /// Shadows for which a replica saw two instance ids.
+    pub shadow_duplicates: Gauge,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -126,8 +154,48 @@ impl Metrics {
             "Records received by keystore merges: stored, conflicting (quarantined) or refused",
             merge_records.clone(),
         );
+        let shadow_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "shadow_state",
+            "A shadow's state: 1 for the current one",
+            shadow_state.clone(),
+        );
+        let shadow_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "shadow_transitions",
+            "A shadow's changes of state, by from, to and reason",
+            shadow_transitions.clone(),
+        );
+        let shadow_mirrored = Counter::default();
+        registry.register(
+            "shadow_mirrored_keys",
+            "Key records a shadow took from replicas",
+            shadow_mirrored.clone(),
+        );
+        let shadow_registrations = Family::<OutcomeLabels, Counter>::default();
+        for code in shadowkeep_api::shadow::registration::RefusalCode::ALL {
+            let _ = shadow_registrations.get_or_create(&OutcomeLabels {
+                outcome: code.as_str().to_owned(),
+            });
+        }
+        registry.register(
+            "shadow_registrations",
+            "Shadow registrations judged by this replica: registered, or the refusal code",
+            shadow_registrations.clone(),
+        );
+        let shadow_duplicates = Gauge::default();
+        registry.register(
+            "shadow_duplicates",
+            "Shadows for which this replica saw two instance ids (two hosts claiming one shadow)",
+            shadow_duplicates.clone(),
+        );
         Arc::new(Self {
             registry,
+            shadow_state,
+            shadow_transitions,
+            shadow_mirrored,
+            shadow_registrations,
+            shadow_duplicates,
             requests,
             latency,
             keys,
@@ -179,6 +247,51 @@ impl Metrics {
                 })
                 .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         }
+    }
+
+    /// Sets the shadow state gauge to `state`.
+    pub fn shadow_state(&self, state: shadowkeep_api::shadow::state::ShadowState) {
+        use shadowkeep_api::shadow::state::ShadowState as S;
+        for s in [
+            S::Shadowing,
+            S::Serving,
+            S::Deferring,
+            S::Inactive,
+            S::Disabled,
+        ] {
+            self.shadow_state
+                .get_or_create(&StateLabels {
+                    state: format!("{s:?}"),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Counts a shadow's transition and sets the state gauge.
+    pub fn shadow_transition(&self, t: &shadowkeep_api::shadow::state::Transition) {
+        self.shadow_transitions
+            .get_or_create(&TransitionLabels {
+                from: format!("{:?}", t.from),
+                to: format!("{:?}", t.to),
+                reason: t.reason.code().to_owned(),
+            })
+            .inc();
+        self.shadow_state(t.to);
+    }
+
+    /// Counts `n` key records mirrored.
+    pub fn mirrored(&self, n: usize) {
+        self.shadow_mirrored
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a registration judged as `outcome`.
+    pub fn registration(&self, outcome: &str) {
+        self.shadow_registrations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition, with the lag gauges brought up to date.

@@ -93,8 +93,11 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
             peer_acknowledgements: Some(acks),
             sync_interval_secs: km.spec.sync_interval.as_duration().as_secs().max(1),
             ack_timeout_ms: 2000,
+            shadow_verifiers: std::collections::BTreeMap::new(),
         }),
         keystore_file: Some(PathBuf::from(format!("{KEYSTORE_DIR}/keystore"))),
+        licence: None,
+        shadow: None,
     }
 }
 

@@ -23,6 +23,7 @@ use super::{
 use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
 use crate::replication::Replication;
+use crate::shadow::Access;
 use crate::store::{Store, StoreError};
 use crate::ttlv::{Item, Value};
 
@@ -187,7 +188,15 @@ impl Kmip {
     /// permission error for every item, and keys a known client creates are tagged with
     /// its key group. The answers are kept within the response limit (see the
     /// [module docs](super)) as they are made.
-    pub async fn handle(&self, request: &Request, client: &Verdict) -> Vec<Outcome> {
+    ///
+    /// `access` is what the server's role allows now: a shadow that does not serve refuses
+    /// every item, and a serving one every change, each with a KMIP error that says so.
+    pub async fn handle(
+        &self,
+        request: &Request,
+        client: &Verdict,
+        access: &Access,
+    ) -> Vec<Outcome> {
         let allowed = client.allowed();
         let limit = request
             .max_response_size
@@ -200,7 +209,12 @@ impl Kmip {
             // Each later item may yet fail, and its failure must fit too.
             let later = (request.items.len() - i - 1) * MAX_FAILURE_LEN;
             let room = limit.saturating_sub(used + later + Outcome::success_overhead(item));
-            let result = if !allowed {
+            let result = if let Access::Closed(why) = access {
+                Err(KmipError::new(
+                    result_reason::PERMISSION_DENIED,
+                    why.clone(),
+                ))
+            } else if !allowed {
                 Err(KmipError::new(
                     result_reason::PERMISSION_DENIED,
                     "this client is not in the drive table and unknown drives are not accepted",
@@ -213,6 +227,11 @@ impl Kmip {
                         "protocol version {}.{} is not supported; this server speaks KMIP 1.0 to 1.4 (ask with Discover Versions)",
                         request.version.0, request.version.1
                     ),
+                ))
+            } else if let (Access::ReadOnly(why), true) = (access, changes(item.operation)) {
+                Err(KmipError::new(
+                    result_reason::PERMISSION_DENIED,
+                    format!("{} refused: {why}", super::operation_name(item.operation)),
                 ))
             } else if changes(item.operation) && room < CHANGE_ANSWER_ROOM {
                 Err(KmipError::too_large(format!(

@@ -1,0 +1,832 @@
+//! Shadows as real processes on 127.0.0.1: replicas and shadows started from configuration
+//! files with real licences, certificates and passwords; KMIP spoken by the crate's client,
+//! the admin API over mutual TLS. Registration refusals, takeover when every replica hangs
+//! (SIGSTOP) and hand-back (SIGCONT), two shadows, the limits, the desired state.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants. A scenario
+// reads best top to bottom, however long.
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Proc, V12, free_port, material};
+use hyper::{Method, StatusCode};
+use jiff::Timestamp;
+use shadowkeep_api::license::{License, LicenseSigner};
+use shadowkeep_api::password::Password;
+use shadowkeep_api::pki::{Authority, Usage};
+use shadowkeep_api::replica_sync::DigestReply;
+use shadowkeep_api::shadow::registration::{
+    AcceptedVerifier, PasswordText, RefusalCode, RegistrationReply, ShadowRegistration,
+};
+use shadowkeep_api::shadow::state::ShadowState;
+use shadowkeep_api::shadow::wire::{HintsReply, ShadowsReply, StateReport};
+use shadowkeep_server::client::{
+    self, ClientFiles, KmipClient, batch_items, create_aes, message, payload, reason, request,
+    status, uids,
+};
+use shadowkeep_server::kmip::enums::{operation, result_reason};
+use shadowkeep_server::kmip::tag;
+use shadowkeep_server::ttlv::Item;
+use tokio_rustls::TlsConnector;
+
+const SERVER_ID: &str = "tape";
+const PEER: &str = "replica-peer";
+const OPERATOR: &str = "operator";
+
+/// Certificates, KEK, licence key and passwords for one KeyManager and its shadows.
+struct Estate {
+    dir: PathBuf,
+    signer: LicenseSigner,
+    passwords: BTreeMap<String, Password>,
+}
+
+impl Estate {
+    fn new(name: &str, shadows: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("shadowkeep-shadows-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Authority::generate("test CA").unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        write("ca.pem", ca.cert_pem());
+        let server = ca
+            .leaf("localhost", &["127.0.0.1".to_owned()], Usage::Server)
+            .unwrap();
+        write("server.pem", &server.cert_pem);
+        write("server-key.pem", &server.key_pem);
+        let mut identities = vec![PEER, OPERATOR, "kmip-client", "shadow-x"];
+        identities.extend_from_slice(shadows);
+        for id in identities {
+            let pair = ca.leaf(id, &[id.to_owned()], Usage::Client).unwrap();
+            write(&format!("{id}.pem"), &pair.cert_pem);
+            write(&format!("{id}-key.pem"), &pair.key_pem);
+        }
+        std::fs::write(
+            dir.join("kek.bin"),
+            shadowkeep_api::keystore::Kek::generate().as_bytes(),
+        )
+        .unwrap();
+        let signer = LicenseSigner::generate();
+        let replica = signer
+            .sign(&License::primary(SERVER_ID, Timestamp::now()))
+            .unwrap();
+        write("replica.lic", &replica);
+        let mut passwords = BTreeMap::new();
+        for s in shadows {
+            let password = Password::generate();
+            let licence = License::shadow(
+                SERVER_ID,
+                *s,
+                password.verifier().unwrap(),
+                Timestamp::now(),
+            );
+            write(&format!("{s}.lic"), &signer.sign(&licence).unwrap());
+            write(&format!("{s}.password"), password.expose());
+            passwords.insert((*s).to_owned(), password);
+        }
+        Self {
+            dir,
+            signer,
+            passwords,
+        }
+    }
+
+    fn public_key(&self) -> String {
+        hex::encode(self.signer.verifier().to_bytes())
+    }
+
+    fn connector(&self, identity: &str) -> TlsConnector {
+        client::connector(&ClientFiles {
+            ca: self.dir.join("ca.pem"),
+            cert: Some(self.dir.join(format!("{identity}.pem"))),
+            key: Some(self.dir.join(format!("{identity}-key.pem"))),
+        })
+        .unwrap()
+    }
+
+    fn common(&self, data: &str) -> String {
+        let d = self.dir.display();
+        format!(
+            "serverId: {SERVER_ID}\n\
+             kmip: {{listen: \"127.0.0.1:0\"}}\n\
+             tls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\n\
+             dataDir: {d}/{data}\n\
+             kekFile: {d}/kek.bin\n"
+        )
+    }
+
+    /// Replica configurations sharing one peer list. `verifiers` are the accepted verifiers
+    /// by shadow.
+    fn replicas(
+        &self,
+        n: usize,
+        verifiers: &BTreeMap<String, Vec<AcceptedVerifier>>,
+    ) -> Vec<(PathBuf, SocketAddr)> {
+        let admins: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let peers = (0..n)
+            .map(|j| format!("    - {{name: r{j}, address: \"{}\"}}", admins[j]))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let verifiers = serde_json::to_string(verifiers).unwrap();
+        let d = self.dir.display();
+        (0..n)
+            .map(|i| {
+                let text = format!(
+                    "{}drives: {{acceptUnknown: true}}\n\
+                     licence: {{file: {d}/replica.lic, publicKey: \"{}\"}}\n\
+                     replication:\n  listen: \"{}\"\n  clientCert: {d}/{PEER}.pem\n  clientKey: {d}/{PEER}-key.pem\n  allowedIdentities: [{PEER}, {OPERATOR}]\n  peerAcknowledgements: {}\n  syncIntervalSecs: 1\n  ackTimeoutMs: 1500\n  shadowVerifiers: {verifiers}\n  peers:\n{peers}\n",
+                    self.common(&format!("r{i}")),
+                    self.public_key(),
+                    admins[i],
+                    usize::from(n > 1),
+                );
+                let path = self.dir.join(format!("r{i}.yaml"));
+                std::fs::write(&path, text).unwrap();
+                (path, admins[i])
+            })
+            .collect()
+    }
+
+    /// The verifiers replicas accept: each shadow's current password.
+    fn verifiers(&self) -> BTreeMap<String, Vec<AcceptedVerifier>> {
+        self.passwords
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    vec![AcceptedVerifier {
+                        verifier: p.verifier().unwrap(),
+                        not_after: None,
+                    }],
+                )
+            })
+            .collect()
+    }
+
+    /// A shadow configuration. `extra` is appended to its `shadow:` section.
+    fn shadow(&self, name: &str, replicas: &[SocketAddr], priority: i32, extra: &str) -> PathBuf {
+        let d = self.dir.display();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let replicas = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("    - {{name: r{i}, address: \"{a}\"}}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!(
+            "{}licence: {{file: {d}/{name}.lic, publicKey: \"{}\"}}\n\
+             replication:\n  listen: \"{admin}\"\n  clientCert: {d}/{name}.pem\n  clientKey: {d}/{name}-key.pem\n  allowedIdentities: [{OPERATOR}]\n\
+             shadow:\n  passwordFile: {d}/{name}.password\n  priority: {priority}\n  takeoverGracePeriodSecs: 2\n  pollIntervalMs: 250\n  pollTimeoutMs: 500\n{extra}  replicas:\n{replicas}\n",
+            self.common(name),
+            self.public_key(),
+        );
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Estate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn admin(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    client::https(&addr.to_string(), connector, method, path, body)
+        .await
+        .unwrap()
+}
+
+async fn state_of(estate: &Estate, shadow: &Proc) -> StateReport {
+    let (status, body) = admin(
+        &estate.connector(OPERATOR),
+        shadow.admin.unwrap(),
+        Method::GET,
+        "/v1/state",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits (up to `bound`) until the shadow reports `state`; returns how long it took.
+async fn wait_state(
+    estate: &Estate,
+    shadow: &Proc,
+    want: ShadowState,
+    bound: Duration,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        let report = state_of(estate, shadow).await;
+        let s = report.shadow.as_ref().unwrap();
+        if s.state == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < bound,
+            "shadow did not become {want:?} within {bound:?}: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create(c: &mut KmipClient) -> Item {
+    c.call(&request(
+        V12,
+        vec![(operation::CREATE, create_aes(256, vec![]))],
+    ))
+    .await
+    .unwrap()
+}
+
+fn uid_of(response: &Item) -> String {
+    let item = batch_items(response)[0];
+    assert_eq!(status(item), Some(0), "{:?}", message(item));
+    uids(payload(item).unwrap())[0].clone()
+}
+
+async fn one(c: &mut KmipClient, op: u32, uid: &str) -> (Option<u32>, Option<u32>, String) {
+    let response = c
+        .call(&request(
+            V12,
+            vec![(op, vec![Item::text(tag::UNIQUE_IDENTIFIER, uid)])],
+        ))
+        .await
+        .unwrap();
+    let item = batch_items(&response)[0];
+    (
+        status(item),
+        reason(item),
+        message(item).unwrap_or("").to_owned(),
+    )
+}
+
+/// The keystore digest a server reports to the operator.
+async fn digest(estate: &Estate, addr: SocketAddr) -> DigestReply {
+    let (status, body) = admin(
+        &estate.connector(OPERATOR),
+        addr,
+        Method::GET,
+        "/v1/keystore/digest",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until the shadow holds exactly what replica `replica` holds, `n` keys.
+async fn mirrored(estate: &Estate, shadow: &Proc, replica: SocketAddr, n: usize) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let (theirs, mine) = (
+            digest(estate, replica).await,
+            digest(estate, shadow.admin.unwrap()).await,
+        );
+        if theirs.keys == n && theirs == mine {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "shadow did not mirror the {n} keys: replica {theirs:?}, shadow {mine:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_licence_that_does_not_verify_refuses_the_start_naming_file_and_reason() {
+    let estate = Estate::new("licence", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let (config, _) = &configs[0];
+    let run = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let lic = estate.dir.join("replica.lic");
+    let good = std::fs::read_to_string(&lic).unwrap();
+    // One changed byte in the body.
+    let mut tampered = good.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+    for (text, reason) in [
+        (
+            String::from_utf8(tampered).unwrap(),
+            "signature does not verify",
+        ),
+        (
+            LicenseSigner::generate()
+                .sign(&License::primary(SERVER_ID, Timestamp::now()))
+                .unwrap(),
+            "signature does not verify",
+        ),
+        (
+            estate
+                .signer
+                .sign(&License::primary("another", Timestamp::now()))
+                .unwrap(),
+            "issued for server \"another\"",
+        ),
+    ] {
+        std::fs::write(&lic, text).unwrap();
+        let out = run(config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(lic.to_str().unwrap()), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+    std::fs::remove_file(&lic).unwrap();
+    let out = run(config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("replica.lic") && stderr.contains("failed to read it"),
+        "{stderr}"
+    );
+    // A shadow's licence with a replica's configuration: the roles disagree.
+    std::fs::copy(estate.dir.join("shadow-a.lic"), &lic).unwrap();
+    let out = run(config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("it is a shadow licence"), "{stderr}");
+    // Nothing was served on any of these: the store was never made.
+    assert!(!estate.dir.join("r0").join("log").exists());
+}
+
+#[tokio::test]
+async fn registration_refuses_each_bad_credential_with_its_reason_and_accepts_the_right_pair() {
+    let estate = Estate::new("register", &["shadow-a", "shadow-b"]);
+    let mut verifiers = estate.verifiers();
+    // shadow-b's password is accepted only until yesterday.
+    verifiers.get_mut("shadow-b").unwrap()[0].not_after = Some(
+        Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_hours(24))
+            .unwrap(),
+    );
+    let configs = estate.replicas(1, &verifiers);
+    let _replica = Proc::start_as(&configs[0].0, Some("r0"));
+    let addr = configs[0].1;
+    let licence_a = std::fs::read_to_string(estate.dir.join("shadow-a.lic")).unwrap();
+    let password_a = &estate.passwords["shadow-a"];
+    let body = |licence: &str, password: &Password| {
+        serde_json::to_vec(&ShadowRegistration {
+            licence: licence.to_owned(),
+            password: PasswordText::new(password),
+            instance_id: uuid::Uuid::new_v4(),
+        })
+        .unwrap()
+    };
+    let register = |identity: &'static str, body: Vec<u8>| {
+        let connector = estate.connector(identity);
+        async move {
+            let (status, reply) =
+                admin(&connector, addr, Method::POST, "/v1/shadow/register", body).await;
+            (status, RegistrationReply::from_json(&reply).ok(), reply)
+        }
+    };
+    let refused = |reply: Option<RegistrationReply>| match reply {
+        Some(RegistrationReply::Refused { reason, message }) => (reason, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Asking before registering.
+    let (status, reply) = admin(
+        &estate.connector("shadow-a"),
+        addr,
+        Method::POST,
+        "/v1/shadow/report",
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&reply).starts_with("not-registered"));
+    // Wrong password.
+    let wrong = Password::generate();
+    let (status, reply, raw) = register("shadow-a", body(&licence_a, &wrong)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(refused(reply).0, RefusalCode::PasswordWrong);
+    assert!(!String::from_utf8_lossy(&raw).contains(wrong.expose()));
+    // Every changed byte of the licence (a sample across its length).
+    let bytes = licence_a.as_bytes();
+    for i in (0..bytes.len()).step_by(bytes.len() / 12) {
+        let mut changed = bytes.to_vec();
+        changed[i] = if changed[i] == b'x' { b'y' } else { b'x' };
+        let (status, reply, _) = register(
+            "shadow-a",
+            body(&String::from_utf8(changed).unwrap(), password_a),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (code, _) = refused(reply);
+        assert!(
+            matches!(
+                code,
+                RefusalCode::LicenceBadSignature | RefusalCode::LicenceInvalid
+            ),
+            "byte {i}: {code}"
+        );
+    }
+    // Another signer.
+    let other = LicenseSigner::generate()
+        .sign(&License::shadow(
+            SERVER_ID,
+            "shadow-a",
+            password_a.verifier().unwrap(),
+            Timestamp::now(),
+        ))
+        .unwrap();
+    let (_, reply, _) = register("shadow-a", body(&other, password_a)).await;
+    assert_eq!(refused(reply).0, RefusalCode::LicenceBadSignature);
+    // shadow-a's licence shown with shadow-b's certificate: a copied licence.
+    let (_, reply, _) = register("shadow-b", body(&licence_a, password_a)).await;
+    assert_eq!(refused(reply).0, RefusalCode::IdentityMismatch);
+    // An expired verifier.
+    let licence_b = std::fs::read_to_string(estate.dir.join("shadow-b.lic")).unwrap();
+    let (_, reply, _) = register("shadow-b", body(&licence_b, &estate.passwords["shadow-b"])).await;
+    assert_eq!(refused(reply).0, RefusalCode::VerifierExpired);
+    // A malformed and an oversized body.
+    let (status, _, raw) = register("shadow-a", b"{\"licence\": 1}".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&raw).contains("licence"));
+    // Refused from its announced length; the server may close before the client has
+    // written it all, which the client sees as a broken connection.
+    let oversized = client::https(
+        &addr.to_string(),
+        &estate.connector("shadow-a"),
+        Method::POST,
+        "/v1/shadow/register",
+        vec![b' '; 64 * 1024],
+    )
+    .await;
+    assert!(
+        oversized
+            .as_ref()
+            .map_or(true, |(status, _)| *status == StatusCode::PAYLOAD_TOO_LARGE),
+        "{oversized:?}"
+    );
+    // Nothing registered so far.
+    let operator = estate.connector(OPERATOR);
+    let (_, list) = admin(&operator, addr, Method::GET, "/v1/shadows", vec![]).await;
+    let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+    assert!(list.shadows.is_empty(), "{list:?}");
+    // The right pair.
+    let (status, reply, _) = register("shadow-a", body(&licence_a, password_a)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        matches!(reply, Some(RegistrationReply::Registered { ref shadow, .. }) if shadow == "shadow-a")
+    );
+    let (_, list) = admin(&operator, addr, Method::GET, "/v1/shadows", vec![]).await;
+    let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list.shadows.len(), 1);
+    // Counted by reason.
+    let (_, metrics) = admin(&operator, addr, Method::GET, "/metrics", vec![]).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "shadowkeep_shadow_registrations_total{outcome=\"password-wrong\"} 1",
+        "shadowkeep_shadow_registrations_total{outcome=\"identity-mismatch\"} 1",
+        "shadowkeep_shadow_registrations_total{outcome=\"verifier-expired\"} 1",
+        "shadowkeep_shadow_registrations_total{outcome=\"registered\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(!metrics.contains(password_a.expose()));
+}
+
+#[tokio::test]
+async fn a_shadow_takes_over_read_only_when_every_replica_hangs_and_hands_back() {
+    let estate = Estate::new("takeover", &["shadow-a"]);
+    let configs = estate.replicas(2, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let r1 = Proc::start_as(&configs[1].0, Some("r1"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1, configs[1].1], 0, ""));
+    let kmip = estate.connector("kmip-client");
+    let mut c = KmipClient::connect(r0.kmip, &kmip).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(uid_of(&create(&mut c).await));
+    }
+    let mut originals = Vec::new();
+    for id in &ids {
+        originals.push(material(&mut c, id).await.unwrap());
+    }
+    mirrored(&estate, &shadow, configs[0].1, ids.len()).await;
+    // Shadowing: KMIP refused so that a client moves on.
+    let mut s = KmipClient::connect(shadow.kmip, &kmip).await.unwrap();
+    let (st, why, text) = one(&mut s, operation::GET, &ids[0]).await;
+    assert_eq!(
+        (st, why),
+        (Some(1), Some(result_reason::PERMISSION_DENIED)),
+        "{text}"
+    );
+    assert!(
+        text.contains("emergency shadow") && text.contains("Shadowing"),
+        "{text}"
+    );
+    // Every replica hangs: it accepts connections but never answers.
+    signal(&r0, "-STOP");
+    signal(&r1, "-STOP");
+    // Grace 2 s + poll 0.25 s + poll timeout 0.5 s; the bound is generous.
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Serving,
+        Duration::from_secs(15),
+    )
+    .await;
+    for (id, original) in ids.iter().zip(&originals) {
+        assert_eq!(
+            material(&mut s, id).await.as_ref(),
+            Some(original),
+            "key {id}"
+        );
+    }
+    let response = create(&mut s).await;
+    let item = batch_items(&response)[0];
+    assert_eq!(reason(item), Some(result_reason::PERMISSION_DENIED));
+    assert!(
+        message(item).unwrap().contains("Create refused"),
+        "{:?}",
+        message(item)
+    );
+    let (st, why, text) = one(&mut s, operation::DESTROY, &ids[0]).await;
+    assert_eq!(
+        (st, why),
+        (Some(1), Some(result_reason::PERMISSION_DENIED)),
+        "{text}"
+    );
+    assert!(
+        material(&mut s, &ids[0]).await.is_some(),
+        "Destroy changed nothing"
+    );
+    // The replicas come back: the shadow hands back and refuses KMIP again.
+    signal(&r0, "-CONT");
+    signal(&r1, "-CONT");
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Shadowing,
+        Duration::from_secs(15),
+    )
+    .await;
+    let (st, why, _) = one(&mut s, operation::GET, &ids[0]).await;
+    assert_eq!((st, why), (Some(1), Some(result_reason::PERMISSION_DENIED)));
+    // The replicas list it, with its KMIP address as a hint.
+    let operator = estate.connector(OPERATOR);
+    let (_, list) = admin(&operator, configs[0].1, Method::GET, "/v1/shadows", vec![]).await;
+    let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list.shadows[0].name, "shadow-a");
+    let (_, hints) = admin(&operator, configs[0].1, Method::GET, "/v1/hints", vec![]).await;
+    let hints: HintsReply = serde_json::from_slice(&hints).unwrap();
+    assert_eq!(hints.addresses, vec![shadow.kmip]);
+}
+
+/// SIGTERM, wait for a clean exit, start again on the same configuration and data.
+fn restart(p: &mut Proc) {
+    signal(p, "-TERM");
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    *p = Proc::start(&p.config.clone());
+}
+
+#[tokio::test]
+async fn of_two_shadows_one_serves_and_the_other_defers_until_it_is_gone() {
+    let estate = Estate::new("siblings", &["shadow-a", "shadow-b"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let a = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 10, ""));
+    let mut b = Proc::start(&estate.shadow("shadow-b", &[configs[0].1], 0, ""));
+    // Both registered and each learned of the other from the replica.
+    let operator = estate.connector(OPERATOR);
+    let start = tokio::time::Instant::now();
+    loop {
+        let (_, list) = admin(&operator, configs[0].1, Method::GET, "/v1/shadows", vec![]).await;
+        let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+        if list.shadows.iter().filter(|s| s.state.is_some()).count() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&r0, "-STOP");
+    // The higher priority serves, the other defers; it stays so.
+    wait_state(&estate, &a, ShadowState::Serving, Duration::from_secs(15)).await;
+    wait_state(&estate, &b, ShadowState::Deferring, Duration::from_secs(15)).await;
+    for _ in 0..10 {
+        let (sa, sb) = (state_of(&estate, &a).await, state_of(&estate, &b).await);
+        assert_eq!(
+            (sa.shadow.unwrap().state, sb.shadow.unwrap().state),
+            (ShadowState::Serving, ShadowState::Deferring)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kmip = estate.connector("kmip-client");
+    let mut cb = KmipClient::connect(b.kmip, &kmip).await.unwrap();
+    let (_, why, text) = one(&mut cb, operation::LOCATE, "x").await;
+    assert_eq!(why, Some(result_reason::PERMISSION_DENIED), "{text}");
+    assert!(text.contains("Deferring"), "{text}");
+    // The serving one is gone (crashed): the other takes over.
+    let mut a = a;
+    a.crash();
+    wait_state(&estate, &b, ShadowState::Serving, Duration::from_secs(15)).await;
+    // Nothing changes the state across a restart of the deferring one's data either.
+    signal(&r0, "-CONT");
+    wait_state(&estate, &b, ShadowState::Shadowing, Duration::from_secs(15)).await;
+    restart(&mut b);
+    wait_state(&estate, &b, ShadowState::Shadowing, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn limits_in_seconds_make_a_shadow_inactive_then_disabled_for_good() {
+    let estate = Estate::new("limits", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let extra = "  continuousServiceLimitSecs: 3\n  standaloneLimitSecs: 14\n";
+    let mut shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 0, extra));
+    let operator = estate.connector(OPERATOR);
+    let addr = shadow.admin.unwrap();
+    let (status, _) = admin(&operator, addr, Method::POST, "/v1/shadow/sync", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    signal(&r0, "-STOP");
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Serving,
+        Duration::from_secs(15),
+    )
+    .await;
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Inactive,
+        Duration::from_secs(15),
+    )
+    .await;
+    // A restart re-enables after the continuous-service limit: it serves again after a
+    // grace period it watches.
+    restart(&mut shadow);
+    let after = state_of(&estate, &shadow).await.shadow.unwrap();
+    assert_eq!(after.state, ShadowState::Shadowing);
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Serving,
+        Duration::from_secs(15),
+    )
+    .await;
+    // The standalone limit runs from the last contact, across the restart.
+    let report = state_of(&estate, &shadow).await.shadow.unwrap();
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Disabled,
+        Duration::from_secs(20),
+    )
+    .await;
+    let disabled = state_of(&estate, &shadow).await.shadow.unwrap();
+    let waited = disabled.since.duration_since(report.last_contact);
+    assert!(waited >= jiff::SignedDuration::from_secs(14), "{waited:?}");
+    // Permanent: a restart, a replica answering, an activation change nothing.
+    restart(&mut shadow);
+    signal(&r0, "-CONT");
+    let addr = shadow.admin.unwrap();
+    let (status, body) = admin(
+        &operator,
+        addr,
+        Method::PUT,
+        "/v1/shadow/desired-state",
+        br#"{"state":"Active"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = admin(&operator, addr, Method::POST, "/v1/shadow/sync", vec![]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(String::from_utf8_lossy(&body).starts_with("not-polling"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        state_of(&estate, &shadow).await.shadow.unwrap().state,
+        ShadowState::Disabled
+    );
+    let mut s = KmipClient::connect(shadow.kmip, &estate.connector("kmip-client"))
+        .await
+        .unwrap();
+    let (_, why, _) = one(&mut s, operation::LOCATE, "x").await;
+    assert_eq!(why, Some(result_reason::PERMISSION_DENIED));
+}
+
+#[tokio::test]
+async fn the_desired_state_is_one_of_three_is_for_the_operator_and_deactivation_stops_polling() {
+    let estate = Estate::new("desired", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let _r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let mut shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 0, ""));
+    let operator = estate.connector(OPERATOR);
+    let addr = shadow.admin.unwrap();
+    let (status, _) = admin(&operator, addr, Method::POST, "/v1/shadow/sync", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let put = |connector: TlsConnector, body: &'static [u8], addr: SocketAddr| async move {
+        let (status, body) = admin(
+            &connector,
+            addr,
+            Method::PUT,
+            "/v1/shadow/desired-state",
+            body.to_vec(),
+        )
+        .await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    // Not the operator.
+    let (status, _) = put(
+        estate.connector("shadow-x"),
+        br#"{"state":"Disabled"}"#,
+        addr,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Not one of the three, or not JSON.
+    for bad in [
+        &br#"{"state":"Serving"}"#[..],
+        b"{}",
+        b"Inactive",
+        br#"{"state":"Inactive","x":1}"#,
+    ] {
+        let (status, text) = put(operator.clone(), bad, addr).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("Active, Inactive, Disabled"), "{text}");
+    }
+    assert_eq!(
+        state_of(&estate, &shadow).await.shadow.unwrap().state,
+        ShadowState::Shadowing
+    );
+    let (status, text) = put(operator.clone(), br#"{"state":"Inactive"}"#, addr).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Inactive,
+        Duration::from_secs(5),
+    )
+    .await;
+    // It does not poll: the replica stops hearing from it.
+    let seen = |estate: &Estate| {
+        let connector = estate.connector(OPERATOR);
+        let replica = configs[0].1;
+        async move {
+            let (_, list) = admin(&connector, replica, Method::GET, "/v1/shadows", vec![]).await;
+            let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+            list.shadows[0].last_seen
+        }
+    };
+    let before = seen(&estate).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(seen(&estate).await, before);
+    let (status, _) = put(operator.clone(), br#"{"state":"Active"}"#, addr).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Shadowing,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Deactivated, then restarted: a restart re-enables.
+    let (status, _) = put(operator.clone(), br#"{"state":"Inactive"}"#, addr).await;
+    assert_eq!(status, StatusCode::OK);
+    restart(&mut shadow);
+    assert_eq!(
+        state_of(&estate, &shadow).await.shadow.unwrap().state,
+        ShadowState::Shadowing
+    );
+    // Disabled by hand survives a restart.
+    let (status, _) = put(operator.clone(), br#"{"state":"Disabled"}"#, addr).await;
+    assert_eq!(status, StatusCode::OK);
+    restart(&mut shadow);
+    assert_eq!(
+        state_of(&estate, &shadow).await.shadow.unwrap().state,
+        ShadowState::Disabled
+    );
+}
