@@ -5,7 +5,7 @@
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants. A scenario
 // reads best top to bottom, however long.
-#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod common;
 
@@ -48,6 +48,11 @@ struct Estate {
 
 impl Estate {
     fn new(name: &str, shadows: &[&str]) -> Self {
+        Self::with_addresses(name, shadows, &[])
+    }
+
+    /// An estate whose server certificate also names `addresses` (besides 127.0.0.1).
+    fn with_addresses(name: &str, shadows: &[&str], addresses: &[String]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("shadowkeep-shadows-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -55,9 +60,9 @@ impl Estate {
         let ca = Authority::generate("test CA").unwrap();
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
         write("ca.pem", ca.cert_pem());
-        let server = ca
-            .leaf("localhost", &["127.0.0.1".to_owned()], Usage::Server)
-            .unwrap();
+        let mut sans = vec!["127.0.0.1".to_owned()];
+        sans.extend_from_slice(addresses);
+        let server = ca.leaf("localhost", &sans, Usage::Server).unwrap();
         write("server.pem", &server.cert_pem);
         write("server-key.pem", &server.key_pem);
         let mut identities = vec![PEER, OPERATOR, "kmip-client", "shadow-x"];
@@ -111,10 +116,16 @@ impl Estate {
     }
 
     fn common(&self, data: &str) -> String {
+        self.common_on(data, [127, 0, 0, 1])
+    }
+
+    /// The settings every server shares, KMIP listening on `ip`.
+    fn common_on(&self, data: &str, ip: [u8; 4]) -> String {
         let d = self.dir.display();
+        let kmip = SocketAddr::from((ip, 0));
         format!(
             "serverId: {SERVER_ID}\n\
-             kmip: {{listen: \"127.0.0.1:0\"}}\n\
+             kmip: {{listen: \"{kmip}\"}}\n\
              tls: {{cert: {d}/server.pem, key: {d}/server-key.pem, clientCa: {d}/ca.pem}}\n\
              dataDir: {d}/{data}\n\
              kekFile: {d}/kek.bin\n"
@@ -128,8 +139,18 @@ impl Estate {
         n: usize,
         verifiers: &BTreeMap<String, Vec<AcceptedVerifier>>,
     ) -> Vec<(PathBuf, SocketAddr)> {
+        self.replicas_on([127, 0, 0, 1], n, verifiers)
+    }
+
+    /// Replicas listening on `ip`.
+    fn replicas_on(
+        &self,
+        ip: [u8; 4],
+        n: usize,
+        verifiers: &BTreeMap<String, Vec<AcceptedVerifier>>,
+    ) -> Vec<(PathBuf, SocketAddr)> {
         let admins: Vec<SocketAddr> = (0..n)
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .map(|_| SocketAddr::from((ip, free_port())))
             .collect();
         let peers = (0..n)
             .map(|j| format!("    - {{name: r{j}, address: \"{}\"}}", admins[j]))
@@ -173,8 +194,20 @@ impl Estate {
 
     /// A shadow configuration. `extra` is appended to its `shadow:` section.
     fn shadow(&self, name: &str, replicas: &[SocketAddr], priority: i32, extra: &str) -> PathBuf {
+        self.shadow_on([127, 0, 0, 1], name, replicas, priority, extra)
+    }
+
+    /// A shadow configuration, its listeners on `ip`.
+    fn shadow_on(
+        &self,
+        ip: [u8; 4],
+        name: &str,
+        replicas: &[SocketAddr],
+        priority: i32,
+        extra: &str,
+    ) -> PathBuf {
         let d = self.dir.display();
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from((ip, free_port()));
         let replicas = replicas
             .iter()
             .enumerate()
@@ -185,7 +218,7 @@ impl Estate {
             "{}licence: {{file: {d}/{name}.lic, publicKey: \"{}\"}}\n\
              replication:\n  listen: \"{admin}\"\n  clientCert: {d}/{name}.pem\n  clientKey: {d}/{name}-key.pem\n  allowedIdentities: [{OPERATOR}]\n\
              shadow:\n  passwordFile: {d}/{name}.password\n  priority: {priority}\n  takeoverGracePeriodSecs: 2\n  pollIntervalMs: 250\n  pollTimeoutMs: 500\n{extra}  replicas:\n{replicas}\n",
-            self.common(name),
+            self.common_on(name, ip),
             self.public_key(),
         );
         let path = self.dir.join(format!("{name}.yaml"));
@@ -829,4 +862,300 @@ async fn the_desired_state_is_one_of_three_is_for_the_operator_and_deactivation_
         state_of(&estate, &shadow).await.shadow.unwrap().state,
         ShadowState::Disabled
     );
+}
+
+#[tokio::test]
+async fn two_instances_registering_as_one_shadow_are_reported_and_both_keep_running() {
+    let estate = Estate::new("duplicates", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let _r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let first = estate.shadow("shadow-a", &[configs[0].1], 0, "");
+    let mut one = Proc::start(&first);
+    // The same licence, certificate and password from a second data directory (another
+    // host, say): another instance id.
+    let text = std::fs::read_to_string(&first).unwrap();
+    let port = |t: &str| {
+        let after = t.split("listen: \"127.0.0.1:").nth(2).unwrap();
+        after.split('"').next().unwrap().to_owned()
+    };
+    let second = estate.dir.join("shadow-a-copy.yaml");
+    std::fs::write(
+        &second,
+        text.replace("/shadow-a\n", "/shadow-a-copy\n")
+            .replace(&port(&text), &free_port().to_string()),
+    )
+    .unwrap();
+    let mut two = Proc::start(&second);
+    let operator = estate.connector(OPERATOR);
+    let replica = configs[0].1;
+    let start = tokio::time::Instant::now();
+    let report = loop {
+        let (_, body) = admin(&operator, replica, Method::GET, "/v1/state", vec![]).await;
+        let report: StateReport = serde_json::from_slice(&body).unwrap();
+        if !report.duplicates.is_empty() {
+            break report;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{report:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let d = &report.duplicates[0];
+    assert_eq!(d.shadow, "shadow-a");
+    let ids = [
+        state_of(&estate, &one).await.instance_id,
+        state_of(&estate, &two).await.instance_id,
+    ];
+    assert!(
+        ids.contains(&d.instance_ids[0]) && ids.contains(&d.instance_ids[1]),
+        "{d:?} {ids:?}"
+    );
+    assert_ne!(d.instance_ids[0], d.instance_ids[1]);
+    let (_, metrics) = admin(&operator, replica, Method::GET, "/metrics", vec![]).await;
+    assert!(
+        String::from_utf8(metrics)
+            .unwrap()
+            .contains("shadowkeep_shadow_duplicates 1")
+    );
+    // Warned about, never shut down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(one.alive() && two.alive());
+}
+
+/// A network namespace holding the shadow's "site", joined to this one by a veth pair:
+/// here 10.77.N.3 (primary, the clients' source address) and 10.77.N.1 (the replicas'),
+/// there 10.77.N.2. Deleted, with its link, when dropped.
+struct Site {
+    ns: String,
+    net: u8,
+}
+
+impl Site {
+    /// `None` (and a line saying why) where namespaces cannot be made: not root, no `ip`.
+    fn new() -> Option<Self> {
+        let pid = std::process::id();
+        let site = Self {
+            ns: format!("skshadow{pid}"),
+            net: u8::try_from(pid % 200).unwrap() + 20,
+        };
+        let (host, there) = (
+            format!("skh{}", pid % 100_000),
+            format!("sks{}", pid % 100_000),
+        );
+        let n = site.net;
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), site.ns.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                there.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                there.clone(),
+                "netns".into(),
+                site.ns.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("10.77.{n}.3/24"),
+                "dev".into(),
+                host.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("10.77.{n}.1/24"),
+                "dev".into(),
+                host.clone(),
+            ],
+            vec!["link".into(), "set".into(), host, "up".into()],
+        ];
+        for step in steps {
+            if let Err(why) = ip(&step) {
+                eprintln!("SKIPPED: network namespaces are not available here ({why})");
+                return None;
+            }
+        }
+        for step in [
+            vec![
+                "addr".to_owned(),
+                "add".into(),
+                format!("10.77.{n}.2/24"),
+                "dev".into(),
+                there.clone(),
+            ],
+            vec!["link".into(), "set".into(), there, "up".into()],
+            vec!["link".into(), "set".into(), "lo".into(), "up".into()],
+        ] {
+            site.exec(&step).unwrap();
+        }
+        Some(site)
+    }
+
+    fn address(&self, last: u8) -> [u8; 4] {
+        [10, 77, self.net, last]
+    }
+
+    /// `ip ARGS` inside the namespace.
+    fn exec(&self, args: &[String]) -> Result<(), String> {
+        let mut all = vec![
+            "netns".to_owned(),
+            "exec".into(),
+            self.ns.clone(),
+            "ip".into(),
+        ];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Cuts the site off from the replicas' address (packets to it are dropped there);
+    /// the clients' address still reaches it.
+    fn cut(&self) {
+        let to = format!("10.77.{}.1/32", self.net);
+        self.exec(&["route".into(), "add".into(), "blackhole".into(), to])
+            .unwrap();
+    }
+
+    fn heal(&self) {
+        let to = format!("10.77.{}.1/32", self.net);
+        self.exec(&["route".into(), "del".into(), "blackhole".into(), to])
+            .unwrap();
+    }
+
+    /// Starts a server inside the namespace.
+    fn start(&self, config: &Path) -> Proc {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_shadowkeep-server"),
+            ])
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut field = |prefix: &str| -> SocketAddr {
+            loop {
+                let line = lines
+                    .next()
+                    .expect("server exited before listening")
+                    .unwrap();
+                if let Some(addr) = line.strip_prefix(prefix) {
+                    return addr.parse().unwrap();
+                }
+            }
+        };
+        let kmip = field("kmip listening on ");
+        let admin = field("admin listening on ");
+        Proc {
+            child,
+            kmip,
+            admin: Some(admin),
+            config: config.to_owned(),
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = ip(&["netns".to_owned(), "del".into(), self.ns.clone()]);
+    }
+}
+
+fn ip(args: &[String]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[tokio::test]
+async fn cut_off_from_the_replicas_a_shadow_serves_read_only_while_they_go_on_and_catches_up() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    let ips: Vec<String> = [1, 2]
+        .map(|last| std::net::Ipv4Addr::from(site.address(last)).to_string())
+        .to_vec();
+    let estate = Estate::with_addresses("partition", &["shadow-a"], &ips);
+    let configs = estate.replicas_on(site.address(1), 2, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let _r1 = Proc::start_as(&configs[1].0, Some("r1"));
+    let config = estate.shadow_on(
+        site.address(2),
+        "shadow-a",
+        &[configs[0].1, configs[1].1],
+        0,
+        "",
+    );
+    let shadow = site.start(&config);
+    let kmip = estate.connector("kmip-client");
+    let mut c = KmipClient::connect(r0.kmip, &kmip).await.unwrap();
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        before.push(uid_of(&create(&mut c).await));
+    }
+    mirrored(&estate, &shadow, configs[0].1, 3).await;
+    site.cut();
+    // The clients still reach the replicas and go on creating.
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.push(uid_of(&create(&mut c).await));
+    }
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Serving,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Both answer: the shadow, read-only, with what it held before the cut.
+    let mut s = KmipClient::connect(shadow.kmip, &kmip).await.unwrap();
+    for id in &before {
+        assert_eq!(
+            material(&mut s, id).await,
+            material(&mut c, id).await,
+            "{id}"
+        );
+    }
+    for id in &after {
+        let (_, why, _) = one(&mut s, operation::GET, id).await;
+        assert_eq!(why, Some(result_reason::ITEM_NOT_FOUND), "{id}");
+        assert!(material(&mut c, id).await.is_some());
+    }
+    let refused = create(&mut s).await;
+    assert_eq!(
+        reason(batch_items(&refused)[0]),
+        Some(result_reason::PERMISSION_DENIED)
+    );
+    after.push(uid_of(&create(&mut c).await));
+    site.heal();
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Shadowing,
+        Duration::from_secs(20),
+    )
+    .await;
+    // It holds every key, and exactly those (the same digest): nothing was created on it.
+    mirrored(&estate, &shadow, configs[0].1, 7).await;
 }
