@@ -156,6 +156,16 @@ pub struct ReplicationConfig {
     /// Verifiers only; no password is in the configuration.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shadow_verifiers: BTreeMap<String, Vec<AcceptedVerifier>>,
+    /// How many registered shadows must hold a new key before Create or Register succeeds
+    /// (within `ackTimeoutMs`, else the key is aborted). New keys are pushed to every
+    /// registered shadow either way. Needs a licence: shadows register against it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow_acknowledgements: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ReplicationConfig {
@@ -361,6 +371,17 @@ impl ServerConfig {
                         .to_owned(),
                 ));
             }
+        }
+        if config.licence.is_none()
+            && config
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.shadow_acknowledgements > 0)
+        {
+            return Err(ConfigError(
+                "replication.shadowAcknowledgements: needs licence (shadows register against its key)"
+                    .to_owned(),
+            ));
         }
         if let Some(shadow) = &config.shadow {
             check_shadow(shadow, config.replication.as_ref())?;

@@ -30,6 +30,7 @@ use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
 use crate::replication::{Replication, ReplicationError};
 use crate::shadow::Access;
+use crate::shadow::push::ShadowPush;
 use crate::shadow::registry::Registry;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, ClientAuth, TlsError};
@@ -131,14 +132,9 @@ impl Server {
             &metrics,
         )?
         .unzip();
-        let drives = shadow.as_ref().map_or_else(
-            || {
-                Arc::new(std::sync::RwLock::new(Arc::new(DriveTable::new(
-                    &config.drives,
-                ))))
-            },
-            |h| h.drives(),
-        );
+        let drives = drive_table(config, shadow.as_ref());
+        let registry = registry_for(config, licensed.as_ref());
+        let shadow_push = shadow_push_for(config, registry.as_ref())?;
         let (replication, admin) = match &config.replication {
             Some(r) => {
                 let replication = if is_shadow {
@@ -163,7 +159,7 @@ impl Server {
                     idle: Duration::from_secs(config.kmip.idle_timeout_secs),
                     server_id: config.server_id.clone(),
                     instance_id,
-                    registry: registry_for(config, licensed.as_ref()),
+                    registry: registry.clone(),
                     shadow: shadow.clone(),
                 };
                 let admin_tls =
@@ -197,7 +193,8 @@ impl Server {
                     config.server_id.clone(),
                     replication,
                     Arc::clone(&metrics),
-                ),
+                )
+                .with_shadows(shadow_push),
                 drives,
                 shadow,
                 idle: Duration::from_secs(config.kmip.idle_timeout_secs),
@@ -330,6 +327,44 @@ fn registry_for(
         ))),
         _ => None,
     }
+}
+
+/// A licensed replica's push of new keys to its shadows, through its peer certificate.
+fn shadow_push_for(
+    config: &ServerConfig,
+    registry: Option<&Arc<Registry>>,
+) -> Result<Option<Arc<ShadowPush>>, ServerError> {
+    let (Some(registry), Some(r)) = (registry, &config.replication) else {
+        return Ok(None);
+    };
+    let connector = crate::client::connector(&crate::client::ClientFiles {
+        ca: config.tls.client_ca.clone(),
+        cert: Some(r.client_cert.clone()),
+        key: Some(r.client_key.clone()),
+    })
+    .map_err(|e| ReplicationError::new(e.to_string()))?;
+    Ok(Some(Arc::new(ShadowPush::new(
+        Arc::clone(registry),
+        connector,
+        r.shadow_acknowledgements,
+        Duration::from_millis(r.ack_timeout_ms),
+    ))))
+}
+
+/// The drive table KMIP applies: the configured one on a replica, the one a shadow mirrors
+/// from its replicas.
+fn drive_table(
+    config: &ServerConfig,
+    shadow: Option<&Arc<crate::shadow::runner::ShadowHandle>>,
+) -> Arc<std::sync::RwLock<Arc<DriveTable>>> {
+    shadow.map_or_else(
+        || {
+            Arc::new(std::sync::RwLock::new(Arc::new(DriveTable::new(
+                &config.drives,
+            ))))
+        },
+        |h| h.drives(),
+    )
 }
 
 /// The names of the peers this replica pushes to; none on a shadow.

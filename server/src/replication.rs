@@ -47,6 +47,13 @@ struct Push {
 #[error("failed to set up replication: {0}")]
 pub struct ReplicationError(String);
 
+impl ReplicationError {
+    /// A failure described by `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
 /// The peers of this replica and the tasks that keep them level.
 pub struct Replication {
     pushers: Vec<mpsc::Sender<Push>>,

@@ -115,10 +115,6 @@ impl Estate {
         .unwrap()
     }
 
-    fn common(&self, data: &str) -> String {
-        self.common_on(data, [127, 0, 0, 1])
-    }
-
     /// The settings every server shares, KMIP listening on `ip`.
     fn common_on(&self, data: &str, ip: [u8; 4]) -> String {
         let d = self.dir.display();
@@ -164,7 +160,7 @@ impl Estate {
                     "{}drives: {{acceptUnknown: true}}\n\
                      licence: {{file: {d}/replica.lic, publicKey: \"{}\"}}\n\
                      replication:\n  listen: \"{}\"\n  clientCert: {d}/{PEER}.pem\n  clientKey: {d}/{PEER}-key.pem\n  allowedIdentities: [{PEER}, {OPERATOR}]\n  peerAcknowledgements: {}\n  syncIntervalSecs: 1\n  ackTimeoutMs: 1500\n  shadowVerifiers: {verifiers}\n  peers:\n{peers}\n",
-                    self.common(&format!("r{i}")),
+                    self.common_on(&format!("r{i}"), ip),
                     self.public_key(),
                     admins[i],
                     usize::from(n > 1),
@@ -216,7 +212,7 @@ impl Estate {
             .join("\n");
         let text = format!(
             "{}licence: {{file: {d}/{name}.lic, publicKey: \"{}\"}}\n\
-             replication:\n  listen: \"{admin}\"\n  clientCert: {d}/{name}.pem\n  clientKey: {d}/{name}-key.pem\n  allowedIdentities: [{OPERATOR}]\n\
+             replication:\n  listen: \"{admin}\"\n  clientCert: {d}/{name}.pem\n  clientKey: {d}/{name}-key.pem\n  allowedIdentities: [{OPERATOR}, {PEER}]\n\
              shadow:\n  passwordFile: {d}/{name}.password\n  priority: {priority}\n  takeoverGracePeriodSecs: 2\n  pollIntervalMs: 250\n  pollTimeoutMs: 500\n{extra}  replicas:\n{replicas}\n",
             self.common_on(name, ip),
             self.public_key(),
@@ -665,6 +661,12 @@ async fn of_two_shadows_one_serves_and_the_other_defers_until_it_is_gone() {
         assert!(start.elapsed() < Duration::from_secs(20), "{list:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One more round each, so that each has the other in its replica's answer.
+    for shadow in [&a, &b] {
+        let addr = shadow.admin.unwrap();
+        let (status, _) = admin(&operator, addr, Method::POST, "/v1/shadow/sync", vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
     signal(&r0, "-STOP");
     // The higher priority serves, the other defers; it stays so.
     wait_state(&estate, &a, ShadowState::Serving, Duration::from_secs(15)).await;
@@ -920,124 +922,94 @@ async fn two_instances_registering_as_one_shadow_are_reported_and_both_keep_runn
     assert!(one.alive() && two.alive());
 }
 
-/// A network namespace holding the shadow's "site", joined to this one by a veth pair:
-/// here 10.77.N.3 (primary, the clients' source address) and 10.77.N.1 (the replicas'),
-/// there 10.77.N.2. Deleted, with its link, when dropped.
-struct Site {
-    ns: String,
+/// Two "sites" on one machine: network namespaces for the replicas (10.77.N.1) and for the
+/// shadow (10.77.N.2), each joined by a veth pair to a bridge here, where the clients are
+/// (10.77.N.3). Cutting the sites apart leaves the clients reaching both. Deleted, with their
+/// links and the bridge, when dropped.
+struct Sites {
+    replicas: String,
+    shadow: String,
+    bridge: String,
     net: u8,
 }
 
-impl Site {
+impl Sites {
     /// `None` (and a line saying why) where namespaces cannot be made: not root, no `ip`.
     fn new() -> Option<Self> {
-        let pid = std::process::id();
-        let site = Self {
-            ns: format!("skshadow{pid}"),
-            net: u8::try_from(pid % 200).unwrap() + 20,
+        let id = std::process::id() % 100_000;
+        let sites = Self {
+            replicas: format!("skrep{id}"),
+            shadow: format!("skshd{id}"),
+            bridge: format!("skbr{id}"),
+            net: u8::try_from(id % 200).unwrap() + 20,
         };
-        let (host, there) = (
-            format!("skh{}", pid % 100_000),
-            format!("sks{}", pid % 100_000),
-        );
-        let n = site.net;
-        let steps: Vec<Vec<String>> = vec![
-            vec!["netns".into(), "add".into(), site.ns.clone()],
-            vec![
-                "link".into(),
-                "add".into(),
-                host.clone(),
-                "type".into(),
-                "veth".into(),
-                "peer".into(),
-                "name".into(),
-                there.clone(),
-            ],
-            vec![
-                "link".into(),
-                "set".into(),
-                there.clone(),
-                "netns".into(),
-                site.ns.clone(),
-            ],
-            vec![
-                "addr".into(),
-                "add".into(),
-                format!("10.77.{n}.3/24"),
-                "dev".into(),
-                host.clone(),
-            ],
-            vec![
-                "addr".into(),
-                "add".into(),
-                format!("10.77.{n}.1/24"),
-                "dev".into(),
-                host.clone(),
-            ],
-            vec!["link".into(), "set".into(), host, "up".into()],
+        let n = sites.net;
+        let args = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let mut steps = vec![
+            args(&format!("link add {} type bridge", sites.bridge)),
+            args(&format!("addr add 10.77.{n}.3/24 dev {}", sites.bridge)),
+            args(&format!("link set {} up", sites.bridge)),
         ];
+        for (ns, tag) in [(&sites.replicas, "r"), (&sites.shadow, "s")] {
+            let (here, there) = (format!("skh{tag}{id}"), format!("sks{tag}{id}"));
+            steps.push(args(&format!("netns add {ns}")));
+            steps.push(args(&format!(
+                "link add {here} type veth peer name {there}"
+            )));
+            steps.push(args(&format!("link set {there} netns {ns}")));
+            steps.push(args(&format!("link set {here} master {}", sites.bridge)));
+            steps.push(args(&format!("link set {here} up")));
+        }
         for step in steps {
             if let Err(why) = ip(&step) {
                 eprintln!("SKIPPED: network namespaces are not available here ({why})");
                 return None;
             }
         }
-        for step in [
-            vec![
-                "addr".to_owned(),
-                "add".into(),
-                format!("10.77.{n}.2/24"),
-                "dev".into(),
-                there.clone(),
-            ],
-            vec!["link".into(), "set".into(), there, "up".into()],
-            vec!["link".into(), "set".into(), "lo".into(), "up".into()],
-        ] {
-            site.exec(&step).unwrap();
+        for (ns, tag, last) in [(&sites.replicas, "r", 1), (&sites.shadow, "s", 2)] {
+            let there = format!("sks{tag}{id}");
+            for step in [
+                format!("addr add 10.77.{n}.{last}/24 dev {there}"),
+                format!("link set {there} up"),
+                "link set lo up".to_owned(),
+            ] {
+                exec_in(ns, &args(&step)).unwrap();
+            }
         }
-        Some(site)
+        Some(sites)
     }
 
     fn address(&self, last: u8) -> [u8; 4] {
         [10, 77, self.net, last]
     }
 
-    /// `ip ARGS` inside the namespace.
-    fn exec(&self, args: &[String]) -> Result<(), String> {
-        let mut all = vec![
-            "netns".to_owned(),
-            "exec".into(),
-            self.ns.clone(),
-            "ip".into(),
-        ];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// Cuts the site off from the replicas' address (packets to it are dropped there);
-    /// the clients' address still reaches it.
+    /// Each site drops what it sends to the other; the clients reach both.
     fn cut(&self) {
-        let to = format!("10.77.{}.1/32", self.net);
-        self.exec(&["route".into(), "add".into(), "blackhole".into(), to])
-            .unwrap();
+        self.routes("add");
     }
 
     fn heal(&self) {
-        let to = format!("10.77.{}.1/32", self.net);
-        self.exec(&["route".into(), "del".into(), "blackhole".into(), to])
-            .unwrap();
+        self.routes("del");
     }
 
-    /// Starts a server inside the namespace.
-    fn start(&self, config: &Path) -> Proc {
+    fn routes(&self, verb: &str) {
+        let n = self.net;
+        for (ns, to) in [(&self.shadow, 1), (&self.replicas, 2)] {
+            let step = format!("route {verb} blackhole 10.77.{n}.{to}/32");
+            let step: Vec<String> = step.split(' ').map(str::to_owned).collect();
+            exec_in(ns, &step).unwrap();
+        }
+    }
+
+    /// Starts a server inside namespace `ns`, under replica name `replica` if given.
+    fn start(ns: &str, config: &Path, replica: Option<&str>) -> Proc {
         use std::io::{BufRead as _, BufReader};
-        let mut child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                env!("CARGO_BIN_EXE_shadowkeep-server"),
-            ])
+        let mut command = std::process::Command::new("ip");
+        if let Some(name) = replica {
+            command.env("SHADOWKEEP_REPLICA_NAME", name);
+        }
+        let mut child = command
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_shadowkeep-server")])
             .args(["--config", config.to_str().unwrap()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -1066,10 +1038,25 @@ impl Site {
     }
 }
 
-impl Drop for Site {
+impl Drop for Sites {
     fn drop(&mut self) {
-        let _ = ip(&["netns".to_owned(), "del".into(), self.ns.clone()]);
+        for ns in [&self.replicas, &self.shadow] {
+            let _ = ip(&["netns".to_owned(), "del".into(), ns.clone()]);
+        }
+        let _ = ip(&["link".to_owned(), "del".into(), self.bridge.clone()]);
     }
+}
+
+/// `ip ARGS` inside namespace `ns`.
+fn exec_in(ns: &str, args: &[String]) -> Result<(), String> {
+    let mut all = vec![
+        "netns".to_owned(),
+        "exec".into(),
+        ns.to_owned(),
+        "ip".into(),
+    ];
+    all.extend_from_slice(args);
+    ip(&all)
 }
 
 fn ip(args: &[String]) -> Result<(), String> {
@@ -1090,24 +1077,24 @@ fn ip(args: &[String]) -> Result<(), String> {
 
 #[tokio::test]
 async fn cut_off_from_the_replicas_a_shadow_serves_read_only_while_they_go_on_and_catches_up() {
-    let Some(site) = Site::new() else {
+    let Some(sites) = Sites::new() else {
         return;
     };
     let ips: Vec<String> = [1, 2]
-        .map(|last| std::net::Ipv4Addr::from(site.address(last)).to_string())
+        .map(|last| std::net::Ipv4Addr::from(sites.address(last)).to_string())
         .to_vec();
     let estate = Estate::with_addresses("partition", &["shadow-a"], &ips);
-    let configs = estate.replicas_on(site.address(1), 2, &estate.verifiers());
-    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
-    let _r1 = Proc::start_as(&configs[1].0, Some("r1"));
+    let configs = estate.replicas_on(sites.address(1), 2, &estate.verifiers());
+    let r0 = Sites::start(&sites.replicas, &configs[0].0, Some("r0"));
+    let _r1 = Sites::start(&sites.replicas, &configs[1].0, Some("r1"));
     let config = estate.shadow_on(
-        site.address(2),
+        sites.address(2),
         "shadow-a",
         &[configs[0].1, configs[1].1],
         0,
         "",
     );
-    let shadow = site.start(&config);
+    let shadow = Sites::start(&sites.shadow, &config, None);
     let kmip = estate.connector("kmip-client");
     let mut c = KmipClient::connect(r0.kmip, &kmip).await.unwrap();
     let mut before = Vec::new();
@@ -1115,7 +1102,7 @@ async fn cut_off_from_the_replicas_a_shadow_serves_read_only_while_they_go_on_an
         before.push(uid_of(&create(&mut c).await));
     }
     mirrored(&estate, &shadow, configs[0].1, 3).await;
-    site.cut();
+    sites.cut();
     // The clients still reach the replicas and go on creating.
     let mut after = Vec::new();
     for _ in 0..3 {
@@ -1148,7 +1135,7 @@ async fn cut_off_from_the_replicas_a_shadow_serves_read_only_while_they_go_on_an
         Some(result_reason::PERMISSION_DENIED)
     );
     after.push(uid_of(&create(&mut c).await));
-    site.heal();
+    sites.heal();
     wait_state(
         &estate,
         &shadow,
@@ -1158,4 +1145,53 @@ async fn cut_off_from_the_replicas_a_shadow_serves_read_only_while_they_go_on_an
     .await;
     // It holds every key, and exactly those (the same digest): nothing was created on it.
     mirrored(&estate, &shadow, configs[0].1, 7).await;
+}
+
+#[tokio::test]
+async fn with_shadow_acknowledgements_a_create_succeeds_only_once_a_shadow_holds_the_key() {
+    let estate = Estate::new("acks", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let text = std::fs::read_to_string(&configs[0].0).unwrap();
+    std::fs::write(
+        &configs[0].0,
+        text.replace(
+            "  shadowVerifiers:",
+            "  shadowAcknowledgements: 1\n  shadowVerifiers:",
+        ),
+    )
+    .unwrap();
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 0, ""));
+    let kmip = estate.connector("kmip-client");
+    let mut c = KmipClient::connect(r0.kmip, &kmip).await.unwrap();
+    // Before the shadow has reported where it listens, no shadow can acknowledge.
+    let operator = estate.connector(OPERATOR);
+    let start = tokio::time::Instant::now();
+    while {
+        let (_, list) = admin(&operator, configs[0].1, Method::GET, "/v1/shadows", vec![]).await;
+        let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+        list.shadows.iter().all(|s| s.state.is_none())
+    } {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Running: the Create succeeds, and the shadow holds the key by then.
+    let id = uid_of(&create(&mut c).await);
+    let on_shadow = digest(&estate, shadow.admin.unwrap()).await;
+    assert_eq!(on_shadow, digest(&estate, configs[0].1).await);
+    assert_eq!(on_shadow.keys, 1);
+    // Stopped: the Create fails clearly and no key becomes visible.
+    signal(&shadow, "-STOP");
+    let response = create(&mut c).await;
+    let item = batch_items(&response)[0];
+    assert_eq!(status(item), Some(1));
+    let text = message(item).unwrap();
+    assert!(text.contains("0 of the 1 required shadows"), "{text}");
+    assert!(text.contains("shadowAcknowledgements"), "{text}");
+    let located = c
+        .call(&request(V12, vec![(operation::LOCATE, vec![])]))
+        .await
+        .unwrap();
+    assert_eq!(uids(payload(batch_items(&located)[0]).unwrap()), vec![id]);
+    signal(&shadow, "-CONT");
 }

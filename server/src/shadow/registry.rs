@@ -228,6 +228,18 @@ impl Registry {
         HintsReply { addresses }
     }
 
+    /// Each registered shadow's admin API, where it reported one.
+    pub fn admin_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.inner()
+            .shadows
+            .iter()
+            .filter_map(|(name, e)| {
+                let port = e.report.as_ref()?.admin_port;
+                Some((name.clone(), SocketAddr::new(e.address, port)))
+            })
+            .collect()
+    }
+
     /// The duplicates seen, one per shadow (the latest).
     pub fn duplicates(&self) -> Vec<Duplicate> {
         self.inner().duplicates.values().cloned().collect()
