@@ -134,7 +134,7 @@ impl Server {
         .unzip();
         let drives = drive_table(config, shadow.as_ref());
         let registry = registry_for(config, licensed.as_ref());
-        let shadow_push = shadow_push_for(config, registry.as_ref())?;
+        let shadow_push = shadow_push_for(config, registry.as_ref(), &metrics)?;
         let (replication, admin) = match &config.replication {
             Some(r) => {
                 let replication = if is_shadow {
@@ -333,6 +333,7 @@ fn registry_for(
 fn shadow_push_for(
     config: &ServerConfig,
     registry: Option<&Arc<Registry>>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Option<Arc<ShadowPush>>, ServerError> {
     let (Some(registry), Some(r)) = (registry, &config.replication) else {
         return Ok(None);
@@ -348,6 +349,7 @@ fn shadow_push_for(
         connector,
         r.shadow_acknowledgements,
         Duration::from_millis(r.ack_timeout_ms),
+        Arc::clone(metrics),
     ))))
 }
 

@@ -37,9 +37,10 @@ pub fn peers_of(config: &ReplicationConfig) -> Vec<&PeerConfig> {
     config.peers.iter().filter(|p| p.name != me).collect()
 }
 
-struct Push {
-    keys: Vec<Key>,
-    done: Option<oneshot::Sender<bool>>,
+/// Keys for one peer (or shadow), and where to say whether it took them all.
+pub(crate) struct Push {
+    pub(crate) keys: Vec<Key>,
+    pub(crate) done: Option<oneshot::Sender<bool>>,
 }
 
 /// Why replication could not start.
@@ -164,7 +165,13 @@ impl Replication {
     }
 }
 
-async fn push_loop(mut link: PeerLink, mut rx: mpsc::Receiver<Push>, metrics: Arc<Metrics>) {
+/// Sends what arrives on `rx` to `link`, batching what queued meanwhile, until every sender
+/// is dropped.
+pub(crate) async fn push_loop(
+    mut link: PeerLink,
+    mut rx: mpsc::Receiver<Push>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut count = group[0].keys.len();
@@ -280,7 +287,7 @@ async fn pull(peer: &mut PeerLink, store: &Store, kek: &Kek) -> Result<usize, St
 }
 
 /// One HTTP/1.1 connection to a peer's admin API, reopened when it breaks.
-struct PeerLink {
+pub(crate) struct PeerLink {
     name: String,
     address: String,
     connector: TlsConnector,
@@ -288,7 +295,7 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    fn new(name: &str, address: &str, connector: TlsConnector) -> Self {
+    pub(crate) fn new(name: &str, address: &str, connector: TlsConnector) -> Self {
         Self {
             name: name.to_owned(),
             address: address.to_owned(),

@@ -1195,3 +1195,153 @@ async fn with_shadow_acknowledgements_a_create_succeeds_only_once_a_shadow_holds
     assert_eq!(uids(payload(batch_items(&located)[0]).unwrap()), vec![id]);
     signal(&shadow, "-CONT");
 }
+
+/// p50 and p99 of `samples`, in milliseconds.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    // Nearest rank: the smallest sample at or above that percentage of them.
+    let at = |percent: usize| {
+        let rank = (percent * samples.len())
+            .div_ceil(100)
+            .clamp(1, samples.len());
+        samples[rank - 1].as_secs_f64() * 1000.0
+    };
+    (
+        at(50),
+        at(99),
+        samples.last().unwrap().as_secs_f64() * 1000.0,
+    )
+}
+
+/// Benchmark (bench/shadows.sh): from the last replica hanging (SIGSTOP) to the shadow
+/// answering a Get, and from the replicas answering again (SIGCONT) to the shadow refusing
+/// one; `SHADOW_BENCH_TRIALS` trials (20) at a 2 s grace period. Prints figures; asserts
+/// only that every trial completed.
+#[tokio::test]
+#[ignore = "benchmark: bench/shadows.sh"]
+async fn bench_takeover_and_hand_back() {
+    let trials: usize = std::env::var("SHADOW_BENCH_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(20);
+    let estate = Estate::new("bench-takeover", &["shadow-a"]);
+    let configs = estate.replicas(2, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let r1 = Proc::start_as(&configs[1].0, Some("r1"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1, configs[1].1], 0, ""));
+    let kmip = estate.connector("kmip-client");
+    let mut c = KmipClient::connect(r0.kmip, &kmip).await.unwrap();
+    let id = uid_of(&create(&mut c).await);
+    mirrored(&estate, &shadow, configs[0].1, 1).await;
+    let mut s = KmipClient::connect(shadow.kmip, &kmip).await.unwrap();
+    let (mut takeovers, mut hand_backs) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        wait_state(
+            &estate,
+            &shadow,
+            ShadowState::Shadowing,
+            Duration::from_secs(30),
+        )
+        .await;
+        signal(&r0, "-STOP");
+        signal(&r1, "-STOP");
+        let hung = tokio::time::Instant::now();
+        while one(&mut s, operation::GET, &id).await.0 != Some(0) {
+            assert!(hung.elapsed() < Duration::from_secs(30), "no takeover");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        takeovers.push(hung.elapsed());
+        signal(&r0, "-CONT");
+        signal(&r1, "-CONT");
+        let back = tokio::time::Instant::now();
+        while one(&mut s, operation::GET, &id).await.0 == Some(0) {
+            assert!(back.elapsed() < Duration::from_secs(30), "no hand-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hand_backs.push(back.elapsed());
+    }
+    let (t50, t99, tmax) = percentiles(&mut takeovers);
+    let (h50, h99, hmax) = percentiles(&mut hand_backs);
+    println!(
+        "{{\"bench\":\"shadow_takeover\",\"trials\":{trials},\"grace_ms\":2000,\"poll_interval_ms\":250,\"poll_timeout_ms\":500,\"takeover_p50_ms\":{t50:.0},\"takeover_p99_ms\":{t99:.0},\"takeover_max_ms\":{tmax:.0},\"hand_back_p50_ms\":{h50:.0},\"hand_back_p99_ms\":{h99:.0},\"hand_back_max_ms\":{hmax:.0}}}"
+    );
+}
+
+/// Benchmark (bench/shadows.sh): mirror lag — 8 concurrent creators at a replica for
+/// `SHADOW_BENCH_SECONDS` (5); the lag of a key is from its Create's Success to the shadow
+/// holding it. The shadow's key count is watched (its digest every 2 ms), so the n-th key
+/// acknowledged is taken as held when the shadow holds n keys. Prints figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: bench/shadows.sh"]
+async fn bench_mirror_lag() {
+    let seconds: u64 = std::env::var("SHADOW_BENCH_SECONDS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(5);
+    let estate = Estate::new("bench-lag", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 0, ""));
+    let operator = estate.connector(OPERATOR);
+    // The replica pushes only to shadows that have reported where they listen.
+    let (status, _) = admin(
+        &operator,
+        shadow.admin.unwrap(),
+        Method::POST,
+        "/v1/shadow/sync",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::time::Instant>::new()));
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut creators = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (kmip, acked, addr) = (estate.connector("kmip-client"), acked.clone(), r0.kmip);
+        creators.spawn(async move {
+            let mut c = KmipClient::connect(addr, &kmip).await.unwrap();
+            while tokio::time::Instant::now() < end {
+                let _ = uid_of(&create(&mut c).await);
+                acked.lock().unwrap().push(tokio::time::Instant::now());
+            }
+        });
+    }
+    let mut lags = Vec::new();
+    let shadow_admin = shadow.admin.unwrap();
+    let connector = estate.connector(OPERATOR);
+    let mut sender = client::http1_connect(&shadow_admin.to_string(), &connector)
+        .await
+        .unwrap();
+    loop {
+        let (_, body) = client::send(
+            &mut sender,
+            &shadow_admin.to_string(),
+            Method::GET,
+            "/v1/keystore/digest",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let now = tokio::time::Instant::now();
+        let held = serde_json::from_slice::<DigestReply>(&body).unwrap().keys;
+        let mut times = acked.lock().unwrap().clone();
+        times.sort();
+        while lags.len() < held.min(times.len()) {
+            lags.push(now.saturating_duration_since(times[lags.len()]));
+        }
+        if now > end && creators.is_empty() && lags.len() == times.len() {
+            break;
+        }
+        while creators.try_join_next().is_some() {}
+        assert!(
+            now < end + Duration::from_mins(1),
+            "the shadow did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let n = lags.len();
+    let (p50, p99, max) = percentiles(&mut lags);
+    println!(
+        "{{\"bench\":\"shadow_mirror_lag\",\"creators\":8,\"seconds\":{seconds},\"keys\":{n},\"lag_p50_ms\":{p50:.1},\"lag_p99_ms\":{p99:.1},\"lag_max_ms\":{max:.1}}}"
+    );
+}

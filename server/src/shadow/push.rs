@@ -1,19 +1,22 @@
 //! A replica's push of new keys to its registered shadows, as to its peers: every new key
-//! goes to every shadow whose admin API it knows (from its poll reports), and a Create waits
-//! for `shadowAcknowledgements` of them to hold it, so that a key is at the other site before
-//! a tape is written with it.
+//! goes to every shadow whose admin API it knows (from its poll reports), over one kept-alive
+//! connection per shadow that batches what queued meanwhile, and a Create waits for
+//! `shadowAcknowledgements` of them to hold it, so that a key is at the other site before a
+//! tape is written with it. A push a shadow misses it takes at its next poll.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
-use shadowkeep_api::keystore::{Key, Keystore};
-use shadowkeep_api::replica_sync::MergeReply;
+use shadowkeep_api::keystore::Key;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use super::registry::Registry;
-use crate::client::https;
+use crate::metrics::Metrics;
+use crate::replication::{PeerLink, Push, push_loop};
 
 /// Pushes new keys to registered shadows.
 pub struct ShadowPush {
@@ -21,6 +24,9 @@ pub struct ShadowPush {
     connector: TlsConnector,
     required: usize,
     timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// A pusher task per shadow, at the admin address it last reported.
+    pushers: Mutex<BTreeMap<String, (SocketAddr, mpsc::Sender<Push>)>>,
 }
 
 impl std::fmt::Debug for ShadowPush {
@@ -39,12 +45,15 @@ impl ShadowPush {
         connector: TlsConnector,
         required: usize,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             registry,
             connector,
             required,
             timeout,
+            metrics,
+            pushers: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -54,66 +63,58 @@ impl ShadowPush {
     }
 
     /// Pushes `keys` to every known shadow; returns how many took them all within the
-    /// timeout, stopping at the number required (the other pushes finish on their own).
+    /// timeout, stopping at the number required.
     pub async fn push(&self, keys: &[Key]) -> usize {
-        let mut pushes = self.spawn_pushes(keys);
+        let mut waits = JoinSet::new();
+        for pusher in self.pushers() {
+            let (done, wait) = oneshot::channel();
+            let push = Push {
+                keys: keys.to_vec(),
+                done: Some(done),
+            };
+            if pusher.try_send(push).is_ok() {
+                waits.spawn(async move { wait.await.unwrap_or(false) });
+            }
+        }
         let mut acks = 0;
         let deadline = tokio::time::Instant::now() + self.timeout;
         while acks < self.required {
-            match tokio::time::timeout_at(deadline, pushes.join_next()).await {
+            match tokio::time::timeout_at(deadline, waits.join_next()).await {
                 Ok(Some(Ok(true))) => acks += 1,
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
         }
-        pushes.detach_all();
         acks
     }
 
     /// Pushes `keys` to every known shadow without waiting.
     pub fn publish(&self, keys: &[Key]) {
-        self.spawn_pushes(keys).detach_all();
-    }
-
-    fn spawn_pushes(&self, keys: &[Key]) -> JoinSet<bool> {
-        let mut pushes = JoinSet::new();
-        let mut batch = Keystore::new();
-        for key in keys {
-            let _ = batch.insert(key.clone());
-        }
-        let Ok(body) = batch.to_bytes() else {
-            return pushes;
-        };
-        for (shadow, address) in self.registry.admin_addresses() {
-            let connector = self.connector.clone();
-            let body = body.clone();
-            let timeout = self.timeout;
-            pushes.spawn(async move {
-                let address = address.to_string();
-                let answer = tokio::time::timeout(
-                    timeout,
-                    https(&address, &connector, Method::POST, "/v1/keystore/merge", body),
-                )
-                .await;
-                match answer {
-                    Ok(Ok((StatusCode::OK, reply))) => {
-                        serde_json::from_slice::<MergeReply>(&reply).is_ok()
-                    }
-                    Ok(Ok((status, reply))) => {
-                        tracing::warn!(shadow, %status, body = %String::from_utf8_lossy(&reply).trim(), "shadow did not take every pushed key");
-                        false
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(shadow, error = %e, "failed to push keys to shadow");
-                        false
-                    }
-                    Err(_) => {
-                        tracing::warn!(shadow, "pushing keys to shadow timed out");
-                        false
-                    }
-                }
+        for pusher in self.pushers() {
+            let _ = pusher.try_send(Push {
+                keys: keys.to_vec(),
+                done: None,
             });
         }
-        pushes
+    }
+
+    /// The pushers of the shadows registered now: new ones started, those of shadows gone
+    /// or moved dropped (which ends their task).
+    fn pushers(&self) -> Vec<mpsc::Sender<Push>> {
+        let known = self.registry.admin_addresses();
+        let mut pushers = self
+            .pushers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pushers.retain(|name, (address, _)| known.iter().any(|(n, a)| n == name && a == address));
+        for (name, address) in known {
+            pushers.entry(name.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(8192);
+                let link = PeerLink::new(&name, &address.to_string(), self.connector.clone());
+                tokio::spawn(push_loop(link, rx, Arc::clone(&self.metrics)));
+                (address, tx)
+            });
+        }
+        pushers.values().map(|(_, tx)| tx.clone()).collect()
     }
 }
