@@ -1345,3 +1345,113 @@ async fn bench_mirror_lag() {
         "{{\"bench\":\"shadow_mirror_lag\",\"creators\":8,\"seconds\":{seconds},\"keys\":{n},\"lag_p50_ms\":{p50:.1},\"lag_p99_ms\":{p99:.1},\"lag_max_ms\":{max:.1}}}"
     );
 }
+
+/// A replica's admin API that answers registration and polls while `answering`, and never
+/// answers a keystore delta: a replica that hangs in the middle of a sync. Counts the deltas
+/// asked for.
+async fn replica_hanging_in_delta(
+    estate: &Estate,
+    answering: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    deltas: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+    use shadowkeep_api::server_config::{DrivePolicy, TlsFiles};
+    use shadowkeep_api::shadow::wire::ShadowView;
+    use shadowkeep_server::tls::{ClientAuth, server_config};
+
+    let tls = server_config(
+        &TlsFiles {
+            cert: estate.dir.join("server.pem"),
+            key: estate.dir.join("server-key.pem"),
+            client_ca: estate.dir.join("ca.pem"),
+        },
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registered = serde_json::to_vec(&RegistrationReply::Registered {
+        shadow: "shadow-a".to_owned(),
+        verifier_not_after: None,
+        licence_issued_at: Timestamp::now(),
+    })
+    .unwrap();
+    let view = serde_json::to_vec(&ShadowView {
+        drives: DrivePolicy::default(),
+        siblings: vec![],
+    })
+    .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, answering, deltas) =
+                (acceptor.clone(), answering.clone(), deltas.clone());
+            let (registered, view) = (registered.clone(), view.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (answering, deltas) = (answering.clone(), deltas.clone());
+                        let body = match request.uri().path() {
+                            "/v1/shadow/register" => Some(registered.clone()),
+                            "/v1/shadow/report" => Some(view.clone()),
+                            _ => None,
+                        };
+                        async move {
+                            if body.is_none() {
+                                deltas.fetch_add(1, Ordering::SeqCst);
+                            }
+                            match body.filter(|_| answering.load(Ordering::SeqCst)) {
+                                Some(body) => Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::new(Full::new(Bytes::from(body))),
+                                ),
+                                None => std::future::pending().await,
+                            }
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_replica_hanging_in_the_middle_of_a_sync_does_not_hold_up_the_takeover() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let estate = Estate::new("hung-delta", &["shadow-a"]);
+    let answering = Arc::new(AtomicBool::new(true));
+    let deltas = Arc::new(AtomicUsize::new(0));
+    let replica = replica_hanging_in_delta(&estate, answering.clone(), deltas.clone()).await;
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica], 0, ""));
+    let start = tokio::time::Instant::now();
+    while deltas.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no delta asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica now answers nothing: the shadow takes over after the grace period (2 s),
+    // not after the sync in flight gives up.
+    answering.store(false, Ordering::SeqCst);
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Serving,
+        Duration::from_secs(10),
+    )
+    .await;
+}

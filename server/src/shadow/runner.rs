@@ -195,6 +195,7 @@ impl ShadowHandle {
                 return Err(ControlError::NotPolling(machine.state()));
             }
         }
+        let asked = Timestamp::now();
         let mut rounds = self.rounds.subscribe();
         let seen = *rounds.borrow_and_update();
         // A round under way began before this request: the one after it is the answer.
@@ -205,11 +206,34 @@ impl ShadowHandle {
                 1
             };
         self.wake.notify_one();
-        tokio::time::timeout(wait, rounds.wait_for(|n| *n >= wanted))
+        let finished = async {
+            rounds
+                .wait_for(|n| *n >= wanted)
+                .await
+                .map_err(|_| ControlError::Timeout(wait))?;
+            // The sync the round started runs apart from it: wait for it too, when a
+            // replica answered.
+            while self.any_replica_answered()
+                && self
+                    .lock_mirror()
+                    .last_synchronized
+                    .is_none_or(|at| at < asked)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(wait, finished)
             .await
             .map_err(|_| ControlError::Timeout(wait))?
-            .map(|_| ())
-            .map_err(|_| ControlError::Timeout(wait))
+    }
+
+    fn any_replica_answered(&self) -> bool {
+        self.replicas
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|r| r.reachable && r.problem.is_none())
     }
 
     fn persist_clocks(&self, clocks: &LimitClocks) -> Result<(), ShadowError> {
@@ -311,6 +335,12 @@ pub struct Runner {
     kmip_port: u16,
     store: Store,
     kek: Kek,
+    /// The replicas, to open a link for mirroring from.
+    replica_configs: Vec<PeerConfig>,
+    /// The sync under way, which hands its link back.
+    mirroring: Option<tokio::task::JoinHandle<Link>>,
+    /// Links kept for mirroring, apart from the polls' so that a sync never delays a poll.
+    mirror_links: Vec<Link>,
 }
 
 /// Ports the shadow listens on, which it reports to replicas.
@@ -431,6 +461,9 @@ pub fn prepare(setup: Setup<'_>) -> Result<(Arc<ShadowHandle>, Runner), ShadowEr
         kmip_port: 0,
         store,
         kek,
+        replica_configs: config.replicas.clone(),
+        mirroring: None,
+        mirror_links: Vec::new(),
     };
     Ok((handle, runner))
 }
@@ -602,7 +635,7 @@ impl Runner {
         let transition = self.handle.lock_machine().poll(&poll, Timestamp::now());
         self.after_step(transition);
         if let Some((replica, _)) = view {
-            self.mirror(&replica).await;
+            self.start_mirror(&replica).await;
         }
     }
 
@@ -680,63 +713,90 @@ impl Runner {
             .collect()
     }
 
-    /// Pulls the keystore delta from `replica` and stores it.
-    async fn mirror(&mut self, replica: &str) {
-        let Some(link) = self.replicas.iter_mut().find(|l| l.name == replica) else {
+    /// Starts taking the keystore delta from `replica` in a task of its own, unless one
+    /// is still under way: a replica that hangs in the middle of a sync must not hold up
+    /// the polls that decide whether to take over.
+    async fn start_mirror(&mut self, replica: &str) {
+        if self.mirroring.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
-        };
-        let mine = self.store.read(summary);
-        let Ok(body) = serde_json::to_vec(&mine) else {
-            return;
-        };
-        let taken = match link
-            .call(Method::POST, "/v1/keystore/delta", body, SLOW_CALL)
-            .await
-        {
-            Ok((StatusCode::OK, reply)) => match Keystore::from_bytes(&reply) {
-                Ok(theirs) => {
-                    let wanted: Vec<Key> = self
-                        .store
-                        .read(|local| theirs.delta_for(local).keys().cloned().collect());
-                    let n = wanted.len();
-                    if n == 0 {
-                        Ok(0)
-                    } else {
-                        self.store
-                            .commit_from_elsewhere(wanted, &self.kek)
-                            .await
-                            .map(|refused| {
-                                for r in &refused {
-                                    tracing::error!(replica, key = %r.id, reason = %r.reason, "refused a record from a replica");
-                                }
-                                n - refused.len()
-                            })
-                            .map_err(|e| e.to_string())
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Ok((status, reply)) => Err(format!(
-                "replica answered {status}: {}",
-                String::from_utf8_lossy(&reply).trim()
-            )),
-            Err(e) => Err(e),
-        };
-        match taken {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(replica, records = n, "mirrored keys from a replica");
-                }
-                self.handle.metrics.mirrored(n);
-                let mut mirror = self.handle.lock_mirror();
-                mirror.last_synchronized = Some(Timestamp::now());
-                let copy = mirror.clone();
-                drop(mirror);
-                self.handle.persist_mirror(&copy);
-            }
-            Err(e) => tracing::warn!(replica, error = %e, "failed to mirror the keystore"),
         }
+        if let Some(done) = self.mirroring.take()
+            && let Ok(link) = done.await
+        {
+            self.mirror_links.push(link);
+        }
+        let link = if let Some(i) = self.mirror_links.iter().position(|l| l.name == replica) {
+            self.mirror_links.swap_remove(i)
+        } else {
+            let Some(peer) = self.replica_configs.iter().find(|p| p.name == replica) else {
+                return;
+            };
+            Link::new(peer, self.connector.clone())
+        };
+        self.mirroring = Some(tokio::spawn(mirror(
+            link,
+            self.store.clone(),
+            self.kek.clone(),
+            Arc::clone(&self.handle),
+        )));
     }
+}
+
+/// Pulls the keystore delta over `link` and stores it; hands the link back for reuse.
+async fn mirror(mut link: Link, store: Store, kek: Kek, handle: Arc<ShadowHandle>) -> Link {
+    let replica = link.name.clone();
+    let replica = replica.as_str();
+    let mine = store.read(summary);
+    let Ok(body) = serde_json::to_vec(&mine) else {
+        return link;
+    };
+    let taken = match link
+        .call(Method::POST, "/v1/keystore/delta", body, SLOW_CALL)
+        .await
+    {
+        Ok((StatusCode::OK, reply)) => match Keystore::from_bytes(&reply) {
+            Ok(theirs) => {
+                let wanted: Vec<Key> =
+                    store.read(|local| theirs.delta_for(local).keys().cloned().collect());
+                let n = wanted.len();
+                if n == 0 {
+                    Ok(0)
+                } else {
+                    store
+                        .commit_from_elsewhere(wanted, &kek)
+                        .await
+                        .map(|refused| {
+                            for r in &refused {
+                                tracing::error!(replica, key = %r.id, reason = %r.reason, "refused a record from a replica");
+                            }
+                            n - refused.len()
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Ok((status, reply)) => Err(format!(
+            "replica answered {status}: {}",
+            String::from_utf8_lossy(&reply).trim()
+        )),
+        Err(e) => Err(e),
+    };
+    match taken {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(replica, records = n, "mirrored keys from a replica");
+            }
+            handle.metrics.mirrored(n);
+            let mut mirror = handle.lock_mirror();
+            mirror.last_synchronized = Some(Timestamp::now());
+            let copy = mirror.clone();
+            drop(mirror);
+            handle.persist_mirror(&copy);
+        }
+        Err(e) => tracing::warn!(replica, error = %e, "failed to mirror the keystore"),
+    }
+    link
 }
 
 /// Reports to one replica, registering first when it does not know this shadow. Every call
