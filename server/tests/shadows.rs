@@ -1269,7 +1269,7 @@ async fn bench_takeover_and_hand_back() {
 
 /// Benchmark (bench/shadows.sh): mirror lag — 8 concurrent creators at a replica for
 /// `SHADOW_BENCH_SECONDS` (5); the lag of a key is from its Create's Success to the shadow
-/// holding it. The shadow's key count is watched (its digest every 2 ms), so the n-th key
+/// holding it. The shadow's key count is watched (its metrics every 2 ms), so the n-th key
 /// acknowledged is taken as held when the shadow holds n keys. Prints figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark: bench/shadows.sh"]
@@ -1317,13 +1317,19 @@ async fn bench_mirror_lag() {
             &mut sender,
             &shadow_admin.to_string(),
             Method::GET,
-            "/v1/keystore/digest",
+            "/metrics",
             vec![],
         )
         .await
         .unwrap();
         let now = tokio::time::Instant::now();
-        let held = serde_json::from_slice::<DigestReply>(&body).unwrap().keys;
+        let held: usize = String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("shadowkeep_keystore_keys "))
+            .unwrap()
+            .parse()
+            .unwrap();
         let mut times = acked.lock().unwrap().clone();
         times.sort();
         while lags.len() < held.min(times.len()) {
