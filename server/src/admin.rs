@@ -47,7 +47,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
-use crate::shadow::registry::{NewDuplicate, Registry};
+use crate::replication::{INSTANCE_HEADER, REPLICA_HEADER};
+use crate::shadow::registry::{NewDuplicate, PeerSightings, Registry};
 use crate::shadow::runner::{ControlError, ShadowHandle};
 use crate::store::Store;
 use crate::tls;
@@ -94,6 +95,8 @@ pub struct AdminState {
     pub instance_id: uuid::Uuid,
     /// On a licensed replica: its shadows.
     pub registry: Option<Arc<Registry>>,
+    /// The peers that called, by replica name and instance id.
+    pub peers_seen: Arc<PeerSightings>,
     /// On a shadow: its state machine.
     pub shadow: Option<Arc<ShadowHandle>>,
 }
@@ -251,10 +254,12 @@ async fn connection(
 async fn peers_only(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
     request: Request,
     next: Next,
 ) -> Response {
     if state.allows(&caller) {
+        sighted(&state, &request, remote);
         return next.run(request).await;
     }
     tracing::warn!(identities = ?caller.0, "admin API: refused a caller not allowed to replicate");
@@ -346,6 +351,18 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let keys = state.store.read(Keystore::len);
+    // Counted when asked, from the registers themselves: never behind what /v1/state shows.
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    if let Some(registry) = &state.registry {
+        state
+            .metrics
+            .shadow_duplicates
+            .set(count(registry.duplicates().len()));
+    }
+    state
+        .metrics
+        .replica_duplicates
+        .set(count(state.peers_seen.duplicates().len()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.encode(keys),
@@ -454,10 +471,12 @@ async fn merge(State(state): State<AdminState>, request: Request) -> Response {
 async fn peers_or_shadows(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
     request: Request,
     next: Next,
 ) -> Response {
     if state.allows(&caller) || state.shadow_caller(&caller).is_some() {
+        sighted(&state, &request, remote);
         return next.run(request).await;
     }
     tracing::warn!(identities = ?caller.0, "admin API: refused a caller that is neither a peer nor a registered shadow");
@@ -466,6 +485,30 @@ async fn peers_or_shadows(
         StatusCode::FORBIDDEN,
         "not-registered: this client certificate is neither a peer's nor a registered shadow's\n",
     )
+}
+
+/// Records a peer that names itself (replica name and instance id headers), and warns the
+/// first time two instances call as one replica: two running servers with one server id and
+/// ordinal. Both keep being served.
+fn sighted(state: &AdminState, request: &Request, remote: IpAddr) {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let (Some(name), Some(instance)) = (
+        header(REPLICA_HEADER),
+        header(INSTANCE_HEADER).and_then(|v| uuid::Uuid::parse_str(v).ok()),
+    ) else {
+        return;
+    };
+    if let Some(NewDuplicate(d)) = state
+        .peers_seen
+        .saw(name, instance, remote, Timestamp::now())
+    {
+        tracing::warn!(
+            replica = %d.name,
+            instance_ids = ?d.instance_ids,
+            addresses = ?d.addresses,
+            "two running replicas call as one (one server id and ordinal); both keep being served"
+        );
+    }
 }
 
 /// A refusal with a reason code and a message, as plain text `code: message`.
@@ -490,7 +533,10 @@ async fn state_handler(State(state): State<AdminState>) -> Response {
                 .registry
                 .as_ref()
                 .map(|r| r.duplicates())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(state.peers_seen.duplicates())
+                .collect(),
         },
     };
     Json(report).into_response()
@@ -526,19 +572,15 @@ fn no_registry() -> Response {
     )
 }
 
-fn log_duplicate(state: &AdminState, registry: &Registry, new: Option<NewDuplicate>) {
+fn log_duplicate(new: Option<NewDuplicate>) {
     if let Some(NewDuplicate(d)) = new {
         tracing::warn!(
-            shadow = %d.shadow,
+            shadow = %d.name,
             instance_ids = ?d.instance_ids,
             addresses = ?d.addresses,
             "two instances claim one shadow (a copied data directory?); both keep running"
         );
     }
-    state
-        .metrics
-        .shadow_duplicates
-        .set(i64::try_from(registry.duplicates().len()).unwrap_or(i64::MAX));
 }
 
 async fn register(
@@ -586,7 +628,7 @@ async fn register(
             "failed to judge the registration",
         );
     };
-    log_duplicate(&state, &registry, duplicate);
+    log_duplicate(duplicate);
     let reply = RegistrationReply::from(&decision);
     match &decision {
         Ok(registered) => {
@@ -631,7 +673,7 @@ async fn report(
         }
     };
     let (view, duplicate) = registry.report(&shadow, shadow_report, remote, Timestamp::now());
-    log_duplicate(&state, &registry, duplicate);
+    log_duplicate(duplicate);
     Json(view).into_response()
 }
 

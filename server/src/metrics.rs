@@ -70,6 +70,82 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Registers `metric` under `name` and hands it back.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The shadow metrics, registered apart from the rest.
+struct ShadowMetrics {
+    shadow_state: Family<StateLabels, Gauge>,
+    shadow_transitions: Family<TransitionLabels, Counter>,
+    shadow_mirrored: Counter,
+    shadow_registrations: Family<OutcomeLabels, Counter>,
+    shadow_duplicates: Gauge,
+    replica_duplicates: Gauge,
+}
+
+impl ShadowMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let shadow_state = registered(
+            registry,
+            "shadow_state",
+            "A shadow's state: 1 for the current one",
+            Family::<StateLabels, Gauge>::default(),
+        );
+        let shadow_transitions = registered(
+            registry,
+            "shadow_transitions",
+            "A shadow's changes of state, by from, to and reason",
+            Family::<TransitionLabels, Counter>::default(),
+        );
+        let shadow_mirrored = registered(
+            registry,
+            "shadow_mirrored_keys",
+            "Key records a shadow took from replicas",
+            Counter::default(),
+        );
+        let shadow_registrations = Family::<OutcomeLabels, Counter>::default();
+        for code in shadowkeep_api::shadow::registration::RefusalCode::ALL {
+            let _ = shadow_registrations.get_or_create(&OutcomeLabels {
+                outcome: code.as_str().to_owned(),
+            });
+        }
+        let shadow_registrations = registered(
+            registry,
+            "shadow_registrations",
+            "Shadow registrations judged by this replica: registered, or the refusal code",
+            shadow_registrations,
+        );
+        let shadow_duplicates = registered(
+            registry,
+            "shadow_duplicates",
+            "Shadows for which this replica saw two instance ids (two hosts claiming one shadow)",
+            Gauge::default(),
+        );
+        let replica_duplicates = registered(
+            registry,
+            "replica_duplicates",
+            "Replica names under which two running instances called this replica (one server id and ordinal)",
+            Gauge::default(),
+        );
+        Self {
+            shadow_state,
+            shadow_transitions,
+            shadow_mirrored,
+            shadow_registrations,
+            shadow_duplicates,
+            replica_duplicates,
+        }
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -98,6 +174,8 @@ pub struct Metrics {
     pub shadow_registrations: Family<OutcomeLabels, Counter>,
     /// Shadows for which a replica saw two instance ids.
     pub shadow_duplicates: Gauge,
+    /// Replica names under which two instances called this replica.
+    pub replica_duplicates: Gauge,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -154,48 +232,15 @@ impl Metrics {
             "Records received by keystore merges: stored, conflicting (quarantined) or refused",
             merge_records.clone(),
         );
-        let shadow_state = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "shadow_state",
-            "A shadow's state: 1 for the current one",
-            shadow_state.clone(),
-        );
-        let shadow_transitions = Family::<TransitionLabels, Counter>::default();
-        registry.register(
-            "shadow_transitions",
-            "A shadow's changes of state, by from, to and reason",
-            shadow_transitions.clone(),
-        );
-        let shadow_mirrored = Counter::default();
-        registry.register(
-            "shadow_mirrored_keys",
-            "Key records a shadow took from replicas",
-            shadow_mirrored.clone(),
-        );
-        let shadow_registrations = Family::<OutcomeLabels, Counter>::default();
-        for code in shadowkeep_api::shadow::registration::RefusalCode::ALL {
-            let _ = shadow_registrations.get_or_create(&OutcomeLabels {
-                outcome: code.as_str().to_owned(),
-            });
-        }
-        registry.register(
-            "shadow_registrations",
-            "Shadow registrations judged by this replica: registered, or the refusal code",
-            shadow_registrations.clone(),
-        );
-        let shadow_duplicates = Gauge::default();
-        registry.register(
-            "shadow_duplicates",
-            "Shadows for which this replica saw two instance ids (two hosts claiming one shadow)",
-            shadow_duplicates.clone(),
-        );
+        let shadows = ShadowMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
-            shadow_state,
-            shadow_transitions,
-            shadow_mirrored,
-            shadow_registrations,
-            shadow_duplicates,
+            replica_duplicates: shadows.replica_duplicates,
+            shadow_state: shadows.shadow_state,
+            shadow_transitions: shadows.shadow_transitions,
+            shadow_mirrored: shadows.shadow_mirrored,
+            shadow_registrations: shadows.shadow_registrations,
+            shadow_duplicates: shadows.shadow_duplicates,
             requests,
             latency,
             keys,

@@ -147,6 +147,10 @@ impl Server {
                         kek.clone(),
                         Arc::clone(&metrics),
                         cancel.clone(),
+                        &crate::replication::PeerIdentity {
+                            name: crate::replication::replica_name(),
+                            instance_id,
+                        },
                     )?)
                 };
                 let state = AdminState {
@@ -160,6 +164,7 @@ impl Server {
                     server_id: config.server_id.clone(),
                     instance_id,
                     registry: registry.clone(),
+                    peers_seen: Arc::default(),
                     shadow: shadow.clone(),
                 };
                 let admin_tls =

@@ -25,7 +25,7 @@ use shadowkeep_api::shadow::registration::{
     AcceptedVerifier, PasswordText, RefusalCode, RegistrationReply, ShadowRegistration,
 };
 use shadowkeep_api::shadow::state::ShadowState;
-use shadowkeep_api::shadow::wire::{HintsReply, ShadowsReply, StateReport};
+use shadowkeep_api::shadow::wire::{DuplicateKind, HintsReply, ShadowsReply, StateReport};
 use shadowkeep_server::client::{
     self, ClientFiles, KmipClient, batch_items, create_aes, message, payload, reason, request,
     status, uids,
@@ -901,7 +901,10 @@ async fn two_instances_registering_as_one_shadow_are_reported_and_both_keep_runn
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let d = &report.duplicates[0];
-    assert_eq!(d.shadow, "shadow-a");
+    assert_eq!(
+        (d.kind, d.name.as_str()),
+        (DuplicateKind::Shadow, "shadow-a")
+    );
     let ids = [
         state_of(&estate, &one).await.instance_id,
         state_of(&estate, &two).await.instance_id,
@@ -1460,4 +1463,69 @@ async fn a_replica_hanging_in_the_middle_of_a_sync_does_not_hold_up_the_takeover
         Duration::from_secs(10),
     )
     .await;
+}
+
+#[tokio::test]
+async fn two_running_replicas_with_one_name_are_reported_by_their_peer_and_keep_running() {
+    let estate = Estate::new("replica-duplicates", &[]);
+    let configs = estate.replicas(2, &BTreeMap::new());
+    let mut r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let mut r1 = Proc::start_as(&configs[1].0, Some("r1"));
+    // A second r1 (its data directory copied, another host): its own store and admin
+    // address, the same name and peers.
+    let text = std::fs::read_to_string(&configs[1].0).unwrap();
+    let copy = estate.dir.join("r1-copy.yaml");
+    let admin_copy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(
+        &copy,
+        text.replace("/r1\n", "/r1-copy\n").replace(
+            &format!("listen: \"{}\"", configs[1].1),
+            &format!("listen: \"{admin_copy}\""),
+        ),
+    )
+    .unwrap();
+    let mut r1_copy = Proc::start_as(&copy, Some("r1"));
+    let operator = estate.connector(OPERATOR);
+    let start = tokio::time::Instant::now();
+    let report = loop {
+        let (_, body) = admin(&operator, configs[0].1, Method::GET, "/v1/state", vec![]).await;
+        let report: StateReport = serde_json::from_slice(&body).unwrap();
+        if !report.duplicates.is_empty() {
+            break report;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{report:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let d = &report.duplicates[0];
+    assert_eq!((d.kind, d.name.as_str()), (DuplicateKind::Replica, "r1"));
+    let ids = [
+        state_of_replica(&estate, configs[1].1).await,
+        state_of_replica(&estate, admin_copy).await,
+    ];
+    assert!(
+        ids.contains(&d.instance_ids[0]) && ids.contains(&d.instance_ids[1]),
+        "{d:?}"
+    );
+    let (_, metrics) = admin(&operator, configs[0].1, Method::GET, "/metrics", vec![]).await;
+    assert!(
+        String::from_utf8(metrics)
+            .unwrap()
+            .contains("shadowkeep_replica_duplicates 1")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(r0.alive() && r1.alive() && r1_copy.alive());
+}
+
+async fn state_of_replica(estate: &Estate, addr: SocketAddr) -> uuid::Uuid {
+    let (_, body) = admin(
+        &estate.connector(OPERATOR),
+        addr,
+        Method::GET,
+        "/v1/state",
+        vec![],
+    )
+    .await;
+    serde_json::from_slice::<StateReport>(&body)
+        .unwrap()
+        .instance_id
 }

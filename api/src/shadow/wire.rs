@@ -89,7 +89,8 @@ pub struct StateReport {
     /// For a shadow, its state machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowStateReport>,
-    /// Duplicates a replica has seen: two instances registering as one shadow.
+    /// Duplicates a replica has seen: two instances registering as one shadow, or calling
+    /// as one peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates: Vec<Duplicate>,
 }
@@ -138,12 +139,24 @@ pub struct ReplicaReachability {
     pub problem: Option<String>,
 }
 
+/// What two processes claimed to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateKind {
+    /// Two instances registered or polled as one shadow.
+    Shadow,
+    /// Two instances called this replica as one peer (one server id and replica name).
+    Replica,
+}
+
 /// Two processes claiming one identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Duplicate {
-    /// The shadow both registered as.
-    pub shadow: String,
+    /// A shadow or a replica.
+    pub kind: DuplicateKind,
+    /// The shadow's name, or the replica's (its pod name, the ordinal in it).
+    pub name: String,
     /// Both instance ids.
     pub instance_ids: [uuid::Uuid; 2],
     /// The addresses they registered from.

@@ -5,6 +5,9 @@
 //!
 //! Nothing here is persisted: a replica that restarts forgets its shadows, and each
 //! registers again at its next poll (the replica answers `not-registered`).
+//!
+//! [`PeerSightings`] does the same for the replica's peers: two instance ids calling as one
+//! replica name are two running servers with one server id and ordinal.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +20,8 @@ use shadowkeep_api::shadow::registration::{
     AcceptedVerifier, Refusal, Registered, Registrar, ShadowRegistration,
 };
 use shadowkeep_api::shadow::wire::{
-    Duplicate, HintsReply, MAX_HINTS, RegisteredShadow, ShadowReport, ShadowView, ShadowsReply,
-    SiblingAddress,
+    Duplicate, DuplicateKind, HintsReply, MAX_HINTS, RegisteredShadow, ShadowReport, ShadowView,
+    ShadowsReply, SiblingAddress,
 };
 
 /// Registered shadows and what is needed to judge new registrations.
@@ -108,7 +111,8 @@ impl Registry {
             .get(&registered.shadow)
             .filter(|old| old.instance_id != request.instance_id)
             .map(|old| Duplicate {
-                shadow: registered.shadow.clone(),
+                kind: DuplicateKind::Shadow,
+                name: registered.shadow.clone(),
                 instance_ids: [old.instance_id, request.instance_id],
                 addresses: [old.address, address],
                 at: now,
@@ -154,7 +158,8 @@ impl Registry {
                 entry.report = Some(report);
             } else {
                 duplicate = Some(Duplicate {
-                    shadow: shadow.to_owned(),
+                    kind: DuplicateKind::Shadow,
+                    name: shadow.to_owned(),
                     instance_ids: [entry.instance_id, report.instance_id],
                     addresses: [entry.address, address],
                     at: now,
@@ -246,15 +251,78 @@ impl Registry {
     }
 }
 
+/// The peers that called this replica, by replica name and instance id, to tell two running
+/// replicas with one name (one server id and ordinal) apart from one that restarted.
+#[derive(Debug, Default)]
+pub struct PeerSightings {
+    inner: Mutex<Inner>,
+    seen: Mutex<BTreeMap<String, Instances>>,
+}
+
+/// The instances seen under one name: where from, and when last.
+type Instances = BTreeMap<uuid::Uuid, (IpAddr, Timestamp)>;
+
+/// How recently two instances must both have called for them to count as running at once.
+const TOGETHER: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
+
+impl PeerSightings {
+    /// Records a call from peer `name`, instance `instance`, at `address`; returns a
+    /// duplicate seen for the first time.
+    pub fn saw(
+        &self,
+        name: &str,
+        instance: uuid::Uuid,
+        address: IpAddr,
+        now: Timestamp,
+    ) -> Option<NewDuplicate> {
+        let other = {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let instances = seen.entry(name.to_owned()).or_default();
+            instances.insert(instance, (address, now));
+            instances.retain(|_, (_, at)| now.duration_since(*at) < TOGETHER);
+            instances
+                .iter()
+                .find(|(id, _)| **id != instance)
+                .map(|(id, (ip, _))| (*id, *ip))
+        }?;
+        let duplicate = Duplicate {
+            kind: DuplicateKind::Replica,
+            name: name.to_owned(),
+            instance_ids: [other.0, instance],
+            addresses: [other.1, address],
+            at: now,
+        };
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        record(&mut inner, duplicate)
+    }
+
+    /// The duplicates seen, one per replica name (the latest).
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .duplicates
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// Keeps `d`; returns it when this pair of instances had not been seen before.
 fn record(inner: &mut Inner, d: Duplicate) -> Option<NewDuplicate> {
-    let same_pair = inner.duplicates.get(&d.shadow).is_some_and(|old| {
+    let same_pair = inner.duplicates.get(&d.name).is_some_and(|old| {
         let mut a = old.instance_ids;
         let mut b = d.instance_ids;
         a.sort();
         b.sort();
         a == b
     });
-    inner.duplicates.insert(d.shadow.clone(), d.clone());
+    inner.duplicates.insert(d.name.clone(), d.clone());
     (!same_pair).then_some(NewDuplicate(d))
 }
