@@ -102,10 +102,12 @@ impl std::fmt::Debug for ShadowHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The shadow does not poll in its state.
-    #[error("the shadow is {0:?} and does not poll: activate it first")]
+    #[error(
+        "the shadow is {0:?} and does not poll (an Inactive shadow polls again once activated; a Disabled one needs a new licence)"
+    )]
     NotPolling(ShadowState),
-    /// No round finished in time.
-    #[error("no poll round finished within {0:?}")]
+    /// The round, or the sync it started, did not finish in time.
+    #[error("failed to finish a poll round and its sync within {0:?}")]
     Timeout(Duration),
 }
 
