@@ -545,4 +545,56 @@ mod tests {
             "invalid server configuration: drives.drives[0].acceptAnyCertificate: is only for an entry without a certificateIdentity"
         );
     }
+    #[test]
+    fn a_shadow_configuration_is_checked_and_names_the_field() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\nlicence: {file: l, publicKey: \"00\"}\n";
+        let admin = "replication: {listen: \"127.0.0.1:1\", clientCert: c, clientKey: k, allowedIdentities: [op]}\n";
+        let shadow = "shadow: {passwordFile: p, replicas: [{name: r0, address: \"h:1\"}]}\n";
+        let config = ServerConfig::from_yaml(&format!("{base}{admin}{shadow}")).unwrap();
+        let s = config.shadow.as_ref().unwrap();
+        assert_eq!(
+            (
+                s.takeover_grace_period_secs,
+                s.poll_interval_ms,
+                s.poll_timeout_ms
+            ),
+            (300, 5000, 1000)
+        );
+        assert_eq!(
+            ServerConfig::from_yaml(&config.to_yaml().unwrap()).unwrap(),
+            config
+        );
+        let refused = |text: String| ServerConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(refused(format!("{base}{shadow}")).contains("shadow: needs replication"));
+        let with_peers = admin.replace("allowedIdentities: [op]", "allowedIdentities: [op], peers: [{name: x, address: \"h:2\"}], peerAcknowledgements: 0");
+        assert!(
+            refused(format!("{base}{with_peers}{shadow}"))
+                .contains("replication.peers: a shadow has no peers")
+        );
+        let none = "shadow: {passwordFile: p, replicas: []}\n";
+        assert!(refused(format!("{base}{admin}{none}")).contains("shadow.replicas"));
+        let zero = shadow.replace("passwordFile: p", "passwordFile: p, pollIntervalMs: 0");
+        assert!(
+            refused(format!("{base}{admin}{zero}"))
+                .contains("shadow.pollIntervalMs: must be greater than 0")
+        );
+        let slow = shadow.replace(
+            "passwordFile: p",
+            "passwordFile: p, takeoverGracePeriodSecs: 1, pollTimeoutMs: 1000",
+        );
+        assert!(refused(format!("{base}{admin}{slow}")).contains("shadow.pollTimeoutMs"));
+        let unknown = shadow.replace("passwordFile: p", "passwordFile: p, password: hunter2");
+        assert!(refused(format!("{base}{admin}{unknown}")).contains("unknown field `password`"));
+        // Shadow acknowledgements need the licence the shadows register against.
+        let acks = admin.replace(
+            "allowedIdentities: [op]",
+            "allowedIdentities: [op], shadowAcknowledgements: 1",
+        );
+        let unlicensed = base.replace("licence: {file: l, publicKey: \"00\"}\n", "");
+        assert!(
+            refused(format!("{unlicensed}{acks}"))
+                .contains("replication.shadowAcknowledgements: needs licence")
+        );
+        assert!(ServerConfig::from_yaml(&format!("{base}{acks}")).is_ok());
+    }
 }

@@ -813,6 +813,21 @@ async fn the_desired_state_is_one_of_three_is_for_the_operator_and_deactivation_
         assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
         assert!(text.contains("Active, Inactive, Disabled"), "{text}");
     }
+    // Oversized: refused from its announced length (or the connection closed on it).
+    let oversized = client::https(
+        &addr.to_string(),
+        &operator,
+        Method::PUT,
+        "/v1/shadow/desired-state",
+        vec![b' '; 8 * 1024],
+    )
+    .await;
+    assert!(
+        oversized
+            .as_ref()
+            .map_or(true, |(status, _)| *status == StatusCode::PAYLOAD_TOO_LARGE),
+        "{oversized:?}"
+    );
     assert_eq!(
         state_of(&estate, &shadow).await.shadow.unwrap().state,
         ShadowState::Shadowing
