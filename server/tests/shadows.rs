@@ -587,6 +587,23 @@ async fn a_shadow_takes_over_read_only_when_every_replica_hangs_and_hands_back()
         Duration::from_secs(15),
     )
     .await;
+    // Counted and shown as a gauge.
+    let (_, metrics) = admin(
+        &estate.connector(OPERATOR),
+        shadow.admin.unwrap(),
+        Method::GET,
+        "/metrics",
+        vec![],
+    )
+    .await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "shadowkeep_shadow_transitions_total{from=\"Shadowing\",to=\"Serving\",reason=\"replicas-silent\"} 1",
+        "shadowkeep_shadow_state{state=\"Serving\"} 1",
+        "shadowkeep_shadow_state{state=\"Shadowing\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     for (id, original) in ids.iter().zip(&originals) {
         assert_eq!(
             material(&mut s, id).await.as_ref(),

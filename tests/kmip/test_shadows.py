@@ -216,7 +216,7 @@ def estate(tmp_path, servers):
         },
         certs,
     )
-    yield certs, replicas, admins, shadow, shadow_admin
+    yield certs, replicas, admins, shadow, shadow_admin, password
     # A stopped process cannot take the SIGTERM the fixture ends it with.
     for s in [*replicas, shadow]:
         if s.running:
@@ -237,7 +237,7 @@ def refused(c, call) -> str:
 
 
 def test_a_shadow_serves_every_acknowledged_key_read_only_while_the_replicas_hang(estate):
-    certs, replicas, admins, shadow, shadow_admin = estate
+    certs, replicas, admins, shadow, shadow_admin, _ = estate
     with make_client(replicas[0]) as c:
         uids = [c.create(enums.CryptographicAlgorithm.AES, 256) for _ in range(5)]
         originals = {u: hashlib.sha256(bytes(c.get(u).value)).hexdigest() for u in uids}
@@ -268,3 +268,25 @@ def test_a_shadow_serves_every_acknowledged_key_read_only_while_the_replicas_han
                 r.proc.send_signal(signal.SIGCONT)
         wait_for("Shadowing", lambda: shadow_state(certs, shadow_admin) == "Shadowing", 20)
         refused(s, lambda s: s.get(uids[0]))
+
+
+def test_a_refused_registration_says_why_and_no_password_reaches_a_log(estate):
+    certs, replicas, admins, shadow, shadow_admin, password = estate
+    wrong = base64.b32encode(os.urandom(15)).decode()
+    body = json.dumps(
+        {
+            "licence": (certs / "shadow-a.lic").read_text(),
+            "password": wrong,
+            "instanceId": "00000000-0000-4000-8000-000000000001",
+        }
+    ).encode()
+    status, reply = admin(certs, "shadow-a", admins[0], "POST", "/v1/shadow/register", body)
+    assert status == 403, reply
+    assert json.loads(reply)["reason"] == "password-wrong"
+    assert wrong.encode() not in reply
+    # The shadow registered with the right one meanwhile; the refusal was logged by code.
+    wait_for("the shadow polls", lambda: shadow_state(certs, shadow_admin) == "Shadowing")
+    logs = [s.stderr_text() for s in (*replicas, shadow)]
+    assert any("password-wrong" in log for log in logs[:1]), logs[0][-2000:]
+    for log in logs:
+        assert wrong not in log and password not in log
