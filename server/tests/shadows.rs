@@ -1561,3 +1561,48 @@ async fn state_of_replica(estate: &Estate, addr: SocketAddr) -> uuid::Uuid {
         .unwrap()
         .instance_id
 }
+
+#[tokio::test]
+async fn a_replica_that_restarts_forgets_its_shadows_and_they_register_again() {
+    let estate = Estate::new("replica-restart", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let mut r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[configs[0].1], 0, ""));
+    let operator = estate.connector(OPERATOR);
+    let replica = configs[0].1;
+    let listed = move |operator: TlsConnector| async move {
+        let (_, list) = admin(&operator, replica, Method::GET, "/v1/shadows", vec![]).await;
+        let list: ShadowsReply = serde_json::from_slice(&list).unwrap();
+        list.shadows
+            .iter()
+            .any(|s| s.name == "shadow-a" && s.state.is_some())
+    };
+    let (status, _) = admin(
+        &operator,
+        shadow.admin.unwrap(),
+        Method::POST,
+        "/v1/shadow/sync",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(listed(operator.clone()).await);
+    signal(&r0, "-TERM");
+    assert!(r0.child.wait().unwrap().success());
+    r0 = Proc::start_as(&configs[0].0, Some("r0"));
+    let start = tokio::time::Instant::now();
+    while !listed(operator.clone()).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the shadow did not register again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = admin(&operator, configs[0].1, Method::GET, "/metrics", vec![]).await;
+    assert!(
+        String::from_utf8(metrics)
+            .unwrap()
+            .contains("shadowkeep_shadow_registrations_total{outcome=\"registered\"} 1")
+    );
+    assert!(r0.alive());
+}
