@@ -16,9 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 
-cargo build --release --quiet -p shadowkeep-server --bin shadowkeep-server --example kmip_load
-SERVER=target/release/shadowkeep-server
-LOAD=target/release/examples/kmip_load
+cargo build --release --quiet -p shadowkeep-server --bin shadowkeep-server --example kmip_load --example tls_echo
+TARGET=${CARGO_TARGET_DIR:-target}
+SERVER=$TARGET/release/shadowkeep-server
+LOAD=$TARGET/release/examples/kmip_load
+ECHO=$TARGET/release/examples/tls_echo
 PYKMIP=.venv/bin/pykmip-server
 [ -x "$PYKMIP" ] || { echo "bench/kmip.sh: $PYKMIP missing; see the header of this script" >&2; exit 2; }
 
@@ -73,6 +75,12 @@ start "$WORK/solo" "$SERVER" --config "$(config solo "")"
 OURS_GET1=$(load --addr "$ADDR" --op get --connections 1); echo "$OURS_GET1"
 OURS_GET8=$(load --addr "$ADDR" --op get --connections 8); echo "$OURS_GET8"
 OURS_CREATE_SOLO=$(load --addr "$ADDR" --op create --connections 8); echo "$OURS_CREATE_SOLO"
+
+echo "== the ceiling: a bare rustls server answering every request with a captured Get response"
+start "$WORK/echo" "$ECHO" --certs "$WORK/certs" --capture "$ADDR"
+kill "${PIDS[-2]}"
+ECHO_GET1=$(load --addr "$ADDR" --op get --connections 1); echo "$ECHO_GET1"
+ECHO_GET8=$(load --addr "$ADDR" --op get --connections 8); echo "$ECHO_GET8"
 kill "${PIDS[-1]}"
 
 BASE_GET1='null'; BASE_GET8='null'; BASE_CREATE='null'
@@ -129,22 +137,25 @@ THEIRS_GET1=$(load --addr "127.0.0.1:$PYPORT" --op get --connections 1); echo "$
 THEIRS_GET8=$(load --addr "127.0.0.1:$PYPORT" --op get --connections 8); echo "$THEIRS_GET8"
 
 python3 - "$OURS_GET1" "$OURS_GET8" "$OURS_CREATE_SOLO" "$OURS_CREATE_ACK1" "$THEIRS_GET1" "$THEIRS_GET8" \
-  "$BASE_GET1" "$BASE_GET8" "$BASE_CREATE" <<'EOF'
+  "$BASE_GET1" "$BASE_GET8" "$BASE_CREATE" "$ECHO_GET1" "$ECHO_GET8" <<'EOF'
 import json, sys
 (ours1, ours8, create_solo, create_ack, theirs1, theirs8,
- base1, base8, base_create) = (json.loads(a) for a in sys.argv[1:])
+ base1, base8, base_create, echo1, echo8) = (json.loads(a) for a in sys.argv[1:])
 print()
 print(f"{'measurement':44} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
 for name, r in [("shadowkeep Get, 1 connection", ours1), ("shadowkeep Get, 8 connections", ours8),
                 ("shadowkeep Create, 8 conns, no peers", create_solo),
                 ("shadowkeep Create, 8 conns, 1 peer ack", create_ack),
-                ("pykmip-server Get, 1 connection", theirs1), ("pykmip-server Get, 8 connections", theirs8)]:
+                ("pykmip-server Get, 1 connection", theirs1), ("pykmip-server Get, 8 connections", theirs8),
+                ("rustls echo ceiling, 1 connection", echo1), ("rustls echo ceiling, 8 connections", echo8)]:
     print(f"{name:44} {r['ops_per_sec']:>10.1f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}")
 r1 = ours1["ops_per_sec"] / max(theirs1["ops_per_sec"], 1e-9)
 r8 = ours8["ops_per_sec"] / max(theirs8["ops_per_sec"], 1e-9)
 print()
 print(f"Get throughput ratio shadowkeep/pykmip: {r1:.0f}x at 1 connection, {r8:.0f}x at 8 connections (target >= 100x)")
 print(f"p99 Get at 8 connections: {ours8['p99_ms']:.3f} ms (target < 2 ms)")
+print(f"Get throughput as a share of the rustls echo ceiling: {100 * ours1['ops_per_sec'] / max(echo1['ops_per_sec'], 1e-9):.0f}% at 1 connection, "
+      f"{100 * ours8['ops_per_sec'] / max(echo8['ops_per_sec'], 1e-9):.0f}% at 8 connections")
 print(f"durable Create with one peer acknowledgement: {create_ack['ops_per_sec']:.0f}/s (target >= 1000/s)")
 if base1 is not None:
     print()

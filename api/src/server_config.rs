@@ -5,10 +5,13 @@
 //! The file is YAML, decoded strictly: an unknown field is an error, so a setting the
 //! server does not understand never goes unnoticed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::shadow::registration::AcceptedVerifier;
 
 /// The whole configuration of one key server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,87 @@ pub struct ServerConfig {
     /// holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keystore_file: Option<PathBuf>,
+    /// The signed licence that decides whether this server is a replica or a shadow. The
+    /// server refuses to start, naming the file and the reason, when it is missing, altered,
+    /// signed by another key or issued for another server id. Without it the server is an
+    /// unlicensed replica (development, and configurations rendered before licences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<LicenceConfig>,
+    /// What a shadow needs besides its licence: its KeyManager's replicas, its timings and
+    /// password. Required with a shadow licence, refused with a replica's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Where the licence is and the key it must verify under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LicenceConfig {
+    /// The licence file (`skl1.…`), as the operator issued it.
+    pub file: PathBuf,
+    /// The KeyManager's licence verifying key: 32 bytes, hex. Replicas also check shadow
+    /// registrations against it.
+    pub public_key: String,
+}
+
+/// A shadow's settings. The operator renders them from the Shadow resource; `shadowkeep
+/// up` builds them the same way. The shadow's admin API (state, sync, desired state) and
+/// the certificate it registers with are `replication.listen`, `clientCert` and
+/// `clientKey`; a shadow has no peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The admin API addresses of the KeyManager's replicas: the shadow registers with,
+    /// mirrors from and judges reachability by these.
+    pub replicas: Vec<PeerConfig>,
+    /// Admin API addresses of sibling shadows (same KeyManager) known in advance. The
+    /// replicas tell the shadow about the others; it keeps what it learned on disk, so it
+    /// still finds its siblings when the replicas are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub siblings: Vec<PeerConfig>,
+    /// Rank among siblings: the higher serves first, ties by name.
+    #[serde(default)]
+    pub priority: i32,
+    /// File holding the shadow's password (the operator's Secret). It is sent only to the
+    /// replicas at registration, over mutual TLS; the shadow keeps no other copy.
+    pub password_file: PathBuf,
+    /// Seconds without an answer from any replica before the shadow serves.
+    #[serde(default = "default_grace")]
+    pub takeover_grace_period_secs: u64,
+    /// Milliseconds between polls of the replicas and siblings.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_ms: u64,
+    /// Milliseconds a replica has to answer a poll: one that accepts the connection but does
+    /// not answer in time (hung, stopped) counts as gone.
+    #[serde(default = "default_poll_timeout")]
+    pub poll_timeout_ms: u64,
+    /// Longest stretch of service, in seconds, before the shadow goes Inactive.
+    #[serde(default = "default_continuous_limit")]
+    pub continuous_service_limit_secs: u64,
+    /// Longest time, in seconds, without an answer from any replica before the shadow
+    /// disables itself for good.
+    #[serde(default = "default_standalone_limit")]
+    pub standalone_limit_secs: u64,
+}
+
+fn default_grace() -> u64 {
+    300
+}
+
+fn default_poll_interval() -> u64 {
+    5000
+}
+
+fn default_poll_timeout() -> u64 {
+    1000
+}
+
+fn default_continuous_limit() -> u64 {
+    7 * 86_400
+}
+
+fn default_standalone_limit() -> u64 {
+    60 * 86_400
 }
 
 /// The admin and replication API (HTTPS) and the mirrors of this replica.
@@ -67,6 +151,21 @@ pub struct ReplicationConfig {
     /// Milliseconds to wait for peer acknowledgements before a Create fails.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout_ms: u64,
+    /// The Argon2id verifiers of the passwords this replica accepts, by shadow name: during
+    /// a rotation the new one without a not-after and the old one until its not-after.
+    /// Verifiers only; no password is in the configuration.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow_verifiers: BTreeMap<String, Vec<AcceptedVerifier>>,
+    /// How many registered shadows must hold a new key before Create or Register succeeds
+    /// (within `ackTimeoutMs`, else the key is aborted). New keys are pushed to every
+    /// registered shadow either way. Needs a licence: shadows register against it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow_acknowledgements: usize,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ReplicationConfig {
@@ -273,6 +372,20 @@ impl ServerConfig {
                 ));
             }
         }
+        if config.licence.is_none()
+            && config
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.shadow_acknowledgements > 0)
+        {
+            return Err(ConfigError(
+                "replication.shadowAcknowledgements: needs licence (shadows register against its key)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(shadow) = &config.shadow {
+            check_shadow(shadow, config.replication.as_ref())?;
+        }
         let kmip = &config.kmip;
         if kmip.max_connections == 0
             || kmip.idle_timeout_secs == 0
@@ -298,6 +411,51 @@ impl ServerConfig {
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_yaml::to_string(self).map_err(|e| ConfigError(e.to_string()))
     }
+}
+
+fn check_shadow(
+    shadow: &ShadowConfig,
+    replication: Option<&ReplicationConfig>,
+) -> Result<(), ConfigError> {
+    let Some(replication) = replication else {
+        return Err(ConfigError(
+            "shadow: needs replication (its admin API listener and the certificate it registers with)"
+                .to_owned(),
+        ));
+    };
+    if !replication.peers.is_empty() {
+        return Err(ConfigError(
+            "replication.peers: a shadow has no peers; its KeyManager's replicas go in shadow.replicas"
+                .to_owned(),
+        ));
+    }
+    if shadow.replicas.is_empty() {
+        return Err(ConfigError(
+            "shadow.replicas: at least one replica to mirror".to_owned(),
+        ));
+    }
+    for (name, value) in [
+        ("takeoverGracePeriodSecs", shadow.takeover_grace_period_secs),
+        ("pollIntervalMs", shadow.poll_interval_ms),
+        ("pollTimeoutMs", shadow.poll_timeout_ms),
+        (
+            "continuousServiceLimitSecs",
+            shadow.continuous_service_limit_secs,
+        ),
+        ("standaloneLimitSecs", shadow.standalone_limit_secs),
+    ] {
+        if value == 0 {
+            return Err(ConfigError(format!(
+                "shadow.{name}: must be greater than 0"
+            )));
+        }
+    }
+    if shadow.poll_timeout_ms >= shadow.takeover_grace_period_secs.saturating_mul(1000) {
+        return Err(ConfigError(
+            "shadow.pollTimeoutMs: must be shorter than the takeover grace period".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -386,5 +544,57 @@ mod tests {
             err.to_string(),
             "invalid server configuration: drives.drives[0].acceptAnyCertificate: is only for an entry without a certificateIdentity"
         );
+    }
+    #[test]
+    fn a_shadow_configuration_is_checked_and_names_the_field() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\nlicence: {file: l, publicKey: \"00\"}\n";
+        let admin = "replication: {listen: \"127.0.0.1:1\", clientCert: c, clientKey: k, allowedIdentities: [op]}\n";
+        let shadow = "shadow: {passwordFile: p, replicas: [{name: r0, address: \"h:1\"}]}\n";
+        let config = ServerConfig::from_yaml(&format!("{base}{admin}{shadow}")).unwrap();
+        let s = config.shadow.as_ref().unwrap();
+        assert_eq!(
+            (
+                s.takeover_grace_period_secs,
+                s.poll_interval_ms,
+                s.poll_timeout_ms
+            ),
+            (300, 5000, 1000)
+        );
+        assert_eq!(
+            ServerConfig::from_yaml(&config.to_yaml().unwrap()).unwrap(),
+            config
+        );
+        let refused = |text: String| ServerConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(refused(format!("{base}{shadow}")).contains("shadow: needs replication"));
+        let with_peers = admin.replace("allowedIdentities: [op]", "allowedIdentities: [op], peers: [{name: x, address: \"h:2\"}], peerAcknowledgements: 0");
+        assert!(
+            refused(format!("{base}{with_peers}{shadow}"))
+                .contains("replication.peers: a shadow has no peers")
+        );
+        let none = "shadow: {passwordFile: p, replicas: []}\n";
+        assert!(refused(format!("{base}{admin}{none}")).contains("shadow.replicas"));
+        let zero = shadow.replace("passwordFile: p", "passwordFile: p, pollIntervalMs: 0");
+        assert!(
+            refused(format!("{base}{admin}{zero}"))
+                .contains("shadow.pollIntervalMs: must be greater than 0")
+        );
+        let slow = shadow.replace(
+            "passwordFile: p",
+            "passwordFile: p, takeoverGracePeriodSecs: 1, pollTimeoutMs: 1000",
+        );
+        assert!(refused(format!("{base}{admin}{slow}")).contains("shadow.pollTimeoutMs"));
+        let unknown = shadow.replace("passwordFile: p", "passwordFile: p, password: hunter2");
+        assert!(refused(format!("{base}{admin}{unknown}")).contains("unknown field `password`"));
+        // Shadow acknowledgements need the licence the shadows register against.
+        let acks = admin.replace(
+            "allowedIdentities: [op]",
+            "allowedIdentities: [op], shadowAcknowledgements: 1",
+        );
+        let unlicensed = base.replace("licence: {file: l, publicKey: \"00\"}\n", "");
+        assert!(
+            refused(format!("{unlicensed}{acks}"))
+                .contains("replication.shadowAcknowledgements: needs licence")
+        );
+        assert!(ServerConfig::from_yaml(&format!("{base}{acks}")).is_ok());
     }
 }

@@ -15,7 +15,7 @@
 //! their TLS handshake and silences timed out, and HTTP/1.1 is all that is spoken.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,13 +25,20 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use jiff::Timestamp;
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
 use shadowkeep_api::replica_sync::{DigestReply, MergeReply, Summary, delta};
+use shadowkeep_api::shadow::registration::{
+    MAX_REQUEST_BYTES, RegistrationReply, ShadowRegistration,
+};
+use shadowkeep_api::shadow::wire::{
+    DesiredStateRequest, MAX_SMALL_REQUEST_BYTES, ServerRole, ShadowReport, StateReport,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -40,6 +47,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
+use crate::replication::{INSTANCE_HEADER, REPLICA_HEADER};
+use crate::shadow::registry::{NewDuplicate, PeerSightings, Registry};
+use crate::shadow::runner::{ControlError, ShadowHandle};
 use crate::store::Store;
 use crate::tls;
 
@@ -54,6 +64,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// peer (probes, scrapers, and anyone else who can reach the port); the rest is kept for
 /// peers. A new connection past this takes the place of the oldest.
 pub const MAX_ANONYMOUS: usize = 48;
+
+/// How long `POST /v1/shadow/sync` waits for its poll round.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// The metrics label of this listener.
 const LISTENER: &str = "admin";
@@ -76,11 +89,26 @@ pub struct AdminState {
     /// How long a connection may stay silent: between requests, in a request's head, or
     /// within its body.
     pub idle: Duration,
+    /// The KeyManager's server id.
+    pub server_id: String,
+    /// This process's persistent instance id.
+    pub instance_id: uuid::Uuid,
+    /// On a licensed replica: its shadows.
+    pub registry: Option<Arc<Registry>>,
+    /// The peers that called, by replica name and instance id.
+    pub peers_seen: Arc<PeerSightings>,
+    /// On a shadow: its state machine.
+    pub shadow: Option<Arc<ShadowHandle>>,
 }
 
 impl AdminState {
     fn allows(&self, caller: &Caller) -> bool {
         caller.0.iter().any(|id| self.allowed.contains(id))
+    }
+
+    /// The registered shadow the caller is, if any.
+    fn shadow_caller(&self, caller: &Caller) -> Option<String> {
+        self.registry.as_ref()?.registered(&caller.0)
     }
 }
 
@@ -88,18 +116,35 @@ impl AdminState {
 #[derive(Clone, Debug, Default)]
 struct Caller(Vec<String>);
 
+/// The caller's IP address.
+#[derive(Clone, Copy, Debug)]
+struct Remote(IpAddr);
+
 /// The routes.
 pub fn router(state: AdminState) -> Router {
     let keystore = Router::new()
         .route("/v1/keystore/digest", get(digest))
-        .route("/v1/keystore/delta", post(delta_handler))
         .route("/v1/keystore/merge", post(merge))
+        .route("/v1/shadows", get(shadows))
+        .route("/v1/shadow/sync", post(sync))
+        .route("/v1/shadow/desired-state", put(desired_state))
         .route_layer(middleware::from_fn_with_state(state.clone(), peers_only));
+    let mirror = Router::new()
+        .route("/v1/keystore/delta", post(delta_handler))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            peers_or_shadows,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/state", get(state_handler))
+        .route("/v1/hints", get(hints))
+        .route("/v1/shadow/register", post(register))
+        .route("/v1/shadow/report", post(report))
         .merge(keystore)
+        .merge(mirror)
         .with_state(state)
 }
 
@@ -179,10 +224,14 @@ async fn connection(
             .map(tls::identities)
             .unwrap_or_default(),
     );
-    if state.allows(&caller) {
+    if state.allows(&caller) || state.shadow_caller(&caller).is_some() {
         slot.authenticated();
     }
-    let service = TowerToHyperService::new(app.layer(Extension(caller)));
+    let remote = peer.ip();
+    let service = TowerToHyperService::new(
+        app.layer(Extension(caller))
+            .layer(Extension(Remote(remote))),
+    );
     let mut http = hyper::server::conn::http1::Builder::new();
     // The header read timeout also runs while a kept-alive connection waits for its next
     // request: it is the idle timeout.
@@ -205,10 +254,12 @@ async fn connection(
 async fn peers_only(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
     request: Request,
     next: Next,
 ) -> Response {
     if state.allows(&caller) {
+        sighted(&state, &request, remote);
         return next.run(request).await;
     }
     tracing::warn!(identities = ?caller.0, "admin API: refused a caller not allowed to replicate");
@@ -231,15 +282,18 @@ async fn read_body(
     state: &AdminState,
     mut body: Body,
     announced: Option<u64>,
+    max: usize,
 ) -> Result<Bytes, Response> {
     let too_large = || {
         state.metrics.refused(LISTENER, "body_too_large");
-        closing(
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than the 256 MiB limit\n",
+            [(header::CONNECTION, "close")],
+            format!("the request body is larger than the {max}-byte limit of this endpoint\n"),
         )
+            .into_response()
     };
-    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+    if announced.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
     let mut bytes = Vec::new();
@@ -248,7 +302,7 @@ async fn read_body(
             Ok(None) => return Ok(Bytes::from(bytes)),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if bytes.len() + data.len() > MAX_BODY {
+                    if bytes.len() + data.len() > max {
                         return Err(too_large());
                     }
                     bytes.extend_from_slice(&data);
@@ -272,14 +326,19 @@ async fn read_body(
     }
 }
 
-/// The request's body, read as [`read_body`] does.
+/// The request's body, read as [`read_body`] does, of at most [`MAX_BODY`].
 async fn body_of(state: &AdminState, request: Request) -> Result<Bytes, Response> {
+    body_within(state, request, MAX_BODY).await
+}
+
+/// The request's body, of at most `max` bytes.
+async fn body_within(state: &AdminState, request: Request, max: usize) -> Result<Bytes, Response> {
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    read_body(state, request.into_body(), announced).await
+    read_body(state, request.into_body(), announced, max).await
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -292,6 +351,18 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let keys = state.store.read(Keystore::len);
+    // Counted when asked, from the registers themselves: never behind what /v1/state shows.
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    if let Some(registry) = &state.registry {
+        state
+            .metrics
+            .shadow_duplicates
+            .set(count(registry.duplicates().len()));
+    }
+    state
+        .metrics
+        .replica_duplicates
+        .set(count(state.peers_seen.duplicates().len()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.encode(keys),
@@ -393,4 +464,270 @@ async fn merge(State(state): State<AdminState>, request: Request) -> Response {
         "admin API: a merge brought records that were not stored"
     );
     (StatusCode::CONFLICT, Json(reply)).into_response()
+}
+
+/// Lets peers and registered shadows through (shadows mirror the keystore by its delta);
+/// refuses everyone else before the body is read.
+async fn peers_or_shadows(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.allows(&caller) || state.shadow_caller(&caller).is_some() {
+        sighted(&state, &request, remote);
+        return next.run(request).await;
+    }
+    tracing::warn!(identities = ?caller.0, "admin API: refused a caller that is neither a peer nor a registered shadow");
+    state.metrics.refused(LISTENER, "forbidden");
+    closing(
+        StatusCode::FORBIDDEN,
+        "not-registered: this client certificate is neither a peer's nor a registered shadow's\n",
+    )
+}
+
+/// Records a peer that names itself (replica name and instance id headers), and warns the
+/// first time two instances call as one replica: two running servers with one server id and
+/// ordinal. Both keep being served.
+fn sighted(state: &AdminState, request: &Request, remote: IpAddr) {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let (Some(name), Some(instance)) = (
+        header(REPLICA_HEADER),
+        header(INSTANCE_HEADER).and_then(|v| uuid::Uuid::parse_str(v).ok()),
+    ) else {
+        return;
+    };
+    if let Some(NewDuplicate(d)) = state
+        .peers_seen
+        .saw(name, instance, remote, Timestamp::now())
+    {
+        tracing::warn!(
+            replica = %d.name,
+            instance_ids = ?d.instance_ids,
+            addresses = ?d.addresses,
+            "two running replicas call as one (one server id and ordinal); both keep being served"
+        );
+    }
+}
+
+/// A refusal with a reason code and a message, as plain text `code: message`.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONNECTION, "close")],
+        format!("{code}: {message}\n"),
+    )
+        .into_response()
+}
+
+async fn state_handler(State(state): State<AdminState>) -> Response {
+    let report = match &state.shadow {
+        Some(shadow) => shadow.report(state.instance_id),
+        None => StateReport {
+            role: ServerRole::Replica,
+            server_id: state.server_id.clone(),
+            instance_id: state.instance_id,
+            shadow: None,
+            duplicates: state
+                .registry
+                .as_ref()
+                .map(|r| r.duplicates())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(state.peers_seen.duplicates())
+                .collect(),
+        },
+    };
+    Json(report).into_response()
+}
+
+async fn hints(State(state): State<AdminState>) -> Response {
+    Json(
+        state
+            .registry
+            .as_ref()
+            .map(|r| r.hints())
+            .unwrap_or_default(),
+    )
+    .into_response()
+}
+
+async fn shadows(State(state): State<AdminState>) -> Response {
+    Json(
+        state
+            .registry
+            .as_ref()
+            .map(|r| r.list())
+            .unwrap_or_default(),
+    )
+    .into_response()
+}
+
+fn no_registry() -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "not-a-licensed-replica",
+        "this server is not a licensed replica; it has no licence key to judge shadows by",
+    )
+}
+
+fn log_duplicate(new: Option<NewDuplicate>) {
+    if let Some(NewDuplicate(d)) = new {
+        tracing::warn!(
+            shadow = %d.name,
+            instance_ids = ?d.instance_ids,
+            addresses = ?d.addresses,
+            "two instances claim one shadow (a copied data directory?); both keep running"
+        );
+    }
+}
+
+async fn register(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
+    request: Request,
+) -> Response {
+    let Some(registry) = state.registry.clone() else {
+        return no_registry();
+    };
+    let Some(presenter) = registry.presenter(&caller.0).map(str::to_owned) else {
+        state.metrics.refused(LISTENER, "no_certificate");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "no-certificate",
+            "a shadow registers with its client certificate",
+        );
+    };
+    let body = match body_within(&state, request, MAX_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let registration = match ShadowRegistration::from_json(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.registration("malformed");
+            tracing::warn!(presenter, address = %remote, error = %e, "shadow registration refused: malformed");
+            return refusal(StatusCode::BAD_REQUEST, "malformed", &e.to_string());
+        }
+    };
+    drop(body);
+    let now = Timestamp::now();
+    let judge = Arc::clone(&registry);
+    let judged = tokio::task::spawn_blocking(move || {
+        let presenter = presenter;
+        let outcome = judge.register(&registration, &presenter, remote, now);
+        (presenter, outcome)
+    })
+    .await;
+    let Ok((presenter, (decision, duplicate))) = judged else {
+        return refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "failed to judge the registration",
+        );
+    };
+    log_duplicate(duplicate);
+    let reply = RegistrationReply::from(&decision);
+    match &decision {
+        Ok(registered) => {
+            state.metrics.registration("registered");
+            tracing::info!(shadow = %registered.shadow, address = %remote, "shadow registered");
+            Json(reply).into_response()
+        }
+        Err(refused) => {
+            state.metrics.registration(refused.code().as_str());
+            tracing::warn!(presenter, address = %remote, reason = %refused.code(), message = %refused, "shadow registration refused");
+            (StatusCode::FORBIDDEN, Json(reply)).into_response()
+        }
+    }
+}
+
+async fn report(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Extension(Remote(remote)): Extension<Remote>,
+    request: Request,
+) -> Response {
+    let Some(registry) = state.registry.clone() else {
+        return no_registry();
+    };
+    let Some(shadow) = registry.registered(&caller.0) else {
+        state.metrics.refused(LISTENER, "shadow_not_registered");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "not-registered",
+            "this shadow has not registered with this replica; POST /v1/shadow/register first",
+        );
+    };
+    let body = match body_within(&state, request, MAX_SMALL_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let shadow_report = match ShadowReport::from_json(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.refused(LISTENER, "malformed");
+            return refusal(StatusCode::BAD_REQUEST, "malformed", &e.to_string());
+        }
+    };
+    let (view, duplicate) = registry.report(&shadow, shadow_report, remote, Timestamp::now());
+    log_duplicate(duplicate);
+    Json(view).into_response()
+}
+
+fn not_a_shadow() -> Response {
+    refusal(
+        StatusCode::CONFLICT,
+        "not-a-shadow",
+        "this server is a replica, not a shadow",
+    )
+}
+
+async fn sync(State(state): State<AdminState>) -> Response {
+    let Some(shadow) = state.shadow.clone() else {
+        return not_a_shadow();
+    };
+    match shadow.sync_now(SYNC_WAIT).await {
+        Ok(()) => Json(shadow.report(state.instance_id)).into_response(),
+        Err(e @ ControlError::NotPolling(_)) => {
+            refusal(StatusCode::CONFLICT, "not-polling", &e.to_string())
+        }
+        Err(e @ ControlError::Timeout(_)) => {
+            refusal(StatusCode::GATEWAY_TIMEOUT, "timeout", &e.to_string())
+        }
+    }
+}
+
+async fn desired_state(State(state): State<AdminState>, request: Request) -> Response {
+    let Some(shadow) = state.shadow.clone() else {
+        return not_a_shadow();
+    };
+    let body = match body_within(&state, request, MAX_SMALL_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let desired = match DesiredStateRequest::from_json(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            state.metrics.refused(LISTENER, "malformed");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                &format!("{e}; the state is one of Active, Inactive, Disabled"),
+            );
+        }
+    };
+    match shadow.set_desired(desired.state) {
+        Ok(_) => {
+            tracing::info!(desired = ?desired.state, "desired state taken");
+            Json(shadow.report(state.instance_id)).into_response()
+        }
+        Err(e) => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-persisted",
+            &e.to_string(),
+        ),
+    }
 }

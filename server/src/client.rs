@@ -229,13 +229,29 @@ pub async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(hyper::StatusCode, Vec<u8>), String> {
+    send_with(sender, address, method, path, body, &[]).await
+}
+
+/// Like [`send`], with extra request `headers`.
+pub async fn send_with(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    address: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> Result<(hyper::StatusCode, Vec<u8>), String> {
     use http_body_util::BodyExt as _;
 
     sender.ready().await.map_err(|e| e.to_string())?;
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, address)
+        .header(hyper::header::HOST, address);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request
         .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(

@@ -77,6 +77,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<ServerConfig, DevError>
         },
         replication: None,
         keystore_file: None,
+        licence: None,
+        shadow: None,
     })
 }
 

@@ -7,6 +7,8 @@
 //! - [`net`]: KMIP connections — framing, timeouts, graceful shutdown; `listener` holds
 //!   what it shares with the admin API (connection slots, accept with backoff).
 //! - [`cli`]: the command line, for both binaries that run the server.
+//! - [`shadow`]: the licence that makes a server a replica or a shadow, a replica's register
+//!   of its shadows, and a shadow's poll loop around the state machine.
 //! - [`dev`]: the files a local development server needs.
 //! - [`client`]: a small KMIP client, for tests and the load generator.
 //!
@@ -20,11 +22,13 @@ pub mod client;
 pub mod dev;
 pub mod durable;
 pub mod import;
+pub mod instance;
 pub mod kmip;
 mod listener;
 pub mod metrics;
 pub mod net;
 pub mod replication;
+pub mod shadow;
 pub mod store;
 pub mod tls;
 pub mod ttlv;

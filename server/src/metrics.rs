@@ -52,6 +52,100 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a shadow's change of state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The state before.
+    pub from: String,
+    /// The state after.
+    pub to: String,
+    /// The reason code.
+    pub reason: String,
+}
+
+/// Labels naming a shadow state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
+/// Registers `metric` under `name` and hands it back.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The shadow metrics, registered apart from the rest.
+struct ShadowMetrics {
+    shadow_state: Family<StateLabels, Gauge>,
+    shadow_transitions: Family<TransitionLabels, Counter>,
+    shadow_mirrored: Counter,
+    shadow_registrations: Family<OutcomeLabels, Counter>,
+    shadow_duplicates: Gauge,
+    replica_duplicates: Gauge,
+}
+
+impl ShadowMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let shadow_state = registered(
+            registry,
+            "shadow_state",
+            "A shadow's state: 1 for the current one",
+            Family::<StateLabels, Gauge>::default(),
+        );
+        let shadow_transitions = registered(
+            registry,
+            "shadow_transitions",
+            "A shadow's changes of state, by from, to and reason",
+            Family::<TransitionLabels, Counter>::default(),
+        );
+        let shadow_mirrored = registered(
+            registry,
+            "shadow_mirrored_keys",
+            "Key records a shadow took from replicas",
+            Counter::default(),
+        );
+        let shadow_registrations = Family::<OutcomeLabels, Counter>::default();
+        for code in shadowkeep_api::shadow::registration::RefusalCode::ALL {
+            let _ = shadow_registrations.get_or_create(&OutcomeLabels {
+                outcome: code.as_str().to_owned(),
+            });
+        }
+        let shadow_registrations = registered(
+            registry,
+            "shadow_registrations",
+            "Shadow registrations judged by this replica: registered, or the refusal code",
+            shadow_registrations,
+        );
+        let shadow_duplicates = registered(
+            registry,
+            "shadow_duplicates",
+            "Shadows for which this replica saw two instance ids (two hosts claiming one shadow)",
+            Gauge::default(),
+        );
+        let replica_duplicates = registered(
+            registry,
+            "replica_duplicates",
+            "Replica names under which two running instances called this replica (one server id and ordinal)",
+            Gauge::default(),
+        );
+        Self {
+            shadow_state,
+            shadow_transitions,
+            shadow_mirrored,
+            shadow_registrations,
+            shadow_duplicates,
+            replica_duplicates,
+        }
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +164,18 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     /// Records received by merges, by what became of them.
     pub merge_records: Family<OutcomeLabels, Counter>,
+    /// A shadow's state: 1 for the current one, 0 for the others.
+    pub shadow_state: Family<StateLabels, Gauge>,
+    /// A shadow's changes of state.
+    pub shadow_transitions: Family<TransitionLabels, Counter>,
+    /// Keys a shadow mirrored from replicas.
+    pub shadow_mirrored: Counter,
+    /// Shadow registrations a replica judged, by outcome (`registered` or a refusal code).
+    pub shadow_registrations: Family<OutcomeLabels, Counter>,
+    /// Shadows for which a replica saw two instance ids.
+    pub shadow_duplicates: Gauge,
+    /// Replica names under which two instances called this replica.
+    pub replica_duplicates: Gauge,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -126,8 +232,15 @@ impl Metrics {
             "Records received by keystore merges: stored, conflicting (quarantined) or refused",
             merge_records.clone(),
         );
+        let shadows = ShadowMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
+            replica_duplicates: shadows.replica_duplicates,
+            shadow_state: shadows.shadow_state,
+            shadow_transitions: shadows.shadow_transitions,
+            shadow_mirrored: shadows.shadow_mirrored,
+            shadow_registrations: shadows.shadow_registrations,
+            shadow_duplicates: shadows.shadow_duplicates,
             requests,
             latency,
             keys,
@@ -179,6 +292,51 @@ impl Metrics {
                 })
                 .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         }
+    }
+
+    /// Sets the shadow state gauge to `state`.
+    pub fn shadow_state(&self, state: shadowkeep_api::shadow::state::ShadowState) {
+        use shadowkeep_api::shadow::state::ShadowState as S;
+        for s in [
+            S::Shadowing,
+            S::Serving,
+            S::Deferring,
+            S::Inactive,
+            S::Disabled,
+        ] {
+            self.shadow_state
+                .get_or_create(&StateLabels {
+                    state: format!("{s:?}"),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Counts a shadow's transition and sets the state gauge.
+    pub fn shadow_transition(&self, t: &shadowkeep_api::shadow::state::Transition) {
+        self.shadow_transitions
+            .get_or_create(&TransitionLabels {
+                from: format!("{:?}", t.from),
+                to: format!("{:?}", t.to),
+                reason: t.reason.code().to_owned(),
+            })
+            .inc();
+        self.shadow_state(t.to);
+    }
+
+    /// Counts `n` key records mirrored.
+    pub fn mirrored(&self, n: usize) {
+        self.shadow_mirrored
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a registration judged as `outcome`.
+    pub fn registration(&self, outcome: &str) {
+        self.shadow_registrations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition, with the lag gauges brought up to date.

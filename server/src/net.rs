@@ -29,6 +29,9 @@ use crate::kmip::{self, KmipError};
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
 use crate::replication::{Replication, ReplicationError};
+use crate::shadow::Access;
+use crate::shadow::push::ShadowPush;
+use crate::shadow::registry::Registry;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, ClientAuth, TlsError};
 use crate::ttlv::{self, Item};
@@ -53,6 +56,15 @@ pub enum ServerError {
     /// Replication could not be set up.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// The licence refused the start.
+    #[error(transparent)]
+    Licence(#[from] crate::shadow::LicenceError),
+    /// The shadow could not start.
+    #[error(transparent)]
+    Shadow(#[from] crate::shadow::runner::ShadowError),
+    /// The instance id could not be read or made.
+    #[error("{0}")]
+    Instance(String),
     /// A listener could not be opened.
     #[error("failed to listen on {addr}: {source}")]
     Listen {
@@ -72,6 +84,8 @@ pub struct Server {
     /// To check that the keystore file's records open before they are stored.
     kek: Kek,
     cancel: CancellationToken,
+    /// A shadow's loop, started by [`Server::serve`] once the listeners' ports are known.
+    runner: Option<crate::shadow::runner::Runner>,
 }
 
 impl std::fmt::Debug for Server {
@@ -85,7 +99,10 @@ impl std::fmt::Debug for Server {
 #[derive(Debug)]
 struct Shared {
     kmip: Kmip,
-    drives: DriveTable,
+    /// The drive table: the configured one on a replica, the mirrored one on a shadow.
+    drives: Arc<std::sync::RwLock<Arc<DriveTable>>>,
+    /// Set on a shadow: whether KMIP is served now, and read-only.
+    shadow: Option<Arc<crate::shadow::runner::ShadowHandle>>,
     idle: Duration,
     handshake: Duration,
     slots: Arc<Slots>,
@@ -96,37 +113,46 @@ impl Server {
     /// Loads the KEK, opens the keystore, sets up TLS and starts replication with the
     /// peers. Call it within a Tokio runtime.
     pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
-        let kek_error = |reason: String| ServerError::Kek {
-            path: config.kek_file.display().to_string(),
-            reason,
-        };
-        let raw = zeroize::Zeroizing::new(
-            std::fs::read(&config.kek_file).map_err(|e| kek_error(e.to_string()))?,
-        );
-        let kek = Kek::from_bytes(&raw).map_err(|e| kek_error(e.to_string()))?;
+        let licensed = crate::shadow::load(config)?;
+        let kek = load_kek(config)?;
+        let instance_id =
+            crate::instance::load_or_create(&config.data_dir).map_err(ServerError::Instance)?;
         let store = Store::open(&config.data_dir)?;
         let acceptor = TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Required)?);
-        let peers: Vec<String> = config
-            .replication
-            .iter()
-            .flat_map(|r| {
-                crate::replication::peers_of(r)
-                    .into_iter()
-                    .map(|p| p.name.clone())
-            })
-            .collect();
+        let is_shadow = config.shadow.is_some();
+        let peers = peer_names(config);
         let metrics = Metrics::new(&peers);
         let cancel = CancellationToken::new();
+        let (shadow, runner) = start_shadow(
+            config,
+            licensed.as_ref(),
+            instance_id,
+            &store,
+            &kek,
+            &metrics,
+        )?
+        .unzip();
+        let drives = drive_table(config, shadow.as_ref());
+        let registry = registry_for(config, licensed.as_ref());
+        let shadow_push = shadow_push_for(config, registry.as_ref(), &metrics)?;
         let (replication, admin) = match &config.replication {
             Some(r) => {
-                let replication = Replication::start(
-                    r,
-                    &config.tls.client_ca,
-                    store.clone(),
-                    kek.clone(),
-                    Arc::clone(&metrics),
-                    cancel.clone(),
-                )?;
+                let replication = if is_shadow {
+                    None
+                } else {
+                    Some(Replication::start(
+                        r,
+                        &config.tls.client_ca,
+                        store.clone(),
+                        kek.clone(),
+                        Arc::clone(&metrics),
+                        cancel.clone(),
+                        &crate::replication::PeerIdentity {
+                            name: crate::replication::replica_name(),
+                            instance_id,
+                        },
+                    )?)
+                };
                 let state = AdminState {
                     store: store.clone(),
                     kek: kek.clone(),
@@ -135,15 +161,23 @@ impl Server {
                     ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                     handshake: Duration::from_secs(config.kmip.handshake_timeout_secs),
                     idle: Duration::from_secs(config.kmip.idle_timeout_secs),
+                    server_id: config.server_id.clone(),
+                    instance_id,
+                    registry: registry.clone(),
+                    peers_seen: Arc::default(),
+                    shadow: shadow.clone(),
                 };
                 let admin_tls =
                     TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Optional)?);
-                (Some(replication), Some((r.listen, admin_tls, state)))
+                (replication, Some((r.listen, admin_tls, state)))
             }
             None => (None, None),
         };
         tracing::info!(
             server_id = %config.server_id,
+            role = if is_shadow { "shadow" } else { "replica" },
+            licensed = licensed.is_some(),
+            instance_id = %instance_id,
             keys = store.read(shadowkeep_api::keystore::Keystore::len),
             kek = kek.fingerprint(),
             peers = peers.len(),
@@ -164,8 +198,10 @@ impl Server {
                     config.server_id.clone(),
                     replication,
                     Arc::clone(&metrics),
-                ),
-                drives: DriveTable::new(&config.drives),
+                )
+                .with_shadows(shadow_push),
+                drives,
+                shadow,
                 idle: Duration::from_secs(config.kmip.idle_timeout_secs),
                 handshake: Duration::from_secs(config.kmip.handshake_timeout_secs),
                 metrics,
@@ -175,6 +211,7 @@ impl Server {
             keystore_file: config.keystore_file.clone(),
             kek: kek_for_import,
             cancel,
+            runner,
         })
     }
 
@@ -225,6 +262,16 @@ impl Server {
                 cancel.clone(),
             ));
         }
+        if let Some(runner) = self.runner {
+            let ports = crate::shadow::runner::Ports {
+                admin: admin
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok())
+                    .map_or(0, |a| a.port()),
+                kmip: listener.local_addr().map_or(0, |a| a.port()),
+            };
+            tracker.spawn(runner.run(ports, cancel.clone()));
+        }
         if let (Some(listener), Some((_, acceptor, state))) = (admin, &self.admin) {
             state
                 .ready
@@ -268,6 +315,129 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A licensed replica's register of shadows: it judges their registrations by the licence
+/// key. Unlicensed replicas and shadows have none.
+fn registry_for(
+    config: &ServerConfig,
+    licensed: Option<&crate::shadow::Licensed>,
+) -> Option<Arc<Registry>> {
+    match (licensed, &config.replication) {
+        (Some(licensed), Some(r)) if config.shadow.is_none() => Some(Arc::new(Registry::new(
+            &config.server_id,
+            licensed.verifier,
+            r.shadow_verifiers.clone(),
+            config.drives.clone(),
+        ))),
+        _ => None,
+    }
+}
+
+/// A licensed replica's push of new keys to its shadows, through its peer certificate.
+fn shadow_push_for(
+    config: &ServerConfig,
+    registry: Option<&Arc<Registry>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<ShadowPush>>, ServerError> {
+    let (Some(registry), Some(r)) = (registry, &config.replication) else {
+        return Ok(None);
+    };
+    let connector = crate::client::connector(&crate::client::ClientFiles {
+        ca: config.tls.client_ca.clone(),
+        cert: Some(r.client_cert.clone()),
+        key: Some(r.client_key.clone()),
+    })
+    .map_err(|e| ReplicationError::new(e.to_string()))?;
+    Ok(Some(Arc::new(ShadowPush::new(
+        Arc::clone(registry),
+        connector,
+        r.shadow_acknowledgements,
+        Duration::from_millis(r.ack_timeout_ms),
+        Arc::clone(metrics),
+    ))))
+}
+
+/// The drive table KMIP applies: the configured one on a replica, the one a shadow mirrors
+/// from its replicas.
+fn drive_table(
+    config: &ServerConfig,
+    shadow: Option<&Arc<crate::shadow::runner::ShadowHandle>>,
+) -> Arc<std::sync::RwLock<Arc<DriveTable>>> {
+    shadow.map_or_else(
+        || {
+            Arc::new(std::sync::RwLock::new(Arc::new(DriveTable::new(
+                &config.drives,
+            ))))
+        },
+        |h| h.drives(),
+    )
+}
+
+/// The names of the peers this replica pushes to; none on a shadow.
+fn peer_names(config: &ServerConfig) -> Vec<String> {
+    if config.shadow.is_some() {
+        return Vec::new();
+    }
+    config
+        .replication
+        .iter()
+        .flat_map(|r| {
+            crate::replication::peers_of(r)
+                .into_iter()
+                .map(|p| p.name.clone())
+        })
+        .collect()
+}
+
+fn load_kek(config: &ServerConfig) -> Result<Kek, ServerError> {
+    let kek_error = |reason: String| ServerError::Kek {
+        path: config.kek_file.display().to_string(),
+        reason,
+    };
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read(&config.kek_file).map_err(|e| kek_error(e.to_string()))?,
+    );
+    Kek::from_bytes(&raw).map_err(|e| kek_error(e.to_string()))
+}
+
+/// On a shadow, its handle and its (not yet started) loop.
+fn start_shadow(
+    config: &ServerConfig,
+    licensed: Option<&crate::shadow::Licensed>,
+    instance_id: uuid::Uuid,
+    store: &Store,
+    kek: &Kek,
+    metrics: &Arc<Metrics>,
+) -> Result<
+    Option<(
+        Arc<crate::shadow::runner::ShadowHandle>,
+        crate::shadow::runner::Runner,
+    )>,
+    ServerError,
+> {
+    let (Some(shadow), Some(r), Some(licensed)) = (&config.shadow, &config.replication, licensed)
+    else {
+        return Ok(None);
+    };
+    let connector = crate::client::connector(&crate::client::ClientFiles {
+        ca: config.tls.client_ca.clone(),
+        cert: Some(r.client_cert.clone()),
+        key: Some(r.client_key.clone()),
+    })
+    .map_err(|e| crate::shadow::runner::ShadowError::new(e.to_string()))?;
+    Ok(Some(crate::shadow::runner::prepare(
+        crate::shadow::runner::Setup {
+            config: shadow,
+            licensed: licensed.clone(),
+            dir: config.data_dir.clone(),
+            instance_id,
+            connector,
+            store: store.clone(),
+            kek: kek.clone(),
+            metrics: Arc::clone(metrics),
+        },
+    )?))
 }
 
 /// Serves KMIP on `listener` with `config` until `shutdown` completes.
@@ -420,9 +590,17 @@ async fn respond(
             return kmip::error_response(now, error);
         }
     };
-    let verdict = shared
-        .drives
-        .judge(identities, request.device_serial.as_deref());
+    let access = shared
+        .shadow
+        .as_ref()
+        .map_or(Access::Full, |shadow| shadow.access());
+    let drives = Arc::clone(
+        &shared
+            .drives
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let verdict = drives.judge(identities, request.device_serial.as_deref());
     if verdict == Verdict::Refused {
         tracing::warn!(
             peer,
@@ -431,7 +609,7 @@ async fn respond(
             "refused a client that is not in the drive table"
         );
     }
-    let outcomes = shared.kmip.handle(&request, &verdict).await;
+    let outcomes = shared.kmip.handle(&request, &verdict, &access).await;
     for outcome in &outcomes {
         let op = outcome.operation.map_or("?", kmip::operation_name);
         match &outcome.result {

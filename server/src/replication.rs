@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientFiles, connector, http1_connect, send};
+use crate::client::{ClientFiles, connector, http1_connect, send_with};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -31,21 +31,50 @@ const MAX_PUSH: usize = 1024;
 /// every replica, listing them all; each leaves itself out by name (a StatefulSet pod's host
 /// name is its replica name).
 pub fn peers_of(config: &ReplicationConfig) -> Vec<&PeerConfig> {
-    let me = std::env::var("SHADOWKEEP_REPLICA_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
+    let me = replica_name();
     config.peers.iter().filter(|p| p.name != me).collect()
 }
 
-struct Push {
-    keys: Vec<Key>,
-    done: Option<oneshot::Sender<bool>>,
+/// This replica's name: environment `SHADOWKEEP_REPLICA_NAME`, else `HOSTNAME` (a
+/// StatefulSet pod's name, its ordinal in it).
+pub fn replica_name() -> String {
+    std::env::var("SHADOWKEEP_REPLICA_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default()
+}
+
+/// Request header naming the calling replica, so that peers can tell two running replicas
+/// with one name apart.
+pub const REPLICA_HEADER: &str = "x-shadowkeep-replica";
+/// Request header carrying the calling replica's instance id.
+pub const INSTANCE_HEADER: &str = "x-shadowkeep-instance";
+
+/// Who this replica is when it calls its peers.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    /// Its replica name.
+    pub name: String,
+    /// Its persistent instance id.
+    pub instance_id: uuid::Uuid,
+}
+
+/// Keys for one peer (or shadow), and where to say whether it took them all.
+pub(crate) struct Push {
+    pub(crate) keys: Vec<Key>,
+    pub(crate) done: Option<oneshot::Sender<bool>>,
 }
 
 /// Why replication could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to set up replication: {0}")]
 pub struct ReplicationError(String);
+
+impl ReplicationError {
+    /// A failure described by `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
 
 /// The peers of this replica and the tasks that keep them level.
 pub struct Replication {
@@ -73,6 +102,7 @@ impl Replication {
         kek: Kek,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
+        identity: &PeerIdentity,
     ) -> Result<Arc<Self>, ReplicationError> {
         let connector = connector(&ClientFiles {
             ca: ca.to_owned(),
@@ -95,9 +125,12 @@ impl Replication {
         for peer in peers {
             let (tx, rx) = mpsc::channel(8192);
             pushers.push(tx);
-            let link = PeerLink::new(&peer.name, &peer.address, connector.clone());
+            let link =
+                PeerLink::new(&peer.name, &peer.address, connector.clone()).calling_as(identity);
             tokio::spawn(push_loop(link, rx, Arc::clone(&metrics)));
-            pullers.push(PeerLink::new(&peer.name, &peer.address, connector.clone()));
+            pullers.push(
+                PeerLink::new(&peer.name, &peer.address, connector.clone()).calling_as(identity),
+            );
         }
         tokio::spawn(anti_entropy(
             pullers,
@@ -157,7 +190,13 @@ impl Replication {
     }
 }
 
-async fn push_loop(mut link: PeerLink, mut rx: mpsc::Receiver<Push>, metrics: Arc<Metrics>) {
+/// Sends what arrives on `rx` to `link`, batching what queued meanwhile, until every sender
+/// is dropped.
+pub(crate) async fn push_loop(
+    mut link: PeerLink,
+    mut rx: mpsc::Receiver<Push>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut count = group[0].keys.len();
@@ -273,21 +312,33 @@ async fn pull(peer: &mut PeerLink, store: &Store, kek: &Kek) -> Result<usize, St
 }
 
 /// One HTTP/1.1 connection to a peer's admin API, reopened when it breaks.
-struct PeerLink {
+pub(crate) struct PeerLink {
     name: String,
     address: String,
     connector: TlsConnector,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Headers naming this replica on every request.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl PeerLink {
-    fn new(name: &str, address: &str, connector: TlsConnector) -> Self {
+    pub(crate) fn new(name: &str, address: &str, connector: TlsConnector) -> Self {
         Self {
             name: name.to_owned(),
             address: address.to_owned(),
             connector,
             sender: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Names this replica on every request.
+    pub(crate) fn calling_as(mut self, identity: &PeerIdentity) -> Self {
+        self.headers = vec![
+            (REPLICA_HEADER, identity.name.clone()),
+            (INSTANCE_HEADER, identity.instance_id.to_string()),
+        ];
+        self
     }
 
     async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
@@ -319,7 +370,15 @@ impl PeerLink {
             .sender
             .as_mut()
             .ok_or_else(|| "not connected".to_owned())?;
-        send(sender, &self.address, Method::POST, path, body).await
+        send_with(
+            sender,
+            &self.address,
+            Method::POST,
+            path,
+            body,
+            &self.headers,
+        )
+        .await
     }
 }
 

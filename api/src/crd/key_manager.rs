@@ -266,6 +266,13 @@ pub struct DurabilitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self >= 0").message("must not be negative"))]
     pub peer_acknowledgements: Option<i32>,
+    /// How many of the KeyManager's shadows must hold a new key before the client is told
+    /// it exists, so that a key is at the other site before a tape is written with it. On
+    /// timeout the key is aborted and the client gets an error. 0 (the default) waits for
+    /// none; replicas still push new keys to their shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("must not be negative"))]
+    pub shadow_acknowledgements: Option<i32>,
 }
 
 /// Where replicas are scheduled.

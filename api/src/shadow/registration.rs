@@ -175,7 +175,10 @@ pub enum DecodeError {
     },
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),

@@ -93,8 +93,16 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
             peer_acknowledgements: Some(acks),
             sync_interval_secs: km.spec.sync_interval.as_duration().as_secs().max(1),
             ack_timeout_ms: 2000,
+            shadow_verifiers: std::collections::BTreeMap::new(),
+            shadow_acknowledgements: km
+                .spec
+                .durability
+                .shadow_acknowledgements
+                .map_or(0, |n| usize::try_from(n).unwrap_or(0)),
         }),
         keystore_file: Some(PathBuf::from(format!("{KEYSTORE_DIR}/keystore"))),
+        licence: None,
+        shadow: None,
     }
 }
 

@@ -23,6 +23,8 @@ use super::{
 use crate::auth::Verdict;
 use crate::metrics::{Metrics, OpLabels, OperationLabels};
 use crate::replication::Replication;
+use crate::shadow::Access;
+use crate::shadow::push::ShadowPush;
 use crate::store::{Store, StoreError};
 use crate::ttlv::{Item, Value};
 
@@ -52,6 +54,8 @@ pub struct Kmip {
     modify: Mutex<()>,
     /// Peers that new keys must reach before a Create succeeds.
     replication: Option<Arc<Replication>>,
+    /// Shadows new keys are pushed to, and how many must take one before a Create succeeds.
+    shadows: Option<Arc<ShadowPush>>,
     /// Keys stored locally whose peer acknowledgements are still awaited: not yet visible.
     inflight: std::sync::Mutex<HashSet<KeyId>>,
     metrics: Arc<Metrics>,
@@ -94,8 +98,16 @@ impl Kmip {
             server_id: server_id.into(),
             modify: Mutex::new(()),
             replication,
+            shadows: None,
             inflight: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Pushes new keys to registered shadows through `shadows` as well.
+    #[must_use]
+    pub fn with_shadows(mut self, shadows: Option<Arc<ShadowPush>>) -> Self {
+        self.shadows = shadows;
+        self
     }
 
     /// Whether clients may see `key`: not aborted, not awaiting acknowledgements.
@@ -120,15 +132,23 @@ impl Kmip {
         }
     }
 
-    /// Stores a new key locally and on the required number of peers. If the peers do not
-    /// acknowledge it in time, the key is marked aborted (and stays hidden) and the client
-    /// is told nothing was created.
+    /// Stores a new key locally, on the required number of peers and of shadows. If they do
+    /// not acknowledge it in time, the key is marked aborted (and stays hidden) and the client
+    /// is told nothing was created. Shadows get every new key, waited for or not.
     async fn commit_new(&self, key: Key) -> Result<(), KmipError> {
-        let Some(replication) = self.replication.clone().filter(|r| r.required() > 0) else {
-            return self.commit(key).await;
-        };
+        let peers = self.replication.clone().filter(|r| r.required() > 0);
+        let shadows = self.shadows.clone().filter(|s| s.required() > 0);
+        if peers.is_none() && shadows.is_none() {
+            self.commit(key.clone()).await?;
+            if let Some(shadows) = &self.shadows {
+                shadows.publish(std::slice::from_ref(&key));
+            }
+            return Ok(());
+        }
         self.set_inflight(&key.id, true);
-        let result = self.replicate_new(&replication, key).await;
+        let result = self
+            .replicate_new(peers.as_deref(), shadows.as_deref(), key)
+            .await;
         if let Err((id, _)) = &result {
             self.set_inflight(id, false);
         }
@@ -137,15 +157,36 @@ impl Kmip {
 
     async fn replicate_new(
         &self,
-        replication: &Replication,
+        peers: Option<&Replication>,
+        shadows: Option<&ShadowPush>,
         key: Key,
     ) -> Result<(), (KeyId, KmipError)> {
         let id = key.id.clone();
         self.commit(key.clone())
             .await
             .map_err(|e| (id.clone(), e))?;
-        let acks = replication.replicate(std::slice::from_ref(&key)).await;
-        if acks >= replication.required() {
+        let one = std::slice::from_ref(&key);
+        let (peer_acks, shadow_acks) = tokio::join!(
+            async {
+                match peers {
+                    Some(p) => p.replicate(one).await,
+                    None => 0,
+                }
+            },
+            async {
+                match (shadows, &self.shadows) {
+                    (Some(s), _) => s.push(one).await,
+                    (None, Some(s)) => {
+                        s.publish(one);
+                        0
+                    }
+                    (None, None) => 0,
+                }
+            }
+        );
+        let peers_needed = peers.map_or(0, Replication::required);
+        let shadows_needed = shadows.map_or(0, ShadowPush::required);
+        if peer_acks >= peers_needed && shadow_acks >= shadows_needed {
             self.set_inflight(&id, false);
             return Ok(());
         }
@@ -156,24 +197,34 @@ impl Kmip {
             shadowkeep_api::keystore::AttributeValue {
                 updated_at_ms: now.as_millisecond(),
                 value: Some(format!(
-                    "{acks} of {} peer acknowledgements",
-                    replication.required()
+                    "{peer_acks} of {peers_needed} peer and {shadow_acks} of {shadows_needed} shadow acknowledgements"
                 )),
             },
         );
         let stored = self.commit(aborted.clone()).await;
-        replication.publish(&[aborted]);
+        if let Some(replication) = &self.replication {
+            replication.publish(std::slice::from_ref(&aborted));
+        }
+        if let Some(s) = &self.shadows {
+            s.publish(std::slice::from_ref(&aborted));
+        }
         self.set_inflight(&id, false);
-        tracing::warn!(key = %id, acks, required = replication.required(), "new key not acknowledged by enough peers; aborted");
+        tracing::warn!(key = %id, peer_acks, peers_needed, shadow_acks, shadows_needed, "new key not acknowledged by enough peers and shadows; aborted");
         stored.map_err(|e| (id.clone(), e))?;
+        let missing = if peer_acks < peers_needed {
+            format!(
+                "{peer_acks} of the {peers_needed} required peer replicas acknowledged it in time; retry when the replicas are reachable"
+            )
+        } else {
+            format!(
+                "{shadow_acks} of the {shadows_needed} required shadows acknowledged it in time (durability.shadowAcknowledgements); retry when the shadows are reachable"
+            )
+        };
         Err((
             id,
             KmipError::new(
                 result_reason::GENERAL_FAILURE,
-                format!(
-                    "the key was not created: {acks} of the {} required peer replicas acknowledged it in time; retry when the replicas are reachable",
-                    replication.required()
-                ),
+                format!("the key was not created: {missing}"),
             ),
         ))
     }
@@ -187,7 +238,15 @@ impl Kmip {
     /// permission error for every item, and keys a known client creates are tagged with
     /// its key group. The answers are kept within the response limit (see the
     /// [module docs](super)) as they are made.
-    pub async fn handle(&self, request: &Request, client: &Verdict) -> Vec<Outcome> {
+    ///
+    /// `access` is what the server's role allows now: a shadow that does not serve refuses
+    /// every item, and a serving one every change, each with a KMIP error that says so.
+    pub async fn handle(
+        &self,
+        request: &Request,
+        client: &Verdict,
+        access: &Access,
+    ) -> Vec<Outcome> {
         let allowed = client.allowed();
         let limit = request
             .max_response_size
@@ -200,7 +259,12 @@ impl Kmip {
             // Each later item may yet fail, and its failure must fit too.
             let later = (request.items.len() - i - 1) * MAX_FAILURE_LEN;
             let room = limit.saturating_sub(used + later + Outcome::success_overhead(item));
-            let result = if !allowed {
+            let result = if let Access::Closed(why) = access {
+                Err(KmipError::new(
+                    result_reason::PERMISSION_DENIED,
+                    why.clone(),
+                ))
+            } else if !allowed {
                 Err(KmipError::new(
                     result_reason::PERMISSION_DENIED,
                     "this client is not in the drive table and unknown drives are not accepted",
@@ -213,6 +277,11 @@ impl Kmip {
                         "protocol version {}.{} is not supported; this server speaks KMIP 1.0 to 1.4 (ask with Discover Versions)",
                         request.version.0, request.version.1
                     ),
+                ))
+            } else if let (Access::ReadOnly(why), true) = (access, changes(item.operation)) {
+                Err(KmipError::new(
+                    result_reason::PERMISSION_DENIED,
+                    format!("{} refused: {why}", super::operation_name(item.operation)),
                 ))
             } else if changes(item.operation) && room < CHANGE_ANSWER_ROOM {
                 Err(KmipError::too_large(format!(

@@ -1,0 +1,328 @@
+//! A replica's register of its shadows: who registered (licence, certificate identity and
+//! password, judged by `Registrar::decide`), from where, with which instance id, and what
+//! each last reported. It answers a shadow's polls with the configuration the shadow mirrors
+//! (drive table, key groups, siblings), and gives the Shadows window and the hint list.
+//!
+//! Nothing here is persisted: a replica that restarts forgets its shadows, and each
+//! registers again at its next poll (the replica answers `not-registered`).
+//!
+//! [`PeerSightings`] does the same for the replica's peers: two instance ids calling as one
+//! replica name are two running servers with one server id and ordinal.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use shadowkeep_api::license::LicenseVerifier;
+use shadowkeep_api::server_config::DrivePolicy;
+use shadowkeep_api::shadow::registration::{
+    AcceptedVerifier, Refusal, Registered, Registrar, ShadowRegistration,
+};
+use shadowkeep_api::shadow::wire::{
+    Duplicate, DuplicateKind, HintsReply, MAX_HINTS, RegisteredShadow, ShadowReport, ShadowView,
+    ShadowsReply, SiblingAddress,
+};
+
+/// Registered shadows and what is needed to judge new registrations.
+#[derive(Debug)]
+pub struct Registry {
+    server_id: String,
+    verifier: LicenseVerifier,
+    accepted: BTreeMap<String, Vec<AcceptedVerifier>>,
+    drives: DrivePolicy,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    shadows: BTreeMap<String, Entry>,
+    duplicates: BTreeMap<String, Duplicate>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    instance_id: uuid::Uuid,
+    address: IpAddr,
+    registered_at: Timestamp,
+    last_seen: Option<Timestamp>,
+    report: Option<ShadowReport>,
+}
+
+/// A duplicate seen for the first time, for the caller to log.
+#[derive(Clone, Debug)]
+pub struct NewDuplicate(pub Duplicate);
+
+impl Registry {
+    /// A register for replicas of `server_id`, accepting `accepted` verifiers.
+    pub fn new(
+        server_id: &str,
+        verifier: LicenseVerifier,
+        accepted: BTreeMap<String, Vec<AcceptedVerifier>>,
+        drives: DrivePolicy,
+    ) -> Self {
+        Self {
+            server_id: server_id.to_owned(),
+            verifier,
+            accepted,
+            drives,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The identity among `identities` to judge a registration by: the one the replica
+    /// knows as a shadow, else the first (which the licence check then refuses).
+    pub fn presenter<'a>(&self, identities: &'a [String]) -> Option<&'a str> {
+        identities
+            .iter()
+            .find(|id| self.accepted.contains_key(id.as_str()))
+            .or_else(|| identities.first())
+            .map(String::as_str)
+    }
+
+    /// Judges `request` from `presenter` at `address` (an Argon2 hash: call it off the
+    /// async threads) and records an accepted shadow. A second instance id registering as
+    /// one shadow is recorded as a duplicate and returned, and both go on.
+    pub fn register(
+        &self,
+        request: &ShadowRegistration,
+        presenter: &str,
+        address: IpAddr,
+        now: Timestamp,
+    ) -> (Result<Registered, Refusal>, Option<NewDuplicate>) {
+        let registrar = Registrar {
+            server_id: &self.server_id,
+            licence_verifier: &self.verifier,
+            accepted: &self.accepted,
+        };
+        let decision = registrar.decide(request, presenter, now);
+        let Ok(registered) = &decision else {
+            return (decision, None);
+        };
+        let mut inner = self.inner();
+        let duplicate = inner
+            .shadows
+            .get(&registered.shadow)
+            .filter(|old| old.instance_id != request.instance_id)
+            .map(|old| Duplicate {
+                kind: DuplicateKind::Shadow,
+                name: registered.shadow.clone(),
+                instance_ids: [old.instance_id, request.instance_id],
+                addresses: [old.address, address],
+                at: now,
+            });
+        inner.shadows.insert(
+            registered.shadow.clone(),
+            Entry {
+                instance_id: request.instance_id,
+                address,
+                registered_at: now,
+                last_seen: Some(now),
+                report: None,
+            },
+        );
+        let new = duplicate.map(|d| record(&mut inner, d));
+        (decision, new.flatten())
+    }
+
+    /// The registered shadow among `identities`, if any.
+    pub fn registered(&self, identities: &[String]) -> Option<String> {
+        let inner = self.inner();
+        identities
+            .iter()
+            .find(|id| inner.shadows.contains_key(id.as_str()))
+            .cloned()
+    }
+
+    /// Takes a registered shadow's poll report and answers what it mirrors. A report from
+    /// another instance id than the one registered is a duplicate, recorded and returned.
+    pub fn report(
+        &self,
+        shadow: &str,
+        report: ShadowReport,
+        address: IpAddr,
+        now: Timestamp,
+    ) -> (ShadowView, Option<NewDuplicate>) {
+        let mut inner = self.inner();
+        let mut duplicate = None;
+        if let Some(entry) = inner.shadows.get_mut(shadow) {
+            if entry.instance_id == report.instance_id {
+                entry.address = address;
+                entry.last_seen = Some(now);
+                entry.report = Some(report);
+            } else {
+                duplicate = Some(Duplicate {
+                    kind: DuplicateKind::Shadow,
+                    name: shadow.to_owned(),
+                    instance_ids: [entry.instance_id, report.instance_id],
+                    addresses: [entry.address, address],
+                    at: now,
+                });
+            }
+        }
+        let siblings = inner
+            .shadows
+            .iter()
+            .filter(|(name, _)| name.as_str() != shadow)
+            .filter_map(|(name, e)| {
+                let port = e.report.as_ref()?.admin_port;
+                Some(SiblingAddress {
+                    name: name.clone(),
+                    address: SocketAddr::new(e.address, port).to_string(),
+                })
+            })
+            .collect();
+        let new = duplicate.and_then(|d| record(&mut inner, d));
+        (
+            ShadowView {
+                drives: self.drives.clone(),
+                siblings,
+            },
+            new,
+        )
+    }
+
+    /// The Shadows window.
+    pub fn list(&self) -> ShadowsReply {
+        let inner = self.inner();
+        ShadowsReply {
+            shadows: inner
+                .shadows
+                .iter()
+                .map(|(name, e)| RegisteredShadow {
+                    name: name.clone(),
+                    address: e.address,
+                    kmip_address: e
+                        .report
+                        .as_ref()
+                        .map(|r| SocketAddr::new(e.address, r.kmip_port)),
+                    state: e.report.as_ref().map(|r| r.state),
+                    last_synchronized: e.report.as_ref().and_then(|r| r.last_synchronized),
+                    registered_at: e.registered_at,
+                    last_seen: e.last_seen,
+                })
+                .collect(),
+        }
+    }
+
+    /// The hint list: the shadows' KMIP addresses, by priority (higher first), at most
+    /// [`MAX_HINTS`].
+    pub fn hints(&self) -> HintsReply {
+        let inner = self.inner();
+        let mut known: Vec<(i32, &String, SocketAddr)> = inner
+            .shadows
+            .iter()
+            .filter_map(|(name, e)| {
+                let r = e.report.as_ref()?;
+                Some((r.priority, name, SocketAddr::new(e.address, r.kmip_port)))
+            })
+            .collect();
+        known.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for (_, _, address) in known {
+            if !addresses.contains(&address) && addresses.len() < MAX_HINTS {
+                addresses.push(address);
+            }
+        }
+        HintsReply { addresses }
+    }
+
+    /// Each registered shadow's admin API, where it reported one.
+    pub fn admin_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.inner()
+            .shadows
+            .iter()
+            .filter_map(|(name, e)| {
+                let port = e.report.as_ref()?.admin_port;
+                Some((name.clone(), SocketAddr::new(e.address, port)))
+            })
+            .collect()
+    }
+
+    /// The duplicates seen, one per shadow (the latest).
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        self.inner().duplicates.values().cloned().collect()
+    }
+}
+
+/// The peers that called this replica, by replica name and instance id, to tell two running
+/// replicas with one name (one server id and ordinal) apart from one that restarted.
+#[derive(Debug, Default)]
+pub struct PeerSightings {
+    inner: Mutex<Inner>,
+    seen: Mutex<BTreeMap<String, Instances>>,
+}
+
+/// The instances seen under one name: where from, and when last.
+type Instances = BTreeMap<uuid::Uuid, (IpAddr, Timestamp)>;
+
+/// How recently two instances must both have called for them to count as running at once.
+const TOGETHER: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
+
+impl PeerSightings {
+    /// Records a call from peer `name`, instance `instance`, at `address`; returns a
+    /// duplicate seen for the first time.
+    pub fn saw(
+        &self,
+        name: &str,
+        instance: uuid::Uuid,
+        address: IpAddr,
+        now: Timestamp,
+    ) -> Option<NewDuplicate> {
+        let other = {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let instances = seen.entry(name.to_owned()).or_default();
+            instances.insert(instance, (address, now));
+            instances.retain(|_, (_, at)| now.duration_since(*at) < TOGETHER);
+            instances
+                .iter()
+                .find(|(id, _)| **id != instance)
+                .map(|(id, (ip, _))| (*id, *ip))
+        }?;
+        let duplicate = Duplicate {
+            kind: DuplicateKind::Replica,
+            name: name.to_owned(),
+            instance_ids: [other.0, instance],
+            addresses: [other.1, address],
+            at: now,
+        };
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        record(&mut inner, duplicate)
+    }
+
+    /// The duplicates seen, one per replica name (the latest).
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .duplicates
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Keeps `d`; returns it when this pair of instances had not been seen before.
+fn record(inner: &mut Inner, d: Duplicate) -> Option<NewDuplicate> {
+    let same_pair = inner.duplicates.get(&d.name).is_some_and(|old| {
+        let mut a = old.instance_ids;
+        let mut b = d.instance_ids;
+        a.sort();
+        b.sort();
+        a == b
+    });
+    inner.duplicates.insert(d.name.clone(), d.clone());
+    (!same_pair).then_some(NewDuplicate(d))
+}
