@@ -8,8 +8,10 @@
 //!   Kubernetes objects applied for it.
 //! - [`controller`]: the Kubernetes shell — each reconcile a pipeline of dereference,
 //!   validate, material and carry (the core), build, apply and status.
-//! - [`cli`]: one module per subcommand (`crds`, `validate`, `render`), each a function
-//!   from arguments to an exit code, so tests drive them without a process.
+//! - [`plan`]: `shadowkeep plan`, a change between two Git revisions of the estate, its
+//!   diff and its risks.
+//! - [`cli`]: one module per subcommand (`crds`, `validate`, `render`, `plan`), each a
+//!   function from arguments to an exit code, so tests drive them without a process.
 //!
 //! The domain model and the resource types live in `shadowkeep-api`.
 
@@ -17,3 +19,4 @@ pub mod build;
 pub mod cli;
 pub mod controller;
 pub mod core;
+pub mod plan;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::Value;
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::finding::{Finding, ObjectRef};
 use shadowkeep_api::manifest::{Decoded, Decoder, parse_yaml_documents};
@@ -78,18 +79,41 @@ pub fn validate_paths(paths: &[PathBuf]) -> Report {
 /// objects that decoded.
 pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
     let listed = ManifestFiles::collect(paths);
-    let mut report = Report {
-        unreadable: listed.unreadable,
-        ..Report::default()
-    };
-    let decoder = Decoder::new();
-    let mut estate = Estate::new();
-    let mut origin: BTreeMap<ObjectRef, String> = BTreeMap::new();
-    for file in listed.files {
-        let name = file.display().to_string();
+    let texts = listed
+        .files
+        .iter()
+        .map(|file| (file.display().to_string(), read_manifest(file)));
+    let mut loaded = load_texts(texts, &Decoder::new());
+    loaded.report.unreadable.splice(0..0, listed.unreadable);
+    (loaded.report, loaded.estate)
+}
+
+/// Manifests decoded and validated as one estate.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// What validation found.
+    pub report: Report,
+    /// The shadowkeep objects that decoded.
+    pub estate: Estate,
+    /// The file each object was first defined in.
+    pub origin: BTreeMap<ObjectRef, String>,
+    /// Documents of other APIs, with their file, in file order: not checked, but a plan
+    /// still shows that a Secret changed.
+    pub foreign: Vec<(String, Value)>,
+}
+
+/// Validates manifest texts as one estate, each `(file name, text or why it could not be
+/// read)`: the one path by which `validate`, `render` and `plan` check manifests, whether
+/// they come from files or from a Git revision.
+pub fn load_texts(
+    texts: impl IntoIterator<Item = (String, Result<String, String>)>,
+    decoder: &Decoder,
+) -> Loaded {
+    let mut loaded = Loaded::default();
+    let report = &mut loaded.report;
+    for (name, text) in texts {
         report.files += 1;
-        let docs = read_manifest(&file)
-            .and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
+        let docs = text.and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
         let docs = match docs {
             Ok(docs) => docs,
             Err(why) => {
@@ -101,21 +125,25 @@ pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
             match decoder.decode(&doc) {
                 Ok(Decoded::Resource(resource)) => {
                     report.objects += 1;
-                    origin
+                    loaded
+                        .origin
                         .entry(resource.object_ref())
                         .or_insert_with(|| name.clone());
-                    estate.add(*resource);
+                    loaded.estate.add(*resource);
                 }
-                Ok(Decoded::Foreign { api_version, kind }) => report.findings.push((
-                    name.clone(),
-                    Finding::warning(
-                        None,
-                        "",
-                        format!(
-                            "{kind} ({api_version}) is not a shadowkeep.io object; not checked"
+                Ok(Decoded::Foreign { api_version, kind }) => {
+                    report.findings.push((
+                        name.clone(),
+                        Finding::warning(
+                            None,
+                            "",
+                            format!(
+                                "{kind} ({api_version}) is not a shadowkeep.io object; not checked"
+                            ),
                         ),
-                    ),
-                )),
+                    ));
+                    loaded.foreign.push((name.clone(), doc));
+                }
                 Err(findings) => {
                     report.objects += 1;
                     report
@@ -125,14 +153,14 @@ pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
             }
         }
     }
-    for finding in estate.validate() {
+    for finding in loaded.estate.validate() {
         let file = finding
             .object
             .as_ref()
-            .and_then(|o| origin.get(o))
+            .and_then(|o| loaded.origin.get(o))
             .cloned()
             .unwrap_or_default();
         report.findings.push((file, finding));
     }
-    (report, estate)
+    loaded
 }
