@@ -343,8 +343,12 @@ fn key_managers(old: &View<'_>, new: &View<'_>, risks: &mut Vec<Risk>) {
                 codes::KEY_MANAGER_DELETED,
                 object_ref("KeyManager", *before),
                 format!(
-                    "KeyManager {name} is deleted: its replicas stop, so the {} drives of its tables get no keys from it, and its kept keystore and KEK Secrets and volumes become the only copy of keys not carried elsewhere",
-                    old.drive_count(scoped)
+                    "KeyManager {name} is deleted: its replicas stop{}, and its kept keystore and KEK Secrets and volumes become the only copy of keys not carried elsewhere",
+                    match old.drive_count(scoped) {
+                        0 => String::new(),
+                        1 => ", so its 1 drive gets no keys from it".to_owned(),
+                        n => format!(", so its {n} drives get no keys from it"),
+                    }
                 ),
             );
             continue;
