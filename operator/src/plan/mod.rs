@@ -3,7 +3,8 @@
 //!
 //! - [`source`]: both revisions read straight from the repository's objects (no checkout).
 //! - The head is validated by the same code as `validate`
-//!   ([`load_texts`](crate::cli::validate::load_texts)); the base only for context.
+//!   ([`decode_files`](crate::cli::validate::decode_files) and
+//!   [`assemble`](crate::cli::validate::assemble)); the base too, for context.
 //! - [`diff`]: the objects that differ, in apply order, drives as rows.
 //! - [`risks`]: the domain risks, each with a severity and what could be lost.
 //! - [`topology`]: the affected part of the estate, for a diagram.
@@ -18,9 +19,10 @@ pub mod risks;
 pub mod source;
 pub mod topology;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use git2::Oid;
 use serde::Serialize;
 use shadowkeep_api::finding::ObjectRef;
 use shadowkeep_api::manifest::Decoder;
@@ -29,7 +31,7 @@ use self::diff::{ObjectChange, Objects};
 use self::risks::Risk;
 use self::source::{Revision, Source, SourceError};
 use self::topology::Topology;
-use crate::cli::validate::{Loaded, load_texts};
+use crate::cli::validate::{Loaded, assemble, decode_files};
 
 /// Exit code: nothing changes.
 pub const EXIT_NO_CHANGE: u8 = 0;
@@ -147,14 +149,25 @@ pub fn plan(options: &Options) -> Result<Plan, PlanError> {
             head: options.head.clone(),
         });
     }
-    // Compiling the CEL rules is the dearest step: once for both revisions.
+    // Compiling the CEL rules is dear: once for both revisions. Checking them is dearer:
+    // once for each file, however many revisions hold it unchanged.
     let decoder = Decoder::new();
+    let mut unique: BTreeMap<Oid, usize> = BTreeMap::new();
+    let mut texts = Vec::new();
+    for blob in head.files.iter().chain(&base.files) {
+        unique.entry(blob.oid).or_insert_with(|| {
+            texts.push(Ok(blob.text.clone()));
+            texts.len() - 1
+        });
+    }
+    let files = decode_files(texts, &decoder);
     let load = |revision: &Revision| {
-        let texts = revision
-            .files
-            .iter()
-            .map(|blob| (blob.path.clone(), Ok(blob.text.clone())));
-        load_texts(texts, &decoder)
+        assemble(
+            revision
+                .files
+                .iter()
+                .map(|blob| (blob.path.clone(), &files[unique[&blob.oid]])),
+        )
     };
     let (old, new) = (load(&base), load(&head));
     let salt = &options.secret_salt;
