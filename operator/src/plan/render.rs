@@ -15,6 +15,10 @@ use super::{EXIT_NO_CHANGE, Plan};
 /// bytes, which are never fewer.
 pub const MAX_COMMENT: usize = 65_536;
 
+/// The Markdown comment's first line, hidden when rendered: a workflow finds the comment it
+/// posted before by it and updates that one instead of adding another.
+pub const COMMENT_MARKER: &str = "<!-- shadowkeep plan -->";
+
 /// What the risk table may take of the comment, so that objects still show.
 const RISK_BUDGET: usize = 24_000;
 /// What head errors may take.
@@ -251,7 +255,7 @@ pub fn markdown(plan: &Plan) -> String {
 
 /// Markdown within `limit` bytes (which must leave room for the summary and the notes).
 pub fn markdown_within(plan: &Plan, limit: usize) -> String {
-    let mut out = String::new();
+    let mut out = format!("{COMMENT_MARKER}\n");
     let _ = writeln!(
         out,
         "**shadowkeep plan** `{}` ({}) → `{}` ({}): {}\n",
