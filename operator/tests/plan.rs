@@ -570,6 +570,7 @@ fn exit_zero_turns_changes_and_risks_into_zero_but_not_failure() {
 fn bad_input_is_named_and_exits_3() {
     let mut repo = Repo::new("bad-input");
     let mut files = quickstart();
+    add(&mut files, "docs/README.md", "# not a manifest\n");
     repo.commit("main", &files);
     let cases: Vec<(&str, Options, &str)> = vec![
         (
@@ -578,9 +579,14 @@ fn bad_input_is_named_and_exits_3() {
             "failed to find revision \"no-such-branch\"",
         ),
         (
-            "path with no manifests",
+            "path that does not exist",
             repo.options("main", "main", &["nowhere"]),
-            "failed to find manifests: nowhere has no *.yaml or *.yml file at main or main",
+            "failed to find manifests: nowhere does not exist at main or main",
+        ),
+        (
+            "path with no manifests",
+            repo.options("main", "main", &["docs"]),
+            "failed to find manifests: docs has no *.yaml or *.yml file at main or main",
         ),
         (
             "path out of the repository",

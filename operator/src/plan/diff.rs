@@ -153,9 +153,7 @@ impl Objects {
             objects.insert(object, comparable(value), file);
         }
         for (file, doc) in foreign {
-            let is_secret = doc.get("kind").and_then(Value::as_str) == Some("Secret")
-                && doc.get("apiVersion").and_then(Value::as_str) == Some("v1");
-            if is_secret {
+            if is_secret(doc) {
                 let object = object_ref("Secret", doc);
                 objects.insert(object, masked_secret(doc, salt), file.clone());
             }
@@ -204,6 +202,12 @@ pub fn diff(base: &Objects, head: &Objects, invalid: &BTreeSet<ObjectRef>) -> Ve
         changes.push(change);
     }
     changes
+}
+
+/// Whether a document of another API is a Kubernetes Secret, the one such kind diffed.
+pub fn is_secret(doc: &Value) -> bool {
+    doc.get("kind").and_then(Value::as_str) == Some("Secret")
+        && doc.get("apiVersion").and_then(Value::as_str) == Some("v1")
 }
 
 fn object_change(

@@ -65,10 +65,12 @@ pub enum PlanError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// Neither revision has a manifest under the paths.
-    #[error("failed to find manifests: {what} has no *.yaml or *.yml file at {base} or {head}")]
+    #[error("failed to find manifests: {what} {why} at {base} or {head}")]
     NoManifests {
         /// The paths, or "the repository".
         what: String,
+        /// "does not exist" or "has no *.yaml or *.yml file".
+        why: &'static str,
         /// The base revision.
         base: String,
         /// The head revision.
@@ -138,13 +140,16 @@ pub fn plan(options: &Options) -> Result<Plan, PlanError> {
     let base = source.revision(&options.base, &options.paths)?;
     let head = source.revision(&options.head, &options.paths)?;
     if base.files.is_empty() && head.files.is_empty() {
-        let what = if options.paths.is_empty() {
-            "the repository".to_owned()
+        let (what, why) = if options.paths.is_empty() {
+            ("the repository".to_owned(), "has no *.yaml or *.yml file")
+        } else if base.any_path_found || head.any_path_found {
+            (options.paths.join(", "), "has no *.yaml or *.yml file")
         } else {
-            options.paths.join(", ")
+            (options.paths.join(", "), "does not exist")
         };
         return Err(PlanError::NoManifests {
             what,
+            why,
             base: options.base.clone(),
             head: options.head.clone(),
         });
@@ -210,7 +215,7 @@ fn summary(revision: &Revision, loaded: &Loaded) -> RevisionSummary {
     let secrets = loaded
         .foreign
         .iter()
-        .filter(|(_, doc)| doc.get("kind").and_then(serde_json::Value::as_str) == Some("Secret"))
+        .filter(|(_, doc)| diff::is_secret(doc))
         .count();
     RevisionSummary {
         rev: revision.rev.clone(),
