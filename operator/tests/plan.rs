@@ -648,6 +648,34 @@ fn bad_input_is_named_and_exits_3() {
 }
 
 #[test]
+fn a_path_may_name_one_file_and_a_broken_base_is_said() {
+    let mut repo = Repo::new("one-file");
+    let mut files = quickstart();
+    add(&mut files, "estate/broken.yaml", "kind: [unclosed\n");
+    repo.commit("main", &files);
+    files.remove("estate/broken.yaml");
+    edit(
+        &mut files,
+        "estate/keymanager.yaml",
+        "replicas: 2",
+        "replicas: 3",
+    );
+    repo.commit("change", &files);
+    let plan = plan(&repo.options("main", "change", &["estate/keymanager.yaml"])).unwrap();
+    assert_eq!((plan.base.files, plan.head.files), (1, 1));
+    // Alone, the KeyManager is valid; the rest of the estate is not read.
+    assert_eq!(plan.exit_code, EXIT_CHANGES, "{:?}", plan.head_errors);
+    let (code, text, _) = run_plan(&repo.options("main", "change", &[]), Format::Text, false);
+    assert_eq!(code, EXIT_CHANGES, "{text}");
+    assert!(
+        text.contains(
+            "note: the base has 1 validation error; objects that did not decode there show as added"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn links_inside_the_tree_are_followed_once() {
     let mut repo = Repo::new("links");
     let mut files = quickstart();

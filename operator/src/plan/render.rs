@@ -85,6 +85,17 @@ pub fn summary(plan: &Plan) -> String {
     format!("{changes}, {risks}, {head}{ignored}")
 }
 
+/// A word on a base that did not validate: what failed to decode there is unknown to the
+/// diff, and shows as added.
+fn base_note(plan: &Plan) -> Option<String> {
+    (plan.base.errors > 0).then(|| {
+        format!(
+            "the base has {}; objects that did not decode there show as added",
+            count(plan.base.errors, "validation error", "validation errors")
+        )
+    })
+}
+
 fn value(v: Option<&String>) -> &str {
     v.map_or("(unset)", String::as_str)
 }
@@ -176,6 +187,9 @@ pub fn text(plan: &Plan) -> String {
         short(&plan.head.commit)
     );
     let _ = writeln!(out, "{}", summary(plan));
+    if let Some(note) = base_note(plan) {
+        let _ = writeln!(out, "note: {note}");
+    }
     if !plan.risks.is_empty() {
         let _ = writeln!(out, "\nRisks:");
         for r in &plan.risks {
@@ -265,6 +279,9 @@ pub fn markdown_within(plan: &Plan, limit: usize) -> String {
         short(&plan.head.commit),
         html(&summary(plan))
     );
+    if let Some(note) = base_note(plan) {
+        let _ = writeln!(out, "_Note: {}._\n", html(&note));
+    }
     if plan.exit_code == EXIT_NO_CHANGE {
         out.push_str("Nothing to review: the estate is the same at both revisions.\n");
         return out;
