@@ -85,7 +85,17 @@ pub struct Decoder {
     validator: Validator,
     /// Per kind: the openAPIV3Schema and its compiled CEL rules.
     schemas: Vec<(&'static str, Value, CompiledSchema)>,
+    /// The message of the DriveTable rule that serials are unique, when it is checked here
+    /// rather than by the CEL interpreter (see [`UNIQUE_SERIALS_RULE`]).
+    unique_serials: Option<String>,
 }
+
+/// The DriveTable rule that serial numbers are unique within a table. In CEL it compares
+/// every drive with every other, copying the drive at each comparison: for a table of 250
+/// drives it took about two thirds of the time of validating it. The API server still
+/// evaluates it as written; offline, the decoder takes it out of the compiled rules and
+/// checks the same condition in linear time, reporting the same field and message.
+pub const UNIQUE_SERIALS_RULE: &str = "self.all(d, self.exists_one(e, e.serial == d.serial))";
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +112,7 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder with the rules of all four CRDs compiled.
     pub fn new() -> Self {
+        let mut unique_serials = None;
         let schemas = crds()
             .into_iter()
             .map(|crd| {
@@ -113,14 +124,30 @@ impl Decoder {
                     .and_then(|s| s.open_api_v3_schema.as_ref())
                     .and_then(|s| serde_json::to_value(s).ok())
                     .unwrap_or_default();
-                let compiled = compile_schema(&schema);
-                (kind_name(&crd.spec.names.kind), schema, compiled)
+                let kind = kind_name(&crd.spec.names.kind);
+                let mut rules = schema.clone();
+                if kind == "DriveTable" {
+                    unique_serials = take_rule(
+                        &mut rules,
+                        "/properties/spec/properties/drives/x-kubernetes-validations",
+                        UNIQUE_SERIALS_RULE,
+                    );
+                }
+                let compiled = compile_schema(&rules);
+                (kind, schema, compiled)
             })
             .collect();
         Self {
             validator: Validator::new(),
             schemas,
+            unique_serials,
         }
+    }
+
+    /// Whether the unique-serials rule is checked by the decoder (it is, unless the rule in
+    /// the CRD no longer reads [`UNIQUE_SERIALS_RULE`], when CEL checks it as before).
+    pub fn checks_unique_serials(&self) -> bool {
+        self.unique_serials.is_some()
     }
 
     /// Decodes one document strictly and checks it against its CRD's CEL rules.
@@ -209,6 +236,16 @@ impl Decoder {
         // Validate what the API server would store: the typed object, defaults filled in.
         let stored = serde_json::to_value(&decoded).ok()?;
         check_bounds(schema, &stored, "", object, findings);
+        if object.kind == "DriveTable"
+            && let Some(message) = &self.unique_serials
+            && !serials_unique(&stored)
+        {
+            findings.push(Finding::error(
+                Some(object.clone()),
+                "spec.drives",
+                message.clone(),
+            ));
+        }
         if let Err(errors) = self.validator.validate_compiled(compiled, &stored, None) {
             for e in &errors {
                 let field = e.field_path.trim_start_matches('.').to_owned();
@@ -221,6 +258,33 @@ impl Decoder {
         }
         Some(decoded)
     }
+}
+
+/// Removes the rule `rule` from the list of rules at `pointer`; returns its message.
+fn take_rule(schema: &mut Value, pointer: &str, rule: &str) -> Option<String> {
+    let rules = schema.pointer_mut(pointer)?.as_array_mut()?;
+    let at = rules
+        .iter()
+        .position(|r| r.get("rule").and_then(Value::as_str) == Some(rule))?;
+    let taken = rules.remove(at);
+    Some(
+        taken
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("failed rule: self.all(d, self.exists_one(e, e.serial == d.serial))")
+            .to_owned(),
+    )
+}
+
+/// [`UNIQUE_SERIALS_RULE`] on a stored DriveTable: no two drives with one serial.
+fn serials_unique(stored: &Value) -> bool {
+    let Some(drives) = stored.pointer("/spec/drives").and_then(Value::as_array) else {
+        return true;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(drives.len());
+    drives
+        .iter()
+        .all(|d| seen.insert(d.get("serial").and_then(Value::as_str)))
 }
 
 /// Checks the schema's length and size bounds, which the CEL rules do not repeat.

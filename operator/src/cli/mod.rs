@@ -2,6 +2,7 @@
 
 pub mod crds;
 pub mod files;
+pub mod plan;
 pub mod render;
 pub mod validate;
 
@@ -82,6 +83,29 @@ pub enum Command {
     },
     /// Run the key server (the same as the `shadowkeep-server` binary).
     Server(shadowkeep_server::cli::Args),
+    /// Show what a change to the estate's Git repository does, object by object, and its
+    /// risks, reading both revisions without a checkout. Exit 0 no change, 1 changes, 2 risks
+    /// or an invalid head, 3 could not run.
+    Plan {
+        /// The revision the change starts from (e.g. the pull request's base branch).
+        #[arg(long, value_name = "REV")]
+        base: String,
+        /// The revision with the change (e.g. `HEAD` or `refs/pull/N/merge`).
+        #[arg(long, value_name = "REV")]
+        head: String,
+        /// The repository (a work tree or a bare clone).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+        /// `text`, `markdown` (a pull-request comment) or `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: plan::Format,
+        /// Exit 0 whatever the plan finds (3 still means it could not run).
+        #[arg(long)]
+        exit_zero: bool,
+        /// Files or directories of the repository, relative to its top; all when none.
+        #[arg(value_name = "PATH")]
+        paths: Vec<String>,
+    },
     /// Check manifests (files or directories, multi-document YAML) against the CRD schemas,
     /// their CEL rules and the estate rules. Exit 0 when valid (warnings allowed), 1 on any
     /// error, 2 when input could not be read.
@@ -129,6 +153,30 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Server(args) => shadowkeep_server::cli::main(args),
+        Command::Plan {
+            base,
+            head,
+            repo,
+            format,
+            exit_zero,
+            paths,
+        } => {
+            let options = crate::plan::Options {
+                repo,
+                base,
+                head,
+                paths,
+                secret_salt: rand::random(),
+            };
+            let code = plan::run(
+                &options,
+                format,
+                exit_zero,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+            ExitCode::from(code)
+        }
         Command::Validate { paths } => {
             let report = validate::validate_paths(&paths);
             let stdout = std::io::stdout();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::Value;
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::finding::{Finding, ObjectRef};
 use shadowkeep_api::manifest::{Decoded, Decoder, parse_yaml_documents};
@@ -83,61 +84,187 @@ pub fn load(paths: &[PathBuf]) -> (Report, Estate) {
 /// Like [`load`], never entering the directories `skip`.
 pub fn load_except(paths: &[PathBuf], skip: &[PathBuf]) -> (Report, Estate) {
     let listed = ManifestFiles::collect_except(paths, skip);
-    let mut report = Report {
-        unreadable: listed.unreadable,
-        ..Report::default()
-    };
-    let decoder = Decoder::new();
-    let mut estate = Estate::new();
-    let mut origin: BTreeMap<ObjectRef, String> = BTreeMap::new();
-    for file in listed.files {
-        let name = file.display().to_string();
+    let texts = listed
+        .files
+        .iter()
+        .map(|file| (file.display().to_string(), read_manifest(file)));
+    let mut loaded = load_texts(texts, &Decoder::new());
+    loaded.report.unreadable.splice(0..0, listed.unreadable);
+    (loaded.report, loaded.estate)
+}
+
+/// Manifests decoded and validated as one estate.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// What validation found.
+    pub report: Report,
+    /// The shadowkeep objects that decoded.
+    pub estate: Estate,
+    /// The file each object was first defined in.
+    pub origin: BTreeMap<ObjectRef, String>,
+    /// Documents of other APIs, with their file, in file order: not checked, but a plan
+    /// still shows that a Secret changed.
+    pub foreign: Vec<(String, Value)>,
+}
+
+/// Validates manifest texts as one estate, each `(file name, text or why it could not be
+/// read)`: the one path by which `validate`, `render` and `plan` check manifests, whether
+/// they come from files or from a Git revision.
+pub fn load_texts(
+    texts: impl IntoIterator<Item = (String, Result<String, String>)>,
+    decoder: &Decoder,
+) -> Loaded {
+    let (names, texts): (Vec<String>, Vec<Result<String, String>>) = texts.into_iter().unzip();
+    let files = decode_files(texts, decoder);
+    assemble(names.into_iter().zip(&files))
+}
+
+/// One file's documents, each decoded on its own, or why the file could not be read or
+/// parsed. Decoding depends on nothing but the text, so a file two revisions share is
+/// decoded once.
+#[derive(Debug)]
+pub struct DecodedFile(Result<Vec<DecodedDocument>, String>);
+
+/// One document: a shadowkeep object, or the findings that refuse it, or (with the
+/// document itself) an object of another API.
+#[derive(Debug)]
+enum DecodedDocument {
+    Resource(Box<shadowkeep_api::manifest::Resource>),
+    Refused(Vec<Finding>),
+    Foreign {
+        api_version: String,
+        kind: String,
+        doc: Value,
+    },
+}
+
+/// Parses and decodes each text, on as many threads as there are cores (at most
+/// [`MAX_DECODE_THREADS`]): the CRDs' CEL rules are by far the dearest part of validation
+/// and every document is checked on its own. The results keep the texts' order.
+pub fn decode_files(texts: Vec<Result<String, String>>, decoder: &Decoder) -> Vec<DecodedFile> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_DECODE_THREADS)
+        .min(texts.len().max(1));
+    if threads < 2 {
+        return texts.into_iter().map(|t| decode_file(t, decoder)).collect();
+    }
+    let mut slots: Vec<Option<Result<String, String>>> = texts.into_iter().map(Some).collect();
+    let mut results: Vec<Option<DecodedFile>> = (0..slots.len()).map(|_| None).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let inputs = std::sync::Mutex::new(&mut slots);
+    let outputs = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                // Files differ in size by orders of magnitude: each thread takes the next
+                // file when done, rather than a fixed share.
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let text = match inputs.lock() {
+                        Ok(mut slots) => match slots.get_mut(i) {
+                            Some(slot) => slot.take(),
+                            None => return,
+                        },
+                        Err(_) => return,
+                    };
+                    let Some(text) = text else { return };
+                    let file = decode_file(text, decoder);
+                    if let Ok(mut results) = outputs.lock() {
+                        results[i] = Some(file);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                DecodedFile(Err("failed to decode: a worker thread stopped".to_owned()))
+            })
+        })
+        .collect()
+}
+
+/// The most threads decoding runs on.
+pub const MAX_DECODE_THREADS: usize = 8;
+
+/// Parses one file's text into documents and decodes each.
+pub fn decode_file(text: Result<String, String>, decoder: &Decoder) -> DecodedFile {
+    let docs = text.and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
+    DecodedFile(docs.map(|docs| {
+        docs.into_iter()
+            .map(|doc| match decoder.decode(&doc) {
+                Ok(Decoded::Resource(resource)) => DecodedDocument::Resource(resource),
+                Ok(Decoded::Foreign { api_version, kind }) => DecodedDocument::Foreign {
+                    api_version,
+                    kind,
+                    doc,
+                },
+                Err(findings) => DecodedDocument::Refused(findings),
+            })
+            .collect()
+    }))
+}
+
+/// Puts decoded files, each with its name, together as one estate and validates it.
+pub fn assemble<'a>(files: impl IntoIterator<Item = (String, &'a DecodedFile)>) -> Loaded {
+    let mut loaded = Loaded::default();
+    let report = &mut loaded.report;
+    for (name, file) in files {
         report.files += 1;
-        let docs = read_manifest(&file)
-            .and_then(|text| parse_yaml_documents(&text).map_err(|e| e.to_string()));
-        let docs = match docs {
+        let docs = match &file.0 {
             Ok(docs) => docs,
             Err(why) => {
-                report.unreadable.push((name, why));
+                report.unreadable.push((name, why.clone()));
                 continue;
             }
         };
         for doc in docs {
-            match decoder.decode(&doc) {
-                Ok(Decoded::Resource(resource)) => {
+            match doc {
+                DecodedDocument::Resource(resource) => {
                     report.objects += 1;
-                    origin
+                    loaded
+                        .origin
                         .entry(resource.object_ref())
                         .or_insert_with(|| name.clone());
-                    estate.add(*resource);
+                    loaded.estate.add((**resource).clone());
                 }
-                Ok(Decoded::Foreign { api_version, kind }) => report.findings.push((
-                    name.clone(),
-                    Finding::warning(
-                        None,
-                        "",
-                        format!(
-                            "{kind} ({api_version}) is not a shadowkeep.io object; not checked"
+                DecodedDocument::Foreign {
+                    api_version,
+                    kind,
+                    doc,
+                } => {
+                    report.findings.push((
+                        name.clone(),
+                        Finding::warning(
+                            None,
+                            "",
+                            format!(
+                                "{kind} ({api_version}) is not a shadowkeep.io object; not checked"
+                            ),
                         ),
-                    ),
-                )),
-                Err(findings) => {
+                    ));
+                    loaded.foreign.push((name.clone(), doc.clone()));
+                }
+                DecodedDocument::Refused(findings) => {
                     report.objects += 1;
                     report
                         .findings
-                        .extend(findings.into_iter().map(|f| (name.clone(), f)));
+                        .extend(findings.iter().map(|f| (name.clone(), f.clone())));
                 }
             }
         }
     }
-    for finding in estate.validate() {
+    for finding in loaded.estate.validate() {
         let file = finding
             .object
             .as_ref()
-            .and_then(|o| origin.get(o))
+            .and_then(|o| loaded.origin.get(o))
             .cloned()
             .unwrap_or_default();
         report.findings.push((file, finding));
     }
-    (report, estate)
+    loaded
 }
