@@ -320,7 +320,7 @@ pub fn describe(status: &Status) -> String {
     }
     out.push_str(&table(&servers));
     if !status.servers.iter().any(|s| s.role == "shadow") {
-        out.push_str("\nNo Shadow runs: the key server does not run shadows yet.\n");
+        out.push_str("\nNo Shadow runs: up does not start shadows yet.\n");
     }
     out
 }

@@ -364,7 +364,7 @@ impl Up {
         for shadow in self.estate.shadows() {
             if first {
                 self.say(&format!(
-                    "Shadow {}/{} is declared but not started: the key server does not run shadows yet",
+                    "Shadow {}/{} is declared but not started: up does not start shadows yet (their licence, password and configuration come with the Shadow controller)",
                     namespace_of(shadow),
                     shadow.name_any()
                 ));
