@@ -283,7 +283,7 @@ async fn each_step_fails_under_its_own_category() {
     assert!(
         error
             .to_string()
-            .starts_with("failed to update the KeyManager status: "),
+            .starts_with("failed to update the status of KeyManager default/tape-keys: "),
         "{error}"
     );
 }
