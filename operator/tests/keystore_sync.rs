@@ -24,7 +24,7 @@ use shadowkeep::core::keystore_sync::ReplicaAddress;
 use shadowkeep_api::crd::KeyManager;
 use shadowkeep_api::keystore::{Algorithm, Kek, Key, Keystore};
 use shadowkeep_api::server_config::ServerConfig;
-use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
 
 use common::{NS, cluster, data};
 

@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use shadowkeep_server::client::{
-    self, ClientFiles, KmipClient, batch_items, create_aes, payload, request, status, uids,
+    self, KmipClient, batch_items, create_aes, payload, request, status, uids,
 };
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::Item;
@@ -98,7 +99,7 @@ fn create_request(version: (i32, i32)) -> Item {
 }
 
 async fn run(args: &Args) -> Result<(), String> {
-    let connector = client::connector(&ClientFiles::dev(&args.certs)).map_err(|e| e.to_string())?;
+    let connector = https::connector(&ClientFiles::dev(&args.certs)).map_err(|e| e.to_string())?;
     let mut setup = KmipClient::connect(args.addr, &connector)
         .await
         .map_err(|e| e.to_string())?;

@@ -14,9 +14,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use shadowkeep_api::server_config::TlsFiles;
-use shadowkeep_server::client::{
-    self, ClientFiles, KmipClient, batch_items, create_aes, payload, request, uids,
-};
+use shadowkeep_server::client::{KmipClient, batch_items, create_aes, payload, request, uids};
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::tls::{ClientAuth, server_config};
@@ -77,7 +76,7 @@ fn main() -> ExitCode {
 
 /// A real server's answer to a Get, as bytes.
 async fn capture(args: &Args) -> Result<Vec<u8>, String> {
-    let connector = client::connector(&ClientFiles::dev(&args.certs)).map_err(|e| e.to_string())?;
+    let connector = https::connector(&ClientFiles::dev(&args.certs)).map_err(|e| e.to_string())?;
     let mut c = KmipClient::connect(args.capture, &connector)
         .await
         .map_err(|e| e.to_string())?;

@@ -11,6 +11,7 @@
 //!   of its shadows, and a shadow's poll loop around the state machine.
 //! - [`dev`]: the files a local development server needs.
 //! - [`client`]: a small KMIP client, for tests and the load generator.
+//! - [`https`]: client connections over TLS, and HTTP/1.1 over them for the admin API.
 //!
 //! [`run`] is the whole server: the binary parses arguments and calls it, and tests bind
 //! port 0 and call it too.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod dev;
 pub mod durable;
+pub mod https;
 pub mod import;
 pub mod instance;
 pub mod kmip;

@@ -343,7 +343,7 @@ fn shadow_push_for(
     let (Some(registry), Some(r)) = (registry, &config.replication) else {
         return Ok(None);
     };
-    let connector = crate::client::connector(&crate::client::ClientFiles {
+    let connector = crate::https::connector(&crate::https::ClientFiles {
         ca: config.tls.client_ca.clone(),
         cert: Some(r.client_cert.clone()),
         key: Some(r.client_key.clone()),
@@ -420,7 +420,7 @@ fn start_shadow(
     else {
         return Ok(None);
     };
-    let connector = crate::client::connector(&crate::client::ClientFiles {
+    let connector = crate::https::connector(&crate::https::ClientFiles {
         ca: config.tls.client_ca.clone(),
         cert: Some(r.client_cert.clone()),
         key: Some(r.client_key.clone()),

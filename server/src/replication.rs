@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientFiles, connector, http1_connect, send_with};
+use crate::https::{ClientFiles, connector, http1_connect, send_with};
 use crate::metrics::Metrics;
 use crate::store::Store;
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 use common::{Proc, V12, connector, free_port, peer_connector};
 use rustls_pki_types::ServerName;
 use shadowkeep_api::keystore::{Algorithm, Kek, Key, Keystore};
-use shadowkeep_server::client::{self, ClientFiles, KmipClient, batch_items, payload, request};
+use shadowkeep_server::client::{self, KmipClient, batch_items, payload, request};
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::Item;
@@ -67,7 +68,7 @@ impl Target {
         path: &str,
         body: Vec<u8>,
     ) -> (hyper::StatusCode, String) {
-        let (status, body) = client::https(&self.admin.to_string(), connector, method, path, body)
+        let (status, body) = https::https(&self.admin.to_string(), connector, method, path, body)
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -107,7 +108,7 @@ fn write_config(certs: &Path, kmip: &str, kmip_listen: &str) -> PathBuf {
 }
 
 fn anonymous(certs: &Path) -> TlsConnector {
-    client::connector(&ClientFiles {
+    https::connector(&ClientFiles {
         ca: certs.join("ca.pem"),
         cert: None,
         key: None,

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use common::{Proc, V12, all_ids, connector, free_port, material, peer_connector};
 use shadowkeep_server::client::{
-    self, KmipClient, batch_items, create_aes, payload, reason, request, status, uids,
+    KmipClient, batch_items, create_aes, payload, reason, request, status, uids,
 };
+use shadowkeep_server::https;
 use shadowkeep_server::kmip::enums::{operation, result_reason};
 
 /// Three replica configurations sharing certificates and KEK, each with its own store.
@@ -234,7 +235,7 @@ async fn a_replica_that_was_away_catches_up() {
     let peer = peer_connector(&cluster.certs);
     let mut digests = Vec::new();
     for admin in &cluster.admins {
-        let (status, body) = client::https(
+        let (status, body) = https::https(
             &admin.to_string(),
             &peer,
             hyper::Method::GET,
@@ -282,19 +283,19 @@ async fn the_admin_api_serves_probes_to_anyone_and_keys_only_to_peers() {
     let _a = cluster.start(0);
     let address = cluster.admins[0].to_string();
     let kmip_client = connector(&cluster.certs);
-    let anonymous = client::connector(&client::ClientFiles {
+    let anonymous = https::connector(&https::ClientFiles {
         ca: cluster.certs.join("ca.pem"),
         cert: None,
         key: None,
     })
     .unwrap();
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let (status, _) = client::https(&address, &anonymous, hyper::Method::GET, path, vec![])
+        let (status, _) = https::https(&address, &anonymous, hyper::Method::GET, path, vec![])
             .await
             .unwrap();
         assert_eq!(status, hyper::StatusCode::OK, "{path}");
     }
-    let (_, metrics) = client::https(&address, &anonymous, hyper::Method::GET, "/metrics", vec![])
+    let (_, metrics) = https::https(&address, &anonymous, hyper::Method::GET, "/metrics", vec![])
         .await
         .unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
@@ -304,7 +305,7 @@ async fn the_admin_api_serves_probes_to_anyone_and_keys_only_to_peers() {
         "{metrics}"
     );
     for connector in [&anonymous, &kmip_client] {
-        let (status, _) = client::https(
+        let (status, _) = https::https(
             &address,
             connector,
             hyper::Method::GET,
@@ -314,7 +315,7 @@ async fn the_admin_api_serves_probes_to_anyone_and_keys_only_to_peers() {
         .await
         .unwrap();
         assert_eq!(status, hyper::StatusCode::FORBIDDEN);
-        let (status, _) = client::https(
+        let (status, _) = https::https(
             &address,
             connector,
             hyper::Method::POST,
@@ -326,7 +327,7 @@ async fn the_admin_api_serves_probes_to_anyone_and_keys_only_to_peers() {
         assert_eq!(status, hyper::StatusCode::FORBIDDEN);
     }
     let peer = peer_connector(&cluster.certs);
-    let (status, body) = client::https(
+    let (status, body) = https::https(
         &address,
         &peer,
         hyper::Method::POST,

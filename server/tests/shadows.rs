@@ -27,9 +27,9 @@ use shadowkeep_api::shadow::registration::{
 use shadowkeep_api::shadow::state::ShadowState;
 use shadowkeep_api::shadow::wire::{DuplicateKind, HintsReply, ShadowsReply, StateReport};
 use shadowkeep_server::client::{
-    self, ClientFiles, KmipClient, batch_items, create_aes, message, payload, reason, request,
-    status, uids,
+    KmipClient, batch_items, create_aes, message, payload, reason, request, status, uids,
 };
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::{operation, result_reason};
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::Item;
@@ -107,7 +107,7 @@ impl Estate {
     }
 
     fn connector(&self, identity: &str) -> TlsConnector {
-        client::connector(&ClientFiles {
+        https::connector(&ClientFiles {
             ca: self.dir.join("ca.pem"),
             cert: Some(self.dir.join(format!("{identity}.pem"))),
             key: Some(self.dir.join(format!("{identity}-key.pem"))),
@@ -245,7 +245,7 @@ async fn admin(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Vec<u8>) {
-    client::https(&addr.to_string(), connector, method, path, body)
+    https::https(&addr.to_string(), connector, method, path, body)
         .await
         .unwrap()
 }
@@ -504,7 +504,7 @@ async fn registration_refuses_each_bad_credential_with_its_reason_and_accepts_th
     assert!(String::from_utf8_lossy(&raw).contains("licence"));
     // Refused from its announced length; the server may close before the client has
     // written it all, which the client sees as a broken connection.
-    let oversized = client::https(
+    let oversized = https::https(
         &addr.to_string(),
         &estate.connector("shadow-a"),
         Method::POST,
@@ -831,7 +831,7 @@ async fn the_desired_state_is_one_of_three_is_for_the_operator_and_deactivation_
         assert!(text.contains("Active, Inactive, Disabled"), "{text}");
     }
     // Oversized: refused from its announced length (or the connection closed on it).
-    let oversized = client::https(
+    let oversized = https::https(
         &addr.to_string(),
         &operator,
         Method::PUT,
@@ -1344,11 +1344,11 @@ async fn bench_mirror_lag() {
     let mut lags = Vec::new();
     let shadow_admin = shadow.admin.unwrap();
     let connector = estate.connector(OPERATOR);
-    let mut sender = client::http1_connect(&shadow_admin.to_string(), &connector)
+    let mut sender = https::http1_connect(&shadow_admin.to_string(), &connector)
         .await
         .unwrap();
     loop {
-        let (_, body) = client::send(
+        let (_, body) = https::send(
             &mut sender,
             &shadow_admin.to_string(),
             Method::GET,

@@ -15,9 +15,10 @@ use common::V12;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use shadowkeep_server::client::{
-    self, ClientFiles, KmipClient, application_specific, attribute, batch_items, create_aes, name,
-    payload, reason, request, status, uids,
+    self, KmipClient, application_specific, attribute, batch_items, create_aes, name, payload,
+    reason, request, status, uids,
 };
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::{key_format, operation, result_reason};
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::{self, Item, Tag};
@@ -445,7 +446,7 @@ async fn silent_and_certificate_less_clients_are_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // TLS without a client certificate: no KMIP at all.
-    let anonymous = client::connector(&ClientFiles {
+    let anonymous = https::connector(&ClientFiles {
         ca: server.dir.join("ca.pem"),
         cert: None,
         key: None,

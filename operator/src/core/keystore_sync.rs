@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::{DigestReply, summary};
-use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
 use tokio_rustls::TlsConnector;
 
 use super::Error;

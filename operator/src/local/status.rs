@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::DigestReply;
-use shadowkeep_server::client::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
 
 use super::estate_file::{EstateFile, Server, table};
 use super::layout::Layout;

@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Access, Licensed};
 use crate::auth::DriveTable;
-use crate::client::{http1_connect, send};
 use crate::durable;
+use crate::https::{http1_connect, send};
 use crate::metrics::Metrics;
 use crate::store::Store;
 

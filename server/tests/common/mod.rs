@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use shadowkeep_server::client::{
-    self, ClientFiles, KmipClient, batch_items, payload, request, uids,
-};
+use shadowkeep_server::client::{self, KmipClient, batch_items, payload, request, uids};
+use shadowkeep_server::https::{self, ClientFiles};
 use shadowkeep_server::kmip::enums::operation;
 use shadowkeep_server::kmip::tag;
 use shadowkeep_server::ttlv::Item;
@@ -135,12 +134,12 @@ pub fn free_port() -> u16 {
 
 /// The KMIP client connector for the development client certificate.
 pub fn connector(certs: &Path) -> TlsConnector {
-    client::connector(&ClientFiles::dev(certs)).unwrap()
+    https::connector(&ClientFiles::dev(certs)).unwrap()
 }
 
 /// A connector presenting the peer certificate (for the admin API).
 pub fn peer_connector(certs: &Path) -> TlsConnector {
-    client::connector(&ClientFiles {
+    https::connector(&ClientFiles {
         ca: certs.join("ca.pem"),
         cert: Some(certs.join("peer.pem")),
         key: Some(certs.join("peer-key.pem")),
