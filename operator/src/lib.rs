@@ -10,10 +10,12 @@
 //!   validate, material and carry (the core), build, apply and status.
 //! - [`local`]: the local shell — `shadowkeep up` runs an estate's replicas as local
 //!   key servers on the same core, and `shadowkeep status` asks them.
+//! - [`manifests`]: reading and validating manifests, for every command that takes them.
 //! - [`plan`]: `shadowkeep plan`, a change between two Git revisions of the estate, its
 //!   diff and its risks.
-//! - [`cli`]: one module per subcommand (`crds`, `validate`, `render`, `plan`), each a
-//!   function from arguments to an exit code, so tests drive them without a process.
+//! - [`cli`]: one module per subcommand (`crds`, `render`, `plan`; `validate` is
+//!   [`manifests::validate`]), each a function from arguments to an exit code, so tests
+//!   drive them without a process.
 //!
 //! The domain model and the resource types live in `shadowkeep-api`.
 
@@ -22,4 +24,5 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod local;
+pub mod manifests;
 pub mod plan;

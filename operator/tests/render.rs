@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use shadowkeep::build::{Inputs, Material, children};
 use shadowkeep::cli::render::render;
-use shadowkeep::cli::validate::load;
+use shadowkeep::manifests::validate::load;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shadowkeep::cli::validate::{EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID, validate_paths};
+use shadowkeep::manifests::validate::{EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID, validate_paths};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -1,10 +1,8 @@
 //! Command-line parsing and dispatch.
 
 pub mod crds;
-pub mod files;
 pub mod plan;
 pub mod render;
-pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -178,7 +176,7 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(code)
         }
         Command::Validate { paths } => {
-            let report = validate::validate_paths(&paths);
+            let report = crate::manifests::validate::validate_paths(&paths);
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             report.print(&mut out);

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::validate::{EXIT_INVALID, EXIT_VALID, load};
 use crate::build::{Inputs, Material, children};
+use crate::manifests::validate::{EXIT_INVALID, EXIT_VALID, load};
 
 /// Annotation telling a reader which Secret keys were masked.
 pub const MASKED_ANNOTATION: &str = "shadowkeep.io/rendered-data";

@@ -22,11 +22,11 @@ use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
 use super::supervise::{Log, ServerSpec, Supervisor};
-use crate::cli::files::{ManifestFiles, read_manifest};
-use crate::cli::validate::{EXIT_VALID, load_except};
 use crate::core::drive_moves::risk_message;
 use crate::core::prepare::resync_after;
 use crate::core::state::{Item, Owner, State as _};
+use crate::manifests::files::{ManifestFiles, read_manifest};
+use crate::manifests::validate::{EXIT_VALID, load_except};
 
 /// What `up` was asked to do.
 #[derive(Clone, Debug)]

@@ -3,8 +3,8 @@
 //!
 //! - [`source`]: both revisions read straight from the repository's objects (no checkout).
 //! - The head is validated by the same code as `validate`
-//!   ([`decode_files`](crate::cli::validate::decode_files) and
-//!   [`assemble`](crate::cli::validate::assemble)); the base too, for context.
+//!   ([`decode_files`](crate::manifests::validate::decode_files) and
+//!   [`assemble`](crate::manifests::validate::assemble)); the base too, for context.
 //! - [`diff`]: the objects that differ, in apply order, drives as rows.
 //! - [`risks`]: the domain risks, each with a severity and what could be lost.
 //! - [`topology`]: the affected part of the estate, for a diagram.
@@ -31,7 +31,7 @@ use self::diff::{ObjectChange, Objects};
 use self::risks::Risk;
 use self::source::{Revision, Source, SourceError};
 use self::topology::Topology;
-use crate::cli::validate::{Loaded, assemble, decode_files};
+use crate::manifests::validate::{Loaded, assemble, decode_files};
 
 /// Exit code: nothing changes.
 pub const EXIT_NO_CHANGE: u8 = 0;

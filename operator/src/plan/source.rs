@@ -5,14 +5,14 @@
 //! a checkout: symbolic links are followed inside the tree only (never out of it, never
 //! more than [`MAX_LINK_HOPS`] deep), a directory is walked once however many links lead
 //! to it, a file is read once, and only text blobs of at most
-//! [`MAX_MANIFEST_BYTES`](crate::cli::files::MAX_MANIFEST_BYTES) are read.
+//! [`MAX_MANIFEST_BYTES`](crate::manifests::files::MAX_MANIFEST_BYTES) are read.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
-use crate::cli::files::MAX_MANIFEST_BYTES;
+use crate::manifests::files::MAX_MANIFEST_BYTES;
 
 /// How many symbolic links one path may pass through, as Linux allows (`ELOOP`).
 pub const MAX_LINK_HOPS: u32 = 40;

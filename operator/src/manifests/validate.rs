@@ -1,5 +1,6 @@
-//! `shadowkeep validate PATH...`: manifests checked offline, as the API server and the
-//! operator would check them.
+//! Manifests checked offline, as the API server and the operator would check them: the
+//! `validate` command (whose report and exit codes are here), and what `render`, `plan` and
+//! `up` read.
 
 use std::collections::BTreeMap;
 use std::io::Write;
