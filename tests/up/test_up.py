@@ -423,3 +423,11 @@ def test_a_drive_moved_to_another_key_manager_is_held_back_until_accepted(tmp_pa
         assert "7013000001" in server_yaml
     finally:
         assert running.interrupt() == 0
+
+
+def test_an_address_outside_loopback_starts_nothing_and_writes_nothing(tmp_path, manifests):
+    refused = Up(tmp_path, manifests, data_dir=tmp_path / "never", base="10.0.0.1").start()
+    assert refused.proc.wait(timeout=60) == 1
+    refused.out.close()
+    assert "not a loopback address" in refused.output()
+    assert not (tmp_path / "never").exists()

@@ -163,6 +163,11 @@ async fn up(options: Options) -> ExitCode {
         say("the manifests are not valid: nothing started, nothing written");
         return ExitCode::FAILURE;
     };
+    // Checked before anything is written, like the manifests.
+    if let Err(e) = Addresses::new(options.address_base) {
+        say(&format!("{e}: nothing started, nothing written"));
+        return ExitCode::FAILURE;
+    }
     let root = match std::path::absolute(&options.data_dir) {
         Ok(root) => root,
         Err(e) => {
