@@ -265,15 +265,24 @@ impl Estate {
                         format!("KeyGroup {g:?}")
                     })
                 };
-                findings.push(Finding::warning(
-                    Some(object_ref("DriveTable", table)),
-                    format!("spec.drives[{i}].keyGroup"),
+                let message = if other == drive.serial {
+                    format!(
+                        "drive {other:?} is listed again behind certificate identity {identity:?}, with {} instead of {}: the key server keeps one entry per serial, so only one of those groups holds this drive's keys; list it once",
+                        name(group),
+                        name(other_group),
+                    )
+                } else {
                     format!(
                         "drive {:?} shares certificate identity {identity:?} with drive {other:?} but uses {} instead of {}: the key server tells them apart only by the serial in a request's Device credential, and without one gives {other:?}'s group",
                         drive.serial,
                         name(group),
                         name(other_group),
-                    ),
+                    )
+                };
+                findings.push(Finding::warning(
+                    Some(object_ref("DriveTable", table)),
+                    format!("spec.drives[{i}].keyGroup"),
+                    message,
                 ));
             }
         }

@@ -224,3 +224,49 @@ fn an_object_defined_twice_is_an_error() {
     assert_eq!(errors.len(), 1, "{findings:?}");
     assert!(errors[0].message.contains("defined more than once"));
 }
+
+#[test]
+fn a_drive_listed_twice_behind_one_certificate_is_not_said_to_share_with_itself() {
+    let mut resources = vec![
+        resource(
+            "KeyManager",
+            "km",
+            &json!({"serverId": "km", "replicas": 2}),
+        ),
+        resource(
+            "KeyGroup",
+            "gold",
+            &json!({"keyManagerRef": {"name": "km"}}),
+        ),
+        resource(
+            "KeyGroup",
+            "silver",
+            &json!({"keyManagerRef": {"name": "km"}}),
+        ),
+    ];
+    for (table, group) in [("t1", "gold"), ("t2", "silver")] {
+        resources.push(resource(
+            "DriveTable",
+            table,
+            &json!({"keyManagerRef": {"name": "km"}, "drives": [
+                {"serial": "D3", "certificateIdentity": "lib.example.com", "keyGroup": group}
+            ]}),
+        ));
+    }
+    let findings = validate(&resources);
+    let shared: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.message.contains("lib.example.com"))
+        .collect();
+    assert_eq!(shared.len(), 1, "{findings:?}");
+    assert!(
+        !shared[0].message.contains("with drive \"D3\""),
+        "{}",
+        shared[0].message
+    );
+    assert!(
+        shared[0].message.contains("listed again"),
+        "{}",
+        shared[0].message
+    );
+}
