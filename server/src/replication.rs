@@ -155,38 +155,55 @@ impl Replication {
     /// Pushes `keys` to every peer and waits until `required` have stored them or the ack
     /// timeout passes. Returns the acknowledgements received.
     pub async fn replicate(&self, keys: &[Key]) -> usize {
-        let mut waits = JoinSet::new();
-        for pusher in &self.pushers {
-            let (done, wait) = oneshot::channel();
-            let push = Push {
-                keys: keys.to_vec(),
-                done: Some(done),
-            };
-            if pusher.try_send(push).is_ok() {
-                waits.spawn(async move { wait.await.unwrap_or(false) });
-            }
-        }
-        let mut acks = 0;
-        let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        while acks < self.required {
-            match tokio::time::timeout_at(deadline, waits.join_next()).await {
-                Ok(Some(Ok(true))) => acks += 1,
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        acks
+        push_counting(&self.pushers, keys, self.required, self.ack_timeout).await
     }
 
     /// Pushes `keys` to every peer without waiting (state changes; anti-entropy repairs
     /// what a push misses).
     pub fn publish(&self, keys: &[Key]) {
-        for pusher in &self.pushers {
-            let _ = pusher.try_send(Push {
-                keys: keys.to_vec(),
-                done: None,
-            });
+        publish_to(&self.pushers, keys);
+    }
+}
+
+/// Hands `keys` to every pusher and waits until `required` of them have stored them or
+/// `timeout` passes; returns the acknowledgements received. A full queue counts as no.
+pub(crate) async fn push_counting(
+    pushers: &[mpsc::Sender<Push>],
+    keys: &[Key],
+    required: usize,
+    timeout: Duration,
+) -> usize {
+    let mut waits = JoinSet::new();
+    for pusher in pushers {
+        let (done, wait) = oneshot::channel();
+        let push = Push {
+            keys: keys.to_vec(),
+            done: Some(done),
+        };
+        if pusher.try_send(push).is_ok() {
+            waits.spawn(async move { wait.await.unwrap_or(false) });
         }
+    }
+    let mut acks = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while acks < required {
+        match tokio::time::timeout_at(deadline, waits.join_next()).await {
+            Ok(Some(Ok(true))) => acks += 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    acks
+}
+
+/// Hands `keys` to every pusher without waiting (anti-entropy and polls repair what a push
+/// misses).
+pub(crate) fn publish_to(pushers: &[mpsc::Sender<Push>], keys: &[Key]) {
+    for pusher in pushers {
+        let _ = pusher.try_send(Push {
+            keys: keys.to_vec(),
+            done: None,
+        });
     }
 }
 

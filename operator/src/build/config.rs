@@ -106,7 +106,8 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
     }
 }
 
-fn port(p: i32) -> u16 {
+/// A port constant of the pod ([`KMIP_PORT`], [`ADMIN_PORT`]) as a socket's port.
+pub fn port(p: i32) -> u16 {
     u16::try_from(p).unwrap_or_default()
 }
 

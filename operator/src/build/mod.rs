@@ -22,7 +22,7 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 
 pub use certificate::certificate;
-pub use config::{CONFIG_FILE, config_hash, config_map, replicas_of, server_config};
+pub use config::{CONFIG_FILE, config_hash, config_map, port, replicas_of, server_config};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
     KEEP_ANNOTATION, Material, ca_secret, ca_secret_of, kek_secret, kek_secret_of, keystore_secret,

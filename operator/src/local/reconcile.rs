@@ -23,7 +23,7 @@ use super::certificates;
 use super::estate_file::Client;
 use super::layout::Layout;
 use super::supervise::{Role, ServerSpec};
-use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, Material, replicas_of, server_config};
+use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, Material, port, replicas_of, server_config};
 use crate::core::drive_moves::{DriveIndex, Origins};
 use crate::core::keystore_sync::{ReplicaAddress, Replicas, ask};
 use crate::core::prepare::{Declared, Outcome, Prepared, Surroundings, prepare};
@@ -156,10 +156,6 @@ impl Origins for Local<'_> {
         });
         Ok(self.replicas_of(inputs, tls.as_ref()))
     }
-}
-
-fn port(p: i32) -> u16 {
-    u16::try_from(p).unwrap_or_default()
 }
 
 /// Which KeyManagers serve each drive, from every history in the data directory.

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shadowkeep_api::keystore::Key;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::registry::Registry;
 use crate::metrics::Metrics;
-use crate::replication::{PeerLink, Push, push_loop};
+use crate::replication::{PeerLink, Push, publish_to, push_counting, push_loop};
 
 /// Pushes new keys to registered shadows.
 pub struct ShadowPush {
@@ -65,37 +64,12 @@ impl ShadowPush {
     /// Pushes `keys` to every known shadow; returns how many took them all within the
     /// timeout, stopping at the number required.
     pub async fn push(&self, keys: &[Key]) -> usize {
-        let mut waits = JoinSet::new();
-        for pusher in self.pushers() {
-            let (done, wait) = oneshot::channel();
-            let push = Push {
-                keys: keys.to_vec(),
-                done: Some(done),
-            };
-            if pusher.try_send(push).is_ok() {
-                waits.spawn(async move { wait.await.unwrap_or(false) });
-            }
-        }
-        let mut acks = 0;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        while acks < self.required {
-            match tokio::time::timeout_at(deadline, waits.join_next()).await {
-                Ok(Some(Ok(true))) => acks += 1,
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        acks
+        push_counting(&self.pushers(), keys, self.required, self.timeout).await
     }
 
     /// Pushes `keys` to every known shadow without waiting.
     pub fn publish(&self, keys: &[Key]) {
-        for pusher in self.pushers() {
-            let _ = pusher.try_send(Push {
-                keys: keys.to_vec(),
-                done: None,
-            });
-        }
+        publish_to(&self.pushers(), keys);
     }
 
     /// The pushers of the shadows registered now: new ones started, those of shadows gone

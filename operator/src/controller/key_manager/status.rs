@@ -199,6 +199,17 @@ async fn write_table(
     Ok(())
 }
 
+/// Writes the KeyManager's status with `condition` merged in, the rest as it was.
+async fn write_condition(
+    ctx: &Context,
+    read: &Dereferenced,
+    condition: Condition,
+) -> Result<(), StatusError> {
+    let km = &read.key_manager;
+    let status = next_status(km, km.status.as_ref(), vec![condition], |_| {});
+    write_status(ctx, read, &status).await
+}
+
 /// Reports a spec that cannot be applied: `Ready` False with the reason; nothing else
 /// changes.
 pub async fn invalid(
@@ -216,17 +227,7 @@ pub async fn invalid(
         read.key_manager.metadata.generation,
         now,
     );
-    write_status(
-        ctx,
-        read,
-        &next_status(
-            &read.key_manager,
-            read.key_manager.status.as_ref(),
-            vec![ready],
-            |_| {},
-        ),
-    )
-    .await
+    write_condition(ctx, read, ready).await
 }
 
 /// Reports a reconcile that stopped to try again soon: `Progressing` True with why.
@@ -245,15 +246,5 @@ pub async fn waiting(
         read.key_manager.metadata.generation,
         now,
     );
-    write_status(
-        ctx,
-        read,
-        &next_status(
-            &read.key_manager,
-            read.key_manager.status.as_ref(),
-            vec![progressing],
-            |_| {},
-        ),
-    )
-    .await
+    write_condition(ctx, read, progressing).await
 }

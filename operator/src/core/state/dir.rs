@@ -163,6 +163,28 @@ impl DataDir {
         Ok(owners)
     }
 
+    fn read_status_now(&self, owner: &Owner) -> Result<Option<KeyManagerStatus>, StateError> {
+        let path = self.owner_dir(owner)?.join(STATUS_FILE);
+        let Some(bytes) =
+            read_optional(&path).map_err(StateError::store(format!("read {}", path.display())))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn write_status_now(&self, owner: &Owner, bytes: &[u8]) -> Result<(), StateError> {
+        let dir = self.owner_dir(owner)?;
+        let action = format!("write {}", dir.join(STATUS_FILE).display());
+        make_dirs(&dir).map_err(StateError::store(&action))?;
+        write_atomically(&dir, STATUS_FILE, bytes).map_err(StateError::store(action))
+    }
+
     fn read_item(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
         let dir = self.owner_dir(owner)?.join(item.name());
         if !dir.is_dir() {
@@ -367,18 +389,8 @@ pub const STATUS_FILE: &str = "status.json";
 
 impl State for DataDir {
     async fn read_status(&self, owner: &Owner) -> Result<Option<KeyManagerStatus>, StateError> {
-        let path = self.owner_dir(owner)?.join(STATUS_FILE);
-        let Some(bytes) =
-            read_optional(&path).map_err(StateError::store(format!("read {}", path.display())))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                what: path.display().to_string(),
-                reason: e.to_string(),
-            })
+        let (dir, owner) = (self.clone(), owner.clone());
+        blocking(move || dir.read_status_now(&owner)).await
     }
 
     async fn write_status(
@@ -386,11 +398,10 @@ impl State for DataDir {
         owner: &Owner,
         status: &KeyManagerStatus,
     ) -> Result<(), StateError> {
-        let dir = self.owner_dir(owner)?;
-        let action = format!("write {}", dir.join(STATUS_FILE).display());
-        let bytes = serde_json::to_vec_pretty(status).map_err(StateError::store(&action))?;
-        make_dirs(&dir).map_err(StateError::store(&action))?;
-        write_atomically(&dir, STATUS_FILE, &bytes).map_err(StateError::store(action))
+        let (dir, owner) = (self.clone(), owner.clone());
+        let bytes = serde_json::to_vec_pretty(status)
+            .map_err(StateError::store(format!("write the status of {owner}")))?;
+        blocking(move || dir.write_status_now(&owner, &bytes)).await
     }
 
     async fn read(&self, owner: &Owner, item: Item) -> Result<Option<Fields>, StateError> {
