@@ -205,6 +205,15 @@ mod tests {
     use crate::key_groups::{Pool, maintain};
     use crate::keystore::Algorithm;
 
+    #[test]
+    fn a_default_history_reads_back() {
+        let stored = DriveHistory::default().to_json();
+        assert_eq!(
+            DriveHistory::from_json(&stored).unwrap(),
+            DriveHistory::new()
+        );
+    }
+
     fn now() -> Timestamp {
         Timestamp::from_second(1_790_000_000).unwrap()
     }
