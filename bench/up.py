@@ -55,12 +55,16 @@ def client(estate, server, identity=None):
                            kmip_version=enums.KMIPVersion.KMIP_1_2, config_file="/dev/null")
 
 
+STARTED = []
+
+
 class Up:
     def __init__(self, manifests, data, base):
         self.data = data
         self.proc = subprocess.Popen(
             [BINARY, "up", str(manifests), "--data-dir", str(data), "--address-base", base],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        STARTED.append(self.proc)
 
     def estate(self):
         return json.loads((self.data / "estate.json").read_text())
@@ -160,4 +164,11 @@ def main():
         figures(name, values)
 
 
-main()
+try:
+    main()
+finally:
+    # A run that fails half-way stops the `up` it started, and so its servers.
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
