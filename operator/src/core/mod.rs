@@ -7,6 +7,7 @@
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
 //! - [`prepare`]: the stateful step of a KeyManager's reconcile, run by both shells.
+//! - [`shadow`]: shadow credentials and their rotation without outage.
 //! - [`status`]: the KeyManager's status, computed purely from what its reconcile found.
 //! - [`conditions`]: status conditions, computed fresh and merged with the previous ones.
 //! - [`state`]: what the core keeps, behind one interface with two implementations
@@ -20,6 +21,7 @@ pub mod keystore;
 pub mod keystore_sync;
 pub mod material;
 pub mod prepare;
+pub mod shadow;
 pub mod state;
 pub mod status;
 

@@ -1,0 +1,9 @@
+//! Shadows in the control core: their credentials (a password and the licence carrying
+//! its verifier) and the rotation of those without outage. Both shells — the operator's
+//! Shadow controller and `shadowkeep up` — run these rules.
+//!
+//! - [`credentials`]: issuing a pair, and the record kept of a shadow's pairs.
+//! - [`rotation`]: the pure step that moves a rotation on.
+
+pub mod credentials;
+pub mod rotation;
