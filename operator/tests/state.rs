@@ -476,6 +476,96 @@ async fn the_whole_step_reaches_a_fixed_point<S: State>(state: &S) {
     );
 }
 
+/// A shadow's credential record is made once, a rotation step is stored before it is
+/// acted on and resumes from what is stored, a stale write changes nothing, one rotation
+/// per KeyManager runs at a time, and replicas accept only declared Shadows' verifiers.
+async fn shadow_credentials_rotate_from_what_is_stored<S: State>(state: &S) {
+    use shadowkeep::core::shadow::rotation::{ReplicaSees, Wanted, reasons};
+    use shadowkeep::core::shadow::supervise::{self, Step};
+    let owner = owner("rotating");
+    let signer = shadowkeep_api::license::LicenseSigner::generate();
+    state
+        .create(
+            &owner,
+            Item::LicenseSigning,
+            Fields::of([("seed", signer.seed().to_vec())]),
+        )
+        .await
+        .unwrap();
+    let stored = supervise::signer(state, &owner).await.unwrap().unwrap();
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let (first, version) = supervise::ensure(state, &owner, "dr-a", &stored, "rotating", now)
+        .await
+        .unwrap();
+    let (again, same) = supervise::ensure(state, &owner, "dr-a", &stored, "rotating", now)
+        .await
+        .unwrap();
+    assert_eq!((&first, &version), (&again, &same), "made once");
+    let declared = vec!["dr-a".to_owned(), "dr-b".to_owned()];
+    let wanted = |shadow: &str| Wanted {
+        interval: std::time::Duration::from_hours(24 * 30),
+        request: Some("now".to_owned()),
+        disabled: false,
+        reference: format!("{NS}/{shadow}"),
+    };
+    let (wanted_a, wanted_b) = (wanted("dr-a"), wanted("dr-b"));
+    let step = |wanted, observed| Step {
+        server_id: "rotating",
+        signer: &stored,
+        wanted,
+        observed,
+        declared: &declared,
+        now,
+    };
+    let started = supervise::rotate(state, &owner, "dr-a", &step(&wanted_a, None))
+        .await
+        .unwrap();
+    assert!(started.changed);
+    let next_id = started.record.rotation.as_ref().unwrap().next.id();
+    let (stored_a, _) = supervise::ensure(state, &owner, "dr-a", &stored, "rotating", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_a, started.record,
+        "the step is stored before it is acted on"
+    );
+    let held = supervise::rotate(state, &owner, "dr-b", &step(&wanted_b, None))
+        .await
+        .unwrap();
+    assert_eq!(held.verdict.reason, reasons::WAITING_FOR_SIBLING);
+    let accepted = supervise::accepted(state, &owner, &declared).await.unwrap();
+    let ids =
+        |shadow: &str| -> Vec<String> { accepted[shadow].iter().map(|a| a.id.clone()).collect() };
+    assert_eq!(ids("dr-a"), vec![first.current.id(), next_id.clone()]);
+    assert_eq!(ids("dr-b").len(), 1);
+    let only_a = supervise::accepted(state, &owner, &declared[..1])
+        .await
+        .unwrap();
+    assert!(
+        !only_a.contains_key("dr-b"),
+        "an undeclared Shadow's verifier is dropped"
+    );
+    let outdated = state
+        .write_shadow(&owner, "dr-a", &first.to_bytes(), Some(&version))
+        .await;
+    assert!(
+        matches!(outdated, Err(StateError::Conflict { .. })),
+        "{outdated:?}"
+    );
+    let observed = vec![(
+        "rotating-0".to_owned(),
+        Ok(ReplicaSees {
+            accepted: vec![first.current.id(), next_id.clone()],
+            registered_with: None,
+        }),
+    )];
+    let handed = supervise::rotate(state, &owner, "dr-a", &step(&wanted_a, Some(&observed)))
+        .await
+        .unwrap();
+    assert!(handed.hand_over);
+    assert_eq!(handed.record.current.id(), next_id);
+}
+
 async fn every_scenario<S: State>(state: &S) {
     material_is_made_once(state).await;
     the_keystore_is_replaced_from_what_is_stored(state).await;
@@ -483,6 +573,7 @@ async fn every_scenario<S: State>(state: &S) {
     key_groups_reach_a_fixed_point(state).await;
     a_deleted_key_managers_drive_carries_its_keys(state).await;
     the_whole_step_reaches_a_fixed_point(state).await;
+    shadow_credentials_rotate_from_what_is_stored(state).await;
 }
 
 #[tokio::test]

@@ -17,13 +17,26 @@ use super::Context;
 use crate::build::{self, Inputs, Names};
 use crate::core::drive_moves::{Origins, RELEASE_DRIVES};
 use crate::core::keystore_sync::{Replicas, ask, in_cluster};
-use crate::core::state::{Fields, Item, Owner, State, StateError, StoredHistory};
+use crate::core::state::{Fields, Item, Owner, State, StateError, StoredHistory, StoredShadow};
 
 /// Label on keystore backups, naming their KeyManager.
 pub const BACKUP_LABEL: &str = "shadowkeep.io/keystore-backup-of";
 
 /// Label on drive-history ConfigMaps, naming their KeyManager.
 pub const HISTORY_LABEL: &str = "shadowkeep.io/drive-history-of";
+
+/// Label on Shadow credential Secrets, naming their KeyManager.
+pub const SHADOW_CREDENTIALS_LABEL: &str = "shadowkeep.io/shadow-credentials-of";
+
+/// The key of a Shadow credential Secret holding the record.
+const RECORD_KEY: &str = "record";
+
+/// The name of a Shadow's credential Secret (its record: passwords, licences, the
+/// rotation in progress). Never mounted: the shadow gets its password and licence from
+/// Secrets built from it.
+pub fn credentials_name(shadow: &str) -> String {
+    format!("{shadow}-credentials")
+}
 
 /// The name of a KeyManager's drive-history ConfigMap.
 pub fn history_name(key_manager: &str) -> String {
@@ -332,6 +345,100 @@ impl State for Kube {
             }
         }
         Ok(())
+    }
+
+    async fn read_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+    ) -> Result<Option<StoredShadow>, StateError> {
+        let name = credentials_name(shadow);
+        let secret = self
+            .secrets(&owner.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(StateError::store(format!("read Secret {name}")))?;
+        Ok(secret.map(|s| stored_shadow(shadow, &s)))
+    }
+
+    async fn shadows(&self, owner: &Owner) -> Result<Vec<StoredShadow>, StateError> {
+        let selector = format!("{SHADOW_CREDENTIALS_LABEL}={}", owner.name);
+        let list = self
+            .secrets(&owner.namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(StateError::store(format!(
+                "list the Shadow credential Secrets of {owner}"
+            )))?;
+        let mut out: Vec<StoredShadow> = list
+            .items
+            .iter()
+            .filter_map(|s| {
+                let shadow = s.name_any().strip_suffix("-credentials")?.to_owned();
+                Some(stored_shadow(&shadow, s))
+            })
+            .collect();
+        out.sort_by(|a, b| a.shadow.cmp(&b.shadow));
+        Ok(out)
+    }
+
+    /// Created with the KeyManager's labels and no owner; replaced with its
+    /// resourceVersion as a precondition.
+    async fn write_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+        bytes: &[u8],
+        version: Option<&str>,
+    ) -> Result<(), StateError> {
+        let api = self.secrets(&owner.namespace);
+        let name = credentials_name(shadow);
+        let data = Some(
+            [(
+                RECORD_KEY.to_owned(),
+                k8s_openapi::ByteString(bytes.to_vec()),
+            )]
+            .into(),
+        );
+        match version {
+            None => {
+                let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
+                metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(SHADOW_CREDENTIALS_LABEL.to_owned(), owner.name.clone());
+                let secret = Secret {
+                    metadata,
+                    data,
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map_err(conflict_or(format!("create Secret {name}")))?;
+            }
+            Some(version) => {
+                let patch = Secret {
+                    metadata: ObjectMeta {
+                        resource_version: Some(version.to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                    data,
+                    ..Secret::default()
+                };
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(conflict_or(format!("update Secret {name}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stored_shadow(shadow: &str, secret: &Secret) -> StoredShadow {
+    StoredShadow {
+        shadow: shadow.to_owned(),
+        bytes: bytes(secret, RECORD_KEY),
+        version: secret.metadata.resource_version.clone().unwrap_or_default(),
     }
 }
 

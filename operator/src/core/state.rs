@@ -143,6 +143,27 @@ pub struct StoredHistory {
     pub version: String,
 }
 
+/// A shadow's credential record as stored: secret bytes the core reads
+/// (`core::shadow::credentials::Record`), and the version to write it back at.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredShadow {
+    /// The Shadow's name.
+    pub shadow: String,
+    /// The record.
+    pub bytes: Vec<u8>,
+    /// The version read, for a write that must fail if another changed it since.
+    pub version: String,
+}
+
+impl std::fmt::Debug for StoredShadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredShadow")
+            .field("shadow", &self.shadow)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -253,6 +274,30 @@ pub trait State: Send + Sync {
         &self,
         owner: &Owner,
         history: &DriveHistory,
+        version: Option<&str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
+
+    /// The credential record of Shadow `shadow` of `owner`, or `None` when none was made.
+    fn read_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+    ) -> impl Future<Output = Result<Option<StoredShadow>, StateError>> + Send;
+
+    /// Every shadow credential record of `owner`, by Shadow name.
+    fn shadows(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<StoredShadow>, StateError>> + Send;
+
+    /// Writes the credential record of Shadow `shadow` of `owner`: created when `version`
+    /// is `None`, replaced when the stored one is still at `version`. Fails with
+    /// [`StateError::Conflict`], writing nothing, when it was created or changed since.
+    fn write_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+        bytes: &[u8],
         version: Option<&str>,
     ) -> impl Future<Output = Result<(), StateError>> + Send;
 }

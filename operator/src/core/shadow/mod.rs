@@ -4,6 +4,8 @@
 //!
 //! - [`credentials`]: issuing a pair, and the record kept of a shadow's pairs.
 //! - [`rotation`]: the pure step that moves a rotation on.
+//! - [`supervise`]: that step against the stored state, and what replicas are to accept.
 
 pub mod credentials;
 pub mod rotation;
+pub mod supervise;

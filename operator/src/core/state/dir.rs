@@ -6,6 +6,7 @@
 //! DIR/key-managers/NAMESPACE/NAME/drives.json     the drive history
 //! DIR/key-managers/NAMESPACE/NAME/release-drives  drives released to other namespaces
 //! DIR/key-managers/NAMESPACE/NAME/status.json     the KeyManager's status
+//! DIR/key-managers/NAMESPACE/NAME/shadows/SHADOW.json  a Shadow's credential record
 //! ```
 //!
 //! Every file is written whole to a temporary name, fsynced, renamed into place, and its
@@ -26,7 +27,7 @@ use shadowkeep_api::crd::KeyManagerStatus;
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
 use shadowkeep_server::durable::{read_optional, sync_dir, temporary, write_atomically, write_new};
 
-use super::{Fields, Item, Owner, State, StateError, StoredHistory};
+use super::{Fields, Item, Owner, State, StateError, StoredHistory, StoredShadow};
 
 /// Name of the file holding the drives released to other namespaces.
 pub const RELEASE_FILE: &str = "release-drives";
@@ -351,26 +352,117 @@ impl DataDir {
         let dir = self.owner_dir(owner)?;
         let path = dir.join(HISTORY_FILE);
         let action = format!("write {}", path.display());
-        let text = history.to_json();
-        match version {
-            None => {
-                make_dirs(&dir).map_err(StateError::store(action.clone()))?;
-                if create_atomically(&dir, HISTORY_FILE, text.as_bytes())
-                    .map_err(StateError::store(action.clone()))?
-                {
-                    Ok(())
-                } else {
-                    Err(StateError::Conflict { action })
-                }
+        write_versioned(&dir, HISTORY_FILE, history.to_json().as_bytes(), version)
+            .map_err(|e| e.into_state(action))
+    }
+
+    fn shadow_dir(&self, owner: &Owner) -> Result<PathBuf, StateError> {
+        Ok(self.owner_dir(owner)?.join(SHADOWS_DIR))
+    }
+
+    fn shadow_file(shadow: &str) -> Result<String, StateError> {
+        if valid_component(shadow) {
+            Ok(format!("{shadow}.json"))
+        } else {
+            Err(StateError::Invalid(format!(
+                "Shadow {shadow:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"
+            )))
+        }
+    }
+
+    fn read_shadow_now(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+    ) -> Result<Option<StoredShadow>, StateError> {
+        let path = self.shadow_dir(owner)?.join(Self::shadow_file(shadow)?);
+        let bytes =
+            read_optional(&path).map_err(StateError::store(format!("read {}", path.display())))?;
+        Ok(bytes.map(|bytes| StoredShadow {
+            shadow: shadow.to_owned(),
+            version: version_of(&bytes),
+            bytes,
+        }))
+    }
+
+    fn shadows_now(&self, owner: &Owner) -> Result<Vec<StoredShadow>, StateError> {
+        let dir = self.shadow_dir(owner)?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::store(format!("read {}", dir.display()))(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(StateError::store(format!("read {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(shadow) = name.strip_suffix(".json").filter(|s| valid_component(s)) {
+                names.push(shadow.to_owned());
             }
-            Some(version) => {
-                let current = read_optional(&path).map_err(StateError::store(action.clone()))?;
-                if current.as_deref().map(version_of).as_deref() != Some(version) {
-                    return Err(StateError::Conflict { action });
-                }
-                write_atomically(&dir, HISTORY_FILE, text.as_bytes())
-                    .map_err(StateError::store(action))
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for shadow in names {
+            out.extend(self.read_shadow_now(owner, &shadow)?);
+        }
+        Ok(out)
+    }
+
+    fn write_shadow_now(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+        bytes: &[u8],
+        version: Option<&str>,
+    ) -> Result<(), StateError> {
+        let dir = self.shadow_dir(owner)?;
+        let file = Self::shadow_file(shadow)?;
+        let action = format!("write {}", dir.join(&file).display());
+        write_versioned(&dir, &file, bytes, version).map_err(|e| e.into_state(action))
+    }
+}
+
+/// Directory of the Shadows' credential records under a KeyManager's.
+pub const SHADOWS_DIR: &str = "shadows";
+
+/// Why a versioned write did not happen.
+enum Unwritten {
+    Changed,
+    Failed(io::Error),
+}
+
+impl Unwritten {
+    fn into_state(self, action: String) -> StateError {
+        match self {
+            Self::Changed => StateError::Conflict { action },
+            Self::Failed(e) => StateError::store(action)(e),
+        }
+    }
+}
+
+/// Writes `dir/name`: created when `version` is `None` (failing if it exists), replaced
+/// when its bytes are still those of `version`.
+fn write_versioned(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    version: Option<&str>,
+) -> Result<(), Unwritten> {
+    match version {
+        None => {
+            make_dirs(dir).map_err(Unwritten::Failed)?;
+            if create_atomically(dir, name, bytes).map_err(Unwritten::Failed)? {
+                Ok(())
+            } else {
+                Err(Unwritten::Changed)
             }
+        }
+        Some(version) => {
+            let current = read_optional(&dir.join(name)).map_err(Unwritten::Failed)?;
+            if current.as_deref().map(version_of).as_deref() != Some(version) {
+                return Err(Unwritten::Changed);
+            }
+            write_atomically(dir, name, bytes).map_err(Unwritten::Failed)
         }
     }
 }
@@ -457,5 +549,31 @@ impl State for DataDir {
         let (dir, owner) = (self.clone(), owner.clone());
         let (history, version) = (history.clone(), version.map(str::to_owned));
         blocking(move || dir.write_history_now(&owner, &history, version.as_deref())).await
+    }
+
+    async fn read_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+    ) -> Result<Option<StoredShadow>, StateError> {
+        let (dir, owner, shadow) = (self.clone(), owner.clone(), shadow.to_owned());
+        blocking(move || dir.read_shadow_now(&owner, &shadow)).await
+    }
+
+    async fn shadows(&self, owner: &Owner) -> Result<Vec<StoredShadow>, StateError> {
+        let (dir, owner) = (self.clone(), owner.clone());
+        blocking(move || dir.shadows_now(&owner)).await
+    }
+
+    async fn write_shadow(
+        &self,
+        owner: &Owner,
+        shadow: &str,
+        bytes: &[u8],
+        version: Option<&str>,
+    ) -> Result<(), StateError> {
+        let (dir, owner, shadow) = (self.clone(), owner.clone(), shadow.to_owned());
+        let (bytes, version) = (bytes.to_vec(), version.map(str::to_owned));
+        blocking(move || dir.write_shadow_now(&owner, &shadow, &bytes, version.as_deref())).await
     }
 }
