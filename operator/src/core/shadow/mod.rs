@@ -4,8 +4,10 @@
 //!
 //! - [`credentials`]: issuing a pair, and the record kept of a shadow's pairs.
 //! - [`rotation`]: the pure step that moves a rotation on.
+//! - [`status`]: the Shadows window, computed purely from what the shell found.
 //! - [`supervise`]: that step against the stored state, and what replicas are to accept.
 
 pub mod credentials;
 pub mod rotation;
+pub mod status;
 pub mod supervise;
