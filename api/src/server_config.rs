@@ -156,6 +156,12 @@ pub struct ReplicationConfig {
     /// Verifiers only; no password is in the configuration.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shadow_verifiers: BTreeMap<String, Vec<AcceptedVerifier>>,
+    /// A JSON file of further verifiers (`shadow::verifiers::ShadowVerifiers`), appended
+    /// shadow by shadow to `shadowVerifiers`. The replica reads it at start (and refuses to
+    /// start without it) and again whenever its content changes, so that the operator
+    /// rotates a shadow's password without restarting a replica. Needs the licence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_verifiers_file: Option<PathBuf>,
     /// How many registered shadows must hold a new key before Create or Register succeeds
     /// (within `ackTimeoutMs`, else the key is aborted). New keys are pushed to every
     /// registered shadow either way. Needs a licence: shadows register against it.
@@ -383,6 +389,20 @@ impl ServerConfig {
                     .to_owned(),
             ));
         }
+        if config.licence.is_none()
+            && config
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.shadow_verifiers_file.is_some())
+        {
+            return Err(ConfigError(
+                "replication.shadowVerifiersFile: needs licence (shadows register against its key)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(r) = &config.replication {
+            check_verifier_ids(&r.shadow_verifiers)?;
+        }
         if let Some(shadow) = &config.shadow {
             check_shadow(shadow, config.replication.as_ref())?;
         }
@@ -411,6 +431,24 @@ impl ServerConfig {
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_yaml::to_string(self).map_err(|e| ConfigError(e.to_string()))
     }
+}
+
+/// The ids of the inline verifiers are bounded as the verifiers file's are.
+fn check_verifier_ids(
+    verifiers: &BTreeMap<String, Vec<AcceptedVerifier>>,
+) -> Result<(), ConfigError> {
+    use crate::shadow::verifiers::MAX_VERIFIER_ID_CHARS;
+    for (shadow, list) in verifiers {
+        for (i, v) in list.iter().enumerate() {
+            let len = v.id.as_deref().map_or(0, |id| id.chars().count());
+            if len > MAX_VERIFIER_ID_CHARS {
+                return Err(ConfigError(format!(
+                    "replication.shadowVerifiers.{shadow}[{i}].id: {len} characters, at most {MAX_VERIFIER_ID_CHARS}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_shadow(
@@ -596,5 +634,34 @@ mod tests {
                 .contains("replication.shadowAcknowledgements: needs licence")
         );
         assert!(ServerConfig::from_yaml(&format!("{base}{acks}")).is_ok());
+    }
+
+    #[test]
+    fn a_verifiers_file_needs_the_licence_and_inline_ids_are_bounded() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\nlicence: {file: l, publicKey: \"00\"}\n";
+        let admin = "replication: {listen: \"127.0.0.1:1\", clientCert: c, clientKey: k, allowedIdentities: [op], shadowVerifiersFile: /v/verifiers.json}\n";
+        let config = ServerConfig::from_yaml(&format!("{base}{admin}")).unwrap();
+        assert_eq!(
+            config.replication.as_ref().unwrap().shadow_verifiers_file,
+            Some(PathBuf::from("/v/verifiers.json"))
+        );
+        assert!(config.to_yaml().unwrap().contains("shadowVerifiersFile"));
+        let unlicensed = base.replace("licence: {file: l, publicKey: \"00\"}\n", "");
+        let err = ServerConfig::from_yaml(&format!("{unlicensed}{admin}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("replication.shadowVerifiersFile: needs licence"),
+            "{err}"
+        );
+        let long = format!(
+            "replication: {{listen: \"127.0.0.1:1\", clientCert: c, clientKey: k, allowedIdentities: [op], shadowVerifiers: {{a: [{{verifier: v, id: {}}}]}}}}\n",
+            "x".repeat(65)
+        );
+        let err = ServerConfig::from_yaml(&format!("{base}{long}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("replication.shadowVerifiers.a[0].id: 65 characters, at most 64"),
+            "{err}"
+        );
     }
 }

@@ -75,6 +75,7 @@ fn current() -> Vec<AcceptedVerifier> {
     vec![AcceptedVerifier {
         verifier: FIXTURE.verifier.clone(),
         not_after: None,
+        id: None,
     }]
 }
 
@@ -124,6 +125,7 @@ fn the_right_licence_and_password_register() {
             shadow: SHADOW.to_owned(),
             verifier_index: 0,
             verifier_not_after: None,
+            verifier_id: None,
             licence_issued_at: t(0),
         }
     );
@@ -246,6 +248,7 @@ fn an_expired_verifier_is_refused_as_expired() {
     let expired = vec![AcceptedVerifier {
         verifier: f.verifier.clone(),
         not_after: Some(t(10)),
+        id: None,
     }];
     let refusal = decide(&request(&f.licence, &f.password), SHADOW, expired, t(11)).unwrap_err();
     assert_eq!(refusal, Refusal::VerifierExpired { not_after: t(10) });
@@ -269,10 +272,12 @@ fn old_and_new_passwords_overlap_until_the_old_ones_not_after() {
             AcceptedVerifier {
                 verifier: f.old_verifier.clone(),
                 not_after: Some(t(100)),
+                id: None,
             },
             AcceptedVerifier {
                 verifier: f.verifier.clone(),
                 not_after: None,
+                id: None,
             },
         ]
     };

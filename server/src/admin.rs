@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
 use crate::metrics::Metrics;
 use crate::replication::{INSTANCE_HEADER, REPLICA_HEADER};
-use crate::shadow::registry::{NewDuplicate, PeerSightings, Registry};
+use crate::shadow::registry::{NewDuplicate, PeerSightings, Registration, Registry};
 use crate::shadow::runner::{ControlError, ShadowHandle};
 use crate::store::Store;
 use crate::tls;
@@ -106,9 +106,15 @@ impl AdminState {
         caller.0.iter().any(|id| self.allowed.contains(id))
     }
 
-    /// The registered shadow the caller is, if any.
+    /// The registered shadow the caller is, if any; one whose verifier was retired is
+    /// dropped and is none.
     fn shadow_caller(&self, caller: &Caller) -> Option<String> {
-        self.registry.as_ref()?.registered(&caller.0)
+        let registration = self
+            .registry
+            .as_ref()?
+            .registered(&caller.0, Timestamp::now());
+        log_retired(&registration);
+        registration.name()
     }
 }
 
@@ -537,6 +543,11 @@ async fn state_handler(State(state): State<AdminState>) -> Response {
                 .into_iter()
                 .chain(state.peers_seen.duplicates())
                 .collect(),
+            accepted_verifiers: state
+                .registry
+                .as_ref()
+                .map(|r| r.accepted_labels())
+                .unwrap_or_default(),
         },
     };
     Json(report).into_response()
@@ -653,7 +664,9 @@ async fn report(
     let Some(registry) = state.registry.clone() else {
         return no_registry();
     };
-    let Some(shadow) = registry.registered(&caller.0) else {
+    let registration = registry.registered(&caller.0, Timestamp::now());
+    log_retired(&registration);
+    let Some(shadow) = registration.name() else {
         state.metrics.refused(LISTENER, "shadow_not_registered");
         return refusal(
             StatusCode::FORBIDDEN,
@@ -675,6 +688,15 @@ async fn report(
     let (view, duplicate) = registry.report(&shadow, shadow_report, remote, Timestamp::now());
     log_duplicate(duplicate);
     Json(view).into_response()
+}
+
+fn log_retired(registration: &Registration) {
+    if let Registration::Retired(shadow) = registration {
+        tracing::warn!(
+            shadow,
+            "shadow registration dropped: the verifier its password matched is no longer accepted or is past its not-after; it must register again"
+        );
+    }
 }
 
 fn not_a_shadow() -> Response {

@@ -89,6 +89,19 @@ struct ShadowMetrics {
     shadow_registrations: Family<OutcomeLabels, Counter>,
     shadow_duplicates: Gauge,
     replica_duplicates: Gauge,
+    verifier_reloads: Family<OutcomeLabels, Counter>,
+    credential_reloads: Family<OutcomeLabels, Counter>,
+}
+
+/// A counter family by outcome, `loaded` and `refused` present from the start at zero.
+fn reloads(registry: &mut Registry, name: &str, help: &str) -> Family<OutcomeLabels, Counter> {
+    let family = Family::<OutcomeLabels, Counter>::default();
+    for outcome in ["loaded", "refused"] {
+        let _ = family.get_or_create(&OutcomeLabels {
+            outcome: outcome.to_owned(),
+        });
+    }
+    registered(registry, name, help, family)
 }
 
 impl ShadowMetrics {
@@ -135,6 +148,16 @@ impl ShadowMetrics {
             "Replica names under which two running instances called this replica (one server id and ordinal)",
             Gauge::default(),
         );
+        let verifier_reloads = reloads(
+            registry,
+            "shadow_verifier_reloads",
+            "Reads of a replica's shadow verifiers file: loaded, or refused (unreadable or malformed; the set in force is kept)",
+        );
+        let credential_reloads = reloads(
+            registry,
+            "shadow_credential_reloads",
+            "A shadow's changed licence and password files: loaded, or refused (the pair in force is kept)",
+        );
         Self {
             shadow_state,
             shadow_transitions,
@@ -142,6 +165,8 @@ impl ShadowMetrics {
             shadow_registrations,
             shadow_duplicates,
             replica_duplicates,
+            verifier_reloads,
+            credential_reloads,
         }
     }
 }
@@ -176,6 +201,10 @@ pub struct Metrics {
     pub shadow_duplicates: Gauge,
     /// Replica names under which two instances called this replica.
     pub replica_duplicates: Gauge,
+    /// Reads of a replica's shadow verifiers file, by outcome (`loaded`, `refused`).
+    pub verifier_reloads: Family<OutcomeLabels, Counter>,
+    /// A shadow's changed licence and password, by outcome (`loaded`, `refused`).
+    pub credential_reloads: Family<OutcomeLabels, Counter>,
     last_sync: Mutex<Vec<(String, Option<Instant>)>>,
     started: Instant,
 }
@@ -241,6 +270,8 @@ impl Metrics {
             shadow_mirrored: shadows.shadow_mirrored,
             shadow_registrations: shadows.shadow_registrations,
             shadow_duplicates: shadows.shadow_duplicates,
+            verifier_reloads: shadows.verifier_reloads,
+            credential_reloads: shadows.credential_reloads,
             requests,
             latency,
             keys,
@@ -328,6 +359,24 @@ impl Metrics {
     pub fn mirrored(&self, n: usize) {
         self.shadow_mirrored
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a read of the verifiers file that ended `loaded` or `refused`.
+    pub fn verifier_reload(&self, outcome: &str) {
+        self.verifier_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a changed licence and password pair a shadow `loaded` or `refused`.
+    pub fn credential_reload(&self, outcome: &str) {
+        self.credential_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a registration judged as `outcome`.

@@ -32,6 +32,7 @@ use crate::replication::{Replication, ReplicationError};
 use crate::shadow::Access;
 use crate::shadow::push::ShadowPush;
 use crate::shadow::registry::Registry;
+use crate::shadow::verifiers::VerifiersFile;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, ClientAuth, TlsError};
 use crate::ttlv::{self, Item};
@@ -59,6 +60,9 @@ pub enum ServerError {
     /// The licence refused the start.
     #[error(transparent)]
     Licence(#[from] crate::shadow::LicenceError),
+    /// The shadow verifiers file refused the start.
+    #[error(transparent)]
+    Verifiers(#[from] crate::shadow::verifiers::VerifiersFileError),
     /// The shadow could not start.
     #[error(transparent)]
     Shadow(#[from] crate::shadow::runner::ShadowError),
@@ -86,6 +90,8 @@ pub struct Server {
     cancel: CancellationToken,
     /// A shadow's loop, started by [`Server::serve`] once the listeners' ports are known.
     runner: Option<crate::shadow::runner::Runner>,
+    /// A licensed replica's verifiers file, watched by [`Server::serve`].
+    verifiers: Option<(VerifiersFile, Arc<Registry>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -114,6 +120,7 @@ impl Server {
     /// peers. Call it within a Tokio runtime.
     pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
         let licensed = crate::shadow::load(config)?;
+        let (registry, verifiers) = registry_for(config, licensed.as_ref())?;
         let kek = load_kek(config)?;
         let instance_id =
             crate::instance::load_or_create(&config.data_dir).map_err(ServerError::Instance)?;
@@ -133,7 +140,6 @@ impl Server {
         )?
         .unzip();
         let drives = drive_table(config, shadow.as_ref());
-        let registry = registry_for(config, licensed.as_ref());
         let shadow_push = shadow_push_for(config, registry.as_ref(), &metrics)?;
         let (replication, admin) = match &config.replication {
             Some(r) => {
@@ -183,7 +189,6 @@ impl Server {
             peers = peers.len(),
             "keystore opened"
         );
-        let kek_for_import = kek.clone();
         Ok(Self {
             shared: Arc::new(Shared {
                 slots: Slots::new(
@@ -194,7 +199,7 @@ impl Server {
                 ),
                 kmip: Kmip::new(
                     store,
-                    kek,
+                    kek.clone(),
                     config.server_id.clone(),
                     replication,
                     Arc::clone(&metrics),
@@ -209,9 +214,10 @@ impl Server {
             acceptor,
             admin,
             keystore_file: config.keystore_file.clone(),
-            kek: kek_for_import,
+            kek,
             cancel,
             runner,
+            verifiers: verifiers.zip(registry),
         })
     }
 
@@ -261,6 +267,9 @@ impl Server {
                 self.kek.clone(),
                 cancel.clone(),
             ));
+        }
+        if let Some((file, registry)) = self.verifiers {
+            tracker.spawn(file.watch(registry, Arc::clone(&self.shared.metrics), cancel.clone()));
         }
         if let Some(runner) = self.runner {
             let ports = crate::shadow::runner::Ports {
@@ -318,20 +327,30 @@ impl Server {
 }
 
 /// A licensed replica's register of shadows: it judges their registrations by the licence
-/// key. Unlicensed replicas and shadows have none.
+/// key, against the configured verifiers and those of the verifiers file (returned to be
+/// watched). Unlicensed replicas and shadows have none. Called before anything is opened, like
+/// the licence's check: a start refused for the file changes nothing.
 fn registry_for(
     config: &ServerConfig,
     licensed: Option<&crate::shadow::Licensed>,
-) -> Option<Arc<Registry>> {
-    match (licensed, &config.replication) {
-        (Some(licensed), Some(r)) if config.shadow.is_none() => Some(Arc::new(Registry::new(
-            &config.server_id,
-            licensed.verifier,
-            r.shadow_verifiers.clone(),
-            config.drives.clone(),
-        ))),
-        _ => None,
-    }
+) -> Result<(Option<Arc<Registry>>, Option<VerifiersFile>), ServerError> {
+    let (Some(licensed), Some(r), None) = (licensed, &config.replication, &config.shadow) else {
+        return Ok((None, None));
+    };
+    let (file, accepted) = match &r.shadow_verifiers_file {
+        Some(path) => {
+            let (file, accepted) = VerifiersFile::load(path, &r.shadow_verifiers)?;
+            (Some(file), accepted)
+        }
+        None => (None, r.shadow_verifiers.clone()),
+    };
+    let registry = Arc::new(Registry::new(
+        &config.server_id,
+        licensed.verifier,
+        accepted,
+        config.drives.clone(),
+    ));
+    Ok((Some(registry), file))
 }
 
 /// A licensed replica's push of new keys to its shadows, through its peer certificate.
@@ -416,8 +435,12 @@ fn start_shadow(
     )>,
     ServerError,
 > {
-    let (Some(shadow), Some(r), Some(licensed)) = (&config.shadow, &config.replication, licensed)
-    else {
+    let (Some(shadow), Some(r), Some(licensed), Some(licence)) = (
+        &config.shadow,
+        &config.replication,
+        licensed,
+        &config.licence,
+    ) else {
         return Ok(None);
     };
     let connector = crate::https::connector(&crate::https::ClientFiles {
@@ -430,6 +453,7 @@ fn start_shadow(
         crate::shadow::runner::Setup {
             config: shadow,
             licensed: licensed.clone(),
+            licence_file: licence.file.clone(),
             dir: config.data_dir.clone(),
             instance_id,
             connector,

@@ -25,7 +25,10 @@ use shadowkeep_api::shadow::registration::{
     AcceptedVerifier, PasswordText, RefusalCode, RegistrationReply, ShadowRegistration,
 };
 use shadowkeep_api::shadow::state::ShadowState;
-use shadowkeep_api::shadow::wire::{DuplicateKind, HintsReply, ShadowsReply, StateReport};
+use shadowkeep_api::shadow::verifiers::ShadowVerifiers;
+use shadowkeep_api::shadow::wire::{
+    DuplicateKind, HintsReply, RegisteredShadow, ShadowsReply, StateReport,
+};
 use shadowkeep_server::client::{
     KmipClient, batch_items, create_aes, message, payload, reason, request, status, uids,
 };
@@ -182,6 +185,7 @@ impl Estate {
                     vec![AcceptedVerifier {
                         verifier: p.verifier().unwrap(),
                         not_after: None,
+                        id: None,
                     }],
                 )
             })
@@ -1605,4 +1609,465 @@ async fn a_replica_that_restarts_forgets_its_shadows_and_they_register_again() {
             .contains("shadowkeep_shadow_registrations_total{outcome=\"registered\"} 1")
     );
     assert!(r0.alive());
+}
+
+// Password rotation: the replica's verifiers file and the shadow's licence and password
+// files, changed while every process runs.
+
+/// Writes `bytes` to `path` whole (through a rename, as a Secret mount swaps its files).
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// Writes a verifiers file: for each shadow, its passwords' verifiers with their ids.
+fn write_verifiers(path: &Path, entries: &[(&str, &Password, &str)]) {
+    let mut file = ShadowVerifiers::default();
+    for (shadow, password, id) in entries {
+        file.shadows
+            .entry((*shadow).to_owned())
+            .or_default()
+            .push(AcceptedVerifier {
+                verifier: password.verifier().unwrap(),
+                not_after: None,
+                id: Some((*id).to_owned()),
+            });
+    }
+    replace_file(path, &file.encode());
+}
+
+/// One replica that accepts no verifier in its configuration and reads `file`.
+fn replica_with_file(estate: &Estate, file: &Path) -> (PathBuf, SocketAddr) {
+    let (config, addr) = estate.replicas(1, &BTreeMap::new()).remove(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = format!("{text}  shadowVerifiersFile: {}\n", file.display());
+    std::fs::write(&config, text).unwrap();
+    (config, addr)
+}
+
+/// The `issuedAt` of a licence file in the estate.
+fn issued_at(estate: &Estate, file: &str) -> Timestamp {
+    let text = std::fs::read_to_string(estate.dir.join(file)).unwrap();
+    estate
+        .signer
+        .verifier()
+        .verify_for_server(&text, SERVER_ID)
+        .unwrap()
+        .issued_at
+}
+
+/// A shadow licence for `shadow` holding `password`'s verifier, issued at `at`.
+fn licence_for(estate: &Estate, shadow: &str, password: &Password, at: Timestamp) -> String {
+    estate
+        .signer
+        .sign(&License::shadow(
+            SERVER_ID,
+            shadow,
+            password.verifier().unwrap(),
+            at,
+        ))
+        .unwrap()
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    estate: &Estate,
+    addr: SocketAddr,
+    path: &str,
+) -> (T, String) {
+    let (status, body) = admin(&estate.connector(OPERATOR), addr, Method::GET, path, vec![]).await;
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    (serde_json::from_str(&text).unwrap(), text)
+}
+
+async fn metrics_of(estate: &Estate, addr: SocketAddr) -> String {
+    let (status, body) = admin(
+        &estate.connector(OPERATOR),
+        addr,
+        Method::GET,
+        "/metrics",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8(body).unwrap()
+}
+
+/// The value of the sample `series` (name and labels) in a metrics text; 0 when absent.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (up to 30 s) until `check` gives a value.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let bound = Duration::from_secs(30);
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids of the verifiers a replica reports it accepts for `shadow`.
+async fn accepted_ids(estate: &Estate, replica: SocketAddr, shadow: &str) -> Vec<Option<String>> {
+    let (state, text): (StateReport, String) = get_json(estate, replica, "/v1/state").await;
+    assert!(
+        !text.contains("$argon2id"),
+        "a PHC string in /v1/state: {text}"
+    );
+    state
+        .accepted_verifiers
+        .get(shadow)
+        .map(|l| l.iter().map(|v| v.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// `shadow`'s row in a replica's Shadows window.
+async fn row_of(estate: &Estate, replica: SocketAddr, shadow: &str) -> Option<RegisteredShadow> {
+    let (list, _): (ShadowsReply, String) = get_json(estate, replica, "/v1/shadows").await;
+    list.shadows.into_iter().find(|s| s.name == shadow)
+}
+
+/// Registrations a replica refused, whatever the reason.
+fn refusals(metrics: &str) -> u64 {
+    RefusalCode::ALL
+        .iter()
+        .map(|c| {
+            sample(
+                metrics,
+                &format!("shadowkeep_shadow_registrations_total{{outcome=\"{c}\"}}"),
+            )
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_password_rotation_by_files_keeps_the_shadow_registered_and_the_old_password_is_refused()
+{
+    let estate = Estate::new("rotation", &["shadow-a"]);
+    let old = estate.passwords["shadow-a"].clone();
+    let old_licence = std::fs::read_to_string(estate.dir.join("shadow-a.lic")).unwrap();
+    let t0 = issued_at(&estate, "shadow-a.lic");
+    let id0 = t0.to_string();
+    let file = estate.dir.join("verifiers.json");
+    write_verifiers(&file, &[("shadow-a", &old, &id0)]);
+    let (config, replica_addr) = replica_with_file(&estate, &file);
+    let _replica = Proc::start_as(&config, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    let row = eventually("shadow-a registers with the old password", async || {
+        row_of(&estate, replica_addr, "shadow-a").await
+    })
+    .await;
+    assert_eq!(
+        (row.verifier_id.as_deref(), row.licence_issued_at),
+        (Some(id0.as_str()), t0)
+    );
+    assert_eq!(
+        state_of(&estate, &shadow)
+            .await
+            .shadow
+            .unwrap()
+            .licence_issued_at,
+        t0
+    );
+
+    // 1. Every replica accepts the old and the new verifier.
+    let new = Password::generate();
+    let t1 = t0.checked_add(jiff::SignedDuration::from_secs(60)).unwrap();
+    let id1 = t1.to_string();
+    write_verifiers(&file, &[("shadow-a", &old, &id0), ("shadow-a", &new, &id1)]);
+    let both = vec![Some(id0.clone()), Some(id1.clone())];
+    eventually("the replica accepts both verifiers", async || {
+        (accepted_ids(&estate, replica_addr, "shadow-a").await == both).then_some(())
+    })
+    .await;
+
+    // 2. The shadow gets the new licence and password, and registers with them.
+    replace_file(
+        &estate.dir.join("shadow-a.lic"),
+        licence_for(&estate, "shadow-a", &new, t1).as_bytes(),
+    );
+    replace_file(
+        &estate.dir.join("shadow-a.password"),
+        new.expose().as_bytes(),
+    );
+    eventually("shadow-a registers with the new password", async || {
+        row_of(&estate, replica_addr, "shadow-a")
+            .await
+            .filter(|r| r.verifier_id.as_deref() == Some(id1.as_str()) && r.licence_issued_at == t1)
+    })
+    .await;
+    let report = state_of(&estate, &shadow).await.shadow.unwrap();
+    assert_eq!(report.licence_issued_at, t1);
+    assert_eq!(report.state, ShadowState::Shadowing);
+
+    // 3. The old verifier is retired; the shadow stays registered and polls on.
+    write_verifiers(&file, &[("shadow-a", &new, &id1)]);
+    eventually("the replica accepts only the new verifier", async || {
+        (accepted_ids(&estate, replica_addr, "shadow-a").await == [Some(id1.clone())]).then_some(())
+    })
+    .await;
+    let retired = Timestamp::now();
+    let row = eventually("shadow-a polls after the retirement", async || {
+        row_of(&estate, replica_addr, "shadow-a")
+            .await
+            .filter(|r| r.last_seen.is_some_and(|at| at > retired))
+    })
+    .await;
+    assert_eq!(row.verifier_id.as_deref(), Some(id1.as_str()));
+    let report = state_of(&estate, &shadow).await.shadow.unwrap();
+    assert_eq!(report.replicas[0].problem, None, "{report:?}");
+    let metrics = metrics_of(&estate, replica_addr).await;
+    assert_eq!(refusals(&metrics), 0, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowkeep_shadow_verifier_reloads_total{outcome=\"loaded\"}"
+        ),
+        3,
+        "{metrics}"
+    );
+    assert!(!metrics.contains(new.expose()) && !metrics.contains(old.expose()));
+    let metrics = metrics_of(&estate, shadow.admin.unwrap()).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowkeep_shadow_credential_reloads_total{outcome=\"loaded\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+
+    // 4. A second process holding only the old pair is refused.
+    std::fs::write(estate.dir.join("old.lic"), &old_licence).unwrap();
+    std::fs::write(estate.dir.join("old.password"), old.expose()).unwrap();
+    let d = estate.dir.display();
+    let stale_config = estate.shadow("shadow-a", &[replica_addr], 0, "");
+    let text = std::fs::read_to_string(&stale_config)
+        .unwrap()
+        .replace(&format!("{d}/shadow-a.lic"), &format!("{d}/old.lic"))
+        .replace(
+            &format!("{d}/shadow-a.password"),
+            &format!("{d}/old.password"),
+        )
+        .replace(
+            &format!("dataDir: {d}/shadow-a\n"),
+            &format!("dataDir: {d}/old\n"),
+        );
+    let stale_config = estate.dir.join("old.yaml");
+    std::fs::write(&stale_config, text).unwrap();
+    let stale = Proc::start(&stale_config);
+    eventually("the old pair is refused", async || {
+        let report = state_of(&estate, &stale).await.shadow.unwrap();
+        (report.replicas[0].problem.as_deref() == Some("registration refused: password-wrong"))
+            .then_some(())
+    })
+    .await;
+    let metrics = metrics_of(&estate, replica_addr).await;
+    assert!(
+        sample(
+            &metrics,
+            "shadowkeep_shadow_registrations_total{outcome=\"password-wrong\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    let row = row_of(&estate, replica_addr, "shadow-a").await.unwrap();
+    assert_eq!(row.verifier_id.as_deref(), Some(id1.as_str()));
+}
+
+#[tokio::test]
+async fn a_verifiers_file_that_goes_bad_while_the_replica_runs_keeps_the_set_in_force() {
+    let estate = Estate::new("verifiers-file", &["shadow-a"]);
+    let password = estate.passwords["shadow-a"].clone();
+    let file = estate.dir.join("verifiers.json");
+    let (config, replica_addr) = replica_with_file(&estate, &file);
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shadowkeep-server"))
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // Missing or malformed at start: no start, the file and the problem named, no value.
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let prefix = format!("failed to start: shadowVerifiersFile {}: ", file.display());
+    assert!(
+        stderr.contains(&format!("{prefix}failed to read it")),
+        "{stderr}"
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"shadows\": {{\"shadow-a\": [{{\"verifier\": \"{}\"}}]}}}}",
+            password.expose()
+        ),
+    )
+    .unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{prefix}failed to read the verifiers: `shadows.shadow-a[0].verifier` is not an Argon2id PHC string"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(password.expose()), "{stderr}");
+    assert!(!estate.dir.join("r0").join("log").exists());
+
+    write_verifiers(&file, &[("shadow-a", &password, "v1")]);
+    let _replica = Proc::start_as(&config, Some("r0"));
+    let _shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    eventually("shadow-a registers", async || {
+        row_of(&estate, replica_addr, "shadow-a").await
+    })
+    .await;
+    let licence = std::fs::read_to_string(estate.dir.join("shadow-a.lic")).unwrap();
+    let register = async || {
+        let body = serde_json::to_vec(&ShadowRegistration {
+            licence: licence.clone(),
+            password: PasswordText::new(&password),
+            instance_id: uuid::Uuid::new_v4(),
+        })
+        .unwrap();
+        admin(
+            &estate.connector("shadow-a"),
+            replica_addr,
+            Method::POST,
+            "/v1/shadow/register",
+            body,
+        )
+        .await
+        .0
+    };
+    let refused = "shadowkeep_shadow_verifier_reloads_total{outcome=\"refused\"}";
+    // Torn, then gone: each refused once, and the set in force still registers.
+    for (n, change) in [1, 2].into_iter().zip([true, false]) {
+        if change {
+            std::fs::write(&file, b"{\"shadows\": {\"shadow-a\": [{\"verif").unwrap();
+        } else {
+            std::fs::remove_file(&file).unwrap();
+        }
+        eventually("the change is refused", async || {
+            (sample(&metrics_of(&estate, replica_addr).await, refused) == n).then_some(())
+        })
+        .await;
+        assert_eq!(register().await, StatusCode::OK);
+        assert_eq!(
+            accepted_ids(&estate, replica_addr, "shadow-a").await,
+            [Some("v1".to_owned())]
+        );
+    }
+    // Back, with another id: loaded.
+    write_verifiers(&file, &[("shadow-a", &password, "v2")]);
+    eventually("the file is loaded again", async || {
+        (accepted_ids(&estate, replica_addr, "shadow-a").await == [Some("v2".to_owned())])
+            .then_some(())
+    })
+    .await;
+    let metrics = metrics_of(&estate, replica_addr).await;
+    assert_eq!(sample(&metrics, refused), 2, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowkeep_shadow_verifier_reloads_total{outcome=\"loaded\"}"
+        ),
+        2,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_keeps_its_pair_against_a_torn_older_or_mismatched_one_and_falls_back_where_the_new_is_refused()
+ {
+    let estate = Estate::new("credentials", &["shadow-a"]);
+    let configs = estate.replicas(1, &estate.verifiers());
+    let (config, replica_addr) = configs[0].clone();
+    let mut replica = Proc::start_as(&config, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    let t0 = issued_at(&estate, "shadow-a.lic");
+    eventually("shadow-a registers", async || {
+        row_of(&estate, replica_addr, "shadow-a").await
+    })
+    .await;
+    let lic = estate.dir.join("shadow-a.lic");
+    let pw = estate.dir.join("shadow-a.password");
+    let new = Password::generate();
+    let t1 = t0.checked_add(jiff::SignedDuration::from_secs(60)).unwrap();
+    let new_licence = licence_for(&estate, "shadow-a", &new, t1);
+    let older = licence_for(
+        &estate,
+        "shadow-a",
+        &new,
+        t0.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap(),
+    );
+    let refused = "shadowkeep_shadow_credential_reloads_total{outcome=\"refused\"}";
+    let other = Password::generate();
+    // A torn licence; an older one; a newer licence with a password it does not hold.
+    let torn = &new_licence[..new_licence.len() / 2];
+    for (n, (licence, password)) in [
+        (torn, &new),
+        (older.as_str(), &new),
+        (new_licence.as_str(), &other),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        replace_file(&lic, licence.as_bytes());
+        replace_file(&pw, password.expose().as_bytes());
+        eventually("the pair is refused", async || {
+            let metrics = metrics_of(&estate, shadow.admin.unwrap()).await;
+            (sample(&metrics, refused) == u64::try_from(n).unwrap() + 1).then_some(())
+        })
+        .await;
+        let report = state_of(&estate, &shadow).await.shadow.unwrap();
+        assert_eq!(report.licence_issued_at, t0);
+    }
+    // The pair in force is the old one: a restarted replica, which forgot the shadow, has
+    // it register again with it.
+    replica.crash();
+    let replica = Proc::start_as(&config, Some("r0"));
+    let row = eventually("shadow-a registers again", async || {
+        row_of(&estate, replica_addr, "shadow-a").await
+    })
+    .await;
+    assert_eq!(row.licence_issued_at, t0);
+    assert_eq!(refusals(&metrics_of(&estate, replica_addr).await), 0);
+
+    // A valid new pair the replica does not accept yet: taken, refused there, and the
+    // shadow registers with the previous pair in the same round.
+    replace_file(&pw, new.expose().as_bytes());
+    eventually("the new pair is taken", async || {
+        let report = state_of(&estate, &shadow).await.shadow.unwrap();
+        (report.licence_issued_at == t1).then_some(())
+    })
+    .await;
+    eventually("the replica refused the new password", async || {
+        let metrics = metrics_of(&estate, replica_addr).await;
+        (sample(
+            &metrics,
+            "shadowkeep_shadow_registrations_total{outcome=\"password-wrong\"}",
+        ) >= 1)
+            .then_some(())
+    })
+    .await;
+    let row = row_of(&estate, replica_addr, "shadow-a").await.unwrap();
+    assert_eq!(row.licence_issued_at, t0, "{row:?}");
+    let since = Timestamp::now();
+    eventually("shadow-a polls on with the previous pair", async || {
+        let row = row_of(&estate, replica_addr, "shadow-a").await?;
+        let report = state_of(&estate, &shadow).await.shadow.unwrap();
+        (row.last_seen.is_some_and(|at| at > since) && report.replicas[0].problem.is_none())
+            .then_some(())
+    })
+    .await;
+    drop(replica);
 }

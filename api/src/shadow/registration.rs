@@ -175,6 +175,7 @@ pub enum DecodeError {
     },
 }
 
+/// Decodes `bytes` (at most `max`) as JSON, keeping of an error only its position and kind.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     max: usize,
@@ -228,6 +229,11 @@ pub struct AcceptedVerifier {
     /// The last moment the verifier is accepted; none while it is the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Timestamp>,
+    /// A label that is not a secret, for the operator to tell the verifiers apart: it sets
+    /// the `issuedAt` (RFC 3339) of the licence that carries the password. At most
+    /// [`crate::shadow::verifiers::MAX_VERIFIER_ID_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// What a replica knows to judge registrations: its KeyManager and the verifiers it accepts.
@@ -250,6 +256,8 @@ pub struct Registered {
     pub verifier_index: usize,
     /// That verifier's not-after time.
     pub verifier_not_after: Option<Timestamp>,
+    /// That verifier's id.
+    pub verifier_id: Option<String>,
     /// The `issuedAt` of the licence.
     pub licence_issued_at: Timestamp,
 }
@@ -318,6 +326,7 @@ impl Registrar<'_> {
                         shadow,
                         verifier_index: index,
                         verifier_not_after: not_after,
+                        verifier_id: accepted.id.clone(),
                         licence_issued_at: licence.issued_at,
                     });
                 }

@@ -5,6 +5,7 @@
 //!
 //! Requests decode with size bounds and name the field at fault, never its value.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use jiff::Timestamp;
@@ -93,6 +94,23 @@ pub struct StateReport {
     /// as one peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates: Vec<Duplicate>,
+    /// On a licensed replica: the verifiers it accepts now, by shadow, as ids and
+    /// not-afters only, so that the operator sees a new verifier taken before it hands the
+    /// new password over.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accepted_verifiers: BTreeMap<String, Vec<VerifierLabel>>,
+}
+
+/// An accepted verifier as `GET /v1/state` shows it: never the PHC string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifierLabel {
+    /// The verifier's id (the `issuedAt` of the licence carrying its password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The last moment it is accepted; none while it is the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Timestamp>,
 }
 
 /// A shadow's state, clocks and view of its replicas.
@@ -117,6 +135,8 @@ pub struct ShadowStateReport {
     pub serving_since: Option<Timestamp>,
     /// When a replica last answered.
     pub last_contact: Timestamp,
+    /// The `issuedAt` of the licence in force (a new one is taken while running).
+    pub licence_issued_at: Timestamp,
     /// Each replica, as last polled.
     pub replicas: Vec<ReplicaReachability>,
 }
@@ -199,6 +219,11 @@ pub struct RegisteredShadow {
     pub last_synchronized: Option<Timestamp>,
     /// When it last registered.
     pub registered_at: Timestamp,
+    /// The `issuedAt` of the licence it registered with.
+    pub licence_issued_at: Timestamp,
+    /// The id of the verifier its password matched, if that verifier has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier_id: Option<String>,
     /// When it last polled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Timestamp>,

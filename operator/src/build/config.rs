@@ -94,6 +94,7 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
             sync_interval_secs: km.spec.sync_interval.as_duration().as_secs().max(1),
             ack_timeout_ms: 2000,
             shadow_verifiers: std::collections::BTreeMap::new(),
+            shadow_verifiers_file: None,
             shadow_acknowledgements: km
                 .spec
                 .durability

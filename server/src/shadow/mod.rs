@@ -1,6 +1,6 @@
 //! Shadows in the key server: the licence that decides the role, a replica's register of its
-//! shadows ([`registry`]) and its push of new keys to them ([`push`]), and a shadow's poll
-//! loop around the state machine ([`runner`]).
+//! shadows ([`registry`]), the verifiers file it re-reads ([`verifiers`]) and its push of new
+//! keys to them ([`push`]), and a shadow's poll loop around the state machine ([`runner`]).
 //!
 //! The rules are in `shadowkeep_api::shadow`; this module feeds them the network, the clock
 //! and the disk.
@@ -8,6 +8,7 @@
 pub mod push;
 pub mod registry;
 pub mod runner;
+pub mod verifiers;
 
 use std::path::Path;
 

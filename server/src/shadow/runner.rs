@@ -8,6 +8,14 @@
 //! [`ShadowHandle::access`] before every request, so a transition out of Serving stops
 //! service at once, on open connections too.
 //!
+//! Each round the shadow also reads its licence and password files: a changed pair that is
+//! valid (the licence verifies for this shadow and is strictly newer than the one in force,
+//! and the password matches it) is taken at once and registered at every replica in that
+//! round; an invalid one (a torn write, an older licence, a mismatched pair) is refused and
+//! the pair in force kept. The previous pair is kept too: a replica that has not yet taken
+//! the new verifier refuses the new password, and the shadow registers there with the
+//! previous one, so that it never loses its registration in the middle of a rotation.
+//!
 //! Durable, in the data directory (written whole and fsynced): the limit clocks
 //! (`shadow-clocks.json`) after every change, and the mirrored configuration and
 //! lastSynchronized (`shadow-mirror.json`). Keys go to the store like a replica's, through
@@ -22,11 +30,15 @@ use futures::future::join_all;
 use hyper::{Method, StatusCode};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
+use shadowkeep_api::license::{Expected, Role};
 use shadowkeep_api::password::Password;
 use shadowkeep_api::replica_sync::summary;
 use shadowkeep_api::server_config::{DrivePolicy, PeerConfig, ShadowConfig};
-use shadowkeep_api::shadow::registration::{PasswordText, RegistrationReply, ShadowRegistration};
+use shadowkeep_api::shadow::registration::{
+    PasswordText, RefusalCode, RegistrationReply, ShadowRegistration,
+};
 use shadowkeep_api::shadow::state::{
     DesiredShadowState, Identity, LimitClocks, Machine, Poll, ShadowState, SiblingReport, Timings,
     Transition,
@@ -37,6 +49,7 @@ use shadowkeep_api::shadow::wire::{
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use super::{Access, Licensed};
 use crate::auth::DriveTable;
@@ -88,6 +101,8 @@ pub struct ShadowHandle {
     rounds: watch::Sender<u64>,
     in_round: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The `issuedAt` of the licence in force.
+    licence_issued_at: Mutex<Timestamp>,
 }
 
 impl std::fmt::Debug for ShadowHandle {
@@ -163,6 +178,10 @@ impl ShadowHandle {
                 last_synchronized: self.lock_mirror().last_synchronized,
                 serving_since: clocks.serving_since,
                 last_contact: clocks.last_contact,
+                licence_issued_at: *self
+                    .licence_issued_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
                 replicas: self
                     .replicas
                     .lock()
@@ -170,6 +189,7 @@ impl ShadowHandle {
                     .clone(),
             }),
             duplicates: Vec::new(),
+            accepted_verifiers: std::collections::BTreeMap::new(),
         }
     }
 
@@ -278,7 +298,17 @@ struct Link {
     connector: TlsConnector,
     sender:
         Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>>,
-    registered: bool,
+    /// With which pair this shadow is registered there, if it is.
+    registered: Option<Held>,
+}
+
+/// Which of the shadow's licence and password pairs a replica registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// The pair in force.
+    Current,
+    /// The pair before it, while the replica has not taken the new verifier.
+    Previous,
 }
 
 impl Link {
@@ -288,7 +318,7 @@ impl Link {
             address: peer.address.clone(),
             connector,
             sender: None,
-            registered: false,
+            registered: None,
         }
     }
 
@@ -322,11 +352,73 @@ impl Link {
     }
 }
 
+/// A licence and the password that goes with it.
+struct Credentials {
+    licensed: Licensed,
+    password: Password,
+    /// Of the licence text and the password, to tell a changed pair from this one.
+    fingerprint: [u8; 32],
+}
+
+impl Credentials {
+    fn new(licensed: Licensed, password: Password) -> Self {
+        let fingerprint = fingerprint(&Ok(licensed.text.clone()), &Ok(password_text(&password)));
+        Self {
+            licensed,
+            password,
+            fingerprint,
+        }
+    }
+
+    /// The registration body, zeroed when dropped.
+    fn registration(&self, instance_id: uuid::Uuid) -> Option<Zeroizing<Vec<u8>>> {
+        let registration = ShadowRegistration {
+            licence: self.licensed.text.clone(),
+            password: PasswordText::new(&self.password),
+            instance_id,
+        };
+        serde_json::to_vec(&registration).map(Zeroizing::new).ok()
+    }
+}
+
+fn password_text(password: &Password) -> Zeroizing<String> {
+    Zeroizing::new(password.expose().to_owned())
+}
+
+/// A digest of what the licence and password files held (or why they could not be read),
+/// never logged: it only tells whether they changed.
+fn fingerprint(
+    licence: &Result<String, String>,
+    password: &Result<Zeroizing<String>, String>,
+) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [
+        licence.as_ref().map(String::as_str),
+        password.as_ref().map(|p| p.as_str()),
+    ] {
+        let (tag, text) = match part {
+            Ok(text) => (b'+', text),
+            Err(reason) => (b'-', reason.as_str()),
+        };
+        hash.update([tag]);
+        hash.update(text.len().to_le_bytes());
+        hash.update(text.as_bytes());
+    }
+    hash.finalize().into()
+}
+
 /// Everything the loop needs.
 pub struct Runner {
     handle: Arc<ShadowHandle>,
-    licensed: Licensed,
-    password: Password,
+    /// The licence and password in force.
+    current: Credentials,
+    /// The pair before, for replicas that have not yet taken the new verifier.
+    previous: Option<Credentials>,
+    /// The files they come from, read again each round.
+    licence_file: PathBuf,
+    password_file: PathBuf,
+    /// The last changed pair refused, not judged (nor logged) again until it changes.
+    refused: Option<[u8; 32]>,
     instance_id: uuid::Uuid,
     replicas: Vec<Link>,
     configured_siblings: Vec<PeerConfig>,
@@ -360,6 +452,8 @@ pub struct Setup<'a> {
     pub config: &'a ShadowConfig,
     /// Its licence.
     pub licensed: Licensed,
+    /// The licence file, read again each round for a new licence.
+    pub licence_file: PathBuf,
     /// Its data directory (the store's).
     pub dir: PathBuf,
     /// Its instance id.
@@ -379,6 +473,7 @@ pub fn prepare(setup: Setup<'_>) -> Result<(Arc<ShadowHandle>, Runner), ShadowEr
     let Setup {
         config,
         licensed,
+        licence_file,
         dir,
         instance_id,
         connector,
@@ -437,6 +532,7 @@ pub fn prepare(setup: Setup<'_>) -> Result<(Arc<ShadowHandle>, Runner), ShadowEr
         rounds,
         in_round: AtomicBool::new(false),
         metrics,
+        licence_issued_at: Mutex::new(issued),
     });
     let clocks = handle.lock_machine().clocks().clone();
     handle.persist_clocks(&clocks)?;
@@ -447,8 +543,11 @@ pub fn prepare(setup: Setup<'_>) -> Result<(Arc<ShadowHandle>, Runner), ShadowEr
     }
     let runner = Runner {
         handle: Arc::clone(&handle),
-        licensed,
-        password,
+        current: Credentials::new(licensed, password),
+        previous: None,
+        licence_file,
+        password_file: config.password_file.clone(),
+        refused: None,
         instance_id,
         replicas: config
             .replicas
@@ -472,12 +571,76 @@ pub fn prepare(setup: Setup<'_>) -> Result<(Arc<ShadowHandle>, Runner), ShadowEr
 
 fn read_password(config: &ShadowConfig) -> Result<Password, ShadowError> {
     let file = config.password_file.display();
-    let text = zeroize::Zeroizing::new(
-        super::read_small(&config.password_file)
-            .map_err(|reason| ShadowError(format!("shadow.passwordFile {file}: {reason}")))?,
-    );
-    Password::parse(text.trim_end_matches(['\n', '\r']))
-        .map_err(|e| ShadowError(format!("shadow.passwordFile {file}: {e}")))
+    let text = read_password_text(&config.password_file)
+        .map_err(|reason| ShadowError(format!("shadow.passwordFile {file}: {reason}")))?;
+    Password::parse(&text).map_err(|e| ShadowError(format!("shadow.passwordFile {file}: {e}")))
+}
+
+/// The password file's text without its line end.
+fn read_password_text(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
+    let text = Zeroizing::new(super::read_small(path)?);
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}
+
+/// Why a changed licence and password were not taken: the file at fault and the reason,
+/// never the password.
+struct Refused {
+    file: PathBuf,
+    reason: String,
+}
+
+/// Judges a changed pair against the one in force (an Argon2 hash: call it off the async
+/// threads). Taken only when the licence verifies under the same key for this server and
+/// shadow, is strictly newer than `in_force`, and the password matches it.
+fn judge(
+    licence: Result<String, String>,
+    password: Result<Zeroizing<String>, String>,
+    in_force: &Licensed,
+    files: (&std::path::Path, &std::path::Path),
+) -> Result<Credentials, Refused> {
+    let (licence_file, password_file) = files;
+    let at_licence = |reason: String| Refused {
+        file: licence_file.to_owned(),
+        reason,
+    };
+    let at_password = |reason: String| Refused {
+        file: password_file.to_owned(),
+        reason,
+    };
+    let text = licence.map_err(at_licence)?;
+    let password = password.map_err(at_password)?;
+    let expected = Expected {
+        server_id: &in_force.licence.server_id,
+        role: Role::Shadow,
+        shadow_name: in_force.licence.shadow_name.as_deref(),
+    };
+    let licence = in_force
+        .verifier
+        .verify(&text, expected)
+        .map_err(|e| at_licence(e.to_string()))?;
+    if licence.issued_at <= in_force.licence.issued_at {
+        return Err(at_licence(format!(
+            "issued at {}, not after the licence in force (issued at {}); only a newer licence is taken",
+            licence.issued_at, in_force.licence.issued_at
+        )));
+    }
+    let password = Password::parse(&password).map_err(|e| at_password(e.to_string()))?;
+    if licence.check_password(&password).is_err() {
+        return Err(at_password(format!(
+            "the password does not match the password verifier of the new licence in {}",
+            licence_file.display()
+        )));
+    }
+    Ok(Credentials::new(
+        Licensed {
+            licence,
+            text,
+            verifier: in_force.verifier,
+        },
+        password,
+    ))
 }
 
 /// The persisted limit clocks, if any. Unreadable ones stop the start: they are what a
@@ -544,6 +707,8 @@ impl Runner {
                 self.handle.rounds.send_modify(|n| *n += 1);
                 self.handle.in_round.store(false, Ordering::Release);
             } else {
+                // A disabled shadow polls no more, but a newer licence re-enables it.
+                self.check_credentials().await;
                 let now = Timestamp::now();
                 let transition = self.handle.lock_machine().tick(now);
                 self.after_step(transition);
@@ -565,7 +730,76 @@ impl Runner {
         self.handle.metrics.shadow_state(state);
     }
 
+    /// Reads the licence and password files and, when they hold a changed pair, takes it if
+    /// it is valid (registering again at every replica this round, relicensing the state
+    /// machine) or refuses it and keeps the pair in force.
+    async fn check_credentials(&mut self) {
+        let files = (self.licence_file.clone(), self.password_file.clone());
+        let Ok((licence, password)) = tokio::task::spawn_blocking(move || {
+            (
+                super::read_small(&files.0).map(|t| t.trim().to_owned()),
+                read_password_text(&files.1),
+            )
+        })
+        .await
+        else {
+            return;
+        };
+        let seen = fingerprint(&licence, &password);
+        if seen == self.current.fingerprint || self.refused == Some(seen) {
+            return;
+        }
+        let in_force = self.current.licensed.clone();
+        let files = (self.licence_file.clone(), self.password_file.clone());
+        let Ok(judged) = tokio::task::spawn_blocking(move || {
+            judge(licence, password, &in_force, (&files.0, &files.1))
+        })
+        .await
+        else {
+            return;
+        };
+        match judged {
+            Err(refused) => {
+                self.refused = Some(seen);
+                self.handle.metrics.credential_reload("refused");
+                tracing::warn!(
+                    file = %refused.file.display(),
+                    reason = refused.reason,
+                    "changed shadow licence or password refused; keeping the pair in force"
+                );
+            }
+            Ok(new) => {
+                let issued = new.licensed.licence.issued_at;
+                let old = std::mem::replace(&mut self.current, new);
+                self.previous = Some(old);
+                self.refused = None;
+                for link in &mut self.replicas {
+                    link.registered = None;
+                }
+                *self
+                    .handle
+                    .licence_issued_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = issued;
+                self.handle.metrics.credential_reload("loaded");
+                tracing::info!(
+                    licence = %self.licence_file.display(),
+                    issued_at = %issued,
+                    "took a new shadow licence and password; registering again at every replica"
+                );
+                let transition = self
+                    .handle
+                    .lock_machine()
+                    .relicense(issued, Timestamp::now())
+                    .ok()
+                    .flatten();
+                self.after_step(transition);
+            }
+        }
+    }
+
     async fn round(&mut self) {
+        self.check_credentials().await;
         let report = {
             let machine = self.handle.lock_machine();
             ShadowReport {
@@ -578,23 +812,19 @@ impl Runner {
             }
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
-        let registration = ShadowRegistration {
-            licence: self.licensed.text.clone(),
-            password: PasswordText::new(&self.password),
-            instance_id: self.instance_id,
+        let registrations = Registrations {
+            current: self.current.registration(self.instance_id),
+            previous: self
+                .previous
+                .as_ref()
+                .and_then(|p| p.registration(self.instance_id)),
         };
-        let registration = serde_json::to_vec(&registration)
-            .map(zeroize::Zeroizing::new)
-            .ok();
         let timeout = self.poll_timeout;
-        let answers: Vec<Answer> = join_all(self.replicas.iter_mut().map(|link| {
-            poll_replica(
-                link,
-                &body,
-                registration.as_ref().map(|r| r.as_slice()),
-                timeout,
-            )
-        }))
+        let answers: Vec<Answer> = join_all(
+            self.replicas
+                .iter_mut()
+                .map(|link| poll_replica(link, &body, &registrations, timeout)),
+        )
         .await;
         let now = Timestamp::now();
         let mut view = None;
@@ -801,47 +1031,134 @@ async fn mirror(mut link: Link, store: Store, kek: Kek, handle: Arc<ShadowHandle
     link
 }
 
+/// The registration bodies of the pair in force and of the one before it.
+struct Registrations {
+    current: Option<Zeroizing<Vec<u8>>>,
+    previous: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// What a registration call gave.
+enum Registering {
+    /// Registered.
+    Registered,
+    /// Refused: the reason code if the reply said one, and the problem for the reachability.
+    Refused(Option<RefusalCode>, String),
+    /// No answer in time.
+    Gone(String),
+}
+
+/// The problem a refusal leaves in the shadow's view of the replica: its code, as before.
+fn short(code: Option<RefusalCode>, why: String) -> String {
+    code.map_or(why, |code| format!("registration refused: {code}"))
+}
+
+/// A replica refuses the new pair with these while it has not taken the new verifier.
+fn verifier_not_taken(code: Option<RefusalCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RefusalCode::PasswordWrong | RefusalCode::VerifierExpired | RefusalCode::UnknownShadow
+        )
+    )
+}
+
+async fn register(link: &mut Link, body: &[u8], timeout: Duration) -> Registering {
+    match link
+        .call(Method::POST, "/v1/shadow/register", body.to_vec(), timeout)
+        .await
+    {
+        Ok((StatusCode::OK, reply)) => {
+            if let Ok(RegistrationReply::Registered {
+                verifier_not_after: Some(at),
+                ..
+            }) = RegistrationReply::from_json(&reply)
+            {
+                tracing::warn!(replica = %link.name, not_after = %at, "registered with a password that expires; the shadow needs its new one by then");
+            } else {
+                tracing::info!(replica = %link.name, "registered with replica");
+            }
+            Registering::Registered
+        }
+        Ok((status, reply)) => match RegistrationReply::from_json(&reply) {
+            Ok(RegistrationReply::Refused { reason, message }) => Registering::Refused(
+                Some(reason),
+                format!("registration refused: {reason}: {message}"),
+            ),
+            _ => Registering::Refused(None, format!("registration answered {status}")),
+        },
+        Err(e) => Registering::Gone(e),
+    }
+}
+
+/// Registers with one replica: with the pair in force, else, where the replica has not
+/// taken its verifier yet, with the previous pair. Where it holds the previous pair, tries
+/// the pair in force again, and keeps the registration it has if that is refused.
+async fn register_with(
+    link: &mut Link,
+    registrations: &Registrations,
+    timeout: Duration,
+) -> Result<(), Answer> {
+    let Some(current) = registrations.current.as_deref() else {
+        return Err(Answer::Gone("failed to encode the registration".to_owned()));
+    };
+    match link.registered {
+        Some(Held::Current) => Ok(()),
+        Some(Held::Previous) => match register(link, current, timeout).await {
+            Registering::Registered => {
+                tracing::info!(replica = %link.name, "registered with the new licence and password where the previous pair was registered");
+                link.registered = Some(Held::Current);
+                Ok(())
+            }
+            // Refused: the previous pair's registration stands.
+            Registering::Refused(_, why) => {
+                tracing::debug!(replica = %link.name, refused = %why, "the replica still refuses the new licence and password; the previous pair stays registered");
+                Ok(())
+            }
+            Registering::Gone(e) => Err(Answer::Gone(e)),
+        },
+        None => match register(link, current, timeout).await {
+            Registering::Registered => {
+                link.registered = Some(Held::Current);
+                Ok(())
+            }
+            Registering::Refused(code, why) => {
+                let Some(previous) = registrations
+                    .previous
+                    .as_deref()
+                    .filter(|_| verifier_not_taken(code))
+                else {
+                    tracing::error!(replica = %link.name, refused = %why, "registration refused");
+                    return Err(Answer::Refused(short(code, why)));
+                };
+                match register(link, previous, timeout).await {
+                    Registering::Registered => {
+                        tracing::warn!(replica = %link.name, refused = %why, "the replica refused the new licence and password (it has not taken the new verifier yet); registered with the previous pair");
+                        link.registered = Some(Held::Previous);
+                        Ok(())
+                    }
+                    Registering::Refused(code, why) => {
+                        tracing::error!(replica = %link.name, refused = %why, "registration refused, with the new licence and password and with the previous pair");
+                        Err(Answer::Refused(short(code, why)))
+                    }
+                    Registering::Gone(e) => Err(Answer::Gone(e)),
+                }
+            }
+            Registering::Gone(e) => Err(Answer::Gone(e)),
+        },
+    }
+}
+
 /// Reports to one replica, registering first when it does not know this shadow. Every call
 /// must be answered within `timeout`, the registration too: a replica that does not is gone.
 async fn poll_replica(
     link: &mut Link,
     report: &[u8],
-    registration: Option<&[u8]>,
+    registrations: &Registrations,
     timeout: Duration,
 ) -> Answer {
     for attempt in 0..2 {
-        if !link.registered {
-            let Some(body) = registration else {
-                return Answer::Gone("failed to encode the registration".to_owned());
-            };
-            match link
-                .call(Method::POST, "/v1/shadow/register", body.to_vec(), timeout)
-                .await
-            {
-                Ok((StatusCode::OK, reply)) => {
-                    link.registered = true;
-                    if let Ok(RegistrationReply::Registered {
-                        verifier_not_after: Some(at),
-                        ..
-                    }) = RegistrationReply::from_json(&reply)
-                    {
-                        tracing::warn!(replica = %link.name, not_after = %at, "registered with a password that expires; the shadow needs its new one by then");
-                    } else {
-                        tracing::info!(replica = %link.name, "registered with replica");
-                    }
-                }
-                Ok((status, reply)) => {
-                    let why = match RegistrationReply::from_json(&reply) {
-                        Ok(RegistrationReply::Refused { reason, message }) => {
-                            tracing::error!(replica = %link.name, reason = %reason, message, "registration refused");
-                            format!("registration refused: {reason}")
-                        }
-                        _ => format!("registration answered {status}"),
-                    };
-                    return Answer::Refused(why);
-                }
-                Err(e) => return Answer::Gone(e),
-            }
+        if let Err(answer) = register_with(link, registrations, timeout).await {
+            return answer;
         }
         match link
             .call(Method::POST, "/v1/shadow/report", report.to_vec(), timeout)
@@ -853,8 +1170,9 @@ async fn poll_replica(
                     Err(e) => Answer::Refused(format!("unreadable answer: {e}")),
                 };
             }
-            // The replica restarted and forgot this shadow: register again, once.
-            Ok((StatusCode::FORBIDDEN, _)) if attempt == 0 => link.registered = false,
+            // The replica restarted and forgot this shadow, or retired the verifier it
+            // registered with: register again, once.
+            Ok((StatusCode::FORBIDDEN, _)) if attempt == 0 => link.registered = None,
             Ok((status, _)) => return Answer::Refused(format!("answered {status}")),
             Err(e) => return Answer::Gone(e),
         }
