@@ -364,24 +364,14 @@ impl Estate {
                     "a single replica and no Shadow: if it is lost, every key it created is lost with it",
                 ));
             }
-            let zones = &km.spec.placement.zones;
-            if zones.is_empty() {
-                continue;
-            }
-            let remote = shadows
-                .iter()
-                .any(|s| !zones.contains(&s.spec.placement.zone));
-            if remote {
-                continue;
-            }
-            for shadow in shadows {
+            for risk in crate::placement::placement_risks(km, &shadows) {
+                let Some(shadow) = shadows.iter().find(|s| s.name_any() == risk.shadow) else {
+                    continue;
+                };
                 findings.push(Finding::warning(
-                    Some(object_ref("Shadow", shadow)),
-                    "spec.placement.zone",
-                    format!(
-                        "zone {:?} is where KeyManager {:?} runs, and it has no shadow elsewhere: one site outage takes both",
-                        shadow.spec.placement.zone, me.1
-                    ),
+                    Some(object_ref("Shadow", *shadow)),
+                    risk.field,
+                    risk.message,
                 ));
             }
         }

@@ -11,6 +11,7 @@
 //! - [`drive_history`]: the drives each KeyManager has served, and carrying their keys.
 //! - [`license`] and [`password`]: signed server and shadow licenses, shadow passwords.
 //! - [`pki`]: certificate authorities and the certificates they sign.
+//! - [`placement`]: where a KeyManager's Shadows run, judged against its replicas.
 //! - [`server_config`]: the key server's configuration file, rendered by the operator.
 //! - [`replica_sync`]: the admin API's sync contract (summary, delta, digest and merge
 //!   replies), shared by the server and the operator.
@@ -29,6 +30,7 @@ pub mod license;
 pub mod manifest;
 pub mod password;
 pub mod pki;
+pub mod placement;
 pub mod replica_sync;
 pub mod server_config;
 pub mod shadow;

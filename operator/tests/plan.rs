@@ -319,8 +319,33 @@ fn scenarios() -> Vec<Scenario> {
                 f
             },
             head: |f| edit(f, "estate/shadow-2.yaml", "us-east-1a", "eu-central-1a"),
-            codes: &[codes::SHADOWS_ONE_ZONE],
+            // validate warns of the same placement, once per Shadow.
+            codes: &[codes::SHADOWS_ONE_ZONE, codes::NEW_WARNING],
             exit: EXIT_RISKS,
+        },
+        Scenario {
+            // One Shadow elsewhere survives the replicas' site: the one beside them is no
+            // placement risk (the same rule as validate and the PlacementRisk condition).
+            name: "shadow-beside-primary-with-another-elsewhere",
+            base: || {
+                let mut f = quickstart();
+                add(
+                    &mut f,
+                    "estate/shadow-2.yaml",
+                    "apiVersion: shadowkeep.io/v1alpha1\nkind: Shadow\nmetadata:\n  name: tape-keys-dr2\nspec:\n  keyManagerRef:\n    name: tape-keys\n  placement:\n    zone: us-east-1a\n",
+                );
+                f
+            },
+            head: |f| {
+                edit(
+                    f,
+                    "estate/shadow.yaml",
+                    "zone: eu-central-1a",
+                    "zone: eu-west-1b",
+                );
+            },
+            codes: &[],
+            exit: EXIT_CHANGES,
         },
         Scenario {
             name: "shadow-limit-shortened",

@@ -47,11 +47,20 @@ fn quickstart_renders_as_the_golden_file() {
             "Secret",
             "Secret",
             "Secret",
+            "Secret",
             "ConfigMap",
             "Service",
             "Service",
             "StatefulSet",
-            "PodDisruptionBudget"
+            "PodDisruptionBudget",
+            // The Shadow's, after its KeyManager's.
+            "Secret",
+            "Secret",
+            "Secret",
+            "ConfigMap",
+            "Service",
+            "Service",
+            "StatefulSet",
         ],
         "apply order"
     );
@@ -81,6 +90,8 @@ fn material() -> Material {
         tls: Some((b"crt".to_vec(), b"key".to_vec(), b"ca".to_vec())),
         license: b"skl1.x.y".to_vec(),
         ca_key: Some(b"ca key".to_vec()),
+        license_public_key: "ab".repeat(32),
+        shadow_verifiers: b"{}".to_vec(),
     }
 }
 
@@ -312,4 +323,142 @@ fn a_cert_manager_key_manager_gets_a_certificate_for_its_replicas() {
             .any(|v| v["secret"]["secretName"] == "tape-keys-tls")
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_replicas_are_licensed_and_mount_their_license_and_the_shadow_verifiers() {
+    let objects = objects(&repo().join("examples/quickstart"), &material());
+    let licence = server_config(&objects).licence.unwrap();
+    assert_eq!(
+        licence.file.to_str(),
+        Some("/etc/shadowkeep/license/license")
+    );
+    assert_eq!(licence.public_key, "ab".repeat(32));
+    let verifiers = named(&objects, "Secret", "tape-keys-shadow-verifiers");
+    assert_eq!(
+        verifiers["data"]["verifiers.json"], "e30=",
+        "{{}} as base64"
+    );
+    assert_eq!(
+        verifiers["metadata"]["ownerReferences"][0]["kind"],
+        "KeyManager"
+    );
+    let index = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .position(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap()
+    };
+    assert!(
+        index("Secret", "tape-keys-shadow-verifiers") < index("StatefulSet", "tape-keys"),
+        "what the pods mount is applied first"
+    );
+    let pod = &named(&objects, "StatefulSet", "tape-keys")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    for (volume, secret) in [
+        ("license", "tape-keys-license"),
+        ("shadow-verifiers", "tape-keys-shadow-verifiers"),
+    ] {
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["name"] == volume && v["secret"]["secretName"] == secret),
+            "{volume}"
+        );
+    }
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    for (volume, path) in [
+        ("license", "/etc/shadowkeep/license"),
+        ("shadow-verifiers", "/etc/shadowkeep/shadow-verifiers"),
+    ] {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == volume && m["mountPath"] == path && m["readOnly"] == true),
+            "{volume}"
+        );
+    }
+}
+
+#[test]
+fn the_shadow_hint_list_holds_at_most_100_addresses_one_per_line() {
+    let (report, estate) = load(&[repo().join("examples/quickstart")]);
+    assert_eq!(report.exit_code(), 0);
+    let inputs = Inputs::from_estate(&estate);
+    let addresses: Vec<String> = (0..150)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
+    let map = shadowkeep::build::shadow_hints_config_map(&inputs[0], &addresses);
+    assert_eq!(map.metadata.name.as_deref(), Some("tape-keys-shadow-hints"));
+    let text = &map.data.unwrap()["addresses"];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 100);
+    assert_eq!(lines[..2], ["10.0.0.0", "10.0.0.1"]);
+    assert_eq!(lines[99], "10.0.0.99");
+    assert!(text.ends_with("10.0.0.99\n"));
+    let two = shadowkeep::build::shadow_hints_config_map(&inputs[0], &addresses[..2]);
+    assert_eq!(two.data.unwrap()["addresses"], "10.0.0.0\n10.0.0.1\n");
+}
+
+/// `SHADOWKEEP_BLESS=1 cargo test -p shadowkeep --test render` rewrites the golden file.
+#[test]
+fn shadows_render_after_their_key_manager_as_the_golden_file() {
+    let (code, text) = rendered(&[repo().join("tests/render/shadows")]);
+    assert_eq!(code, 0, "{text}");
+    let golden = repo().join("operator/tests/golden/shadows.yaml");
+    if std::env::var_os("SHADOWKEEP_BLESS").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert!(
+        text == expected,
+        "rendering changed; review it and run `SHADOWKEEP_BLESS=1 cargo test -p shadowkeep --test render`\n{text}"
+    );
+    let order: Vec<String> = text
+        .split("\n---\n")
+        .map(|doc| {
+            let doc: Value = serde_yaml::from_str(doc.trim_start_matches("---\n")).unwrap();
+            format!(
+                "{} {}",
+                doc["kind"].as_str().unwrap(),
+                doc["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let first_shadow = order
+        .iter()
+        .position(|o| o == "Secret vault-dr-license")
+        .unwrap();
+    assert_eq!(order[first_shadow - 1], "PodDisruptionBudget vault");
+    assert_eq!(
+        order[first_shadow..],
+        [
+            "Secret vault-dr-license",
+            "Secret vault-dr-password",
+            "Secret vault-dr-tls",
+            "ConfigMap vault-dr-config",
+            "Service vault-dr-admin",
+            "Service vault-dr-kmip",
+            "StatefulSet vault-dr",
+            "Secret vault-dr2-license",
+            "Secret vault-dr2-password",
+            "Secret vault-dr2-tls",
+            "ConfigMap vault-dr2-config",
+            "Service vault-dr2-admin",
+            "Service vault-dr2-kmip",
+            "StatefulSet vault-dr2",
+        ]
+    );
+    // Masked like the KeyManager's Secrets: no password, licence or key shown.
+    assert!(
+        text.contains(
+            "shadowkeep.io/rendered-data: 'masked: password; generated or read by the operator'"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("example.com/dedicated"), "the tolerations");
+    assert!(
+        text.contains("example.com/role: key-shadow"),
+        "the node selector"
+    );
 }

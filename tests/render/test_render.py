@@ -27,12 +27,42 @@ def test_quickstart_renders_objects_that_pass_strict_validation(tmp_path):
     assert result.returncode == 0, report
     kinds = [
         "secret/tape-keys-kek", "secret/tape-keys-keystore", "secret/tape-keys-ca", "secret/tape-keys-tls",
-        "secret/tape-keys-license", "configmap/tape-keys-config", "service/tape-keys-peers",
-        "service/tape-keys-kmip", "statefulset/tape-keys", "poddisruptionbudget/tape-keys",
+        "secret/tape-keys-license", "secret/tape-keys-shadow-verifiers", "configmap/tape-keys-config",
+        "service/tape-keys-peers", "service/tape-keys-kmip", "statefulset/tape-keys",
+        "poddisruptionbudget/tape-keys",
+        *shadow_kinds("tape-keys-dr"),
     ]
     for kind in kinds:
         assert f"passed for resource {kind} " in report, report
     assert "failed" not in report
+
+
+def shadow_kinds(shadow):
+    return [
+        f"secret/{shadow}-license", f"secret/{shadow}-password", f"secret/{shadow}-tls",
+        f"configmap/{shadow}-config", f"service/{shadow}-admin", f"service/{shadow}-kmip",
+        f"statefulset/{shadow}",
+    ]
+
+
+def test_shadows_render_objects_that_pass_strict_validation(tmp_path):
+    """Shadows with node selectors and tolerations (tests/render/shadows)."""
+    rendered = subprocess.run(
+        [SHADOWKEEP, "render", "tests/render/shadows"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout
+    manifest = tmp_path / "shadows.yaml"
+    manifest.write_bytes(rendered)
+    result = subprocess.run(
+        [str(VALIDATE), "--strict", "-k", "1.32.0", str(manifest)],
+        capture_output=True, text=True, timeout=120,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    for kind in ["statefulset/vault", *shadow_kinds("vault-dr"), *shadow_kinds("vault-dr2")]:
+        assert f"passed for resource {kind} " in report, report
+    assert "failed" not in report
+    assert "tolerations:" in rendered.decode()
 
 
 def test_strict_validation_would_catch_a_wrong_field(tmp_path):

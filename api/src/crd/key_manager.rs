@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Interval, interval_rule};
+use super::shadow::ShadowState;
 
 /// The KMIP port registered with IANA; tape libraries default to it.
 pub const KMIP_PORT: i32 = 5696;
@@ -343,6 +344,12 @@ pub struct KeyManagerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadow_hints: Vec<String>,
 
+    /// This key manager's shadows as their Shadow resources report them, so that one
+    /// `kubectl get` of the KeyManager shows where its keys can still be served from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub shadows: Vec<KeyManagerShadow>,
+
     /// The last `shadowkeep.io/reconcile-requested-at` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
@@ -351,6 +358,25 @@ pub struct KeyManagerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub replica_sync: Vec<ReplicaSyncStatus>,
+}
+
+/// One shadow of a KeyManager, as its Shadow resource reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyManagerShadow {
+    /// The Shadow's name.
+    pub name: String,
+
+    /// The zone it runs in (`spec.placement.zone`).
+    pub zone: String,
+
+    /// What it is doing, when it has said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ShadowState>,
+
+    /// When it last held every key of this key manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synchronized: Option<Time>,
 }
 
 /// One replica's keystore, as the last keystore sync found it.

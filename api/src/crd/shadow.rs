@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -125,6 +126,11 @@ pub struct ShadowPlacement {
     /// Further node labels the shadow's node must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+
+    /// Taints of the shadow's nodes that it tolerates. A site kept for emergencies often
+    /// taints its nodes so that nothing else lands there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// What the user wants a shadow to do.
@@ -162,7 +168,7 @@ pub struct ShadowStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, Placement, PasswordRotation.
+    /// Ready, Serving, PlacementRisk, PasswordRotation, DuplicateServerId.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -186,4 +192,14 @@ pub struct ShadowStatus {
     /// When the shadow's password was last replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotated_at: Option<Time>,
+
+    /// The last `shadowkeep.io/sync-requested-at` annotation value acted on, so that a
+    /// user who asked for a sync can see it was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_sync_at: Option<String>,
+
+    /// The last `shadowkeep.io/rotate-password-requested-at` annotation value acted on, so
+    /// that a user who asked for a new password can see it was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_rotation_at: Option<String>,
 }

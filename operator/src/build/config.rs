@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt as _;
 use sha2::{Digest as _, Sha256};
 use shadowkeep_api::server_config::{
-    DriveEntry, DrivePolicy, KeyGroupEntry, KmipConfig, PeerConfig, ReplicationConfig,
-    ServerConfig, TlsFiles,
+    DriveEntry, DrivePolicy, KeyGroupEntry, KmipConfig, LicenceConfig, PeerConfig,
+    ReplicationConfig, ServerConfig, TlsFiles,
 };
 
 use super::{ADMIN_PORT, BuildError, Inputs, KMIP_PORT};
@@ -27,9 +27,23 @@ pub const KEK_DIR: &str = "/etc/shadowkeep/kek";
 pub const KEYSTORE_DIR: &str = "/etc/shadowkeep/keystore";
 /// The data volume.
 pub const DATA_DIR: &str = "/var/lib/shadowkeep";
+/// Where the license Secret is mounted (key `license`).
+pub const LICENSE_DIR: &str = "/etc/shadowkeep/license";
+/// Where the shadow verifiers Secret is mounted (key `verifiers.json`).
+pub const SHADOW_VERIFIERS_DIR: &str = "/etc/shadowkeep/shadow-verifiers";
 
-/// The server configuration of the KeyManager's replicas.
-pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
+/// The licence section: the mounted license, and the KeyManager's licence key
+/// (`license_public_key`, 64 hex digits) it and every shadow registration must verify under.
+pub fn licence(license_public_key: &str) -> LicenceConfig {
+    LicenceConfig {
+        file: PathBuf::from(format!("{LICENSE_DIR}/license")),
+        public_key: license_public_key.to_owned(),
+    }
+}
+
+/// The server configuration of the KeyManager's replicas; `license_public_key` is the
+/// KeyManager's licence key (64 hex digits).
+pub fn server_config(inputs: &Inputs<'_>, license_public_key: &str) -> ServerConfig {
     let km = inputs.key_manager;
     let replicas = usize::try_from(km.spec.replicas).unwrap_or(1);
     let tls = |f: &str| PathBuf::from(format!("{TLS_DIR}/{f}"));
@@ -102,7 +116,7 @@ pub fn server_config(inputs: &Inputs<'_>) -> ServerConfig {
                 .map_or(0, |n| usize::try_from(n).unwrap_or(0)),
         }),
         keystore_file: Some(PathBuf::from(format!("{KEYSTORE_DIR}/keystore"))),
-        licence: None,
+        licence: Some(licence(license_public_key)),
         shadow: None,
     }
 }
@@ -128,8 +142,8 @@ pub fn replicas_of(inputs: &Inputs<'_>) -> Vec<PeerConfig> {
 }
 
 /// The ConfigMap holding the configuration file.
-pub fn config_map(inputs: &Inputs<'_>) -> Result<ConfigMap, BuildError> {
-    let yaml = server_config(inputs)
+pub fn config_map(inputs: &Inputs<'_>, license_public_key: &str) -> Result<ConfigMap, BuildError> {
+    let yaml = server_config(inputs, license_public_key)
         .to_yaml()
         .map_err(|e| BuildError(e.to_string()))?;
     Ok(ConfigMap {
@@ -137,6 +151,25 @@ pub fn config_map(inputs: &Inputs<'_>) -> Result<ConfigMap, BuildError> {
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), yaml)])),
         ..ConfigMap::default()
     })
+}
+
+/// The most addresses the hint list carries, as the replicas' `GET /v1/hints` does.
+pub const MAX_SHADOW_HINTS: usize = 100;
+
+/// The KeyManager's shadow hint list: the first [`MAX_SHADOW_HINTS`] of `addresses` (IP
+/// addresses of its shadows, highest priority first), one per line under `addresses`, for
+/// tape library administrators and tools to read without asking a replica.
+pub fn shadow_hints_config_map(inputs: &Inputs<'_>, addresses: &[String]) -> ConfigMap {
+    let mut text = String::new();
+    for address in addresses.iter().take(MAX_SHADOW_HINTS) {
+        text.push_str(address);
+        text.push('\n');
+    }
+    ConfigMap {
+        metadata: inputs.meta(&inputs.names().shadow_hints, true),
+        data: Some(BTreeMap::from([("addresses".to_owned(), text)])),
+        ..ConfigMap::default()
+    }
 }
 
 /// A hash of the configuration, put on the pod template so that a change rolls the pods.

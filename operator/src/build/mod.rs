@@ -9,6 +9,7 @@ mod config;
 mod pdb;
 mod secret;
 mod service;
+pub mod shadow;
 mod statefulset;
 
 use std::collections::BTreeMap;
@@ -22,13 +23,20 @@ use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 
 pub use certificate::certificate;
-pub use config::{CONFIG_FILE, config_hash, config_map, port, replicas_of, server_config};
+pub use config::{
+    CONFIG_FILE, MAX_SHADOW_HINTS, config_hash, config_map, licence, port, replicas_of,
+    server_config, shadow_hints_config_map,
+};
 pub use pdb::pod_disruption_budget;
 pub use secret::{
     KEEP_ANNOTATION, Material, ca_secret, ca_secret_of, kek_secret, kek_secret_of, keystore_secret,
-    keystore_secret_of, license_secret, signing_secret_of, tls_secret, tls_secret_of,
+    keystore_secret_of, license_secret, shadow_verifiers_secret, signing_secret_of, tls_secret,
+    tls_secret_of,
 };
 pub use service::{client_service, peer_service};
+pub use shadow::{
+    ShadowInputs, ShadowMaterial, ShadowNames, shadow_children, shadow_config, shadow_tls,
+};
 pub use statefulset::statefulset;
 
 /// The server image used when a KeyManager names none: the one released with this operator.
@@ -236,6 +244,10 @@ pub struct Names {
     pub keystore: String,
     /// Secret with the server license.
     pub license: String,
+    /// Secret with the verifiers of the shadows' passwords.
+    pub shadow_verifiers: String,
+    /// ConfigMap with the shadows' hint addresses.
+    pub shadow_hints: String,
 }
 
 impl Names {
@@ -252,6 +264,8 @@ impl Names {
             signing: format!("{name}-license-signing"),
             keystore: format!("{name}-keystore"),
             license: format!("{name}-license"),
+            shadow_verifiers: format!("{name}-shadow-verifiers"),
+            shadow_hints: format!("{name}-shadow-hints"),
         }
     }
 }
@@ -289,15 +303,18 @@ impl Child {
     }
 }
 
-/// The children applied on every reconcile, in apply order: the license Secret, the
-/// cert-manager Certificate (when asked for), ConfigMap, Services, StatefulSet,
-/// PodDisruptionBudget. What the StatefulSet mounts comes before it.
+/// The children applied on every reconcile, in apply order: the license and shadow
+/// verifiers Secrets, the cert-manager Certificate (when asked for), ConfigMap, Services,
+/// StatefulSet, PodDisruptionBudget. What the StatefulSet mounts comes before it.
 pub fn applied(inputs: &Inputs<'_>, material: &Material) -> Result<Vec<Child>, BuildError> {
-    let mut out = vec![Child::Secret(license_secret(inputs, material))];
+    let mut out = vec![
+        Child::Secret(license_secret(inputs, material)),
+        Child::Secret(shadow_verifiers_secret(inputs, material)),
+    ];
     if let Some(certificate) = certificate(inputs) {
         out.push(Child::Certificate(certificate));
     }
-    let config = config_map(inputs)?;
+    let config = config_map(inputs, &material.license_public_key)?;
     let hash = config_hash(&config);
     out.push(Child::ConfigMap(config));
     out.push(Child::Service(peer_service(inputs)));

@@ -14,7 +14,8 @@ use super::{Inputs, Names};
 pub const KEEP_ANNOTATION: &str = "shadowkeep.io/keep-on-delete";
 
 /// What must be generated or read rather than built: the KEK, the canonical keystore,
-/// the replica certificate (when the operator makes it) and the signed server license.
+/// the replica certificate (when the operator makes it), the signed server license with
+/// the key it verifies under, and the verifiers of the shadows' passwords.
 #[derive(Clone, Default)]
 pub struct Material {
     /// The 32-byte KEK.
@@ -27,6 +28,12 @@ pub struct Material {
     pub license: Vec<u8>,
     /// PEM key of the generated CA, kept apart from what pods mount.
     pub ca_key: Option<Vec<u8>>,
+    /// The KeyManager's licence verifying key, 64 hex digits: the license and every shadow
+    /// registration must verify under it. Public, so it goes into the configuration.
+    pub license_public_key: String,
+    /// The verifiers of the shadows' passwords (`verifiers.json`), as the rotation keeps
+    /// them; the replicas hold these, never a password.
+    pub shadow_verifiers: Vec<u8>,
 }
 
 impl std::fmt::Debug for Material {
@@ -176,5 +183,16 @@ pub fn license_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
         &inputs.names().license,
         true,
         vec![("license", &material.license)],
+    )
+}
+
+/// The verifiers of the shadows' passwords, which every replica mounts to judge shadow
+/// registrations. Owned and rebuilt: the rotation keeps its own record.
+pub fn shadow_verifiers_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
+    secret(
+        inputs,
+        &inputs.names().shadow_verifiers,
+        true,
+        vec![("verifiers.json", &material.shadow_verifiers)],
     )
 }

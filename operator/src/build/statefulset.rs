@@ -11,14 +11,19 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config::{CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEK_DIR, KEYSTORE_DIR, TLS_DIR};
+use super::config::{
+    CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEK_DIR, KEYSTORE_DIR, LICENSE_DIR, SHADOW_VERIFIERS_DIR,
+    TLS_DIR,
+};
+use shadowkeep_api::crd::{KeyManagerSpec, StorageSpec};
+
 use super::{ADMIN_PORT, DEFAULT_IMAGE, Inputs, KMIP_PORT};
 
 /// Annotation carrying the configuration hash on the pod template.
@@ -26,7 +31,24 @@ pub const CONFIG_HASH: &str = "shadowkeep.io/config-hash";
 /// The user and group the server runs as (the distroless `nonroot` user).
 const NONROOT: i64 = 65532;
 
-fn mount(name: &str, path: &str) -> VolumeMount {
+/// The node label of a node's own name.
+pub(super) const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// The pods `selector` selects, grouped by the node label `topology_key`: a term of pod
+/// (anti-)affinity.
+pub(super) fn pods_by(selector: &BTreeMap<String, String>, topology_key: &str) -> PodAffinityTerm {
+    PodAffinityTerm {
+        topology_key: topology_key.to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..LabelSelector::default()
+        }),
+        ..PodAffinityTerm::default()
+    }
+}
+
+/// The mount of volume `name` at `path`; read-only but for the data volume.
+pub(super) fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -35,8 +57,9 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-fn secret_volume(name: &str, secret: &str, optional: bool) -> k8s_openapi::api::core::v1::Volume {
-    k8s_openapi::api::core::v1::Volume {
+/// The volume `name` of Secret `secret`, readable by the server's group only.
+pub(super) fn secret_volume(name: &str, secret: &str, optional: bool) -> Volume {
+    Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.to_owned()),
@@ -44,10 +67,11 @@ fn secret_volume(name: &str, secret: &str, optional: bool) -> k8s_openapi::api::
             default_mode: Some(0o440),
             ..SecretVolumeSource::default()
         }),
-        ..k8s_openapi::api::core::v1::Volume::default()
+        ..Volume::default()
     }
 }
 
+/// An HTTPS probe of the admin API's `path`.
 fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -62,17 +86,26 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-/// The server container.
-fn container(inputs: &Inputs<'_>) -> Container {
-    let km = &inputs.key_manager.spec;
+/// The image of a KeyManager's servers, replicas and shadows alike: the KeyManager's, else
+/// `default_image`, else [`DEFAULT_IMAGE`].
+pub(super) fn image(key_manager: &KeyManagerSpec, default_image: Option<&String>) -> String {
+    key_manager
+        .image
+        .clone()
+        .or_else(|| default_image.cloned())
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_owned())
+}
+
+/// The server container, replica or shadow: locked down, probed on the admin API, with
+/// `mounts`.
+pub(super) fn server_container(
+    image: String,
+    resources: Option<ResourceRequirements>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
     Container {
         name: "server".to_owned(),
-        image: Some(
-            km.image
-                .clone()
-                .or_else(|| inputs.default_image.clone())
-                .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
-        ),
+        image: Some(image),
         args: Some(vec![
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
@@ -104,7 +137,7 @@ fn container(inputs: &Inputs<'_>) -> Container {
         ]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: km.resources.clone(),
+        resources,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -115,45 +148,14 @@ fn container(inputs: &Inputs<'_>) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("config", CONFIG_DIR),
-            mount("tls", TLS_DIR),
-            mount("kek", KEK_DIR),
-            mount("keystore", KEYSTORE_DIR),
-            mount("data", DATA_DIR),
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }
 
-/// The pod: locked down, spread over hosts and zones, with its volumes.
-fn pod(inputs: &Inputs<'_>) -> PodSpec {
-    let km = &inputs.key_manager.spec;
-    let names = inputs.names();
-    let tls_secret = inputs.tls_secret_name();
-    let selector = inputs.selector();
-    let spread_over = |key: &str| PodAffinityTerm {
-        topology_key: key.to_owned(),
-        label_selector: Some(LabelSelector {
-            match_labels: Some(selector.clone()),
-            ..LabelSelector::default()
-        }),
-        ..PodAffinityTerm::default()
-    };
-    let zones = &km.placement.zones;
-    let node_affinity = (!zones.is_empty()).then(|| NodeAffinity {
-        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-            node_selector_terms: vec![NodeSelectorTerm {
-                match_expressions: Some(vec![NodeSelectorRequirement {
-                    key: km.placement.topology_key.clone(),
-                    operator: "In".to_owned(),
-                    values: Some(zones.clone()),
-                }]),
-                ..NodeSelectorTerm::default()
-            }],
-        }),
-        ..NodeAffinity::default()
-    });
+/// A server pod, replica or shadow, locked down: non-root, no service account token, no
+/// service links, the runtime's seccomp profile. Placement is the caller's.
+pub(super) fn locked_down_pod(container: Container, volumes: Vec<Volume>) -> PodSpec {
     PodSpec {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -169,6 +171,66 @@ fn pod(inputs: &Inputs<'_>) -> PodSpec {
             }),
             ..PodSecurityContext::default()
         }),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// The volume of the ConfigMap `config_map`.
+pub(super) fn config_volume(config_map: &str) -> Volume {
+    Volume {
+        name: "config".to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The pod: locked down, spread over hosts and zones, with its volumes.
+fn pod(inputs: &Inputs<'_>) -> PodSpec {
+    let km = &inputs.key_manager.spec;
+    let names = inputs.names();
+    let tls_secret = inputs.tls_secret_name();
+    let selector = inputs.selector();
+    let zones = &km.placement.zones;
+    let node_affinity = (!zones.is_empty()).then(|| NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: km.placement.topology_key.clone(),
+                    operator: "In".to_owned(),
+                    values: Some(zones.clone()),
+                }]),
+                ..NodeSelectorTerm::default()
+            }],
+        }),
+        ..NodeAffinity::default()
+    });
+    let container = server_container(
+        image(km, inputs.default_image.as_ref()),
+        km.resources.clone(),
+        vec![
+            mount("config", CONFIG_DIR),
+            mount("tls", TLS_DIR),
+            mount("kek", KEK_DIR),
+            mount("keystore", KEYSTORE_DIR),
+            mount("license", LICENSE_DIR),
+            mount("shadow-verifiers", SHADOW_VERIFIERS_DIR),
+            mount("data", DATA_DIR),
+        ],
+    );
+    let volumes = vec![
+        config_volume(&names.config),
+        secret_volume("tls", &tls_secret, false),
+        secret_volume("kek", &names.kek, false),
+        secret_volume("keystore", &names.keystore, true),
+        secret_volume("license", &names.license, false),
+        secret_volume("shadow-verifiers", &names.shadow_verifiers, false),
+    ];
+    PodSpec {
         // Soft on hosts so that a small cluster still runs every replica, but spread
         // whenever the scheduler can.
         affinity: Some(Affinity {
@@ -177,7 +239,7 @@ fn pod(inputs: &Inputs<'_>) -> PodSpec {
                 preferred_during_scheduling_ignored_during_execution: Some(vec![
                     WeightedPodAffinityTerm {
                         weight: 100,
-                        pod_affinity_term: spread_over("kubernetes.io/hostname"),
+                        pod_affinity_term: pods_by(&selector, HOSTNAME),
                     },
                 ]),
                 ..PodAntiAffinity::default()
@@ -196,40 +258,28 @@ fn pod(inputs: &Inputs<'_>) -> PodSpec {
         }]),
         node_selector: (!km.placement.node_selector.is_empty())
             .then(|| km.placement.node_selector.clone()),
-        containers: vec![container(inputs)],
-        volumes: Some(vec![
-            k8s_openapi::api::core::v1::Volume {
-                name: "config".to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.config.clone(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..k8s_openapi::api::core::v1::Volume::default()
-            },
-            secret_volume("tls", &tls_secret, false),
-            secret_volume("kek", &names.kek, false),
-            secret_volume("keystore", &names.keystore, true),
-        ]),
-        ..PodSpec::default()
+        ..locked_down_pod(container, volumes)
     }
 }
 
-/// The data volume template.
-fn claim(inputs: &Inputs<'_>) -> PersistentVolumeClaim {
-    let km = &inputs.key_manager.spec;
+/// The data volume template of a server, replica or shadow, labelled `labels`.
+pub(super) fn data_claim(
+    storage: &StorageSpec,
+    labels: BTreeMap<String, String>,
+) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".to_owned()),
-            labels: Some(inputs.labels()),
+            labels: Some(labels),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: km.storage.storage_class_name.clone(),
+            storage_class_name: storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_owned(),
-                    km.storage.size.clone(),
+                    storage.size.clone(),
                 )])),
                 ..VolumeResourceRequirements::default()
             }),
@@ -273,7 +323,7 @@ pub fn statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet {
                 }),
                 spec: Some(pod(inputs)),
             },
-            volume_claim_templates: Some(vec![claim(inputs)]),
+            volume_claim_templates: Some(vec![data_claim(&km.storage, inputs.labels())]),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()

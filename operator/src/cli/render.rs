@@ -1,14 +1,15 @@
 //! `shadowkeep render PATH...`: every Kubernetes object the operator would apply for the
 //! given manifests, in apply order, offline — built by the same pure builders the
-//! controllers use. Secret data is masked: what the operator generates (the KEK, the
+//! controllers use: each KeyManager's children, then its Shadows'. Secret data is masked: what the operator generates (the KEK, the
 //! certificates, the license) is never shown.
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use kube::ResourceExt as _;
 use serde_json::Value;
 
-use crate::build::{Inputs, Material, children};
+use crate::build::{Inputs, Material, ShadowInputs, ShadowMaterial, children, shadow_children};
 use crate::manifests::validate::{EXIT_INVALID, EXIT_VALID, load};
 
 /// Annotation telling a reader which Secret keys were masked.
@@ -24,16 +25,40 @@ pub fn render(paths: &[PathBuf], out: &mut impl Write) -> u8 {
     }
     let mut inputs = Inputs::from_estate(&estate);
     inputs.sort_by_key(|i| (i.namespace(), i.name()));
+    // The licence key is generated with the signing key; render cannot know it.
     let placeholder = Material {
         kek: vec![0; 32],
         keystore: Vec::new(),
         tls: Some((Vec::new(), Vec::new(), Vec::new())),
         license: Vec::new(),
         ca_key: Some(Vec::new()),
+        license_public_key: String::new(),
+        shadow_verifiers: Vec::new(),
+    };
+    let shadow_placeholder = ShadowMaterial {
+        license: Vec::new(),
+        password: Vec::new(),
+        license_public_key: String::new(),
+        tls: Some((Vec::new(), Vec::new(), Vec::new())),
     };
     let mut text = String::new();
     for input in &inputs {
-        let objects = match children(input, &placeholder) {
+        let objects = children(input, &placeholder).and_then(|mut objects| {
+            let mut shadows = input.shadows.clone();
+            shadows.sort_by_key(|s| s.name_any());
+            for shadow in shadows {
+                let shadow_inputs = ShadowInputs {
+                    shadow,
+                    key_manager: input.key_manager,
+                    default_image: None,
+                };
+                for child in shadow_children(&shadow_inputs, &shadow_placeholder)? {
+                    objects.push(child.to_value()?);
+                }
+            }
+            Ok(objects)
+        });
+        let objects = match objects {
             Ok(objects) => objects,
             Err(e) => {
                 let _ = writeln!(out, "KeyManager {}: {e}", input.name());

@@ -122,12 +122,16 @@ pub async fn ensure<S: State>(state: &S, inputs: &Inputs<'_>) -> Result<Material
             Fields::of([("seed", LicenseSigner::generate().seed().to_vec())]),
         )
         .await?;
+    let signer = LicenseSigner::from_seed(seed.get("seed"))
+        .map_err(|e| failed("the license signing key")(e.to_string()))?;
     Ok(Material {
         kek: kek.get("kek").to_vec(),
         keystore: keystore.get("keystore").to_vec(),
         tls,
         license: license(inputs, seed.get("seed"))?,
         ca_key: None,
+        license_public_key: hex::encode(signer.verifier().to_bytes()),
+        shadow_verifiers: Vec::new(),
     })
 }
 

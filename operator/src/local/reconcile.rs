@@ -240,7 +240,7 @@ pub async fn reconcile(local: &Local<'_>, km: &KeyManager, now: &Time) -> Result
     let (authority, _) = certificates::authority(&state, &owner)
         .await
         .map_err(|e| e.to_string())?;
-    let servers = servers(local, &inputs, &authority)?;
+    let servers = servers(local, &inputs, &authority, &prepared.material)?;
     let clients = clients(local, &inputs, &authority)?;
     write_status(local, &declared, &inputs, &prepared, now).await?;
     Ok(Ended::Reconciled(Reconciled {
@@ -256,12 +256,13 @@ fn servers(
     local: &Local<'_>,
     inputs: &Inputs<'_>,
     authority: &shadowkeep_api::pki::Authority,
+    material: &Material,
 ) -> Result<Vec<ServerSpec>, String> {
     let namespace = inputs.namespace();
     let name = inputs.name();
     let owner = Owner::new(&namespace, &name);
     let state = local.layout.state();
-    let config = server_config(inputs);
+    let config = server_config(inputs, &material.license_public_key);
     let peers: Vec<PeerConfig> = replicas_of(inputs)
         .into_iter()
         .filter_map(|p| {
@@ -293,6 +294,9 @@ fn servers(
         mine.data_dir = dir.join("store");
         mine.kek_file.clone_from(&kek);
         mine.keystore_file = Some(keystore.clone());
+        if let Some(licence) = mine.licence.as_mut() {
+            licence.file = write_if_changed(&dir, "license", &material.license)?;
+        }
         let yaml = mine.to_yaml().map_err(|e| e.to_string())?;
         let written = write_if_changed(&dir, "server.yaml", yaml.as_bytes())?;
         let mut digest = Sha256::new();

@@ -9,6 +9,7 @@ use serde::Serialize;
 use shadowkeep_api::crd::{DesiredShadowState, DriveTable, KeyManager, Shadow};
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::finding::{Finding, ObjectRef};
+use shadowkeep_api::placement::{PlacementRiskKind, placement_risks};
 
 use crate::core::drive_moves::{ACCEPT_DRIVE_MOVES, RELEASE_DRIVES, lists};
 
@@ -138,6 +139,19 @@ impl<'e> View<'e> {
             .flatten()
             .filter(|s| s.spec.state == DesiredShadowState::Active)
             .copied()
+            .collect()
+    }
+
+    /// The placement risks of KeyManager `km`'s Shadows in this revision, by rule and
+    /// Shadow name.
+    fn placement_risks(&self, km: &Scoped) -> BTreeSet<(PlacementRiskKind, String)> {
+        let (Some(key_manager), Some(shadows)) = (self.key_managers.get(km), self.shadows.get(km))
+        else {
+            return BTreeSet::new();
+        };
+        placement_risks(key_manager, shadows)
+            .into_iter()
+            .map(|r| (r.kind, r.shadow))
             .collect()
     }
 
@@ -453,61 +467,56 @@ fn shadows(old: &View<'_>, new: &View<'_>, risks: &mut Vec<Risk>) {
         let Some(km) = new.key_managers.get(scoped) else {
             continue;
         };
-        let zones = &km.spec.placement.zones;
-        let old_km = old.key_managers.get(scoped);
-        for shadow in shadows {
-            let before =
-                old.shadows.get(scoped).into_iter().flatten().find(|s| {
-                    s.namespace() == shadow.namespace() && s.name_any() == shadow.name_any()
-                });
-            let zone = &shadow.spec.placement.zone;
-            let was_beside = match (before, old_km) {
-                (Some(b), Some(k)) => k.spec.placement.zones.contains(&b.spec.placement.zone),
-                _ => false,
+        // Only what the change brings: a risk the base already had is not this change's.
+        let was = old.placement_risks(scoped);
+        let now = placement_risks(km, shadows);
+        for risk in &now {
+            if risk.kind != PlacementRiskKind::BesideReplicas
+                || was.contains(&(risk.kind, risk.shadow.clone()))
+            {
+                continue;
+            }
+            let Some(shadow) = shadows.iter().find(|s| s.name_any() == risk.shadow) else {
+                continue;
             };
-            if zones.contains(zone) && !was_beside {
-                push(
-                    risks,
-                    Severity::Medium,
-                    codes::SHADOW_BESIDE_PRIMARY,
-                    object_ref("Shadow", *shadow),
-                    format!(
-                        "Shadow {} runs in zone {zone}, where KeyManager {} has replicas: one outage of that zone can take the replicas and this Shadow together",
-                        shadow.name_any(),
-                        km_name(scoped)
-                    ),
-                );
-            }
-            if let Some(before) = before {
-                limits(before, shadow, risks);
-            }
+            push(
+                risks,
+                Severity::Medium,
+                codes::SHADOW_BESIDE_PRIMARY,
+                object_ref("Shadow", *shadow),
+                format!(
+                    "Shadow {} runs in zone {}, where KeyManager {} has replicas: one outage of that zone can take the replicas and this Shadow together",
+                    risk.shadow,
+                    risk.zone,
+                    km_name(scoped)
+                ),
+            );
         }
-        let zones_now: BTreeSet<&str> = shadows
-            .iter()
-            .map(|s| s.spec.placement.zone.as_str())
-            .collect();
-        let zones_before: BTreeSet<&str> = old
-            .shadows
-            .get(scoped)
-            .into_iter()
-            .flatten()
-            .map(|s| s.spec.placement.zone.as_str())
-            .collect();
-        let one_before =
-            zones_before.len() == 1 && old.shadows.get(scoped).is_some_and(|s| s.len() > 1);
-        if shadows.len() > 1 && zones_now.len() == 1 && !one_before {
-            let zone = zones_now.iter().next().copied().unwrap_or_default();
+        let one_zone = |r: &(PlacementRiskKind, String)| r.0 == PlacementRiskKind::OneZone;
+        if let Some(risk) = now.iter().find(|r| r.kind == PlacementRiskKind::OneZone)
+            && !was.iter().any(one_zone)
+        {
             push(
                 risks,
                 Severity::Medium,
                 codes::SHADOWS_ONE_ZONE,
                 object_ref("KeyManager", *km),
                 format!(
-                    "all {} Shadows of KeyManager {} are in zone {zone}: one outage there leaves none to serve its keys",
+                    "all {} Shadows of KeyManager {} are in zone {}: one outage there leaves none to serve its keys",
                     shadows.len(),
-                    km_name(scoped)
+                    km_name(scoped),
+                    risk.zone
                 ),
             );
+        }
+        for shadow in shadows {
+            let before =
+                old.shadows.get(scoped).into_iter().flatten().find(|s| {
+                    s.namespace() == shadow.namespace() && s.name_any() == shadow.name_any()
+                });
+            if let Some(before) = before {
+                limits(before, shadow, risks);
+            }
         }
     }
 }
