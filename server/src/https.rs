@@ -3,13 +3,14 @@
 //! the operator and `shadowkeep up` to the replicas. The KMIP client of the tests and the
 //! load generator ([`crate::client`]) connects with the same connectors.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::ttlv;
@@ -104,6 +105,46 @@ pub fn connector_from_pem(
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// The address this process calls other servers from, when it listens on one address.
+static CALL_FROM: OnceLock<IpAddr> = OnceLock::new();
+
+/// Makes this process call other servers from `ip` (its admin listener's address). Several
+/// servers on one machine (`shadowkeep up` gives each its own loopback address) are told
+/// apart by the address they call from: a replica learns where a shadow is from the
+/// address it registers from. The first call wins; later ones change nothing.
+pub fn call_from(ip: IpAddr) {
+    let _ = CALL_FROM.set(ip);
+}
+
+/// A TCP connection to `address`, from [`call_from`]'s address when one is set.
+async fn tcp_connect(address: &str) -> std::io::Result<TcpStream> {
+    let Some(source) = CALL_FROM.get() else {
+        return TcpStream::connect(address).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(address).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if source.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(*source, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{address} has no address of the family of {source}"),
+        )
+    }))
+}
+
 /// Opens an HTTP/1.1 connection over TLS to `address` (`host:port`, the host checked
 /// against the server certificate) and drives it in the background.
 pub async fn http1_connect(
@@ -130,7 +171,7 @@ pub async fn http1_connect_as(
 
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| format!("{server_name:?}: {e}"))?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tcp_connect(address))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| format!("connect: {e}"))?;

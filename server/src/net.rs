@@ -222,6 +222,7 @@ impl Server {
     }
 
     /// Binds the admin API's listener, if replication is configured, and returns its address.
+    /// Bound to one address, the server also calls other servers from it.
     pub async fn bind_admin(
         &self,
     ) -> Result<Option<(TcpListener, std::net::SocketAddr)>, ServerError> {
@@ -240,6 +241,9 @@ impl Server {
                 addr: addr.to_string(),
                 source,
             })?;
+        if !local.ip().is_unspecified() {
+            crate::https::call_from(local.ip());
+        }
         Ok(Some((listener, local)))
     }
 

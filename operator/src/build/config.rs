@@ -31,6 +31,8 @@ pub const DATA_DIR: &str = "/var/lib/shadowkeep";
 pub const LICENSE_DIR: &str = "/etc/shadowkeep/license";
 /// Where the shadow verifiers Secret is mounted (key `verifiers.json`).
 pub const SHADOW_VERIFIERS_DIR: &str = "/etc/shadowkeep/shadow-verifiers";
+/// The verifiers file's key in its Secret, and its name where it is mounted.
+pub const VERIFIERS_FILE: &str = "verifiers.json";
 
 /// The licence section: the mounted license, and the KeyManager's licence key
 /// (`license_public_key`, 64 hex digits) it and every shadow registration must verify under.
@@ -108,7 +110,9 @@ pub fn server_config(inputs: &Inputs<'_>, license_public_key: &str) -> ServerCon
             sync_interval_secs: km.spec.sync_interval.as_duration().as_secs().max(1),
             ack_timeout_ms: 2000,
             shadow_verifiers: std::collections::BTreeMap::new(),
-            shadow_verifiers_file: None,
+            shadow_verifiers_file: Some(PathBuf::from(format!(
+                "{SHADOW_VERIFIERS_DIR}/{VERIFIERS_FILE}"
+            ))),
             shadow_acknowledgements: km
                 .spec
                 .durability

@@ -193,6 +193,6 @@ pub fn shadow_verifiers_secret(inputs: &Inputs<'_>, material: &Material) -> Secr
         inputs,
         &inputs.names().shadow_verifiers,
         true,
-        vec![("verifiers.json", &material.shadow_verifiers)],
+        vec![(super::config::VERIFIERS_FILE, &material.shadow_verifiers)],
     )
 }

@@ -7,6 +7,7 @@ use shadowkeep_api::crd::TlsSource;
 use shadowkeep_api::keystore::{Kek, Keystore};
 use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::pki::{Authority, Usage};
+use shadowkeep_api::shadow::verifiers::ShadowVerifiers;
 
 use super::Error;
 use super::state::{Fields, Item, Owner, State};
@@ -131,7 +132,8 @@ pub async fn ensure<S: State>(state: &S, inputs: &Inputs<'_>) -> Result<Material
         license: license(inputs, seed.get("seed"))?,
         ca_key: None,
         license_public_key: hex::encode(signer.verifier().to_bytes()),
-        shadow_verifiers: Vec::new(),
+        // Filled by the caller from the Shadows' records; an empty set until then.
+        shadow_verifiers: ShadowVerifiers::default().encode(),
     })
 }
 

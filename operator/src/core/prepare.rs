@@ -21,6 +21,7 @@ use super::drive_moves::{
 use super::keystore::{Canonical, GroupStatus};
 use super::keystore_sync::{self, Replicas, Synced};
 use super::material::ensure;
+use super::shadow::supervise::{accepted, verifiers_file};
 use super::state::{Owner, State, StateError};
 use crate::build::{Inputs, Material};
 
@@ -168,6 +169,15 @@ async fn prepared<S: State, O: Origins>(
     // Neither the material nor the keystore depends on which drives are served.
     let base = Inputs::of_key_manager(read.key_manager);
     let mut material = ensure(state, &base).await?;
+    // The verifiers the replicas accept: those of the Shadows that name this KeyManager.
+    let shadows: Vec<String> = read
+        .shadows
+        .iter()
+        .filter(|s| s.spec.key_manager_ref.name == read.name)
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    let owner = Owner::new(read.namespace, read.name);
+    material.shadow_verifiers = verifiers_file(&accepted(state, &owner, &shadows).await?);
     let mut keystore = Canonical::of(&base, &material)?;
     let mut history = read.history.clone();
     let carries = if risks.iter().any(DriveRisk::is_accepted_move) {

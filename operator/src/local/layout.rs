@@ -3,6 +3,8 @@
 //! ```text
 //! DIR/key-managers/...                   the control core's state (core::state::dir)
 //! DIR/servers/NAMESPACE/NAME/            one key server: server.yaml, its certificate, store/
+//! DIR/shadow-verifiers/NAMESPACE/KM.json  the verifiers a KeyManager's replicas accept
+//! DIR/shadow-status/NAMESPACE/NAME.json  a Shadow's status, as the operator would write it
 //! DIR/clients/NAMESPACE/KEYMANAGER/      client certificates, one pair per identity
 //! DIR/ca.pem                             every KeyManager's CA, for clients to trust
 //! DIR/addresses.json                     the loopback address of each server
@@ -39,6 +41,15 @@ impl Layout {
     /// The directory of server `name` of `namespace`.
     pub fn server_dir(&self, namespace: &str, name: &str) -> PathBuf {
         self.root.join("servers").join(namespace).join(name)
+    }
+
+    /// The file the replicas of KeyManager `key_manager` re-read for the shadow verifiers
+    /// they accept.
+    pub fn verifiers_file(&self, namespace: &str, key_manager: &str) -> PathBuf {
+        self.root
+            .join("shadow-verifiers")
+            .join(namespace)
+            .join(format!("{key_manager}.json"))
     }
 
     /// The client certificates of KeyManager `key_manager` of `namespace`.

@@ -6,6 +6,7 @@
 //! - [`addresses`]: each server's loopback address, kept across runs.
 //! - [`certificates`]: server and client certificates from each KeyManager's CA.
 //! - [`reconcile`]: the local shell around [`crate::core::prepare`].
+//! - [`shadows`]: the Shadows, their credentials and rotation, run by the core.
 //! - [`supervise`]: the server processes.
 //! - [`estate_file`]: `estate.json`, what runs where.
 //! - [`up`]: the command, and [`status`]: `shadowkeep status`.
@@ -15,6 +16,7 @@ pub mod certificates;
 pub mod estate_file;
 pub mod layout;
 pub mod reconcile;
+pub mod shadows;
 pub mod status;
 pub mod supervise;
 pub mod up;

@@ -132,6 +132,21 @@ impl Local<'_> {
         )
     }
 
+    /// The replicas of the KeyManager of `inputs` at their local admin addresses.
+    pub fn replica_admins(&self, inputs: &Inputs<'_>) -> Vec<PeerConfig> {
+        let ns = inputs.namespace();
+        replicas_of(inputs)
+            .into_iter()
+            .filter_map(|p| {
+                let ip = self.addresses.of(&server_key(&ns, &p.name))?;
+                Some(PeerConfig {
+                    address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
+                    name: p.name,
+                })
+            })
+            .collect()
+    }
+
     fn declared_key_manager(&self, owner: &Owner) -> Option<&KeyManager> {
         self.estate
             .key_managers()
@@ -263,16 +278,7 @@ fn servers(
     let owner = Owner::new(&namespace, &name);
     let state = local.layout.state();
     let config = server_config(inputs, &material.license_public_key);
-    let peers: Vec<PeerConfig> = replicas_of(inputs)
-        .into_iter()
-        .filter_map(|p| {
-            let ip = local.addresses.of(&server_key(&namespace, &p.name))?;
-            Some(PeerConfig {
-                address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
-                name: p.name,
-            })
-        })
-        .collect();
+    let peers = local.replica_admins(inputs);
     let kek = state
         .field_path(&owner, Item::Kek, "kek")
         .map_err(|e| e.to_string())?;
@@ -294,6 +300,10 @@ fn servers(
         mine.data_dir = dir.join("store");
         mine.kek_file.clone_from(&kek);
         mine.keystore_file = Some(keystore.clone());
+        if let Some(replication) = mine.replication.as_mut() {
+            replication.shadow_verifiers_file =
+                Some(local.layout.verifiers_file(&namespace, &name));
+        }
         if let Some(licence) = mine.licence.as_mut() {
             licence.file = write_if_changed(&dir, "license", &material.license)?;
         }

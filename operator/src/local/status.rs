@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::DigestReply;
+use shadowkeep_api::shadow::wire::{ShadowStateReport, StateReport};
 use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
 
 use super::estate_file::{EstateFile, Server, table};
@@ -211,29 +212,43 @@ async fn canonical(layout: &Layout, owner: &Owner) -> Option<(usize, String)> {
 }
 
 async fn ask(layout: &Layout, server: &Server) -> ServerStatus {
-    let answer = tokio::time::timeout(ASK_LIMIT, digest(layout, server))
+    let answer = tokio::time::timeout(ASK_LIMIT, look(layout, server))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {} s", ASK_LIMIT.as_secs())));
-    let (state, keys, digest, error) = match answer {
-        Ok(reply) => ("Ready", Some(reply.keys), Some(reply.digest), None),
-        Err(e) => ("Unreachable", None, None, Some(e)),
+    let (state, keys, digest, last_synchronized, error) = match answer {
+        Ok((reply, shadow)) => (
+            shadow
+                .as_ref()
+                .map_or_else(|| "Ready".to_owned(), |s| format!("{:?}", s.state)),
+            Some(reply.keys),
+            Some(reply.digest),
+            shadow
+                .and_then(|s| s.last_synchronized)
+                .map(|t| t.to_string()),
+            None,
+        ),
+        Err(e) => ("Unreachable".to_owned(), None, None, None, Some(e)),
     };
     ServerStatus {
         name: server.name.clone(),
         namespace: server.namespace.clone(),
         key_manager: server.key_manager.clone(),
         role: server.role.clone(),
-        state: state.to_owned(),
+        state,
         keys,
         digest,
-        last_synchronized: None,
+        last_synchronized,
         error,
     }
 }
 
-/// Asks a replica for its keystore's digest, presenting its KeyManager's replica
-/// certificate (the identity the replicas accept from the control core).
-async fn digest(layout: &Layout, server: &Server) -> Result<DigestReply, String> {
+/// Asks a server for its keystore's digest and, a shadow, for its state, presenting its
+/// KeyManager's replica certificate (the identity its servers accept from the control
+/// core).
+async fn look(
+    layout: &Layout,
+    server: &Server,
+) -> Result<(DigestReply, Option<ShadowStateReport>), String> {
     let owner = Owner::new(&server.namespace, &server.key_manager);
     let tls = layout
         .state()
@@ -251,18 +266,29 @@ async fn digest(layout: &Layout, server: &Server) -> Result<DigestReply, String>
         .rsplit_once(':')
         .map_or(server.admin.as_str(), |(h, _)| h);
     let mut sender = http1_connect_as(&server.admin, host, &connector).await?;
-    let (status, body) = send(
-        &mut sender,
-        &server.admin,
-        hyper::Method::GET,
-        "/v1/keystore/digest",
-        Vec::new(),
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(format!("HTTP {status}"));
+    let mut get = async |path: &str| -> Result<Vec<u8>, String> {
+        let (status, body) = send(
+            &mut sender,
+            &server.admin,
+            hyper::Method::GET,
+            path,
+            Vec::new(),
+        )
+        .await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{path}: HTTP {status}"))
+        }
+    };
+    let digest = serde_json::from_slice(&get("/v1/keystore/digest").await?)
+        .map_err(|e| format!("its digest: {e}"))?;
+    if server.role != "shadow" {
+        return Ok((digest, None));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("its answer: {e}"))
+    let state: StateReport =
+        serde_json::from_slice(&get("/v1/state").await?).map_err(|e| format!("its state: {e}"))?;
+    Ok((digest, state.shadow))
 }
 
 /// The KeyManagers window and the Shadows window.

@@ -21,6 +21,7 @@ use super::addresses::Addresses;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
+use super::shadows::{self, Memory, shadow_keys, shadows_of};
 use super::supervise::{Log, ServerSpec, Supervisor};
 use crate::core::drive_moves::risk_message;
 use crate::core::prepare::resync_after;
@@ -43,6 +44,9 @@ pub struct Options {
 const READY_LIMIT: Duration = Duration::from_mins(1);
 /// How often the manifest files are read for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the shadows' rotation, desired state and status are looked after.
+const SHADOWS_EVERY: Duration = Duration::from_secs(2);
 
 /// The name `up` prints its own lines under.
 const UP: &str = "up";
@@ -156,7 +160,12 @@ async fn up(options: Options) -> ExitCode {
     for line in &first.lines {
         say(line);
     }
-    for key in first.estate.as_ref().map(replica_keys).unwrap_or_default() {
+    let keys = first
+        .estate
+        .as_ref()
+        .map(|e| [replica_keys(e), shadow_keys(e)].concat())
+        .unwrap_or_default();
+    for key in keys {
         log.widen(key.rsplit('/').next().unwrap_or_default().len());
     }
     let Some(estate) = first.estate else {
@@ -204,6 +213,8 @@ async fn up(options: Options) -> ExitCode {
         estate,
         next_sync: BTreeMap::new(),
         seen,
+        shadows: Memory::default(),
+        next_shadows: tokio::time::Instant::now(),
     };
     let started = tokio::select! {
         started = up.start() => Some(started),
@@ -268,6 +279,10 @@ struct Up {
     next_sync: BTreeMap<String, tokio::time::Instant>,
     /// The fingerprint of the manifests last applied.
     seen: String,
+    /// What the shadow tick remembers.
+    shadows: Memory,
+    /// When the shadows are next looked after.
+    next_shadows: tokio::time::Instant,
 }
 
 impl Up {
@@ -292,7 +307,12 @@ impl Up {
         let mut addresses =
             Addresses::load(&self.layout.addresses_file(), self.base).map_err(|e| e.to_string())?;
         addresses
-            .assign(replica_keys(&self.estate).iter().map(String::as_str))
+            .assign(
+                replica_keys(&self.estate)
+                    .iter()
+                    .chain(shadow_keys(&self.estate).iter())
+                    .map(String::as_str),
+            )
             .map_err(|e| e.to_string())?;
         addresses
             .save(&self.layout.addresses_file())
@@ -312,6 +332,8 @@ impl Up {
         let mut wanted: BTreeMap<String, ServerSpec> = BTreeMap::new();
         let mut clients = Vec::new();
         let mut kept = BTreeSet::new();
+        // KeyManagers whose reconcile failed: their shadows are left as they are too.
+        let mut failed = BTreeSet::new();
         let local = Local {
             layout: &self.layout,
             estate: &self.estate,
@@ -353,6 +375,7 @@ impl Up {
                         UP,
                         &format!("KeyManager {name}: {why}; its servers are left as they are"),
                     );
+                    failed.insert(name.clone());
                     kept.extend(
                         self.supervisor
                             .servers()
@@ -366,13 +389,36 @@ impl Up {
                 }
             }
         }
-        for shadow in self.estate.shadows() {
-            if first {
-                self.say(&format!(
-                    "Shadow {}/{} is declared but not started: up does not start shadows yet (their licence, password and configuration come with the Shadow controller)",
-                    namespace_of(shadow),
-                    shadow.name_any()
-                ));
+        for (shadow, km) in shadows_of(&self.estate) {
+            let key = format!("{}/{}", namespace_of(shadow), shadow.name_any());
+            let Some(km) = km else {
+                continue;
+            };
+            let km_key = format!("{}/{}", namespace_of(km), km.name_any());
+            if failed.contains(&km_key) {
+                kept.insert(key);
+                continue;
+            }
+            match shadows::prepare(&local, shadow, km).await {
+                Ok(server) => {
+                    self.log.widen(server.name.len());
+                    wanted.insert(server.key.clone(), server);
+                }
+                Err(why) if !first => {
+                    self.say(&format!("Shadow {key}: {why}; left as it is"));
+                    kept.insert(key);
+                }
+                Err(why) => return Err(format!("Shadow {key}: {why}")),
+            }
+        }
+        // Every KeyManager's replicas read their verifiers file at start: it is written
+        // before they are, from the records of the Shadows prepared above.
+        for km in self.estate.key_managers() {
+            if let Err(e) = shadows::publish_verifiers(&self.layout, &self.estate, km).await {
+                if first {
+                    return Err(e);
+                }
+                self.say(&e);
             }
         }
         let bundle = self.ca_bundle().await?;
@@ -519,6 +565,15 @@ impl Up {
                     self.seen = now;
                     let due = self.next_sync.values().any(|at| *at <= tokio::time::Instant::now());
                     if !edited && !due {
+                        if self.next_shadows <= tokio::time::Instant::now() {
+                            let stopped = tokio::select! {
+                                () = self.look_after_shadows() => false,
+                                () = signals.next() => true,
+                            };
+                            if stopped {
+                                break;
+                            }
+                        }
                         continue;
                     }
                     // A reconcile can wait a minute for a restarted server; a signal
@@ -549,6 +604,37 @@ impl Up {
             self.manifests_changed(paths).await;
         } else if let Err(e) = self.reconcile_all(false).await {
             self.say(&e);
+        }
+    }
+
+    /// The shadows' tick: rotation, verifiers, desired state, requested syncs, status.
+    async fn look_after_shadows(&mut self) {
+        self.next_shadows = tokio::time::Instant::now() + SHADOWS_EVERY;
+        let Ok(addresses) = Addresses::load(&self.layout.addresses_file(), self.base) else {
+            return;
+        };
+        let servers = self.supervisor.servers();
+        let pids: BTreeMap<String, Option<u32>> = servers
+            .iter()
+            .map(|(spec, status)| (spec.key.clone(), status.pid))
+            .collect();
+        let set = |f: fn(&super::supervise::Status) -> bool| -> BTreeSet<String> {
+            servers
+                .iter()
+                .filter(|(_, s)| f(s))
+                .map(|(spec, _)| spec.key.clone())
+                .collect()
+        };
+        let (running, ready) = (set(|s| s.pid.is_some()), set(|s| s.ready));
+        let local = Local {
+            layout: &self.layout,
+            estate: &self.estate,
+            addresses: &addresses,
+            running: &running,
+            ready: &ready,
+        };
+        for line in shadows::tick(&local, &mut self.shadows, &pids).await {
+            self.log.line(UP, &line);
         }
     }
 

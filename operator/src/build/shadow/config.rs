@@ -71,6 +71,7 @@ pub fn shadow_config(inputs: &ShadowInputs<'_>, license_public_key: &str) -> Ser
                 .max(1),
             ack_timeout_ms: 2000,
             shadow_verifiers: BTreeMap::new(),
+            shadow_verifiers_file: None,
             shadow_acknowledgements: 0,
         }),
         keystore_file: None,

@@ -3,11 +3,13 @@
 //! Shadow controller and `shadowkeep up` — run these rules.
 //!
 //! - [`credentials`]: issuing a pair, and the record kept of a shadow's pairs.
+//! - [`observe`]: what the core asks replicas and shadows, and tells shadows.
 //! - [`rotation`]: the pure step that moves a rotation on.
 //! - [`status`]: the Shadows window, computed purely from what the shell found.
 //! - [`supervise`]: that step against the stored state, and what replicas are to accept.
 
 pub mod credentials;
+pub mod observe;
 pub mod rotation;
 pub mod status;
 pub mod supervise;

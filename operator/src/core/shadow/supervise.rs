@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use shadowkeep_api::license::LicenseSigner;
+use shadowkeep_api::shadow::registration::AcceptedVerifier;
+use shadowkeep_api::shadow::verifiers::ShadowVerifiers;
 
 use super::credentials::{Accept, Issued, Record};
 use super::rotation::{self, Observed, Stepped, Wanted};
@@ -150,4 +152,25 @@ pub async fn accepted<S: State>(
         }
     }
     Ok(out)
+}
+
+/// The replicas' verifiers file from what each Shadow's record says they accept.
+pub fn verifiers_file(accepted: &BTreeMap<String, Vec<Accept>>) -> Vec<u8> {
+    ShadowVerifiers {
+        shadows: accepted
+            .iter()
+            .map(|(shadow, list)| {
+                let list = list
+                    .iter()
+                    .map(|a| AcceptedVerifier {
+                        verifier: a.verifier.clone(),
+                        not_after: a.not_after,
+                        id: Some(a.id.clone()),
+                    })
+                    .collect();
+                (shadow.clone(), list)
+            })
+            .collect(),
+    }
+    .encode()
 }

@@ -1,0 +1,447 @@
+//! Shadows under `shadowkeep up`: each declared Shadow runs as a local key server with the
+//! configuration the operator would mount (`build::shadow::shadow_config`), at its own
+//! loopback address, with a certificate from its KeyManager's CA naming it, and the
+//! licence and password the control core issued (`core::shadow`).
+//!
+//! The rotation is the core's: at every tick each KeyManager's replicas are asked what
+//! they accept and whom they registered, each Shadow's rotation step runs against the data
+//! directory, the replicas' verifiers file is rewritten from the records, and a handed-over
+//! pair is written where the shadow reads it. No server restarts for any of it: replicas
+//! re-read their verifiers file, shadows their licence and password files. `spec.state`
+//! is pushed to the shadow when it changes, and the annotations
+//! `shadowkeep.io/sync-requested-at` and `shadowkeep.io/rotate-password-requested-at`,
+//! edited in the manifest files, ask for a sync and a rotation.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt as _;
+use sha2::{Digest as _, Sha256};
+use shadowkeep_api::crd::{DesiredShadowState, KeyManager, Shadow, ShadowStatus};
+use shadowkeep_api::estate::Estate;
+use shadowkeep_api::license::LicenseSigner;
+use tokio_rustls::TlsConnector;
+
+use super::certificates;
+use super::layout::Layout;
+use super::reconcile::{Local, local_key_manager, namespace_of, server_key};
+use super::supervise::{Role, ServerSpec};
+use crate::build::shadow::{ShadowInputs, shadow_config};
+use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, port};
+use crate::core::keystore_sync::ReplicaAddress;
+use crate::core::shadow::credentials::{Issued, Record};
+use crate::core::shadow::observe;
+use crate::core::shadow::rotation::{Event, Wanted};
+use crate::core::shadow::status::{Found, report};
+use crate::core::shadow::supervise::{self, Step};
+use crate::core::state::{Item, Owner, State as _};
+use crate::core::status::{ROTATE_PASSWORD_REQUESTED_AT, SYNC_REQUESTED_AT};
+
+/// The Shadows of the estate with the KeyManager each names, when it is declared.
+pub fn shadows_of(estate: &Estate) -> Vec<(&Shadow, Option<&KeyManager>)> {
+    estate
+        .shadows()
+        .iter()
+        .map(|s| {
+            let km = estate.key_managers().iter().find(|k| {
+                namespace_of(*k) == namespace_of(s) && k.name_any() == s.spec.key_manager_ref.name
+            });
+            (s, km)
+        })
+        .collect()
+}
+
+/// The keys of every Shadow of the estate, for their addresses.
+pub fn shadow_keys(estate: &Estate) -> Vec<String> {
+    estate
+        .shadows()
+        .iter()
+        .map(|s| server_key(&namespace_of(s), &s.name_any()))
+        .collect()
+}
+
+/// The names of the Shadows declared for KeyManager `km`.
+fn declared_for(estate: &Estate, km: &KeyManager) -> Vec<String> {
+    shadows_of(estate)
+        .into_iter()
+        .filter(|(_, k)| k.is_some_and(|k| std::ptr::eq(k, km)))
+        .map(|(s, _)| s.name_any())
+        .collect()
+}
+
+fn owner_of(km: &KeyManager) -> Owner {
+    Owner::new(namespace_of(km), km.name_any())
+}
+
+fn write_if_changed(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+        }
+        shadowkeep_server::durable::write_atomically(dir, name, bytes)
+            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Writes the replicas' verifiers file of `km` from the records of its declared Shadows;
+/// its path. Written before the replicas start, so they start accepting their shadows.
+pub async fn publish_verifiers(
+    layout: &Layout,
+    estate: &Estate,
+    km: &KeyManager,
+) -> Result<PathBuf, String> {
+    let owner = owner_of(km);
+    let accepted = supervise::accepted(&layout.state(), &owner, &declared_for(estate, km))
+        .await
+        .map_err(|e| e.to_string())?;
+    let path = layout.verifiers_file(&owner.namespace, &owner.name);
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_if_changed(&dir, &name, &supervise::verifiers_file(&accepted))
+}
+
+/// Writes the pair the shadow is to hold where it reads it: the licence, then the
+/// password (the shadow takes them only as a matching pair, so the order cannot hurt).
+fn hand_over(dir: &Path, current: &Issued) -> Result<(PathBuf, PathBuf), String> {
+    let licence = write_if_changed(dir, "license", current.licence.as_bytes())?;
+    let password = write_if_changed(dir, "password", current.password.as_bytes())?;
+    Ok((licence, password))
+}
+
+/// The KeyManager's licence signer and its public key, once its material is made.
+async fn signer(layout: &Layout, owner: &Owner) -> Result<(LicenseSigner, String), String> {
+    let signer = supervise::signer(&layout.state(), owner)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("KeyManager {owner} has no licence key yet"))?;
+    let public = hex::encode(signer.verifier().to_bytes());
+    Ok((signer, public))
+}
+
+/// Lays out Shadow `shadow` of `km`: its credential record made once, its certificate,
+/// licence, password and configuration written; the server to run.
+pub async fn prepare(
+    local: &Local<'_>,
+    shadow: &Shadow,
+    km: &KeyManager,
+) -> Result<ServerSpec, String> {
+    let km = local_key_manager(km);
+    let owner = owner_of(&km);
+    let name = shadow.name_any();
+    let namespace = owner.namespace.clone();
+    let state = local.layout.state();
+    let (signer, public) = signer(local.layout, &owner).await?;
+    let (record, _) = supervise::ensure(
+        &state,
+        &owner,
+        &name,
+        &signer,
+        &km.spec.server_id,
+        Timestamp::now(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let key = server_key(&namespace, &name);
+    let ip = local
+        .addresses
+        .of(&key)
+        .ok_or_else(|| format!("Shadow {key} has no address"))?;
+    let dir = local.layout.server_dir(&namespace, &name);
+    let (authority, _) = certificates::authority(&state, &owner)
+        .await
+        .map_err(|e| e.to_string())?;
+    let files =
+        certificates::server(&dir, &authority, &name, ip, &name).map_err(|e| e.to_string())?;
+    let inputs = ShadowInputs {
+        shadow,
+        key_manager: &km,
+        default_image: None,
+    };
+    let mut config = shadow_config(&inputs, &public);
+    let (licence, password) = hand_over(&dir, current_pair(&record))?;
+    config.kmip.listen = SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT));
+    config.tls.cert.clone_from(&files.cert);
+    config.tls.key.clone_from(&files.key);
+    config.tls.client_ca.clone_from(&files.ca);
+    config.data_dir = dir.join("store");
+    config.kek_file = state
+        .field_path(&owner, Item::Kek, "kek")
+        .map_err(|e| e.to_string())?;
+    if let Some(replication) = config.replication.as_mut() {
+        replication.listen = SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT));
+        replication.client_cert.clone_from(&files.cert);
+        replication.client_key.clone_from(&files.key);
+    }
+    if let Some(l) = config.licence.as_mut() {
+        l.file = licence;
+    }
+    if let Some(s) = config.shadow.as_mut() {
+        s.password_file = password;
+        s.replicas = local.replica_admins(&Inputs::of_key_manager(&km));
+    }
+    let yaml = config.to_yaml().map_err(|e| e.to_string())?;
+    let written = write_if_changed(&dir, "server.yaml", yaml.as_bytes())?;
+    let mut digest = Sha256::new();
+    digest.update(yaml.as_bytes());
+    digest.update(std::fs::read(&files.cert).map_err(|e| e.to_string())?);
+    Ok(ServerSpec {
+        key,
+        name,
+        namespace,
+        key_manager: km.name_any(),
+        role: Role::Shadow,
+        config: written,
+        kmip: config.kmip.listen,
+        admin: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)),
+        digest: hex::encode(digest.finalize()),
+    })
+}
+
+/// The pair the shadow holds: the record's current one.
+fn current_pair(record: &Record) -> &Issued {
+    &record.current
+}
+
+/// What the shadow tick remembers between ticks.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The desired state last pushed to each shadow, with the process it went to.
+    pushed: BTreeMap<String, (DesiredShadowState, Option<u32>)>,
+    /// The last sync request acted on, by shadow.
+    synced: BTreeMap<String, String>,
+}
+
+/// A line for `up` to print.
+pub type Line = String;
+
+fn event_line(name: &str, event: &Event) -> Line {
+    format!(
+        "Shadow {name}: {}{}: {}",
+        if event.warning { "warning: " } else { "" },
+        event.reason,
+        event.message
+    )
+}
+
+/// One tick for every declared Shadow whose KeyManager runs: the rotation step, the
+/// verifiers file, the hand-over, the desired state, a requested sync, the status.
+/// `pids` gives each server's process, so a restarted shadow is told its state again.
+pub async fn tick(
+    local: &Local<'_>,
+    memory: &mut Memory,
+    pids: &BTreeMap<String, Option<u32>>,
+) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for km in local.estate.key_managers() {
+        let declared = declared_for(local.estate, km);
+        if declared.is_empty() {
+            continue;
+        }
+        if let Err(e) = tick_key_manager(local, memory, pids, km, &declared, &mut lines).await {
+            lines.push(format!("KeyManager {}: shadows: {e}", owner_of(km)));
+        }
+    }
+    lines
+}
+
+async fn tick_key_manager(
+    local: &Local<'_>,
+    memory: &mut Memory,
+    pids: &BTreeMap<String, Option<u32>>,
+    km: &KeyManager,
+    declared: &[String],
+    lines: &mut Vec<Line>,
+) -> Result<(), String> {
+    let owner = owner_of(km);
+    let state = local.layout.state();
+    let (signer, _) = signer(local.layout, &owner).await?;
+    let Some(connector) = connector(local.layout, &owner).await? else {
+        return Ok(());
+    };
+    let replicas: Vec<ReplicaAddress> = local
+        .replica_admins(&Inputs::of_key_manager(km))
+        .into_iter()
+        .map(|p| ReplicaAddress {
+            server_name: p
+                .address
+                .rsplit_once(':')
+                .map_or_else(|| p.address.clone(), |(h, _)| h.to_owned()),
+            replica: p.name,
+            address: p.address,
+        })
+        .collect();
+    let answers = observe::replicas(&replicas, &connector).await;
+    let duplicates = answers.duplicates();
+    let now = Timestamp::now();
+    for (shadow, _) in shadows_of(local.estate)
+        .into_iter()
+        .filter(|(_, k)| k.is_some_and(|k| std::ptr::eq(k, km)))
+    {
+        let name = shadow.name_any();
+        let key = server_key(&owner.namespace, &name);
+        let wanted = Wanted {
+            interval: shadow.spec.password_rotation_interval.as_duration(),
+            request: shadow
+                .annotations()
+                .get(ROTATE_PASSWORD_REQUESTED_AT)
+                .cloned(),
+            disabled: shadow.spec.state == DesiredShadowState::Disabled,
+            reference: key.clone(),
+        };
+        let observed = answers.seen_by(&name);
+        let step = Step {
+            server_id: &km.spec.server_id,
+            signer: &signer,
+            wanted: &wanted,
+            observed: Some(&observed),
+            declared,
+            now,
+        };
+        let stepped = supervise::rotate(&state, &owner, &name, &step)
+            .await
+            .map_err(|e| e.to_string())?;
+        lines.extend(stepped.events.iter().map(|e| event_line(&key, e)));
+        // The verifiers first: a new pair is accepted before the shadow can present it,
+        // and an old one is retired only once the record says so.
+        publish_verifiers(local.layout, local.estate, km).await?;
+        let dir = local.layout.server_dir(&owner.namespace, &name);
+        hand_over(&dir, &stepped.record.current)?;
+        let Some(ip) = local.addresses.of(&key) else {
+            continue;
+        };
+        let address = ReplicaAddress {
+            replica: name.clone(),
+            address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
+            server_name: ip.to_string(),
+        };
+        let pid = pids.get(&key).copied().flatten();
+        if pid.is_some() {
+            let pushed = (shadow.spec.state, pid);
+            if memory.pushed.get(&key) != Some(&pushed) {
+                match observe::set_desired(&address, &connector, shadow.spec.state).await {
+                    Ok(()) => {
+                        memory.pushed.insert(key.clone(), pushed);
+                    }
+                    Err(e) => lines.push(format!("Shadow {key}: its desired state: {e}")),
+                }
+            }
+        }
+        let previous = read_status(local.layout, &owner, &name);
+        let mut handled_sync = previous
+            .as_ref()
+            .and_then(|s| s.last_handled_sync_at.clone());
+        if let Some(request) = shadow.annotations().get(SYNC_REQUESTED_AT)
+            && handled_sync.as_ref() != Some(request)
+            && memory.synced.get(&key) != Some(request)
+            && pid.is_some()
+        {
+            match observe::sync_now(&address, &connector).await {
+                Ok(()) => {
+                    lines.push(format!("Shadow {key}: synchronized on request {request:?}"));
+                    memory.synced.insert(key.clone(), request.clone());
+                    handled_sync = Some(request.clone());
+                }
+                Err(e) => lines.push(format!("Shadow {key}: sync now: {e}")),
+            }
+        }
+        let own = observe::shadow_state(&address, &connector).await;
+        let own_report = own.as_ref().map_err(Clone::clone).and_then(|r| {
+            r.shadow
+                .as_ref()
+                .ok_or_else(|| "it answers as a replica".to_owned())
+        });
+        let placement = shadowkeep_api::placement::placement_risks(
+            km,
+            &local
+                .estate
+                .shadows()
+                .iter()
+                .filter(|s| declared.contains(&s.name_any()) && namespace_of(*s) == owner.namespace)
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .filter(|r| r.shadow == name)
+        .map(|r| r.message)
+        .collect::<Vec<_>>();
+        let found = Found {
+            invalid: None,
+            key_manager_missing: false,
+            state: own_report,
+            address: Some(SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT)).to_string()),
+            duplicates: &duplicates,
+            placement: &placement,
+            record: Some(&stepped.record),
+            rotation: Some(&stepped.verdict),
+        };
+        let mut status = report(
+            &name,
+            shadow.metadata.generation,
+            previous.as_ref(),
+            &found,
+            &Time(now),
+        );
+        status.last_handled_sync_at = handled_sync;
+        status
+            .last_handled_rotation_at
+            .clone_from(&stepped.record.handled_request);
+        write_status(local.layout, &owner, &name, &status, previous.as_ref())?;
+    }
+    Ok(())
+}
+
+fn status_path(layout: &Layout, owner: &Owner, shadow: &str) -> PathBuf {
+    layout
+        .root()
+        .join("shadow-status")
+        .join(&owner.namespace)
+        .join(format!("{shadow}.json"))
+}
+
+/// The status `up` last wrote for Shadow `shadow` of `owner`.
+pub fn read_status(layout: &Layout, owner: &Owner, shadow: &str) -> Option<ShadowStatus> {
+    let bytes = std::fs::read(status_path(layout, owner, shadow)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_status(
+    layout: &Layout,
+    owner: &Owner,
+    shadow: &str,
+    status: &ShadowStatus,
+    previous: Option<&ShadowStatus>,
+) -> Result<(), String> {
+    if previous == Some(status) {
+        return Ok(());
+    }
+    let path = status_path(layout, owner, shadow);
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bytes = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
+    write_if_changed(&dir, &format!("{shadow}.json"), &bytes).map(drop)
+}
+
+/// How the control core reaches a KeyManager's servers: its replica certificate.
+pub async fn connector(layout: &Layout, owner: &Owner) -> Result<Option<TlsConnector>, String> {
+    let Some(tls) = layout
+        .state()
+        .read(owner, Item::Tls)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    shadowkeep_server::https::connector_from_pem(
+        tls.get("ca.crt"),
+        Some((tls.get("tls.crt"), tls.get("tls.key"))),
+    )
+    .map(Some)
+    .map_err(|e| format!("the replica certificate of {owner}: {e}"))
+}
