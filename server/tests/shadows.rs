@@ -1925,7 +1925,7 @@ async fn a_verifiers_file_that_goes_bad_while_the_replica_runs_keeps_the_set_in_
 
     write_verifiers(&file, &[("shadow-a", &password, "v1")]);
     let _replica = Proc::start_as(&config, Some("r0"));
-    let _shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
     eventually("shadow-a registers", async || {
         row_of(&estate, replica_addr, "shadow-a").await
     })
@@ -1983,6 +1983,17 @@ async fn a_verifiers_file_that_goes_bad_while_the_replica_runs_keeps_the_set_in_
         2,
         "{metrics}"
     );
+    // A set without the shadow's verifier retires its registration: it is dropped, and
+    // registering again with the password it holds is refused.
+    write_verifiers(&file, &[("shadow-a", &Password::generate(), "v3")]);
+    eventually("the registration is retired", async || {
+        let report = state_of(&estate, &shadow).await.shadow.unwrap();
+        let refused =
+            report.replicas[0].problem.as_deref() == Some("registration refused: password-wrong");
+        (refused && row_of(&estate, replica_addr, "shadow-a").await.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(register().await, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
