@@ -1925,7 +1925,7 @@ async fn a_verifiers_file_that_goes_bad_while_the_replica_runs_keeps_the_set_in_
 
     write_verifiers(&file, &[("shadow-a", &password, "v1")]);
     let _replica = Proc::start_as(&config, Some("r0"));
-    let _shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
     eventually("shadow-a registers", async || {
         row_of(&estate, replica_addr, "shadow-a").await
     })
@@ -1983,6 +1983,17 @@ async fn a_verifiers_file_that_goes_bad_while_the_replica_runs_keeps_the_set_in_
         2,
         "{metrics}"
     );
+    // A set without the shadow's verifier retires its registration: it is dropped, and
+    // registering again with the password it holds is refused.
+    write_verifiers(&file, &[("shadow-a", &Password::generate(), "v3")]);
+    eventually("the registration is retired", async || {
+        let report = state_of(&estate, &shadow).await.shadow.unwrap();
+        let refused =
+            report.replicas[0].problem.as_deref() == Some("registration refused: password-wrong");
+        (refused && row_of(&estate, replica_addr, "shadow-a").await.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(register().await, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -2070,4 +2081,82 @@ async fn a_shadow_keeps_its_pair_against_a_torn_older_or_mismatched_one_and_fall
     })
     .await;
     drop(replica);
+}
+
+#[tokio::test]
+async fn a_disabled_shadow_is_re_enabled_by_a_newer_licence_and_password_given_while_it_runs() {
+    let estate = Estate::new("relicence", &["shadow-a"]);
+    let old = estate.passwords["shadow-a"].clone();
+    let new = Password::generate();
+    let t0 = issued_at(&estate, "shadow-a.lic");
+    let t1 = t0.checked_add(jiff::SignedDuration::from_secs(60)).unwrap();
+    let file = estate.dir.join("verifiers.json");
+    write_verifiers(
+        &file,
+        &[("shadow-a", &old, "old"), ("shadow-a", &new, "new")],
+    );
+    let (config, replica_addr) = replica_with_file(&estate, &file);
+    let _replica = Proc::start_as(&config, Some("r0"));
+    let shadow = Proc::start(&estate.shadow("shadow-a", &[replica_addr], 0, ""));
+    eventually("shadow-a registers", async || {
+        row_of(&estate, replica_addr, "shadow-a").await
+    })
+    .await;
+    let (status, body) = admin(
+        &estate.connector(OPERATOR),
+        shadow.admin.unwrap(),
+        Method::PUT,
+        "/v1/shadow/desired-state",
+        br#"{"state":"Disabled"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Disabled,
+        Duration::from_secs(10),
+    )
+    .await;
+    // A disabled shadow does not poll, yet takes a newer licence with its password.
+    replace_file(
+        &estate.dir.join("shadow-a.password"),
+        new.expose().as_bytes(),
+    );
+    replace_file(
+        &estate.dir.join("shadow-a.lic"),
+        licence_for(&estate, "shadow-a", &new, t1).as_bytes(),
+    );
+    wait_state(
+        &estate,
+        &shadow,
+        ShadowState::Shadowing,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        state_of(&estate, &shadow)
+            .await
+            .shadow
+            .unwrap()
+            .licence_issued_at,
+        t1
+    );
+    let metrics = metrics_of(&estate, shadow.admin.unwrap()).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowkeep_shadow_transitions_total{from=\"Disabled\",to=\"Shadowing\",reason=\"relicensed\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert!(!metrics.contains(new.expose()));
+    // And polls again, registered with the new pair.
+    eventually("shadow-a registers with the new pair", async || {
+        row_of(&estate, replica_addr, "shadow-a")
+            .await
+            .filter(|r| r.verifier_id.as_deref() == Some("new") && r.licence_issued_at == t1)
+    })
+    .await;
 }

@@ -611,6 +611,12 @@ fn judge(
     };
     let text = licence.map_err(at_licence)?;
     let password = password.map_err(at_password)?;
+    if text == in_force.text {
+        return Err(at_password(
+            "changed, but the licence did not: a new password comes with the newer licence that holds it"
+                .to_owned(),
+        ));
+    }
     let expected = Expected {
         server_id: &in_force.licence.server_id,
         role: Role::Shadow,
