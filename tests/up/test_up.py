@@ -184,10 +184,14 @@ def test_the_quickstart_serves_mirrored_keys_and_status_tells(up):
     km = status["keyManagers"][0]
     assert (km["name"], km["replicas"], km["ready"]) == ("tape-keys", 2, 2)
     states = {s["name"]: (s["role"], s["state"]) for s in status["servers"]}
-    assert states == {"tape-keys-0": ("replica", "Ready"), "tape-keys-1": ("replica", "Ready")}
-    # Ten KeyGroup keys made by the control core, and the one created here.
-    assert all(s["keys"] == 11 + 1 for s in status["servers"])
-    assert "Shadow default/tape-keys-dr is declared but not started" in up.output()
+    assert states == {"tape-keys-0": ("replica", "Ready"), "tape-keys-1": ("replica", "Ready"),
+                      "tape-keys-dr": ("shadow", "Shadowing")}
+    # Ten KeyGroup keys made by the control core, and the one created here, on the
+    # replicas and, once mirrored, on the shadow.
+    assert wait_for("every server holding 12 keys",
+                    lambda: all(s["keys"] == 11 + 1 for s in up.status()["servers"]))
+    shadow = next(s for s in up.status()["servers"] if s["role"] == "shadow")
+    assert shadow["lastSynchronized"], shadow
 
     def reported_ready():
         km = up.status()["keyManagers"][0]
@@ -431,3 +435,119 @@ def test_an_address_outside_loopback_starts_nothing_and_writes_nothing(tmp_path,
     refused.out.close()
     assert "not a loopback address" in refused.output()
     assert not (tmp_path / "never").exists()
+
+
+def admin_call(up, server, method, path, cert_dir, body=None):
+    """One admin API call to `server`, presenting the certificate in `cert_dir`: status and body."""
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(up.data_dir / "ca.pem"))
+    ctx.load_cert_chain(str(cert_dir / "tls.crt"), str(cert_dir / "tls.key"))
+    host, port = server["admin"].rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"content-type": "application/json"})
+        reply = conn.getresponse()
+        return reply.status, reply.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def operator_certs(up):
+    return up.data_dir / "key-managers" / "default" / "tape-keys" / "tls"
+
+
+def shadow_status(up):
+    path = up.data_dir / "shadow-status" / "default" / "tape-keys-dr.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def condition(status, type_):
+    return next((c for c in status["conditions"] if c["type"] == type_), None)
+
+
+def test_a_rotation_asked_for_in_the_shadow_file_completes_while_the_shadow_keeps_shadowing(up):
+    estate = up.estate()
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    record_path = up.data_dir / "key-managers" / "default" / "tape-keys" / "shadows" / "tape-keys-dr.json"
+    old = json.loads(record_path.read_text())["current"]
+    wait_for("the shadow registered at both replicas", lambda: all(
+        '"tape-keys-dr"' in admin_call(up, r, "GET", "/v1/shadows", operator_certs(up))[1] for r in replicas))
+    shadow_file = up.manifests / "shadow.yaml"
+    shadow_file.write_text(shadow_file.read_text().replace(
+        "  name: tape-keys-dr\n",
+        "  name: tape-keys-dr\n  annotations:\n    shadowkeep.io/rotate-password-requested-at: \"first\"\n", 1))
+    states = set()
+
+    def rotated():
+        states.update(s["state"] for s in up.status()["servers"] if s["role"] == "shadow")
+        status = shadow_status(up)
+        if not status or status.get("lastHandledRotationAt") != "first":
+            return None
+        c = condition(status, "PasswordRotation")
+        return status if c and c["reason"] == "Rotated" else None
+
+    status = wait_for("the rotation done", rotated)
+    assert states == {"Shadowing"}, f"the shadow left Shadowing during the rotation: {states}"
+    assert condition(status, "PasswordRotation")["status"] == "True"
+    new = json.loads(record_path.read_text())
+    assert new["current"]["issuedAt"] != old["issuedAt"]
+    assert "retiring" not in new and "rotation" not in new
+    for r in replicas:
+        code, metrics = admin_call(up, r, "GET", "/metrics", operator_certs(up))
+        assert code == 200
+        refused = [l for l in metrics.splitlines()
+                   if l.startswith("shadowkeep_shadow_registrations_total") and 'outcome="registered"' not in l
+                   and not l.rstrip().endswith(" 0")]
+        assert refused == [], f"the shadow failed to authenticate at {r['name']}: {refused}"
+        code, shadows = admin_call(up, r, "GET", "/v1/shadows", operator_certs(up))
+        registered = next(s for s in json.loads(shadows)["shadows"] if s["name"] == "tape-keys-dr")
+        assert registered["verifierId"] == new["current"]["issuedAt"]
+    # The old pair is refused once retired, at every replica; nothing secret in the answer.
+    shadow_certs = up.data_dir / "servers" / "default" / "tape-keys-dr"
+    request = json.dumps({"licence": old["licence"], "password": old["password"],
+                          "instanceId": "00000000-0000-4000-8000-000000000001"})
+    for r in replicas:
+        code, answer = admin_call(up, r, "POST", "/v1/shadow/register", shadow_certs, request)
+        assert "password-wrong" in answer, f"HTTP {code} from {r['name']}"
+        assert old["password"] not in answer
+    # The shadow still holds a working pair and mirrors.
+    uid, material = create(estate, replicas[0], "TAPE-ROT-1")
+    assert wait_for("the new key mirrored", lambda: all(
+        s["keys"] == 12 for s in up.status()["servers"]))
+    assert old["password"] not in up.output()
+
+
+def test_with_its_replicas_frozen_the_shadow_serves_read_only_and_hands_back(up):
+    estate = up.estate()
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    uid, material = create(estate, replicas[0], "TAPE-DR-1")
+    shadow_file = up.manifests / "shadow.yaml"
+    shadow_file.write_text(shadow_file.read_text().replace("takeoverGracePeriod: 5m", "takeoverGracePeriod: 3s"))
+
+    def restarted():
+        e = up.estate()
+        s = next(s for s in e["servers"] if s["role"] == "shadow")
+        old = next(o for o in estate["servers"] if o["role"] == "shadow")
+        return (e, s) if s["pid"] and s["pid"] != old["pid"] else None
+
+    estate, shadow = wait_for("the shadow restarted with its new grace period", restarted)
+    wait_for("the key mirrored", lambda: next(
+        s for s in up.status()["servers"] if s["role"] == "shadow")["keys"] == 12)
+    for r in replicas:
+        os.kill(r["pid"], signal.SIGSTOP)
+    try:
+        def serving():
+            s = next(s for s in up.status()["servers"] if s["role"] == "shadow")
+            return s if s["state"] == "Serving" else None
+
+        wait_for("the shadow serving", serving)
+        assert get(estate, shadow, uid) == material
+        with pytest.raises(Exception) as refused:
+            create(estate, shadow, "TAPE-DR-2")
+        assert "read-only" in str(refused.value) or "refused" in str(refused.value)
+    finally:
+        for r in replicas:
+            os.kill(r["pid"], signal.SIGCONT)
+    wait_for("the shadow handing back", lambda: next(
+        s for s in up.status()["servers"] if s["role"] == "shadow")["state"] == "Shadowing")

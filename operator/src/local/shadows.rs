@@ -12,7 +12,7 @@
 //! `shadowkeep.io/sync-requested-at` and `shadowkeep.io/rotate-password-requested-at`,
 //! edited in the manifest files, ask for a sync and a rotation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -35,10 +35,10 @@ use crate::core::keystore_sync::ReplicaAddress;
 use crate::core::shadow::credentials::{Issued, Record};
 use crate::core::shadow::observe;
 use crate::core::shadow::rotation::{Event, Wanted};
-use crate::core::shadow::status::{Found, report};
+use crate::core::shadow::status::{Found, placement_of, report};
 use crate::core::shadow::supervise::{self, Step};
 use crate::core::state::{Item, Owner, State as _};
-use crate::core::status::{ROTATE_PASSWORD_REQUESTED_AT, SYNC_REQUESTED_AT};
+use crate::core::status::SYNC_REQUESTED_AT;
 
 /// The Shadows of the estate with the KeyManager each names, when it is declared.
 pub fn shadows_of(estate: &Estate) -> Vec<(&Shadow, Option<&KeyManager>)> {
@@ -206,6 +206,56 @@ pub async fn prepare(
     })
 }
 
+/// What preparing every Shadow left.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The shadows to run.
+    pub servers: Vec<ServerSpec>,
+    /// Shadows left as they are: their KeyManager's reconcile or their own failed.
+    pub kept: Vec<String>,
+    /// What to tell.
+    pub lines: Vec<Line>,
+}
+
+/// Prepares every declared Shadow (except those of the KeyManagers in `failed`, which are
+/// left as they are), then writes every KeyManager's verifiers file from the records, so
+/// that replicas start accepting their shadows. On the `first` run any failure stops
+/// `up`.
+pub async fn prepare_all(
+    local: &Local<'_>,
+    failed: &BTreeSet<String>,
+    first: bool,
+) -> Result<Prepared, String> {
+    let mut out = Prepared::default();
+    for (shadow, km) in shadows_of(local.estate) {
+        let key = server_key(&namespace_of(shadow), &shadow.name_any());
+        let Some(km) = km else {
+            continue;
+        };
+        if failed.contains(&owner_of(km).to_string()) {
+            out.kept.push(key);
+            continue;
+        }
+        match prepare(local, shadow, km).await {
+            Ok(server) => out.servers.push(server),
+            Err(why) if !first => {
+                out.lines.push(format!("Shadow {key}: {why}; left as it is"));
+                out.kept.push(key);
+            }
+            Err(why) => return Err(format!("Shadow {key}: {why}")),
+        }
+    }
+    for km in local.estate.key_managers() {
+        if let Err(e) = publish_verifiers(local.layout, local.estate, km).await {
+            if first {
+                return Err(e);
+            }
+            out.lines.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// The pair the shadow holds: the record's current one.
 fn current_pair(record: &Record) -> &Issued {
     &record.current
@@ -262,7 +312,6 @@ async fn tick_key_manager(
     lines: &mut Vec<Line>,
 ) -> Result<(), String> {
     let owner = owner_of(km);
-    let state = local.layout.state();
     let (signer, _) = signer(local.layout, &owner).await?;
     let Some(connector) = connector(local.layout, &owner).await? else {
         return Ok(());
@@ -282,120 +331,141 @@ async fn tick_key_manager(
     let answers = observe::replicas(&replicas, &connector).await;
     let duplicates = answers.duplicates();
     let now = Timestamp::now();
+    let around = Around {
+        owner: &owner,
+        signer: &signer,
+        connector: &connector,
+        answers: &answers,
+        duplicates: &duplicates,
+        declared,
+        now,
+    };
     for (shadow, _) in shadows_of(local.estate)
         .into_iter()
         .filter(|(_, k)| k.is_some_and(|k| std::ptr::eq(k, km)))
     {
-        let name = shadow.name_any();
-        let key = server_key(&owner.namespace, &name);
-        let wanted = Wanted {
-            interval: shadow.spec.password_rotation_interval.as_duration(),
-            request: shadow
-                .annotations()
-                .get(ROTATE_PASSWORD_REQUESTED_AT)
-                .cloned(),
-            disabled: shadow.spec.state == DesiredShadowState::Disabled,
-            reference: key.clone(),
-        };
-        let observed = answers.seen_by(&name);
-        let step = Step {
-            server_id: &km.spec.server_id,
-            signer: &signer,
-            wanted: &wanted,
-            observed: Some(&observed),
-            declared,
-            now,
-        };
-        let stepped = supervise::rotate(&state, &owner, &name, &step)
-            .await
-            .map_err(|e| e.to_string())?;
-        lines.extend(stepped.events.iter().map(|e| event_line(&key, e)));
-        // The verifiers first: a new pair is accepted before the shadow can present it,
-        // and an old one is retired only once the record says so.
-        publish_verifiers(local.layout, local.estate, km).await?;
-        let dir = local.layout.server_dir(&owner.namespace, &name);
-        hand_over(&dir, &stepped.record.current)?;
-        let Some(ip) = local.addresses.of(&key) else {
-            continue;
-        };
-        let address = ReplicaAddress {
-            replica: name.clone(),
-            address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
-            server_name: ip.to_string(),
-        };
-        let pid = pids.get(&key).copied().flatten();
-        if pid.is_some() {
-            let pushed = (shadow.spec.state, pid);
-            if memory.pushed.get(&key) != Some(&pushed) {
-                match observe::set_desired(&address, &connector, shadow.spec.state).await {
-                    Ok(()) => {
-                        memory.pushed.insert(key.clone(), pushed);
-                    }
-                    Err(e) => lines.push(format!("Shadow {key}: its desired state: {e}")),
-                }
-            }
-        }
-        let previous = read_status(local.layout, &owner, &name);
-        let mut handled_sync = previous
-            .as_ref()
-            .and_then(|s| s.last_handled_sync_at.clone());
-        if let Some(request) = shadow.annotations().get(SYNC_REQUESTED_AT)
-            && handled_sync.as_ref() != Some(request)
-            && memory.synced.get(&key) != Some(request)
-            && pid.is_some()
-        {
-            match observe::sync_now(&address, &connector).await {
-                Ok(()) => {
-                    lines.push(format!("Shadow {key}: synchronized on request {request:?}"));
-                    memory.synced.insert(key.clone(), request.clone());
-                    handled_sync = Some(request.clone());
-                }
-                Err(e) => lines.push(format!("Shadow {key}: sync now: {e}")),
-            }
-        }
-        let own = observe::shadow_state(&address, &connector).await;
-        let own_report = own.as_ref().map_err(Clone::clone).and_then(|r| {
-            r.shadow
-                .as_ref()
-                .ok_or_else(|| "it answers as a replica".to_owned())
-        });
-        let placement = shadowkeep_api::placement::placement_risks(
-            km,
-            &local
-                .estate
-                .shadows()
-                .iter()
-                .filter(|s| declared.contains(&s.name_any()) && namespace_of(*s) == owner.namespace)
-                .collect::<Vec<_>>(),
-        )
-        .into_iter()
-        .filter(|r| r.shadow == name)
-        .map(|r| r.message)
-        .collect::<Vec<_>>();
-        let found = Found {
-            invalid: None,
-            key_manager_missing: false,
-            state: own_report,
-            address: Some(SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT)).to_string()),
-            duplicates: &duplicates,
-            placement: &placement,
-            record: Some(&stepped.record),
-            rotation: Some(&stepped.verdict),
-        };
-        let mut status = report(
-            &name,
-            shadow.metadata.generation,
-            previous.as_ref(),
-            &found,
-            &Time(now),
-        );
-        status.last_handled_sync_at = handled_sync;
-        status
-            .last_handled_rotation_at
-            .clone_from(&stepped.record.handled_request);
-        write_status(local.layout, &owner, &name, &status, previous.as_ref())?;
+        tick_shadow(local, memory, pids, &around, km, shadow, lines).await?;
     }
     Ok(())
+}
+
+/// What one KeyManager's tick found, for each of its Shadows.
+struct Around<'a> {
+    owner: &'a Owner,
+    signer: &'a LicenseSigner,
+    connector: &'a TlsConnector,
+    answers: &'a observe::Replicas,
+    duplicates: &'a [shadowkeep_api::shadow::wire::Duplicate],
+    declared: &'a [String],
+    now: Timestamp,
+}
+
+/// One Shadow's tick: rotation step, verifiers, hand-over, desired state, sync, status.
+async fn tick_shadow(
+    local: &Local<'_>,
+    memory: &mut Memory,
+    pids: &BTreeMap<String, Option<u32>>,
+    around: &Around<'_>,
+    km: &KeyManager,
+    shadow: &Shadow,
+    lines: &mut Vec<Line>,
+) -> Result<(), String> {
+    let (owner, now, declared) = (around.owner, around.now, around.declared);
+    let (connector, duplicates) = (around.connector, around.duplicates);
+    let name = shadow.name_any();
+    let key = server_key(&owner.namespace, &name);
+    let wanted = Wanted::of(shadow, &owner.namespace);
+    let observed = around.answers.seen_by(&name);
+    let step = Step {
+        server_id: &km.spec.server_id,
+        signer: around.signer,
+        wanted: &wanted,
+        observed: Some(&observed),
+        declared,
+        now,
+    };
+    let stepped = supervise::rotate(&local.layout.state(), owner, &name, &step)
+        .await
+        .map_err(|e| e.to_string())?;
+    lines.extend(stepped.events.iter().map(|e| event_line(&key, e)));
+    // The verifiers first: a new pair is accepted before the shadow can present it,
+    // and an old one is retired only once the record says so.
+    publish_verifiers(local.layout, local.estate, km).await?;
+    let dir = local.layout.server_dir(&owner.namespace, &name);
+    hand_over(&dir, &stepped.record.current)?;
+    let Some(ip) = local.addresses.of(&key) else {
+        return Ok(());
+    };
+    let address = ReplicaAddress {
+        replica: name.clone(),
+        address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
+        server_name: ip.to_string(),
+    };
+    let pid = pids.get(&key).copied().flatten();
+    if pid.is_some() {
+        let pushed = (shadow.spec.state, pid);
+        if memory.pushed.get(&key) != Some(&pushed) {
+            match observe::set_desired(&address, connector, shadow.spec.state).await {
+                Ok(()) => {
+                    memory.pushed.insert(key.clone(), pushed);
+                }
+                Err(e) => lines.push(format!("Shadow {key}: its desired state: {e}")),
+            }
+        }
+    }
+    let previous = read_status(local.layout, owner, &name);
+    let mut handled_sync = previous
+        .as_ref()
+        .and_then(|s| s.last_handled_sync_at.clone());
+    if let Some(request) = shadow.annotations().get(SYNC_REQUESTED_AT)
+        && handled_sync.as_ref() != Some(request)
+        && memory.synced.get(&key) != Some(request)
+        && pid.is_some()
+    {
+        match observe::sync_now(&address, connector).await {
+            Ok(()) => {
+                lines.push(format!("Shadow {key}: synchronized on request {request:?}"));
+                memory.synced.insert(key.clone(), request.clone());
+                handled_sync = Some(request.clone());
+            }
+            Err(e) => lines.push(format!("Shadow {key}: sync now: {e}")),
+        }
+    }
+    let own = observe::shadow_state(&address, connector).await;
+    let own_report = own.as_ref().map_err(Clone::clone).and_then(|r| {
+        r.shadow
+            .as_ref()
+            .ok_or_else(|| "it answers as a replica".to_owned())
+    });
+    let siblings: Vec<&Shadow> = local
+        .estate
+        .shadows()
+        .iter()
+        .filter(|s| declared.contains(&s.name_any()) && namespace_of(*s) == owner.namespace)
+        .collect();
+    let placement = placement_of(km, &siblings, &name);
+    let found = Found {
+        invalid: None,
+        key_manager_missing: false,
+        state: own_report,
+        address: Some(SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT)).to_string()),
+        duplicates,
+        placement: &placement,
+        record: Some(&stepped.record),
+        rotation: Some(&stepped.verdict),
+    };
+    let mut status = report(
+        &name,
+        shadow.metadata.generation,
+        previous.as_ref(),
+        &found,
+        &Time(now),
+    );
+    status.last_handled_sync_at = handled_sync;
+    status
+        .last_handled_rotation_at
+        .clone_from(&stepped.record.handled_request);
+    write_status(local.layout, owner, &name, &status, previous.as_ref())
 }
 
 fn status_path(layout: &Layout, owner: &Owner, shadow: &str) -> PathBuf {

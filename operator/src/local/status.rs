@@ -33,7 +33,8 @@ pub struct ServerStatus {
     pub key_manager: String,
     /// `replica` or `shadow`.
     pub role: String,
-    /// `Ready` or `Unreachable` for a replica.
+    /// A replica: `Ready` or `Unreachable`. A shadow: its state (`Shadowing`, `Deferring`,
+    /// `Serving`, `Inactive`, `Disabled`) or `Unreachable`.
     pub state: String,
     /// Keys it holds, when it answered.
     pub keys: Option<usize>,

@@ -21,7 +21,7 @@ use super::addresses::Addresses;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
-use super::shadows::{self, Memory, shadow_keys, shadows_of};
+use super::shadows::{self, Memory, shadow_keys};
 use super::supervise::{Log, ServerSpec, Supervisor};
 use crate::core::drive_moves::risk_message;
 use crate::core::prepare::resync_after;
@@ -304,19 +304,7 @@ impl Up {
     /// Reconciles every KeyManager and brings the servers in line. On the first run any
     /// failure stops `up`; later, a KeyManager that fails keeps the servers it has.
     async fn reconcile_all(&mut self, first: bool) -> Result<(), String> {
-        let mut addresses =
-            Addresses::load(&self.layout.addresses_file(), self.base).map_err(|e| e.to_string())?;
-        addresses
-            .assign(
-                replica_keys(&self.estate)
-                    .iter()
-                    .chain(shadow_keys(&self.estate).iter())
-                    .map(String::as_str),
-            )
-            .map_err(|e| e.to_string())?;
-        addresses
-            .save(&self.layout.addresses_file())
-            .map_err(|e| e.to_string())?;
+        let addresses = self.assign_addresses()?;
         let servers = self.supervisor.servers();
         let running: BTreeSet<String> = servers
             .iter()
@@ -389,38 +377,15 @@ impl Up {
                 }
             }
         }
-        for (shadow, km) in shadows_of(&self.estate) {
-            let key = format!("{}/{}", namespace_of(shadow), shadow.name_any());
-            let Some(km) = km else {
-                continue;
-            };
-            let km_key = format!("{}/{}", namespace_of(km), km.name_any());
-            if failed.contains(&km_key) {
-                kept.insert(key);
-                continue;
-            }
-            match shadows::prepare(&local, shadow, km).await {
-                Ok(server) => {
-                    self.log.widen(server.name.len());
-                    wanted.insert(server.key.clone(), server);
-                }
-                Err(why) if !first => {
-                    self.say(&format!("Shadow {key}: {why}; left as it is"));
-                    kept.insert(key);
-                }
-                Err(why) => return Err(format!("Shadow {key}: {why}")),
-            }
+        let prepared = shadows::prepare_all(&local, &failed, first).await?;
+        for line in &prepared.lines {
+            self.say(line);
         }
-        // Every KeyManager's replicas read their verifiers file at start: it is written
-        // before they are, from the records of the Shadows prepared above.
-        for km in self.estate.key_managers() {
-            if let Err(e) = shadows::publish_verifiers(&self.layout, &self.estate, km).await {
-                if first {
-                    return Err(e);
-                }
-                self.say(&e);
-            }
+        for server in prepared.servers {
+            self.log.widen(server.name.len());
+            wanted.insert(server.key.clone(), server);
         }
+        kept.extend(prepared.kept);
         let bundle = self.ca_bundle().await?;
         shadowkeep_server::durable::write_atomically(
             self.layout.root(),
@@ -431,6 +396,24 @@ impl Up {
         self.clients = clients;
         self.apply(wanted, &kept).await;
         Ok(())
+    }
+
+    /// Every declared server's address: kept from earlier runs, new ones assigned.
+    fn assign_addresses(&self) -> Result<Addresses, String> {
+        let mut addresses =
+            Addresses::load(&self.layout.addresses_file(), self.base).map_err(|e| e.to_string())?;
+        addresses
+            .assign(
+                replica_keys(&self.estate)
+                    .iter()
+                    .chain(shadow_keys(&self.estate).iter())
+                    .map(String::as_str),
+            )
+            .map_err(|e| e.to_string())?;
+        addresses
+            .save(&self.layout.addresses_file())
+            .map_err(|e| e.to_string())?;
+        Ok(addresses)
     }
 
     /// Every declared KeyManager's CA certificate, for clients to trust.

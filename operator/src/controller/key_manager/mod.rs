@@ -48,7 +48,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
     // Client required: the control core makes material, carries keys, keeps the keystore.
-    let prepared = match material::prepare(&ctx, &read, &now).await? {
+    // Boxed: the core's step is a large future, kept off the reconcile's stack.
+    let prepared = match Box::pin(material::prepare(&ctx, &read, &now)).await? {
         Outcome::Ready(prepared) => prepared,
         Outcome::Waiting(waiting) => {
             status::waiting(&ctx, &read, &waiting, &now).await?;

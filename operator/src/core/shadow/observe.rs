@@ -64,11 +64,14 @@ async fn get<T: DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| format!("{path}: its answer: {e}"))
 }
 
+/// One replica's report and registered shadows, or why it could not be asked.
+pub type Answer = Result<(StateReport, ShadowsReply), String>;
+
 /// What the replicas of a KeyManager said about its shadows.
 #[derive(Clone, Debug, Default)]
 pub struct Replicas {
     /// By replica: its report and registered shadows, or why it could not be asked.
-    pub answers: Vec<(String, Result<(StateReport, ShadowsReply), String>)>,
+    pub answers: Vec<(String, Answer)>,
 }
 
 impl Replicas {

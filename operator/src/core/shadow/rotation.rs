@@ -23,9 +23,12 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt as _;
+use shadowkeep_api::crd::{DesiredShadowState, Shadow};
 
 use super::credentials::{Cause, Issued, Problem, Record, Retiring, Rotation};
 use crate::core::Error;
+use crate::core::status::ROTATE_PASSWORD_REQUESTED_AT;
 
 /// How long the old verifier stays accepted after the hand-over at most.
 pub const OVERLAP: Duration = Duration::from_hours(1);
@@ -82,6 +85,21 @@ pub struct Wanted {
     pub disabled: bool,
     /// The shadow's `namespace/name`: it offsets its schedule.
     pub reference: String,
+}
+
+impl Wanted {
+    /// What Shadow `shadow` of `namespace` asks: its spec and rotation annotation.
+    pub fn of(shadow: &Shadow, namespace: &str) -> Self {
+        Self {
+            interval: shadow.spec.password_rotation_interval.as_duration(),
+            request: shadow
+                .annotations()
+                .get(ROTATE_PASSWORD_REQUESTED_AT)
+                .cloned(),
+            disabled: shadow.spec.state == DesiredShadowState::Disabled,
+            reference: format!("{namespace}/{}", shadow.name_any()),
+        }
+    }
 }
 
 /// An Event for the shell to publish.

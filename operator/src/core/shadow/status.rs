@@ -3,7 +3,7 @@
 //! placement risks and the rotation step's verdict. The same in both shells.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use shadowkeep_api::crd::{ShadowState, ShadowStatus};
+use shadowkeep_api::crd::{KeyManager, Shadow, ShadowState, ShadowStatus};
 use shadowkeep_api::shadow::wire::{Duplicate, DuplicateKind, ShadowStateReport};
 
 use super::credentials::Record;
@@ -42,6 +42,16 @@ pub mod reasons {
     pub const PLACEMENT_RISK: &str = "PlacementRisk";
     /// Two instances registered as this shadow.
     pub const DUPLICATE: &str = "DuplicateInstance";
+}
+
+/// The placement risks of Shadow `name` among `shadows` (its KeyManager's), one message
+/// each: the one rule `validate` and `plan` apply too.
+pub fn placement_of(key_manager: &KeyManager, shadows: &[&Shadow], name: &str) -> Vec<String> {
+    shadowkeep_api::placement::placement_risks(key_manager, shadows)
+        .into_iter()
+        .filter(|r| r.shadow == name)
+        .map(|r| r.message)
+        .collect()
 }
 
 /// What the shell found.
@@ -248,6 +258,7 @@ mod tests {
             last_synchronized: Some(at(5).0),
             serving_since: (state == ShadowState::Serving).then_some(at(3).0),
             last_contact: at(5).0,
+            licence_issued_at: at(0).0,
             replicas: Vec::new(),
         }
     }
