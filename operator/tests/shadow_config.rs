@@ -53,6 +53,56 @@ async fn start(config: &ServerConfig) -> std::net::SocketAddr {
     address
 }
 
+/// The shadows the replica at `replica_admin` lists as registered, asked with its own
+/// certificate (the identity the shadow's config allows), once one is listed or after a
+/// minute.
+async fn registered(
+    replica_admin: std::net::SocketAddr,
+    ca: &Authority,
+    replica_tls: &shadowkeep_api::pki::Pair,
+) -> Vec<String> {
+    let connector = connector_from_pem(
+        ca.cert_pem().as_bytes(),
+        Some((
+            replica_tls.cert_pem.as_bytes(),
+            replica_tls.key_pem.as_bytes(),
+        )),
+    )
+    .unwrap();
+    let address = replica_admin.to_string();
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let mut sender = http1_connect_as(&address, "127.0.0.1", &connector)
+            .await
+            .unwrap();
+        let (status, body) = send(
+            &mut sender,
+            &address,
+            hyper::Method::GET,
+            "/v1/shadows",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let names: Vec<String> = reply["shadows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        if !names.is_empty() || Instant::now() > deadline {
+            return names;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_shadow_from_the_rendered_configuration_registers_with_a_rendered_replica() {
     let dir = std::env::temp_dir().join(format!("shadowkeep-shadow-config-{}", std::process::id()));
@@ -144,47 +194,7 @@ async fn a_shadow_from_the_rendered_configuration_registers_with_a_rendered_repl
     settings.poll_interval_ms = 200;
     start(&config).await;
 
-    // The replica's Shadows window, asked with the identity the shadow's config allows.
-    let connector = connector_from_pem(
-        ca.cert_pem().as_bytes(),
-        Some((
-            replica_tls.cert_pem.as_bytes(),
-            replica_tls.key_pem.as_bytes(),
-        )),
-    )
-    .unwrap();
-    let address = replica_admin.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let shadows = loop {
-        let mut sender = http1_connect_as(&address, "127.0.0.1", &connector)
-            .await
-            .unwrap();
-        let (status, body) = send(
-            &mut sender,
-            &address,
-            hyper::Method::GET,
-            "/v1/shadows",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-        assert!(
-            status.is_success(),
-            "{status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let names: Vec<String> = reply["shadows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap().to_owned())
-            .collect();
-        if !names.is_empty() || Instant::now() > deadline {
-            break names;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let shadows = registered(replica_admin, &ca, &replica_tls).await;
     assert_eq!(shadows, ["vault-dr"], "the shadow registered by its name");
     std::fs::remove_dir_all(dir).unwrap();
 }
