@@ -66,6 +66,13 @@ async fn start_replica(client: &kube::Client, dir: &Path) -> std::net::SocketAdd
     config.kek_file = dir.join("kek");
     // Where the mounted keystore Secret would be; nothing is there until the test says.
     config.keystore_file = Some(dir.join("keystore"));
+    // The license the operator signed, which must verify under the key in the config.
+    std::fs::write(
+        dir.join("license"),
+        data(&secret(client, "tape-keys-license").await, "license"),
+    )
+    .unwrap();
+    config.licence.as_mut().unwrap().file = dir.join("license");
     let replication = config.replication.as_mut().unwrap();
     replication.listen = "127.0.0.1:0".parse().unwrap();
     replication.client_cert = dir.join("tls.crt");

@@ -1,6 +1,7 @@
 //! The StatefulSet of the replicas: one data volume each, spread over hosts and zones,
 //! locked down (non-root, read-only root file system, no capabilities), probed on the
-//! admin API, and rolled when the configuration changes.
+//! admin API, and rolled when the configuration changes. The container, the lock-down and
+//! the data volume are the shadows' too (`build::shadow`).
 
 use std::collections::BTreeMap;
 
@@ -17,13 +18,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use shadowkeep_api::crd::{KeyManagerSpec, StorageSpec};
 
 use super::config::{
     CONFIG_DIR, CONFIG_FILE, DATA_DIR, KEK_DIR, KEYSTORE_DIR, LICENSE_DIR, SHADOW_VERIFIERS_DIR,
     TLS_DIR,
 };
-use shadowkeep_api::crd::{KeyManagerSpec, StorageSpec};
-
 use super::{ADMIN_PORT, DEFAULT_IMAGE, Inputs, KMIP_PORT};
 
 /// Annotation carrying the configuration hash on the pod template.
