@@ -73,7 +73,16 @@ async fn start_replica(client: &kube::Client, dir: &Path) -> std::net::SocketAdd
     )
     .unwrap();
     config.licence.as_mut().unwrap().file = dir.join("license");
+    std::fs::write(
+        dir.join("verifiers.json"),
+        data(
+            &secret(client, "tape-keys-shadow-verifiers").await,
+            "verifiers.json",
+        ),
+    )
+    .unwrap();
     let replication = config.replication.as_mut().unwrap();
+    replication.shadow_verifiers_file = Some(dir.join("verifiers.json"));
     replication.listen = "127.0.0.1:0".parse().unwrap();
     replication.client_cert = dir.join("tls.crt");
     replication.client_key = dir.join("tls.key");

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use shadowkeep::build::{Inputs, ShadowInputs, server_config, shadow_config, shadow_tls};
+use shadowkeep::core::shadow::credentials::Accept;
+use shadowkeep::core::shadow::supervise::verifiers_file;
 use shadowkeep_api::crd::{KeyManager, Shadow};
 use shadowkeep_api::keystore::Kek;
 use shadowkeep_api::license::{License, LicenseSigner};
 use shadowkeep_api::password::Password;
 use shadowkeep_api::pki::{Authority, Usage};
 use shadowkeep_api::server_config::ServerConfig;
-use shadowkeep_api::shadow::registration::AcceptedVerifier;
 use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
 
 const KEY_MANAGER: &str = "
@@ -166,13 +167,18 @@ async fn a_shadow_from_the_rendered_configuration_registers_with_a_rendered_repl
     replication.client_key.clone_from(&replica_key);
     replication.peers.clear();
     replication.peer_acknowledgements = Some(0);
-    replication.shadow_verifiers = BTreeMap::from([(
+    // The verifiers file as the control core writes it, where the rendered config names it.
+    let accepted = BTreeMap::from([(
         "vault-dr".to_owned(),
-        vec![AcceptedVerifier {
+        vec![Accept {
             verifier: password.verifier().unwrap(),
+            id: "first".to_owned(),
             not_after: None,
         }],
     )]);
+    let verifiers = write(&dir, "verifiers.json", &verifiers_file(&accepted));
+    assert!(replication.shadow_verifiers_file.is_some());
+    replication.shadow_verifiers_file = Some(verifiers);
     let replica_admin = start(&replica).await;
 
     let mut config = shadow_config(&shadow_inputs, &public_key);

@@ -213,7 +213,7 @@ def test_a_stopped_server_is_unreachable_in_status_without_blocking_it(up):
     finally:
         os.kill(frozen, signal.SIGCONT)
     states = {s["name"]: s["state"] for s in status["servers"]}
-    assert states == {"tape-keys-0": "Ready", "tape-keys-1": "Unreachable"}
+    assert states == {"tape-keys-0": "Ready", "tape-keys-1": "Unreachable", "tape-keys-dr": "Shadowing"}
     assert status["keyManagers"][0]["ready"] == 1
     assert took < 30, f"status took {took:.1f} s with one server frozen"
 
@@ -246,8 +246,13 @@ def test_a_second_up_on_the_same_directory_serves_the_same_keys(tmp_path, up):
         estate2 = again.estate()
         assert [s["kmip"] for s in estate2["servers"]] == [s["kmip"] for s in estate["servers"]]
         assert Path(estate2["ca"]).read_bytes() == ca_before
-        for server in estate2["servers"]:
+        for server in (s for s in estate2["servers"] if s["role"] == "replica"):
             assert get(estate2, server, uid) == material
+        # The shadow holds it too, and refuses to serve it while a replica answers.
+        shadow = next(s for s in again.status()["servers"] if s["role"] == "shadow")
+        assert wait_for("the shadow holding the key", lambda: next(
+            s for s in again.status()["servers"] if s["role"] == "shadow")["keys"] == 12)
+        assert shadow["state"] == "Shadowing"
     finally:
         assert again.interrupt() == 0
 
@@ -394,7 +399,7 @@ def test_a_drive_moved_to_another_key_manager_is_held_back_until_accepted(tmp_pa
     running = Up(tmp_path, manifests).start()
     try:
         running.wait_ready()
-        assert len(running.estate()["servers"]) == 3
+        assert len([s for s in running.estate()["servers"] if s["role"] == "replica"]) == 3
         # Move drive 1013000125 from tape-keys to vault-keys in one edit, without accepting.
         table = manifests / "drivetable.yaml"
         text = table.read_text()
@@ -551,3 +556,53 @@ def test_with_its_replicas_frozen_the_shadow_serves_read_only_and_hands_back(up)
             os.kill(r["pid"], signal.SIGCONT)
     wait_for("the shadow handing back", lambda: next(
         s for s in up.status()["servers"] if s["role"] == "shadow")["state"] == "Shadowing")
+
+
+def test_a_rotation_backs_off_while_a_replica_is_frozen_and_resumes_after_a_restart_of_up(tmp_path, up):
+    estate = up.estate()
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    record_path = up.data_dir / "key-managers" / "default" / "tape-keys" / "shadows" / "tape-keys-dr.json"
+    password_file = up.data_dir / "servers" / "default" / "tape-keys-dr" / "password"
+    wait_for("the shadow's first pair written", lambda: password_file.exists() and record_path.exists())
+    working = password_file.read_bytes()
+    old = json.loads(record_path.read_text())["current"]["issuedAt"]
+    os.kill(replicas[1]["pid"], signal.SIGSTOP)
+    try:
+        shadow_file = up.manifests / "shadow.yaml"
+        shadow_file.write_text(shadow_file.read_text().replace(
+            "  name: tape-keys-dr\n",
+            "  name: tape-keys-dr\n  annotations:\n    shadowkeep.io/rotate-password-requested-at: \"frozen\"\n", 1))
+
+        def backing_off():
+            status = shadow_status(up)
+            c = status and condition(status, "PasswordRotation")
+            return c if c and c["reason"] == "ReplicaUnreachable" else None
+
+        c = wait_for("the rotation backing off", backing_off)
+        assert c["status"] == "False" and "tape-keys-1" in c["message"] and "still works" in c["message"]
+        record = json.loads(record_path.read_text())
+        pending = record["rotation"]["next"]["issuedAt"]
+        assert record["current"]["issuedAt"] == old, "nothing handed over while a replica cannot be asked"
+        assert password_file.read_bytes() == working, "the shadow keeps its working password"
+        code, shadows = admin_call(up, replicas[0], "GET", "/v1/shadows", operator_certs(up))
+        registered = next(s for s in json.loads(shadows)["shadows"] if s["name"] == "tape-keys-dr")
+        assert registered["licenceIssuedAt"] == old
+    finally:
+        os.kill(replicas[1]["pid"], signal.SIGCONT)
+    # Stopped mid-rotation, and started again: the rotation resumes with the pair it issued.
+    assert up.interrupt() == 0
+    again = Up(tmp_path, up.manifests, data_dir=up.data_dir, base=up.base).start()
+    try:
+        again.wait_ready()
+
+        def rotated():
+            status = shadow_status(again)
+            c = status and condition(status, "PasswordRotation")
+            return status if c and c["reason"] == "Rotated" else None
+
+        status = wait_for("the resumed rotation done", rotated)
+        assert status["lastHandledRotationAt"] == "frozen"
+        assert json.loads(record_path.read_text())["current"]["issuedAt"] == pending
+        assert password_file.read_bytes() != working
+    finally:
+        assert again.interrupt() == 0

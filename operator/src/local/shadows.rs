@@ -239,7 +239,8 @@ pub async fn prepare_all(
         match prepare(local, shadow, km).await {
             Ok(server) => out.servers.push(server),
             Err(why) if !first => {
-                out.lines.push(format!("Shadow {key}: {why}; left as it is"));
+                out.lines
+                    .push(format!("Shadow {key}: {why}; left as it is"));
                 out.kept.push(key);
             }
             Err(why) => return Err(format!("Shadow {key}: {why}")),

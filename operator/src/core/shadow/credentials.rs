@@ -116,6 +116,10 @@ pub struct Retiring {
     pub not_after: Timestamp,
     /// When the shadow was handed the new pair.
     pub handed_over_at: Timestamp,
+    /// Whether it is out of the replicas' verifiers already (the rotation then waits for
+    /// every replica to have stopped accepting it).
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 impl std::fmt::Debug for Retiring {
@@ -124,6 +128,7 @@ impl std::fmt::Debug for Retiring {
             .field("id", &self.id)
             .field("not_after", &self.not_after)
             .field("handed_over_at", &self.handed_over_at)
+            .field("withdrawn", &self.withdrawn)
             .finish_non_exhaustive()
     }
 }
@@ -255,7 +260,7 @@ impl Record {
                 not_after: None,
             });
         }
-        if let Some(retiring) = &self.retiring {
+        if let Some(retiring) = self.retiring.as_ref().filter(|r| !r.withdrawn) {
             out.push(Accept {
                 verifier: retiring.verifier.clone(),
                 id: retiring.id.clone(),

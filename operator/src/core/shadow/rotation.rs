@@ -397,6 +397,7 @@ fn accept(
         id: old.id(),
         not_after: after(now, OVERLAP),
         handed_over_at: now,
+        withdrawn: false,
     });
     record.rotation = None;
     record.retry_at = None;
@@ -466,15 +467,15 @@ fn judge(
     (failure, behind)
 }
 
-/// Step 3: retires the old verifier once the shadow registered with the new pair at
-/// every replica, or at its not-after.
+/// Step 3: withdraws the old verifier once the shadow registered with the new pair at
+/// every replica, or at its not-after; step 4: done once no replica accepts it any more.
 fn retire(
     record: &mut Record,
     observed: Option<&Observed>,
     now: Timestamp,
     events: &mut Vec<Event>,
 ) -> Verdict {
-    let Some(retiring) = record.retiring.clone() else {
+    let Some(mut retiring) = record.retiring.clone() else {
         return Verdict {
             ok: true,
             reason: reasons::IN_PROGRESS,
@@ -482,79 +483,100 @@ fn retire(
         };
     };
     let id = record.current.id();
-    let waiting: Vec<&str> = observed.map_or_else(Vec::new, |o| {
-        o.iter()
-            .filter(|(_, seen)| {
-                seen.as_ref().map_or(true, |s| {
-                    s.registered_with != Some(record.current.issued_at)
-                })
-            })
-            .map(|(name, _)| name.as_str())
-            .collect()
-    });
-    let registered_everywhere = observed.is_some_and(|o| !o.is_empty()) && waiting.is_empty();
-    if registered_everywhere {
-        record.retiring = None;
-        record.rotated_at = Some(now);
-        record.failures = 0;
-        record.problem = None;
-        events.push(Event {
-            warning: false,
-            reason: "PasswordRotated",
-            message: format!(
-                "the shadow registered with licence {id} at every replica; licence {} is retired",
-                retiring.id
-            ),
+    if !retiring.withdrawn {
+        let waiting = replicas_where(observed, |s| {
+            s.registered_with != Some(record.current.issued_at)
         });
+        if observed.is_some_and(|o| !o.is_empty()) && waiting.is_empty() {
+            retiring.withdrawn = true;
+            record.problem = None;
+        } else if now > retiring.not_after {
+            retiring.withdrawn = true;
+            let problem = Problem {
+                reason: reasons::OVERLAP_EXPIRED.to_owned(),
+                message: format!(
+                    "the shadow did not register with licence {id} at every replica before {} (still waiting: {}); licence {} was retired then, and the shadow, which holds the new password, registers with it when it next can",
+                    retiring.not_after,
+                    listed(&waiting),
+                    retiring.id
+                ),
+            };
+            events.push(Event {
+                warning: true,
+                reason: "PasswordOverlapExpired",
+                message: problem.message.clone(),
+            });
+            record.problem = Some(problem);
+        } else {
+            return Verdict {
+                ok: true,
+                reason: reasons::IN_PROGRESS,
+                message: format!(
+                    "rotating to licence {id}: waiting for the shadow to register with it at {}; licence {} stays accepted until {}",
+                    listed(&waiting),
+                    retiring.id,
+                    retiring.not_after
+                ),
+            };
+        }
+        record.retiring = Some(retiring.clone());
+    }
+    // Withdrawn: the replicas' verifiers no longer name it; done once none accepts it, or
+    // once its not-after has passed (the replicas refuse it themselves then).
+    let holding = replicas_where(observed, |s| s.accepted.contains(&retiring.id));
+    let dropped = observed.is_some_and(|o| !o.is_empty()) && holding.is_empty();
+    if !dropped && now <= retiring.not_after {
         return Verdict {
             ok: true,
-            reason: reasons::ROTATED,
-            message: format!("rotated at {now}"),
-        };
-    }
-    if now > retiring.not_after {
-        record.retiring = None;
-        record.rotated_at = Some(now);
-        record.failures = 0;
-        let problem = Problem {
-            reason: reasons::OVERLAP_EXPIRED.to_owned(),
+            reason: reasons::IN_PROGRESS,
             message: format!(
-                "the shadow did not register with licence {id} at every replica before {} (still waiting: {}); licence {} was retired then, and the shadow, which holds the new password, registers with it when it next can",
-                retiring.not_after,
-                if waiting.is_empty() {
-                    "replicas not asked".to_owned()
-                } else {
-                    waiting.join(", ")
-                },
+                "rotating to licence {id}: the shadow registered with it; waiting for {} to stop accepting licence {}",
+                listed(&holding),
                 retiring.id
             ),
         };
-        events.push(Event {
-            warning: true,
-            reason: "PasswordOverlapExpired",
-            message: problem.message.clone(),
-        });
-        let verdict = Verdict {
+    }
+    record.retiring = None;
+    record.rotated_at = Some(now);
+    record.failures = 0;
+    if let Some(problem) = &record.problem {
+        return Verdict {
             ok: false,
-            reason: reasons::OVERLAP_EXPIRED,
+            reason: reason_of(&problem.reason),
             message: problem.message.clone(),
         };
-        record.problem = Some(problem);
-        return verdict;
     }
+    events.push(Event {
+        warning: false,
+        reason: "PasswordRotated",
+        message: format!(
+            "the shadow registered with licence {id} at every replica, and none accepts licence {} any more",
+            retiring.id
+        ),
+    });
     Verdict {
         ok: true,
-        reason: reasons::IN_PROGRESS,
-        message: format!(
-            "rotating to licence {id}: waiting for the shadow to register with it at {}; licence {} stays accepted until {}",
-            if waiting.is_empty() {
-                "every replica".to_owned()
-            } else {
-                waiting.join(", ")
-            },
-            retiring.id,
-            retiring.not_after
-        ),
+        reason: reasons::ROTATED,
+        message: format!("rotated at {now}"),
+    }
+}
+
+/// The replicas that answered with `what` true, or could not be asked (`None`: none
+/// were asked).
+fn replicas_where(observed: Option<&Observed>, what: impl Fn(&ReplicaSees) -> bool) -> Vec<&str> {
+    observed.map_or_else(Vec::new, |o| {
+        o.iter()
+            .filter(|(_, seen)| seen.as_ref().map_or(true, &what))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    })
+}
+
+fn listed(replicas: &[&str]) -> String {
+    if replicas.is_empty() {
+        "every replica".to_owned()
+    } else {
+        replicas.join(", ")
     }
 }
 
@@ -693,8 +715,31 @@ mod tests {
                 sees(&both, Some(record.current.issued_at)),
             ),
         ];
-        let done = run(&record, &w, Some(&everywhere), false, due);
-        assert_eq!(ids(&done.record), vec![(new_id, false)]);
+        let withdrawn = run(&record, &w, Some(&everywhere), false, due);
+        assert_eq!(ids(&withdrawn.record), vec![(new_id.clone(), false)]);
+        assert!(
+            withdrawn.record.rotating(),
+            "done only once no replica accepts the old one"
+        );
+        assert_eq!(withdrawn.verdict.reason, reasons::IN_PROGRESS);
+        let dropped: Observed = vec![
+            (
+                "km-0".to_owned(),
+                sees(
+                    std::slice::from_ref(&new_id),
+                    Some(record.current.issued_at),
+                ),
+            ),
+            (
+                "km-1".to_owned(),
+                sees(
+                    std::slice::from_ref(&new_id),
+                    Some(record.current.issued_at),
+                ),
+            ),
+        ];
+        let done = run(&withdrawn.record, &w, Some(&dropped), false, due);
+        assert!(!done.record.rotating());
         assert_eq!(done.record.rotated_at, Some(due));
         assert_eq!(done.verdict.reason, reasons::ROTATED);
         assert!(done.events.iter().any(|e| e.reason == "PasswordRotated"));
@@ -807,6 +852,7 @@ mod tests {
             id: t(0).to_string(),
             not_after: t(3600),
             handed_over_at: t(0),
+            withdrawn: false,
         });
         let silent: Observed = vec![("km-0".to_owned(), Err("timed out".to_owned()))];
         assert!(
