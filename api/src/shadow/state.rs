@@ -322,6 +322,25 @@ impl Machine {
         self.state
     }
 
+    /// The state the operator last asked for, as far as it still holds: `Disabled` while a
+    /// disablement by hand stands, `Inactive` while deactivated (a restart forgets it),
+    /// else `Active`. The operator tells the shadow again whenever this differs from what it
+    /// wants, so a restarted shadow is deactivated again, and one that went Inactive at its
+    /// continuous-service limit is not re-activated by a repeated `Active`.
+    pub fn desired(&self) -> DesiredShadowState {
+        if self
+            .clocks
+            .disabled
+            .is_some_and(|d| d.reason == DisableReason::ByHand)
+        {
+            DesiredShadowState::Disabled
+        } else if self.deactivated {
+            DesiredShadowState::Inactive
+        } else {
+            DesiredShadowState::Active
+        }
+    }
+
     /// When the current state began.
     pub fn since(&self) -> Timestamp {
         self.since

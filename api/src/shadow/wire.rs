@@ -125,6 +125,10 @@ pub struct ShadowStateReport {
     pub priority: i32,
     /// The state now.
     pub state: ShadowState,
+    /// The state the operator last asked for, as far as it still holds
+    /// (`Machine::desired`).
+    #[serde(default)]
+    pub desired: DesiredShadowState,
     /// Since when.
     pub since: Timestamp,
     /// When the shadow last held every key a replica offered.

@@ -12,15 +12,14 @@
 //! `shadowkeep.io/sync-requested-at` and `shadowkeep.io/rotate-password-requested-at`,
 //! edited in the manifest files, ask for a sync and a rotation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
 use sha2::{Digest as _, Sha256};
-use shadowkeep_api::crd::{DesiredShadowState, KeyManager, Shadow, ShadowStatus};
+use shadowkeep_api::crd::{KeyManager, Shadow, ShadowStatus};
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::license::LicenseSigner;
 use tokio_rustls::TlsConnector;
@@ -34,11 +33,10 @@ use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, port};
 use crate::core::keystore_sync::ReplicaAddress;
 use crate::core::shadow::credentials::{Issued, Record};
 use crate::core::shadow::observe;
-use crate::core::shadow::rotation::{Event, Wanted};
-use crate::core::shadow::status::{Found, placement_of, report};
-use crate::core::shadow::supervise::{self, Step};
+use crate::core::shadow::rotation::Event;
+use crate::core::shadow::supervise;
+use crate::core::shadow::tick::{Input, Shell, tick as core_tick};
 use crate::core::state::{Item, Owner, State as _};
-use crate::core::status::SYNC_REQUESTED_AT;
 
 /// The Shadows of the estate with the KeyManager each names, when it is declared.
 pub fn shadows_of(estate: &Estate) -> Vec<(&Shadow, Option<&KeyManager>)> {
@@ -262,42 +260,48 @@ fn current_pair(record: &Record) -> &Issued {
     &record.current
 }
 
-/// What the shadow tick remembers between ticks.
-#[derive(Debug, Default)]
-pub struct Memory {
-    /// The desired state last pushed to each shadow, with the process it went to.
-    pushed: BTreeMap<String, (DesiredShadowState, Option<u32>)>,
-    /// The last sync request acted on, by shadow.
-    synced: BTreeMap<String, String>,
-}
-
 /// A line for `up` to print.
 pub type Line = String;
 
-fn event_line(name: &str, event: &Event) -> Line {
+fn event_line(key: &str, event: &Event) -> Line {
     format!(
-        "Shadow {name}: {}{}: {}",
+        "Shadow {key}: {}{}: {}",
         if event.warning { "warning: " } else { "" },
         event.reason,
         event.message
     )
 }
 
-/// One tick for every declared Shadow whose KeyManager runs: the rotation step, the
-/// verifiers file, the hand-over, the desired state, a requested sync, the status.
-/// `pids` gives each server's process, so a restarted shadow is told its state again.
-pub async fn tick(
-    local: &Local<'_>,
-    memory: &mut Memory,
-    pids: &BTreeMap<String, Option<u32>>,
-) -> Vec<Line> {
+/// What only `up` does for a Shadow: files in the data directory.
+struct Files<'a> {
+    layout: &'a Layout,
+}
+
+impl Shell for Files<'_> {
+    async fn publish_verifiers(&self, owner: &Owner, verifiers: Vec<u8>) -> Result<(), String> {
+        let path = self.layout.verifiers_file(&owner.namespace, &owner.name);
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_if_changed(&dir, &name, &verifiers).map(drop)
+    }
+
+    async fn hand_over(&self, owner: &Owner, shadow: &str, pair: &Issued) -> Result<(), String> {
+        hand_over(&self.layout.server_dir(&owner.namespace, shadow), pair).map(drop)
+    }
+}
+
+/// One look after every declared Shadow whose KeyManager runs (the core's
+/// [`crate::core::shadow::tick`]); what to print.
+pub async fn tick(local: &Local<'_>) -> Vec<Line> {
     let mut lines = Vec::new();
     for km in local.estate.key_managers() {
-        let declared = declared_for(local.estate, km);
-        if declared.is_empty() {
+        if declared_for(local.estate, km).is_empty() {
             continue;
         }
-        if let Err(e) = tick_key_manager(local, memory, pids, km, &declared, &mut lines).await {
+        if let Err(e) = tick_key_manager(local, km, &mut lines).await {
             lines.push(format!("KeyManager {}: shadows: {e}", owner_of(km)));
         }
     }
@@ -306,10 +310,7 @@ pub async fn tick(
 
 async fn tick_key_manager(
     local: &Local<'_>,
-    memory: &mut Memory,
-    pids: &BTreeMap<String, Option<u32>>,
     km: &KeyManager,
-    declared: &[String],
     lines: &mut Vec<Line>,
 ) -> Result<(), String> {
     let owner = owner_of(km);
@@ -330,143 +331,50 @@ async fn tick_key_manager(
         })
         .collect();
     let answers = observe::replicas(&replicas, &connector).await;
-    let duplicates = answers.duplicates();
-    let now = Timestamp::now();
-    let around = Around {
-        owner: &owner,
-        signer: &signer,
-        connector: &connector,
-        answers: &answers,
-        duplicates: &duplicates,
-        declared,
-        now,
-    };
-    for (shadow, _) in shadows_of(local.estate)
+    let siblings: Vec<&Shadow> = shadows_of(local.estate)
         .into_iter()
         .filter(|(_, k)| k.is_some_and(|k| std::ptr::eq(k, km)))
-    {
-        tick_shadow(local, memory, pids, &around, km, shadow, lines).await?;
+        .map(|(s, _)| s)
+        .collect();
+    let shell = Files {
+        layout: local.layout,
+    };
+    for shadow in &siblings {
+        let name = shadow.name_any();
+        let key = server_key(&owner.namespace, &name);
+        let ip = local.addresses.of(&key);
+        let previous = read_status(local.layout, &owner, &name);
+        let input = Input {
+            shadow,
+            key_manager: km,
+            owner: &owner,
+            signer: &signer,
+            connector: Some(&connector),
+            replicas: &answers,
+            address: ip.map(|ip| ReplicaAddress {
+                replica: name.clone(),
+                address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
+                server_name: ip.to_string(),
+            }),
+            kmip_address: ip.map(|ip| SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT)).to_string()),
+            siblings: &siblings,
+            previous: previous.as_ref(),
+            now: Timestamp::now(),
+        };
+        let output = core_tick(&local.layout.state(), &shell, &input)
+            .await
+            .map_err(|e| e.to_string())?;
+        lines.extend(output.events.iter().map(|e| event_line(&key, e)));
+        lines.extend(output.problems.iter().map(|p| format!("Shadow {key}: {p}")));
+        write_status(
+            local.layout,
+            &owner,
+            &name,
+            &output.status,
+            previous.as_ref(),
+        )?;
     }
     Ok(())
-}
-
-/// What one KeyManager's tick found, for each of its Shadows.
-struct Around<'a> {
-    owner: &'a Owner,
-    signer: &'a LicenseSigner,
-    connector: &'a TlsConnector,
-    answers: &'a observe::Replicas,
-    duplicates: &'a [shadowkeep_api::shadow::wire::Duplicate],
-    declared: &'a [String],
-    now: Timestamp,
-}
-
-/// One Shadow's tick: rotation step, verifiers, hand-over, desired state, sync, status.
-async fn tick_shadow(
-    local: &Local<'_>,
-    memory: &mut Memory,
-    pids: &BTreeMap<String, Option<u32>>,
-    around: &Around<'_>,
-    km: &KeyManager,
-    shadow: &Shadow,
-    lines: &mut Vec<Line>,
-) -> Result<(), String> {
-    let (owner, now, declared) = (around.owner, around.now, around.declared);
-    let (connector, duplicates) = (around.connector, around.duplicates);
-    let name = shadow.name_any();
-    let key = server_key(&owner.namespace, &name);
-    let wanted = Wanted::of(shadow, &owner.namespace);
-    let observed = around.answers.seen_by(&name);
-    let step = Step {
-        server_id: &km.spec.server_id,
-        signer: around.signer,
-        wanted: &wanted,
-        observed: Some(&observed),
-        declared,
-        now,
-    };
-    let stepped = supervise::rotate(&local.layout.state(), owner, &name, &step)
-        .await
-        .map_err(|e| e.to_string())?;
-    lines.extend(stepped.events.iter().map(|e| event_line(&key, e)));
-    // The verifiers first: a new pair is accepted before the shadow can present it,
-    // and an old one is retired only once the record says so.
-    publish_verifiers(local.layout, local.estate, km).await?;
-    let dir = local.layout.server_dir(&owner.namespace, &name);
-    hand_over(&dir, &stepped.record.current)?;
-    let Some(ip) = local.addresses.of(&key) else {
-        return Ok(());
-    };
-    let address = ReplicaAddress {
-        replica: name.clone(),
-        address: SocketAddr::new(IpAddr::V4(ip), port(ADMIN_PORT)).to_string(),
-        server_name: ip.to_string(),
-    };
-    let pid = pids.get(&key).copied().flatten();
-    if pid.is_some() {
-        let pushed = (shadow.spec.state, pid);
-        if memory.pushed.get(&key) != Some(&pushed) {
-            match observe::set_desired(&address, connector, shadow.spec.state).await {
-                Ok(()) => {
-                    memory.pushed.insert(key.clone(), pushed);
-                }
-                Err(e) => lines.push(format!("Shadow {key}: its desired state: {e}")),
-            }
-        }
-    }
-    let previous = read_status(local.layout, owner, &name);
-    let mut handled_sync = previous
-        .as_ref()
-        .and_then(|s| s.last_handled_sync_at.clone());
-    if let Some(request) = shadow.annotations().get(SYNC_REQUESTED_AT)
-        && handled_sync.as_ref() != Some(request)
-        && memory.synced.get(&key) != Some(request)
-        && pid.is_some()
-    {
-        match observe::sync_now(&address, connector).await {
-            Ok(()) => {
-                lines.push(format!("Shadow {key}: synchronized on request {request:?}"));
-                memory.synced.insert(key.clone(), request.clone());
-                handled_sync = Some(request.clone());
-            }
-            Err(e) => lines.push(format!("Shadow {key}: sync now: {e}")),
-        }
-    }
-    let own = observe::shadow_state(&address, connector).await;
-    let own_report = own.as_ref().map_err(Clone::clone).and_then(|r| {
-        r.shadow
-            .as_ref()
-            .ok_or_else(|| "it answers as a replica".to_owned())
-    });
-    let siblings: Vec<&Shadow> = local
-        .estate
-        .shadows()
-        .iter()
-        .filter(|s| declared.contains(&s.name_any()) && namespace_of(*s) == owner.namespace)
-        .collect();
-    let placement = placement_of(km, &siblings, &name);
-    let found = Found {
-        invalid: None,
-        key_manager_missing: false,
-        state: own_report,
-        address: Some(SocketAddr::new(IpAddr::V4(ip), port(KMIP_PORT)).to_string()),
-        duplicates,
-        placement: &placement,
-        record: Some(&stepped.record),
-        rotation: Some(&stepped.verdict),
-    };
-    let mut status = report(
-        &name,
-        shadow.metadata.generation,
-        previous.as_ref(),
-        &found,
-        &Time(now),
-    );
-    status.last_handled_sync_at = handled_sync;
-    status
-        .last_handled_rotation_at
-        .clone_from(&stepped.record.handled_request);
-    write_status(local.layout, owner, &name, &status, previous.as_ref())
 }
 
 fn status_path(layout: &Layout, owner: &Owner, shadow: &str) -> PathBuf {

@@ -21,7 +21,7 @@ use super::addresses::Addresses;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
-use super::shadows::{self, Memory, shadow_keys};
+use super::shadows::{self, shadow_keys};
 use super::supervise::{Log, ServerSpec, Supervisor};
 use crate::core::drive_moves::risk_message;
 use crate::core::prepare::resync_after;
@@ -213,7 +213,6 @@ async fn up(options: Options) -> ExitCode {
         estate,
         next_sync: BTreeMap::new(),
         seen,
-        shadows: Memory::default(),
         next_shadows: tokio::time::Instant::now(),
     };
     let started = tokio::select! {
@@ -279,8 +278,6 @@ struct Up {
     next_sync: BTreeMap<String, tokio::time::Instant>,
     /// The fingerprint of the manifests last applied.
     seen: String,
-    /// What the shadow tick remembers.
-    shadows: Memory,
     /// When the shadows are next looked after.
     next_shadows: tokio::time::Instant,
 }
@@ -597,10 +594,6 @@ impl Up {
             return;
         };
         let servers = self.supervisor.servers();
-        let pids: BTreeMap<String, Option<u32>> = servers
-            .iter()
-            .map(|(spec, status)| (spec.key.clone(), status.pid))
-            .collect();
         let set = |f: fn(&super::supervise::Status) -> bool| -> BTreeSet<String> {
             servers
                 .iter()
@@ -616,7 +609,7 @@ impl Up {
             running: &running,
             ready: &ready,
         };
-        for line in shadows::tick(&local, &mut self.shadows, &pids).await {
+        for line in shadows::tick(&local).await {
             self.log.line(UP, &line);
         }
     }

@@ -174,6 +174,7 @@ impl ShadowHandle {
                 key_manager: self.server_id.clone(),
                 priority: self.priority,
                 state: machine.state(),
+                desired: machine.desired(),
                 since: machine.since(),
                 last_synchronized: self.lock_mirror().last_synchronized,
                 serving_since: clocks.serving_since,

@@ -7,9 +7,11 @@
 //! - [`rotation`]: the pure step that moves a rotation on.
 //! - [`status`]: the Shadows window, computed purely from what the shell found.
 //! - [`supervise`]: that step against the stored state, and what replicas are to accept.
+//! - [`tick`]: one look after a Shadow, with what only a shell can do passed in.
 
 pub mod credentials;
 pub mod observe;
 pub mod rotation;
 pub mod status;
 pub mod supervise;
+pub mod tick;

@@ -254,6 +254,7 @@ mod tests {
             key_manager: "prod".to_owned(),
             priority: 0,
             state,
+            desired: shadowkeep_api::crd::DesiredShadowState::Active,
             since: at(0).0,
             last_synchronized: Some(at(5).0),
             serving_since: (state == ShadowState::Serving).then_some(at(3).0),
