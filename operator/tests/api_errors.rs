@@ -91,6 +91,8 @@ fn context(client: kube::Client) -> Arc<Context> {
         backoff: Backoff::default(),
         replica_resolver: None,
         applied: Arc::default(),
+        shadow_resolver: None,
+        rotation_locks: Arc::default(),
     })
 }
 

@@ -30,8 +30,8 @@ pub use config::{
 pub use pdb::pod_disruption_budget;
 pub use secret::{
     KEEP_ANNOTATION, Material, ca_secret, ca_secret_of, kek_secret, kek_secret_of, keystore_secret,
-    keystore_secret_of, license_secret, shadow_verifiers_secret, signing_secret_of, tls_secret,
-    tls_secret_of,
+    keystore_secret_of, license_secret, shadow_verifiers_secret, shadow_verifiers_secret_of,
+    signing_secret_of, tls_secret, tls_secret_of,
 };
 pub use service::{client_service, peer_service};
 pub use shadow::{

@@ -189,10 +189,16 @@ pub fn license_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
 /// The verifiers of the shadows' passwords, which every replica mounts to judge shadow
 /// registrations. Owned and rebuilt: the rotation keeps its own record.
 pub fn shadow_verifiers_secret(inputs: &Inputs<'_>, material: &Material) -> Secret {
+    shadow_verifiers_secret_of(inputs, &material.shadow_verifiers)
+}
+
+/// [`shadow_verifiers_secret`] from the verifiers file itself: what a Shadow's reconcile
+/// applies when its rotation changes what the replicas accept.
+pub fn shadow_verifiers_secret_of(inputs: &Inputs<'_>, verifiers: &[u8]) -> Secret {
     secret(
         inputs,
         &inputs.names().shadow_verifiers,
         true,
-        vec![(super::config::VERIFIERS_FILE, &material.shadow_verifiers)],
+        vec![(super::config::VERIFIERS_FILE, verifiers)],
     )
 }

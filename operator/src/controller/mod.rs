@@ -11,6 +11,7 @@ pub mod key_manager;
 pub mod lease;
 pub mod references;
 pub mod run;
+pub mod shadow;
 pub mod state;
 pub mod telemetry;
 
@@ -51,6 +52,11 @@ pub struct Context {
     /// What was last applied of each child, so that a reconcile at rest applies nothing;
     /// kept current by the watches of the owned kinds.
     pub applied: std::sync::Arc<applied::Applied>,
+    /// Where the shadows' admin APIs are, when not at their pod DNS names (tests); `None`
+    /// in a cluster.
+    pub shadow_resolver: Option<shadow::ShadowResolver>,
+    /// One lock per KeyManager for its Shadows' rotation steps.
+    pub rotation_locks: std::sync::Arc<shadow::RotationLocks>,
 }
 
 impl Context {
@@ -83,6 +89,8 @@ impl Context {
             backoff: Backoff::default(),
             replica_resolver: None,
             applied: std::sync::Arc::default(),
+            shadow_resolver: None,
+            rotation_locks: std::sync::Arc::default(),
         })
     }
 }

@@ -106,6 +106,40 @@ async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action, Err
     .await
 }
 
+/// The Shadow controller: each Shadow a shadow server at its site, its password rotated
+/// by the core.
+fn shadow_controller(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    concurrency: u16,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> {
+    Controller::new(api::<Shadow>(client, ns), config.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .owns(api::<StatefulSet>(client, ns), config.clone())
+        .shutdown_on_signal()
+        .run(reconcile_shadow, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "shadow reconcile failed");
+            }
+        })
+}
+
+async fn reconcile_shadow(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(
+        &ctx,
+        shadow.as_ref(),
+        // Boxed: a Shadow's reconcile is a large future, kept off the stack.
+        Box::pin(super::shadow::reconcile(
+            Arc::clone(&shadow),
+            Arc::clone(&ctx),
+        )),
+    )
+    .await
+}
+
 /// The DriveTable and KeyGroup reconciles, measured like the KeyManager's.
 async fn reconcile_referrer<K>(
     object: Arc<PartialObjectMeta<K>>,
@@ -202,6 +236,8 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         backoff: super::Backoff::default(),
         replica_resolver: None,
         applied: Arc::default(),
+        shadow_resolver: None,
+        rotation_locks: Arc::default(),
     });
     let controller = controller
         .owns_stream(owned::<StatefulSet>(&client, ns, &config, &ctx))
@@ -248,7 +284,8 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         .for_each(|_| async {});
         futures::future::join(tables, groups)
     };
-    let all = futures::future::join(controller, referrers);
+    let shadows = shadow_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
+    let all = futures::future::join3(controller, referrers, shadows);
     match lease {
         None => {
             all.await;
