@@ -234,6 +234,7 @@ async fn a_refused_child_fails_the_apply_step_and_is_counted_and_reported_as_suc
         [
             "PATCH /api/v1/namespaces/default/secrets/tape-keys-license",
             "PATCH /api/v1/namespaces/default/secrets/tape-keys-shadow-verifiers",
+            "PATCH /api/v1/namespaces/default/configmaps/tape-keys-shadow-hints",
             "PATCH /api/v1/namespaces/default/configmaps/tape-keys-config",
             "PATCH /api/v1/namespaces/default/services/tape-keys-peers",
             "PATCH /api/v1/namespaces/default/services/tape-keys-kmip",

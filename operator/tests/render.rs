@@ -48,6 +48,8 @@ fn quickstart_renders_as_the_golden_file() {
             "Secret",
             "Secret",
             "Secret",
+            // The hint list, then the configuration.
+            "ConfigMap",
             "ConfigMap",
             "Service",
             "Service",
@@ -125,8 +127,14 @@ fn key_material_outlives_the_key_manager_and_the_rest_is_owned() {
         named(&objects, "Secret", "tape-keys-kek")["immutable"],
         true
     );
+    assert_eq!(
+        named(&objects, "ConfigMap", "tape-keys-shadow-hints")["data"]["addresses"],
+        "192.0.2.10\n",
+        "the hint list holds the Shadow's hintAddresses"
+    );
     for (kind, name) in [
         ("ConfigMap", "tape-keys-config"),
+        ("ConfigMap", "tape-keys-shadow-hints"),
         ("StatefulSet", "tape-keys"),
         ("Service", "tape-keys-kmip"),
         ("PodDisruptionBudget", "tape-keys"),

@@ -228,6 +228,32 @@ async fn the_quickstart_shadow_converges_to_a_fixed_point() {
 }
 
 #[tokio::test]
+async fn the_key_manager_lists_its_shadow_and_publishes_its_hints() {
+    let client = cluster(|_| {}).await;
+    reconcile_key_manager(&client).await;
+    reconcile_shadow(&client).await;
+    reconcile_key_manager(&client).await;
+    let km = Api::<KeyManager>::namespaced(client.clone(), NS)
+        .get("tape-keys")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(km.shadow_hints, ["192.0.2.10"]);
+    let listed: Vec<_> = km
+        .shadows
+        .iter()
+        .map(|s| (s.name.as_str(), s.zone.as_str()))
+        .collect();
+    assert_eq!(listed, [("tape-keys-dr", "eu-central-1a")]);
+    let hints = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get("tape-keys-shadow-hints")
+        .await
+        .unwrap();
+    assert_eq!(hints.data.unwrap()["addresses"], "192.0.2.10\n");
+}
+
+#[tokio::test]
 async fn an_invalid_shadow_changes_nothing_and_says_which_field() {
     let client = cluster(|_| {}).await;
     reconcile_key_manager(&client).await;

@@ -19,7 +19,7 @@ pub use key_manager::{
     ServiceType, StorageSpec, TlsSource, TlsSpec,
 };
 pub use shadow::{
-    DesiredShadowState, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus,
+    DesiredShadowState, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus, hint_list,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -203,3 +203,59 @@ pub struct ShadowStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_rotation_at: Option<String>,
 }
+
+/// A KeyManager's hint list: the `hintAddresses` of its Shadows, highest priority first
+/// (ties by name), each address once, at most [`crate::shadow::wire::MAX_HINTS`]. What its
+/// status and its `<keymanager>-shadow-hints` ConfigMap publish.
+pub fn hint_list(shadows: &[&Shadow]) -> Vec<String> {
+    use kube::ResourceExt as _;
+    let mut ranked: Vec<&&Shadow> = shadows.iter().collect();
+    ranked.sort_by(|a, b| {
+        b.spec
+            .priority
+            .cmp(&a.spec.priority)
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    let mut out: Vec<String> = Vec::new();
+    for address in ranked.iter().flat_map(|s| s.spec.hint_addresses.iter()) {
+        if out.len() == crate::shadow::wire::MAX_HINTS {
+            break;
+        }
+        if !out.contains(address) {
+            out.push(address.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shadow(name: &str, priority: i32, addresses: &[&str]) -> Shadow {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "shadowkeep.io/v1alpha1", "kind": "Shadow",
+            "metadata": {"name": name},
+            "spec": {"keyManagerRef": {"name": "km"}, "placement": {"zone": "z"},
+                     "priority": priority, "hintAddresses": addresses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_hint_list_ranks_by_priority_then_name_once_each_and_stops_at_a_hundred() {
+        let low = shadow("a-low", 1, &["10.0.0.3", "10.0.0.1"]);
+        let high = shadow("z-high", 9, &["10.0.0.1", "10.0.0.2"]);
+        let tie = shadow("b-tie", 1, &["10.0.0.4"]);
+        assert_eq!(
+            hint_list(&[&low, &high, &tie]),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("10.1.0.{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let full = shadow("full", 5, &refs);
+        let list = hint_list(&[&full, &low]);
+        assert_eq!(list.len(), 100);
+        assert!(!list.contains(&"10.0.0.3".to_owned()));
+    }
+}

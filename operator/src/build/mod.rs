@@ -314,6 +314,10 @@ pub fn applied(inputs: &Inputs<'_>, material: &Material) -> Result<Vec<Child>, B
     if let Some(certificate) = certificate(inputs) {
         out.push(Child::Certificate(certificate));
     }
+    out.push(Child::ConfigMap(shadow_hints_config_map(
+        inputs,
+        &shadowkeep_api::crd::hint_list(&inputs.shadows),
+    )));
     let config = config_map(inputs, &material.license_public_key)?;
     let hash = config_hash(&config);
     out.push(Child::ConfigMap(config));

@@ -5,7 +5,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt as _;
-use shadowkeep_api::crd::{KeyGroupStatus, KeyManager, KeyManagerStatus};
+use shadowkeep_api::crd::{
+    KeyGroupStatus, KeyManager, KeyManagerShadow, KeyManagerStatus, Shadow, ShadowStatus, hint_list,
+};
 
 use super::conditions::{condition, merge, reasons, types};
 use super::drive_moves::{Carried, risk_condition, table_report};
@@ -32,6 +34,24 @@ pub struct Observed<'a> {
     pub ready: i32,
     /// Other KeyManagers (`namespace/name`) with its server id.
     pub twins: &'a [String],
+    /// Its Shadows as they last reported (the Shadows window).
+    pub shadows: &'a [KeyManagerShadow],
+}
+
+/// The Shadows window of a KeyManager: each of its Shadows with its zone, and the state
+/// and last synchronization its status last reported, by name.
+pub fn shadows_window(shadows: &[(&Shadow, Option<&ShadowStatus>)]) -> Vec<KeyManagerShadow> {
+    let mut out: Vec<KeyManagerShadow> = shadows
+        .iter()
+        .map(|(shadow, status)| KeyManagerShadow {
+            name: shadow.name_any(),
+            zone: shadow.spec.placement.zone.clone(),
+            state: status.and_then(|s| s.state),
+            last_synchronized: status.and_then(|s| s.last_synchronized.clone()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// One DriveTable's report.
@@ -99,6 +119,8 @@ pub fn report(
         s.key_count = Some(i64::try_from(prepared.keys).unwrap_or(i64::MAX));
         s.keystore_digest = Some(prepared.digest.clone());
         s.replica_sync.clone_from(&prepared.synced.replicas);
+        s.shadows = observed.shadows.to_vec();
+        s.shadow_hints = hint_list(&inputs.shadows);
     });
     let tables = read
         .tables

@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+use shadowkeep_api::crd::ShadowStatus;
+
 use crate::core::state::dir::DataDir;
 
 /// The data directory of `shadowkeep up`.
@@ -50,6 +52,20 @@ impl Layout {
             .join("shadow-verifiers")
             .join(namespace)
             .join(format!("{key_manager}.json"))
+    }
+
+    /// The status `up` keeps of Shadow `shadow` of `namespace`.
+    pub fn shadow_status_file(&self, namespace: &str, shadow: &str) -> PathBuf {
+        self.root
+            .join("shadow-status")
+            .join(namespace)
+            .join(format!("{shadow}.json"))
+    }
+
+    /// The status `up` last wrote for Shadow `shadow` of `namespace`, if any.
+    pub fn shadow_status(&self, namespace: &str, shadow: &str) -> Option<ShadowStatus> {
+        let bytes = std::fs::read(self.shadow_status_file(namespace, shadow)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// The client certificates of KeyManager `key_manager` of `namespace`.

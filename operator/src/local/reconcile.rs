@@ -382,10 +382,25 @@ async fn write_status(
         })
         .map(|o| format!("{}/{}", namespace_of(o), o.name_any()))
         .collect();
+    let statuses: Vec<_> = inputs
+        .shadows
+        .iter()
+        .map(|s| {
+            let status = local.layout.shadow_status(&owner.namespace, &s.name_any());
+            (*s, status)
+        })
+        .collect();
+    let shadows = status::shadows_window(
+        &statuses
+            .iter()
+            .map(|(s, status)| (*s, status.as_ref()))
+            .collect::<Vec<_>>(),
+    );
     let observed = Observed {
         replicas: mine(local.running),
         ready: mine(local.ready),
         twins: &twins,
+        shadows: &shadows,
     };
     let state = local.layout.state();
     let previous = state.read_status(&owner).await.map_err(|e| e.to_string())?;

@@ -343,7 +343,7 @@ async fn tick_key_manager(
         let name = shadow.name_any();
         let key = server_key(&owner.namespace, &name);
         let ip = local.addresses.of(&key);
-        let previous = read_status(local.layout, &owner, &name);
+        let previous = local.layout.shadow_status(&owner.namespace, &name);
         let input = Input {
             shadow,
             key_manager: km,
@@ -377,20 +377,6 @@ async fn tick_key_manager(
     Ok(())
 }
 
-fn status_path(layout: &Layout, owner: &Owner, shadow: &str) -> PathBuf {
-    layout
-        .root()
-        .join("shadow-status")
-        .join(&owner.namespace)
-        .join(format!("{shadow}.json"))
-}
-
-/// The status `up` last wrote for Shadow `shadow` of `owner`.
-pub fn read_status(layout: &Layout, owner: &Owner, shadow: &str) -> Option<ShadowStatus> {
-    let bytes = std::fs::read(status_path(layout, owner, shadow)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 fn write_status(
     layout: &Layout,
     owner: &Owner,
@@ -401,7 +387,7 @@ fn write_status(
     if previous == Some(status) {
         return Ok(());
     }
-    let path = status_path(layout, owner, shadow);
+    let path = layout.shadow_status_file(&owner.namespace, shadow);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let bytes = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
     write_if_changed(&dir, &format!("{shadow}.json"), &bytes).map(drop)

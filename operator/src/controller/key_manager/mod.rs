@@ -67,10 +67,18 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         .statefulset
         .as_ref()
         .map_or((0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0)));
+    let shadows = crate::core::status::shadows_window(
+        &inputs
+            .shadows
+            .iter()
+            .map(|s| (*s, s.status.as_ref()))
+            .collect::<Vec<_>>(),
+    );
     let observed = Observed {
         replicas,
         ready,
         twins: &read.twins,
+        shadows: &shadows,
     };
     let report = crate::core::status::report(
         &read.declared(),
