@@ -19,7 +19,8 @@ pub use key_manager::{
     ServiceType, StorageSpec, TlsSource, TlsSpec,
 };
 pub use shadow::{
-    DesiredShadowState, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus, hint_list,
+    DesiredShadowState, MAX_HINTS, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus,
+    hint_list,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -204,8 +204,11 @@ pub struct ShadowStatus {
     pub last_handled_rotation_at: Option<String>,
 }
 
+/// Most addresses in a hint list (KeyServer's limit).
+pub const MAX_HINTS: usize = 100;
+
 /// A KeyManager's hint list: the `hintAddresses` of its Shadows, highest priority first
-/// (ties by name), each address once, at most [`crate::shadow::wire::MAX_HINTS`]. What its
+/// (ties by name), each address once, at most [`MAX_HINTS`]. What its
 /// status and its `<keymanager>-shadow-hints` ConfigMap publish.
 pub fn hint_list(shadows: &[&Shadow]) -> Vec<String> {
     use kube::ResourceExt as _;
@@ -218,7 +221,7 @@ pub fn hint_list(shadows: &[&Shadow]) -> Vec<String> {
     });
     let mut out: Vec<String> = Vec::new();
     for address in ranked.iter().flat_map(|s| s.spec.hint_addresses.iter()) {
-        if out.len() == crate::shadow::wire::MAX_HINTS {
+        if out.len() == MAX_HINTS {
             break;
         }
         if !out.contains(address) {

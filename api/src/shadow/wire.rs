@@ -17,8 +17,7 @@ use crate::server_config::DrivePolicy;
 
 /// Largest poll report or desired-state request accepted, in bytes.
 pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
-/// Most addresses in a hint list (KeyServer's limit).
-pub const MAX_HINTS: usize = 100;
+pub use crate::crd::MAX_HINTS;
 
 /// What a registered shadow tells a replica at each poll. The answer is a [`ShadowView`];
 /// answering in time is what "a replica answered" means.

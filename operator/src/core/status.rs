@@ -18,12 +18,6 @@ use crate::build::Inputs;
 /// Annotation that asks for an immediate reconcile; its value is echoed in
 /// `status.lastHandledReconcileAt`.
 pub const RECONCILE_REQUESTED_AT: &str = "shadowkeep.io/reconcile-requested-at";
-/// Annotation on a Shadow that asks it to poll and mirror its KeyManager now; its value is
-/// echoed in `status.lastHandledSyncAt`.
-pub const SYNC_REQUESTED_AT: &str = "shadowkeep.io/sync-requested-at";
-/// Annotation on a Shadow that asks for a new password (and licence) now; its value is
-/// echoed in `status.lastHandledRotationAt`.
-pub const ROTATE_PASSWORD_REQUESTED_AT: &str = "shadowkeep.io/rotate-password-requested-at";
 
 /// What the shell observed of the KeyManager's servers.
 #[derive(Clone, Copy, Debug)]

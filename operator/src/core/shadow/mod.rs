@@ -15,3 +15,10 @@ pub mod rotation;
 pub mod status;
 pub mod supervise;
 pub mod tick;
+
+/// Annotation on a Shadow that asks it to poll and mirror its KeyManager now; its value is
+/// echoed in `status.lastHandledSyncAt`.
+pub const SYNC_REQUESTED_AT: &str = "shadowkeep.io/sync-requested-at";
+/// Annotation on a Shadow that asks for a new password (and licence) now; its value is
+/// echoed in `status.lastHandledRotationAt`.
+pub const ROTATE_PASSWORD_REQUESTED_AT: &str = "shadowkeep.io/rotate-password-requested-at";

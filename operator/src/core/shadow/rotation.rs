@@ -26,9 +26,9 @@ use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt as _;
 use shadowkeep_api::crd::{DesiredShadowState, Shadow};
 
+use super::ROTATE_PASSWORD_REQUESTED_AT;
 use super::credentials::{Cause, Issued, Problem, Record, Retiring, Rotation};
 use crate::core::Error;
-use crate::core::status::ROTATE_PASSWORD_REQUESTED_AT;
 
 /// How long the old verifier stays accepted after the hand-over at most.
 pub const OVERLAP: Duration = Duration::from_hours(1);

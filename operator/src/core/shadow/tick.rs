@@ -13,6 +13,7 @@ use shadowkeep_api::license::LicenseSigner;
 use shadowkeep_api::shadow::wire::Duplicate;
 use tokio_rustls::TlsConnector;
 
+use super::SYNC_REQUESTED_AT;
 use super::credentials::Issued;
 use super::observe::{self, Replicas};
 use super::rotation::{Event, Wanted};
@@ -21,7 +22,6 @@ use super::supervise::{self, Step, accepted, verifiers_file};
 use crate::core::Error;
 use crate::core::keystore_sync::ReplicaAddress;
 use crate::core::state::{Owner, State};
-use crate::core::status::SYNC_REQUESTED_AT;
 
 /// What only a shell can do for a Shadow.
 pub trait Shell: Send + Sync {
