@@ -1,6 +1,9 @@
-//! Status writes that must not lose another controller's conditions.
+//! Status writes that must not lose another controller's conditions, and the Events that
+//! tell of conditions that changed.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::runtime::events::EventType;
 use serde::Serialize;
 
 /// A merge patch of a status, made on a fresh read: its resourceVersion makes the write
@@ -54,5 +57,31 @@ where
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Publishes an Event about `object` for every condition of `next` whose status or reason
+/// differs from `previous`: a Warning when `is_warning` says it signals trouble, Normal
+/// otherwise. A first condition that signals nothing is not news.
+pub async fn publish_transitions(
+    ctx: &super::Context,
+    object: &ObjectReference,
+    previous: &[Condition],
+    next: &[Condition],
+    is_warning: fn(&Condition) -> bool,
+) {
+    for c in next {
+        let before = previous.iter().find(|p| p.type_ == c.type_);
+        let changed = before.is_none_or(|p| p.status != c.status || p.reason != c.reason);
+        if !changed || (before.is_none() && !is_warning(c)) {
+            continue;
+        }
+        let type_ = if is_warning(c) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.publish(object, type_, &c.reason, "Reconcile", &c.message)
+            .await;
     }
 }

@@ -312,39 +312,25 @@ impl State for Kube {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &owner.namespace);
         let name = history_name(&owner.name);
         let data = Some([(HISTORY_FILE.to_owned(), history.to_json())].into());
-        match version {
-            None => {
-                let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
-                metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(HISTORY_LABEL.to_owned(), owner.name.clone());
-                metadata.annotations =
-                    Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
-                let cm = ConfigMap {
-                    metadata,
-                    data,
-                    ..ConfigMap::default()
-                };
-                api.create(&PostParams::default(), &cm)
-                    .await
-                    .map_err(conflict_or(format!("create ConfigMap {name}")))?;
-            }
-            Some(version) => {
-                let patch = ConfigMap {
-                    metadata: ObjectMeta {
-                        resource_version: Some(version.to_owned()),
-                        ..ObjectMeta::default()
-                    },
-                    data,
-                    ..ConfigMap::default()
-                };
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(conflict_or(format!("update ConfigMap {name}")))?;
-            }
-        }
-        Ok(())
+        let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
+        metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(HISTORY_LABEL.to_owned(), owner.name.clone());
+        metadata.annotations =
+            Some([(build::KEEP_ANNOTATION.to_owned(), "true".to_owned())].into());
+        write_at(
+            &api,
+            &name,
+            version,
+            |metadata| ConfigMap {
+                metadata,
+                data: data.clone(),
+                ..ConfigMap::default()
+            },
+            metadata,
+        )
+        .await
     }
 
     async fn read_shadow(
@@ -400,38 +386,58 @@ impl State for Kube {
             )]
             .into(),
         );
-        match version {
-            None => {
-                let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
-                metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(SHADOW_CREDENTIALS_LABEL.to_owned(), owner.name.clone());
-                let secret = Secret {
-                    metadata,
-                    data,
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret)
-                    .await
-                    .map_err(conflict_or(format!("create Secret {name}")))?;
-            }
-            Some(version) => {
-                let patch = Secret {
-                    metadata: ObjectMeta {
-                        resource_version: Some(version.to_owned()),
-                        ..ObjectMeta::default()
-                    },
-                    data,
-                    ..Secret::default()
-                };
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(conflict_or(format!("update Secret {name}")))?;
-            }
-        }
-        Ok(())
+        let mut metadata = build::kept_meta(&owner.namespace, &owner.name, &name);
+        metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(SHADOW_CREDENTIALS_LABEL.to_owned(), owner.name.clone());
+        write_at(
+            &api,
+            &name,
+            version,
+            |metadata| Secret {
+                metadata,
+                data: data.clone(),
+                ..Secret::default()
+            },
+            metadata,
+        )
+        .await
     }
+}
+
+/// Writes object `name`: created with `metadata` when `version` is `None`, else its data
+/// merged in with `version` as a precondition (keeping what else is on it). Another writer
+/// first: [`StateError::Conflict`], nothing written.
+async fn write_at<K>(
+    api: &Api<K>,
+    name: &str,
+    version: Option<&str>,
+    object: impl Fn(ObjectMeta) -> K,
+    metadata: ObjectMeta,
+) -> Result<(), StateError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    match version {
+        None => {
+            api.create(&PostParams::default(), &object(metadata))
+                .await
+                .map_err(conflict_or(format!("create {kind} {name}")))?;
+        }
+        Some(version) => {
+            let patch = object(ObjectMeta {
+                resource_version: Some(version.to_owned()),
+                ..ObjectMeta::default()
+            });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(conflict_or(format!("update {kind} {name}")))?;
+        }
+    }
+    Ok(())
 }
 
 fn stored_shadow(shadow: &str, secret: &Secret) -> StoredShadow {

@@ -8,12 +8,12 @@ use kube::runtime::events::EventType;
 use kube::{Resource as _, ResourceExt as _};
 use serde::Serialize;
 use shadowkeep_api::crd::{
-    DriveTable, DriveTableStatus, KeyGroup, KeyGroupStatus, KeyManager, KeyManagerStatus,
+    DriveTable, DriveTableStatus, KeyGroup, KeyGroupStatus, KeyManagerStatus,
 };
 
 use super::dereference::Dereferenced;
 use super::material::Waiting;
-use crate::controller::conditions::update_status;
+use crate::controller::conditions::{publish_transitions, update_status};
 use crate::controller::state::Kube;
 use crate::controller::{Context, StatusError};
 use crate::core::conditions::{condition, merge, reasons, types};
@@ -27,37 +27,6 @@ fn is_warning(c: &Condition) -> bool {
         types::READY => c.reason == reasons::INVALID_SPEC,
         types::PROGRESSING => false,
         _ => c.status == "True",
-    }
-}
-
-/// Publishes an Event for every condition whose status or reason changed: a Warning when
-/// it signals trouble, Normal otherwise.
-async fn publish_transitions(
-    ctx: &Context,
-    km: &KeyManager,
-    previous: &[Condition],
-    next: &[Condition],
-) {
-    for c in next {
-        let before = previous.iter().find(|p| p.type_ == c.type_);
-        let changed = before.is_none_or(|p| p.status != c.status || p.reason != c.reason);
-        let first_and_quiet = before.is_none() && !is_warning(c);
-        if !changed || first_and_quiet {
-            continue;
-        }
-        let type_ = if is_warning(c) {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        ctx.publish(
-            &km.object_ref(&()),
-            type_,
-            &c.reason,
-            "Reconcile",
-            &c.message,
-        )
-        .await;
     }
 }
 
@@ -77,7 +46,14 @@ async fn write_status(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    publish_transitions(ctx, km, previous, &status.conditions).await;
+    publish_transitions(
+        ctx,
+        &km.object_ref(&()),
+        previous,
+        &status.conditions,
+        is_warning,
+    )
+    .await;
     Kube::new(ctx.client.clone())
         .write_status(&Owner::new(&read.namespace, &read.name), status)
         .await

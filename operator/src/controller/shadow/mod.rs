@@ -26,6 +26,7 @@ use shadowkeep_api::finding::Finding;
 use shadowkeep_api::manifest::Resource as Object;
 use shadowkeep_api::pki::Authority;
 
+use super::conditions::publish_transitions;
 use super::key_manager::apply::apply;
 use super::state::{Kube, bytes};
 use super::{Context, Error, ReadError, StatusError};
@@ -448,26 +449,14 @@ async fn write(ctx: &Context, shadow: &Shadow, status: &ShadowStatus) -> Result<
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    for c in &status.conditions {
-        let before = previous.iter().find(|p| p.type_ == c.type_);
-        let changed = before.is_none_or(|p| p.status != c.status || p.reason != c.reason);
-        if !changed || (before.is_none() && !is_warning(c)) {
-            continue;
-        }
-        let type_ = if is_warning(c) {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        ctx.publish(
-            &shadow.object_ref(&()),
-            type_,
-            &c.reason,
-            "Reconcile",
-            &c.message,
-        )
-        .await;
-    }
+    publish_transitions(
+        ctx,
+        &shadow.object_ref(&()),
+        previous,
+        &status.conditions,
+        is_warning,
+    )
+    .await;
     let namespace = shadow.namespace().unwrap_or_else(|| "default".to_owned());
     let apply = serde_json::json!({
         "apiVersion": Shadow::api_version(&()),
