@@ -606,3 +606,161 @@ def test_a_rotation_backs_off_while_a_replica_is_frozen_and_resumes_after_a_rest
         assert password_file.read_bytes() != working
     finally:
         assert again.interrupt() == 0
+
+
+SYNC = "shadowkeep.io/sync-requested-at"
+ROTATE = "shadowkeep.io/rotate-password-requested-at"
+
+
+def annotated(text, name, annotations):
+    """`text` (manifests without annotations) with `annotations` set on the object `name`."""
+    block = "".join(f"    {k}: \"{v}\"\n" for k, v in annotations.items())
+    assert f"  name: {name}\n" in text
+    return text.replace(f"  name: {name}\n", f"  name: {name}\n  annotations:\n{block}", 1)
+
+
+def the_shadow(up, name="tape-keys-dr"):
+    return next(s for s in up.status()["servers"] if s["name"] == name)
+
+
+def shadow_pid(up):
+    return next(s for s in up.estate()["servers"] if s["role"] == "shadow")["pid"]
+
+
+def rotated_on(up, request, name="tape-keys-dr"):
+    path = up.data_dir / "shadow-status" / "default" / f"{name}.json"
+    status = json.loads(path.read_text()) if path.exists() else None
+    if not status or status.get("lastHandledRotationAt") != request:
+        return None
+    c = condition(status, "PasswordRotation")
+    return status if c and c["reason"] == "Rotated" else None
+
+
+def test_a_requested_sync_mirrors_at_once_and_each_value_is_answered_once(up):
+    estate = up.estate()
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    shadow_file = up.manifests / "shadow.yaml"
+    original = shadow_file.read_text()
+    wait_for("the shadow holding the KeyGroups' keys", lambda: the_shadow(up)["keys"] == 11)
+    uid, material = create(estate, replicas[0], "TAPE-SYNC-1")
+    shadow_file.write_text(annotated(original, "tape-keys-dr", {SYNC: "sync-1"}))
+
+    def handled(value):
+        def check():
+            status = shadow_status(up)
+            return status if status and status.get("lastHandledSyncAt") == value else None
+        return check
+
+    wait_for("the sync request handled", handled("sync-1"))
+    # The sync is answered only once its round and its mirroring are done, so the key is
+    # there now. (Replicas also push new keys; the key alone does not prove the sync.)
+    assert the_shadow(up)["keys"] == 12
+    assert up.output().count('synchronized on request "sync-1"') == 1
+    # The same value saved again, with a rotation request in the same edit, so that the
+    # ticks that see the edit are known to have run once the rotation is done.
+    shadow_file.write_text(annotated(original, "tape-keys-dr", {SYNC: "sync-1", ROTATE: "after-sync-1"}))
+    wait_for("the rotation asked for in the same edit done", lambda: rotated_on(up, "after-sync-1"))
+    assert up.output().count('synchronized on request "sync-1"') == 1, "the same value synced again"
+    assert shadow_status(up)["lastHandledSyncAt"] == "sync-1"
+    # A new value syncs again.
+    shadow_file.write_text(annotated(original, "tape-keys-dr", {SYNC: "sync-2", ROTATE: "after-sync-1"}))
+    wait_for("the second sync request handled", handled("sync-2"))
+    assert up.output().count('synchronized on request "sync-2"') == 1
+    assert up.output().count('synchronized on request "sync-1"') == 1
+
+
+def test_the_desired_state_reaches_the_running_shadow_and_enabling_a_disabled_one_relicenses_it(up):
+    shadow_file = up.manifests / "shadow.yaml"
+    original = shadow_file.read_text()
+    record_path = up.data_dir / "key-managers" / "default" / "tape-keys" / "shadows" / "tape-keys-dr.json"
+    wait_for("the shadow Shadowing", lambda: the_shadow(up)["state"] == "Shadowing")
+    pid = shadow_pid(up)
+
+    def desire(state):
+        assert "  state: Active\n" in original
+        shadow_file.write_text(original.replace("  state: Active\n", f"  state: {state}\n", 1))
+
+    def becomes(state):
+        wait_for(f"the shadow {state}", lambda: the_shadow(up)["state"] == state)
+        assert shadow_pid(up) == pid, f"the shadow was restarted to become {state}"
+
+    desire("Inactive")
+    becomes("Inactive")
+    desire("Active")
+    becomes("Shadowing")
+    issued = json.loads(record_path.read_text())["current"]["issuedAt"]
+    desire("Disabled")
+    becomes("Disabled")
+    assert json.loads(record_path.read_text())["current"]["issuedAt"] == issued
+    desire("Active")
+
+    def relicensed():
+        current = json.loads(record_path.read_text())["current"]["issuedAt"]
+        return current if current != issued else None
+
+    new = wait_for("a new licence issued", relicensed)
+    becomes("Shadowing")
+    assert shadow_pid(up) == pid
+    # The shadow holds the new licence, and the rotation that issued it completes.
+    def done():
+        status = shadow_status(up)
+        c = status and condition(status, "PasswordRotation")
+        return status if c and c["reason"] == "Rotated" else None
+
+    wait_for("the rotation that re-enabled the shadow done", done)
+    record = json.loads(record_path.read_text())
+    assert record["current"]["issuedAt"] == new and "rotation" not in record and "retiring" not in record
+    assert record["current"]["password"] not in up.output()
+
+
+SECOND_SHADOW = """---
+apiVersion: shadowkeep.io/v1alpha1
+kind: Shadow
+metadata:
+  name: tape-keys-dr2
+spec:
+  keyManagerRef:
+    name: tape-keys
+  placement:
+    zone: eu-central-1b
+  priority: 5
+  state: Active
+"""
+
+
+def test_two_shadows_asked_to_rotate_at_once_rotate_one_after_the_other(tmp_path, manifests):
+    shadow_file = manifests / "shadow.yaml"
+    original = shadow_file.read_text() + SECOND_SHADOW
+    shadow_file.write_text(original)
+    running = Up(tmp_path, manifests).start()
+    names = ("tape-keys-dr", "tape-keys-dr2")
+    records = running.data_dir / "key-managers" / "default" / "tape-keys" / "shadows"
+    try:
+        running.wait_ready()
+        assert sorted(s["name"] for s in running.estate()["servers"] if s["role"] == "shadow") == list(names)
+        wait_for("both shadows Shadowing", lambda: all(
+            the_shadow(running, n)["state"] == "Shadowing" for n in names))
+        both = annotated(annotated(original, names[0], {ROTATE: "both"}), names[1], {ROTATE: "both"})
+        shadow_file.write_text(both)
+        seen_rotating = set()
+        samples = 0
+        deadline = time.monotonic() + 240
+        while not all(rotated_on(running, "both", n) for n in names):
+            assert time.monotonic() < deadline, "timed out waiting for both rotations"
+            assert running.proc.poll() is None, running.output()[-4000:]
+            rotating = set()
+            for n in names:
+                record = json.loads((records / f"{n}.json").read_text())
+                if "rotation" in record or "retiring" in record:
+                    rotating.add(n)
+            assert len(rotating) < 2, f"both shadows in the middle of a rotation at once: {rotating}"
+            seen_rotating |= rotating
+            samples += 1
+            time.sleep(0.1)
+        # The sampling saw each rotation under way: it could have seen them overlap.
+        assert seen_rotating == set(names), f"rotations seen under way: {seen_rotating} in {samples} samples"
+        for n in names:
+            record = json.loads((records / f"{n}.json").read_text())
+            assert "rotation" not in record and "retiring" not in record
+    finally:
+        assert running.interrupt() == 0
