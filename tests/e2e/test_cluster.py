@@ -102,5 +102,38 @@ def test_the_operator_reaches_every_replica_for_keystore_sync(installed):
     assert synced["reason"] == "ReplicasSynced"
 
 
+def shadow_status():
+    out = kubectl("get", "shadow", "tape-keys-dr", "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+
+
+def test_the_shadow_mirrors_syncs_on_request_rotates_and_deactivates(installed):
+    # The quickstart Shadow runs in zone eu-central-1a: the cluster needs a node there.
+    wait_for("Shadow tape-keys-dr Shadowing", lambda: shadow_status().get("state") == "Shadowing")
+    km = json.loads(kubectl("get", "keymanager", "tape-keys", "-n", NAMESPACE, "-o", "json").stdout)
+    assert [s["name"] for s in km["status"]["shadows"]] == ["tape-keys-dr"]
+    assert km["status"]["shadowHints"] == ["192.0.2.10"]
+    kubectl("annotate", "shadow", "tape-keys-dr", "-n", NAMESPACE, "--overwrite",
+            "shadowkeep.io/sync-requested-at=e2e-sync")
+    wait_for("the sync echoed", lambda: shadow_status().get("lastHandledSyncAt") == "e2e-sync")
+    kubectl("annotate", "shadow", "tape-keys-dr", "-n", NAMESPACE, "--overwrite",
+            "shadowkeep.io/rotate-password-requested-at=e2e-rotate")
+
+    def rotated():
+        s = shadow_status()
+        c = next((c for c in s.get("conditions", []) if c["type"] == "PasswordRotation"), None)
+        return s.get("lastHandledRotationAt") == "e2e-rotate" and c and c["reason"] == "Rotated"
+
+    # A mounted Secret reaches its pod within a minute or two: give it time.
+    wait_for("the rotation done", rotated, timeout=900)
+    assert shadow_status().get("state") == "Shadowing"
+    kubectl("patch", "shadow", "tape-keys-dr", "-n", NAMESPACE, "--type", "merge",
+            "-p", '{"spec":{"state":"Inactive"}}')
+    wait_for("the shadow Inactive", lambda: shadow_status().get("state") == "Inactive")
+    kubectl("patch", "shadow", "tape-keys-dr", "-n", NAMESPACE, "--type", "merge",
+            "-p", '{"spec":{"state":"Active"}}')
+    wait_for("the shadow Shadowing again", lambda: shadow_status().get("state") == "Shadowing")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
