@@ -9,6 +9,8 @@ use shadowkeep_api::crd::{
     KeyGroupStatus, KeyManager, KeyManagerShadow, KeyManagerStatus, Shadow, ShadowStatus, hint_list,
 };
 
+use shadowkeep_api::shadow::wire::{Duplicate, DuplicateKind};
+
 use super::conditions::{condition, merge, reasons, types};
 use super::drive_moves::{Carried, risk_condition, table_report};
 use super::keystore::GroupStatus;
@@ -30,6 +32,9 @@ pub struct Observed<'a> {
     pub twins: &'a [String],
     /// Its Shadows as they last reported (the Shadows window).
     pub shadows: &'a [KeyManagerShadow],
+    /// Duplicates its replicas reported: two running servers claiming one shadow's or one
+    /// replica's identity.
+    pub duplicates: &'a [Duplicate],
 }
 
 /// The Shadows window of a KeyManager: each of its Shadows with its zone, and the state
@@ -105,6 +110,7 @@ pub fn report(
     let km = read.key_manager;
     let (replicas, ready) = (observed.replicas, observed.ready);
     let mut conditions = key_manager_conditions(km, inputs, ready, replicas, observed.twins, now);
+    report_duplicates(&mut conditions, observed.duplicates);
     conditions.push(risk_condition(&prepared.risks, km.metadata.generation, now));
     conditions.push(prepared.synced.condition.clone());
     let status = next_status(km, previous, conditions, |s| {
@@ -149,6 +155,45 @@ fn group_status(group: &GroupStatus) -> (String, KeyGroupStatus) {
             last_rotated_at: group.pool.last_rotated_at.map(Time),
         },
     )
+}
+
+/// Folds the duplicates the replicas reported into `DuplicateServerId`, naming both
+/// addresses. Nothing is stopped: both go on serving (KeyServer: warn, never shut down).
+fn report_duplicates(conditions: &mut [Condition], duplicates: &[Duplicate]) {
+    if duplicates.is_empty() {
+        return;
+    }
+    let Some(c) = conditions
+        .iter_mut()
+        .find(|c| c.type_ == types::DUPLICATE_SERVER_ID)
+    else {
+        return;
+    };
+    let seen: Vec<String> = duplicates
+        .iter()
+        .map(|d| {
+            format!(
+                "two running servers claim to be {} {:?}, from {} and {}",
+                match d.kind {
+                    DuplicateKind::Shadow => "shadow",
+                    DuplicateKind::Replica => "replica",
+                },
+                d.name,
+                d.addresses[0],
+                d.addresses[1]
+            )
+        })
+        .collect();
+    let mut message = if c.status == "True" {
+        format!("{}; ", c.message)
+    } else {
+        String::new()
+    };
+    message.push_str(&seen.join("; "));
+    message.push_str("; neither is stopped");
+    "True".clone_into(&mut c.status);
+    reasons::DUPLICATE_SERVER_ID.clone_into(&mut c.reason);
+    c.message = message;
 }
 
 /// The conditions of a KeyManager whose spec was applied.
@@ -238,4 +283,40 @@ fn key_manager_conditions(
             now,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_a_replica_saw_is_reported_with_both_addresses_and_stops_nothing() {
+        let now = Time(jiff::Timestamp::UNIX_EPOCH);
+        let unique = condition(
+            types::DUPLICATE_SERVER_ID,
+            false,
+            reasons::AS_EXPECTED,
+            "server id is unique",
+            None,
+            &now,
+        );
+        let mut conditions = vec![unique.clone()];
+        report_duplicates(&mut conditions, &[]);
+        assert_eq!(conditions, vec![unique]);
+        let duplicate = Duplicate {
+            kind: DuplicateKind::Shadow,
+            name: "dr".to_owned(),
+            instance_ids: [uuid::Uuid::nil(), uuid::Uuid::max()],
+            addresses: ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+            at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        report_duplicates(&mut conditions, &[duplicate]);
+        let c = &conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DuplicateServerId")
+        );
+        assert!(c.message.contains("10.0.0.1") && c.message.contains("10.0.0.2"));
+        assert!(c.message.contains("shadow \"dr\"") && c.message.contains("neither is stopped"));
+    }
 }

@@ -396,11 +396,14 @@ async fn write_status(
             .map(|(s, status)| (*s, status.as_ref()))
             .collect::<Vec<_>>(),
     );
+    let asked = local.replicas(inputs).await.map_err(|e| e.to_string())?;
+    let duplicates = crate::core::shadow::observe::duplicates(&asked).await;
     let observed = Observed {
         replicas: mine(local.running),
         ready: mine(local.ready),
         twins: &twins,
         shadows: &shadows,
+        duplicates: &duplicates,
     };
     let state = local.layout.state();
     let previous = state.read_status(&owner).await.map_err(|e| e.to_string())?;

@@ -74,11 +74,17 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
             .map(|s| (*s, s.status.as_ref()))
             .collect::<Vec<_>>(),
     );
+    // Client required: what the replicas report of duplicates.
+    let duplicates = {
+        use crate::core::drive_moves::Origins as _;
+        crate::core::shadow::observe::duplicates(&ctx.replicas(&inputs).await?).await
+    };
     let observed = Observed {
         replicas,
         ready,
         twins: &read.twins,
         shadows: &shadows,
+        duplicates: &duplicates,
     };
     let report = crate::core::status::report(
         &read.declared(),

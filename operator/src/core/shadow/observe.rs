@@ -148,6 +148,18 @@ pub async fn replicas(replicas: &[ReplicaAddress], connector: &TlsConnector) -> 
     }
 }
 
+/// The duplicates the replicas report (two processes as one shadow or one replica), when
+/// they can be asked.
+pub async fn duplicates(replicas: &crate::core::keystore_sync::Replicas) -> Vec<Duplicate> {
+    match replicas {
+        crate::core::keystore_sync::Replicas::Ask {
+            addresses,
+            connector,
+        } => self::replicas(addresses, connector).await.duplicates(),
+        crate::core::keystore_sync::Replicas::Skip { .. } => Vec::new(),
+    }
+}
+
 /// The shadow's own state (`GET /v1/state`).
 pub async fn shadow_state(
     shadow: &ReplicaAddress,
