@@ -366,6 +366,7 @@ async fn tick_key_manager(
             .map_err(|e| e.to_string())?;
         lines.extend(output.events.iter().map(|e| event_line(&key, e)));
         lines.extend(output.problems.iter().map(|p| format!("Shadow {key}: {p}")));
+        lines.extend(output.done.iter().map(|d| format!("Shadow {key}: {d}")));
         write_status(
             local.layout,
             &owner,

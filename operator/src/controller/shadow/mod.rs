@@ -349,6 +349,9 @@ pub async fn reconcile(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Action,
     for problem in &output.problems {
         tracing::warn!(shadow = %name, problem = %problem, "shadow");
     }
+    for done in &output.done {
+        tracing::info!(shadow = %name, "{done}");
+    }
     // No client required.
     let (record, _) =
         supervise::ensure(&state, &owner, &name, &signer, &km.spec.server_id, now).await?;

@@ -86,6 +86,8 @@ pub struct Output {
     pub events: Vec<Event>,
     /// Problems worth telling that are no Event (a push that failed, say).
     pub problems: Vec<String>,
+    /// What was done worth telling (a requested sync), for the shell's log.
+    pub done: Vec<String>,
     /// Whether a rotation is under way (look again soon).
     pub rotating: bool,
 }
@@ -117,6 +119,7 @@ pub async fn tick<S: State, H: Shell>(
     )
     .await?;
     let mut problems = Vec::new();
+    let mut done = Vec::new();
     // The verifiers first: a new pair is accepted before the shadow can present it, and an
     // old one withdrawn only once the record says so.
     let verifiers = verifiers_file(&accepted(state, owner, &declared).await?);
@@ -146,7 +149,10 @@ pub async fn tick<S: State, H: Shell>(
             && handled_sync.as_ref() != Some(request)
         {
             match observe::sync_now(address, connector).await {
-                Ok(()) => handled_sync = Some(request.clone()),
+                Ok(()) => {
+                    done.push(format!("synchronized on request {request:?}"));
+                    handled_sync = Some(request.clone());
+                }
                 Err(e) => problems.push(format!("sync now: {e}")),
             }
         }
@@ -179,5 +185,6 @@ pub async fn tick<S: State, H: Shell>(
         rotating: stepped.record.rotating(),
         events: stepped.events,
         problems,
+        done,
     })
 }
