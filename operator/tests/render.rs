@@ -87,7 +87,7 @@ fn objects(dir: &Path, material: &Material) -> Vec<Value> {
 
 fn material() -> Material {
     Material {
-        kek: vec![7; 32],
+        kek: vec![7; 32].into(),
         keystore: b"{\"format\":1,\"keys\":[]}".to_vec(),
         tls: Some((b"crt".to_vec(), b"key".to_vec(), b"ca".to_vec())),
         license: b"skl1.x.y".to_vec(),

@@ -590,7 +590,8 @@ async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
     let len = usize::try_from(len).map_err(|_| invalid("message too large".to_owned()))?;
-    let mut bytes = vec![0u8; 8 + len];
+    // A Register carries key material in: the raw frame is wiped once decoded.
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; 8 + len]);
     bytes[..8].copy_from_slice(&header);
     match timeout(idle, stream.read_exact(&mut bytes[8..])).await {
         Ok(Ok(_)) => {}

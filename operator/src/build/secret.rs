@@ -18,8 +18,8 @@ pub const KEEP_ANNOTATION: &str = "shadowkeep.io/keep-on-delete";
 /// the key it verifies under, and the verifiers of the shadows' passwords.
 #[derive(Clone, Default)]
 pub struct Material {
-    /// The 32-byte KEK.
-    pub kek: Vec<u8>,
+    /// The 32-byte KEK, wiped from memory when dropped.
+    pub kek: zeroize::Zeroizing<Vec<u8>>,
     /// The canonical keystore serialisation.
     pub keystore: Vec<u8>,
     /// PEM certificate chain, key and CA of the replicas, when generated.

@@ -27,7 +27,7 @@ pub fn render(paths: &[PathBuf], out: &mut impl Write) -> u8 {
     inputs.sort_by_key(|i| (i.namespace(), i.name()));
     // The licence key is generated with the signing key; render cannot know it.
     let placeholder = Material {
-        kek: vec![0; 32],
+        kek: zeroize::Zeroizing::new(vec![0; 32]),
         keystore: Vec::new(),
         tls: Some((Vec::new(), Vec::new(), Vec::new())),
         license: Vec::new(),

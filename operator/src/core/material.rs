@@ -126,7 +126,7 @@ pub async fn ensure<S: State>(state: &S, inputs: &Inputs<'_>) -> Result<Material
     let signer = LicenseSigner::from_seed(seed.get("seed"))
         .map_err(|e| failed("the license signing key")(e.to_string()))?;
     Ok(Material {
-        kek: kek.get("kek").to_vec(),
+        kek: zeroize::Zeroizing::new(kek.get("kek").to_vec()),
         keystore: keystore.get("keystore").to_vec(),
         tls,
         license: license(inputs, seed.get("seed"))?,
