@@ -474,7 +474,7 @@ async fn carry<S: State, O: Origins>(
         if let Some(old_inputs) = Inputs::from_estate(&estate).into_iter().next() {
             let replicas = origins.replicas(&old_inputs).await?;
             let now = Time(Timestamp::now());
-            let synced = keystore_sync::sync(&mut source, replicas, None, &now).await?;
+            let synced = keystore_sync::sync(&mut source, &replicas, None, &now).await?;
             source.commit(state).await?;
             if !synced.all_answered {
                 return Err(Error::Carry(format!(

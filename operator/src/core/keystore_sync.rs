@@ -186,6 +186,21 @@ pub fn report(
             },
         })
         .collect();
+    let (condition, all_answered) = condition_of(&statuses, keystore.len(), generation, now);
+    Ok(Synced {
+        condition,
+        all_answered,
+        replicas: statuses,
+    })
+}
+
+/// `KeystoreInSync` from each replica's state, and whether every replica answered.
+fn condition_of(
+    statuses: &[ReplicaSyncStatus],
+    keys: usize,
+    generation: Option<i64>,
+    now: &Time,
+) -> (Condition, bool) {
     let failed: Vec<String> = statuses
         .iter()
         .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
@@ -198,7 +213,7 @@ pub fn report(
                 "{} holds {} of the canonical keystore's {} keys, or others",
                 s.name,
                 s.keys.unwrap_or_default(),
-                keystore.len()
+                keys
             )
         })
         .collect();
@@ -232,17 +247,114 @@ pub fn report(
             format!(
                 "every replica holds exactly the canonical keystore ({} replica(s), {} keys)",
                 statuses.len(),
-                keystore.len()
+                keys
             ),
             generation,
             now,
         )
     };
-    Ok(Synced {
-        condition,
-        all_answered,
-        replicas: statuses,
-    })
+    (condition, all_answered)
+}
+
+/// Pushes the canonical keystore to every replica that answered but does not hold exactly
+/// it (the merge endpoint peers use: the replica takes only the records it lacks), so a
+/// replica converges now rather than when the kubelet refreshes the mounted Secret. Run
+/// after the canonical keystore is stored. `synced` is brought up to date with what each
+/// replica holds afterwards; a replica that refuses keeps its report, and imports the
+/// Secret later.
+pub async fn push(
+    replicas: &Replicas,
+    keystore: &Keystore,
+    synced: &mut Synced,
+    generation: Option<i64>,
+    now: &Time,
+) -> Result<(), Error> {
+    let Replicas::Ask {
+        addresses,
+        connector,
+    } = replicas
+    else {
+        return Ok(());
+    };
+    let behind: Vec<&ReplicaAddress> = addresses
+        .iter()
+        .filter(|a| {
+            synced
+                .replicas
+                .iter()
+                .any(|s| s.name == a.replica && s.error.is_none() && !s.in_sync)
+        })
+        .collect();
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let body = keystore.to_bytes().map_err(Error::Keystore)?;
+    let canonical = keystore.digest().map_err(Error::Keystore)?.to_string();
+    for replica in behind {
+        let pushed = tokio::time::timeout(
+            Duration::from_secs(10),
+            push_one(replica, connector, body.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
+        let Some(status) = synced
+            .replicas
+            .iter_mut()
+            .find(|s| s.name == replica.replica)
+        else {
+            continue;
+        };
+        match pushed {
+            Ok(state) => {
+                status.keys = i64::try_from(state.keys).ok();
+                status.in_sync = state.digest == canonical;
+                status.digest = Some(state.digest);
+            }
+            Err(e) => tracing::warn!(
+                replica = %replica.replica,
+                error = %e,
+                "failed to push the canonical keystore; the replica imports the Secret later"
+            ),
+        }
+    }
+    let (condition, all_answered) = condition_of(&synced.replicas, keystore.len(), generation, now);
+    synced.condition = condition;
+    synced.all_answered = all_answered;
+    Ok(())
+}
+
+async fn push_one(
+    replica: &ReplicaAddress,
+    connector: &TlsConnector,
+    body: Vec<u8>,
+) -> Result<DigestReply, String> {
+    let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
+    let (status, reply) = send(
+        &mut sender,
+        &replica.address,
+        hyper::Method::POST,
+        "/v1/keystore/merge",
+        body,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(format!(
+            "merge: HTTP {status}: {}",
+            String::from_utf8_lossy(&reply).trim()
+        ));
+    }
+    let (status, reply) = send(
+        &mut sender,
+        &replica.address,
+        hyper::Method::GET,
+        "/v1/keystore/digest",
+        Vec::new(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(format!("digest: HTTP {status}"));
+    }
+    serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))
 }
 
 /// How to ask a KeyManager's replicas for their keys, or why they cannot be asked.
@@ -316,7 +428,7 @@ pub fn ask(
 /// canonical keystore. An unreachable replica is reported, not an error.
 pub async fn sync(
     keystore: &mut Canonical,
-    replicas: Replicas,
+    replicas: &Replicas,
     generation: Option<i64>,
     now: &Time,
 ) -> Result<Synced, Error> {
@@ -331,7 +443,7 @@ pub async fn sync(
                     types::KEYSTORE_IN_SYNC,
                     false,
                     reason,
-                    message,
+                    message.clone(),
                     generation,
                     now,
                 ),
@@ -340,7 +452,7 @@ pub async fn sync(
             });
         }
     };
-    let pulled = pull(&addresses, &connector, keystore).await;
+    let pulled = pull(addresses, connector, keystore).await;
     let added: usize = pulled
         .iter()
         .filter_map(|p| p.outcome.as_ref().ok())

@@ -201,10 +201,12 @@ async fn prepared<S: State, O: Origins>(
     let groups = keystore.maintain_groups(&mine, Timestamp::now())?;
     let replicas = (around.replicas)(&material);
     let generation = read.key_manager.metadata.generation;
-    let synced = keystore_sync::sync(&mut keystore, replicas, generation, now).await?;
+    let mut synced = keystore_sync::sync(&mut keystore, &replicas, generation, now).await?;
     // One write, with one backup, before anything depends on it: a carried drive is
     // handed on, and served here, only once its keys are stored here.
     keystore.commit(state).await?;
+    // Stored, so pushed: a replica that lacks keys gets them now.
+    keystore_sync::push(&replicas, keystore.keystore(), &mut synced, generation, now).await?;
     material.keystore = keystore.stored().to_vec();
     drive_moves::hand_on(state, &base, &carries.carried).await?;
     // Recorded before the configuration serves them: a drive is never served by a
