@@ -250,6 +250,15 @@ async fn registrations(replica: &Admin) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The outcomes of the replica's refused registrations that happened, with their counts.
+async fn refused(replica: &Admin) -> Vec<(String, f64)> {
+    registrations(replica)
+        .await
+        .into_iter()
+        .filter(|(outcome, n)| outcome != "registered" && *n > 0.0)
+        .collect()
+}
+
 /// The replica's mounts (its certificate is written once, see the module's doc) and
 /// configuration.
 async fn replica_pod(client: &kube::Client, dir: &Path) -> (Vec<Mount>, ServerConfig) {
@@ -398,7 +407,7 @@ async fn a_shadow_rotates_its_password_against_running_servers_without_a_refusal
     let mut steps = 0;
     until("the rotation completed", || {
         steps += 1;
-        let (client, mounts, shadow) = (&client, &mounts, &shadow);
+        let (client, mounts, shadow, replica) = (&client, &mounts, &shadow, &replica);
         async move {
             let status = reconcile_shadow(client, servers, mounts).await;
             let (_, reason) = condition(&status, "PasswordRotation");
@@ -412,6 +421,11 @@ async fn a_shadow_rotates_its_password_against_running_servers_without_a_refusal
                 ShadowState::Shadowing,
                 "the shadow left Shadowing during the rotation ({reason})"
             );
+            let refused = refused(replica).await;
+            assert!(
+                refused.is_empty(),
+                "registrations refused during the rotation ({reason}): {refused:?}"
+            );
             (reason == "Rotated").then_some(())
         }
     })
@@ -424,12 +438,9 @@ async fn a_shadow_rotates_its_password_against_running_servers_without_a_refusal
         first.current.id(),
         "a new pair is in force"
     );
-    let outcomes = registrations(&replica).await;
-    let refused: Vec<_> = outcomes
-        .iter()
-        .filter(|(outcome, n)| outcome != "registered" && *n > 0.0)
-        .collect();
+    let refused = refused(&replica).await;
     assert!(refused.is_empty(), "registrations refused: {refused:?}");
+    let outcomes = registrations(&replica).await;
     let registered = outcomes
         .iter()
         .find(|(outcome, _)| outcome == "registered")
