@@ -411,10 +411,11 @@ async fn a_shadow_rotates_its_password_against_running_servers_without_a_refusal
         async move {
             let status = reconcile_shadow(client, servers, mounts).await;
             let (_, reason) = condition(&status, "PasswordRotation");
+            // Ready: the state is the one the shadow answered now, not the last one known.
             assert_eq!(
-                status.state,
-                Some(ShadowState::Shadowing),
-                "the Shadow's status left Shadowing during the rotation ({reason})"
+                (condition(&status, "Ready"), status.state),
+                (("True", "Answering"), Some(ShadowState::Shadowing)),
+                "the Shadow's status left Ready and Shadowing during the rotation ({reason})"
             );
             assert_eq!(
                 shadow.state().await.shadow.unwrap().state,
