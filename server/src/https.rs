@@ -105,6 +105,9 @@ pub fn connector_from_pem(
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// An open HTTP/1.1 connection to another server, for [`send`].
+pub type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
 /// The address this process calls other servers from, when it listens on one address.
 static CALL_FROM: OnceLock<IpAddr> = OnceLock::new();
 
@@ -147,11 +150,7 @@ async fn tcp_connect(address: &str) -> std::io::Result<TcpStream> {
 
 /// Opens an HTTP/1.1 connection over TLS to `address` (`host:port`, the host checked
 /// against the server certificate) and drives it in the background.
-pub async fn http1_connect(
-    address: &str,
-    connector: &TlsConnector,
-) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>, String>
-{
+pub async fn http1_connect(address: &str, connector: &TlsConnector) -> Result<Sender, String> {
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
@@ -165,8 +164,7 @@ pub async fn http1_connect_as(
     address: &str,
     server_name: &str,
     connector: &TlsConnector,
-) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>, String>
-{
+) -> Result<Sender, String> {
     use std::time::Duration;
 
     let name = ServerName::try_from(server_name.to_owned())
@@ -204,7 +202,7 @@ pub async fn https(
 /// Sends one request on an open connection (waiting at most 30 seconds for the answer)
 /// and reads the whole response: the status and body.
 pub async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    sender: &mut Sender,
     address: &str,
     method: hyper::Method,
     path: &str,
@@ -215,7 +213,7 @@ pub async fn send(
 
 /// Like [`send`], with extra request `headers`.
 pub async fn send_with(
-    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    sender: &mut Sender,
     address: &str,
     method: hyper::Method,
     path: &str,

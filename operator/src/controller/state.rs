@@ -141,12 +141,17 @@ impl Kube {
 }
 
 /// The status as server-side apply takes it: the operator owns the whole status.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusApply<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    status: &'a KeyManagerStatus,
+/// `status` as server-side apply takes it for the status subresource of a `K`.
+pub fn status_apply<K, S>(status: &S) -> serde_json::Value
+where
+    K: kube::Resource<DynamicType = ()>,
+    S: serde::Serialize,
+{
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    })
 }
 
 impl State for Kube {
@@ -165,11 +170,7 @@ impl State for Kube {
         owner: &Owner,
         status: &KeyManagerStatus,
     ) -> Result<(), StateError> {
-        let apply = StatusApply {
-            api_version: &<KeyManager as kube::Resource>::api_version(&()),
-            kind: &<KeyManager as kube::Resource>::kind(&()),
-            status,
-        };
+        let apply = status_apply::<KeyManager, _>(status);
         Api::<KeyManager>::namespaced(self.client.clone(), &owner.namespace)
             .patch_status(
                 &owner.name,

@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use shadowkeep_api::crd::ReplicaSyncStatus;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::{DigestReply, summary};
-use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_api::server_config::PeerConfig;
+use shadowkeep_server::https::{Sender, connector_from_pem, http1_connect_as, send};
 use tokio_rustls::TlsConnector;
 
 use super::Error;
@@ -42,15 +43,23 @@ pub type ReplicaResolver = Arc<dyn Fn(&Inputs<'_>) -> Vec<ReplicaAddress> + Send
 pub fn in_cluster(inputs: &Inputs<'_>) -> Vec<ReplicaAddress> {
     replicas_of(inputs)
         .into_iter()
-        .map(|p| ReplicaAddress {
-            server_name: p
+        .map(ReplicaAddress::of)
+        .collect()
+}
+
+impl ReplicaAddress {
+    /// A peer as a server configuration names it, its certificate checked for the host of
+    /// its address.
+    pub fn of(peer: PeerConfig) -> Self {
+        Self {
+            server_name: peer
                 .address
                 .rsplit_once(':')
-                .map_or_else(|| p.address.clone(), |(host, _)| host.to_owned()),
-            replica: p.name,
-            address: p.address,
-        })
-        .collect()
+                .map_or_else(|| peer.address.clone(), |(host, _)| host.to_owned()),
+            replica: peer.name,
+            address: peer.address,
+        }
+    }
 }
 
 /// What one replica answered.
@@ -103,20 +112,15 @@ async fn pull_one(
 ) -> Result<Answer, String> {
     let body = serde_json::to_vec(&summary(keystore.keystore())).map_err(|e| e.to_string())?;
     let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
-    let (status, reply) = send(
+    let reply = request(
         &mut sender,
-        &replica.address,
+        replica,
         hyper::Method::POST,
         "/v1/keystore/delta",
         body,
+        "",
     )
     .await?;
-    if !status.is_success() {
-        return Err(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&reply).trim()
-        ));
-    }
     let delta = Keystore::from_bytes(&reply).map_err(|e| format!("its answer: {e}"))?;
     let report = keystore
         .merge(&delta)
@@ -128,19 +132,7 @@ async fn pull_one(
             "records that conflict with the canonical keystore were quarantined"
         );
     }
-    let (status, reply) = send(
-        &mut sender,
-        &replica.address,
-        hyper::Method::GET,
-        "/v1/keystore/digest",
-        Vec::new(),
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(format!("digest: HTTP {status}"));
-    }
-    let state: DigestReply =
-        serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))?;
+    let state = digest_of(&mut sender, replica).await?;
     Ok(Answer {
         pulled: report.added.len(),
         keys: state.keys,
@@ -329,31 +321,53 @@ async fn push_one(
     body: Vec<u8>,
 ) -> Result<DigestReply, String> {
     let mut sender = http1_connect_as(&replica.address, &replica.server_name, connector).await?;
-    let (status, reply) = send(
+    request(
         &mut sender,
-        &replica.address,
+        replica,
         hyper::Method::POST,
         "/v1/keystore/merge",
         body,
+        "merge: ",
     )
     .await?;
-    if !status.is_success() {
-        return Err(format!(
-            "merge: HTTP {status}: {}",
+    digest_of(&mut sender, replica).await
+}
+
+/// Sends `method path` with `body` to `server` on `sender`: the answer's body when it
+/// succeeded, else `{what}HTTP status: the answer`.
+pub(crate) async fn request(
+    sender: &mut Sender,
+    server: &ReplicaAddress,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let (status, reply) = send(sender, &server.address, method, path, body).await?;
+    if status.is_success() {
+        Ok(reply)
+    } else {
+        Err(format!(
+            "{what}HTTP {status}: {}",
             String::from_utf8_lossy(&reply).trim()
-        ));
+        ))
     }
-    let (status, reply) = send(
-        &mut sender,
-        &replica.address,
+}
+
+/// What the server on `sender` holds: its keystore's size and digest.
+pub(crate) async fn digest_of(
+    sender: &mut Sender,
+    server: &ReplicaAddress,
+) -> Result<DigestReply, String> {
+    let reply = request(
+        sender,
+        server,
         hyper::Method::GET,
         "/v1/keystore/digest",
         Vec::new(),
+        "digest: ",
     )
     .await?;
-    if !status.is_success() {
-        return Err(format!("digest: HTTP {status}"));
-    }
     serde_json::from_slice(&reply).map_err(|e| format!("its digest: {e}"))
 }
 

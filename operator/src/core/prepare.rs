@@ -83,6 +83,8 @@ pub struct Prepared {
     pub keys: usize,
     /// Digest of the canonical keystore.
     pub digest: String,
+    /// How its replicas were asked, for what else the shell asks them.
+    pub replicas: Replicas,
 }
 
 impl Prepared {
@@ -239,5 +241,6 @@ async fn prepared<S: State, O: Origins>(
         carried: carries.carried,
         groups,
         synced,
+        replicas,
     })
 }

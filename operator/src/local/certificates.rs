@@ -159,6 +159,27 @@ pub fn client(
     Ok(files)
 }
 
+/// How the control core reaches a KeyManager's servers: presenting its replica certificate
+/// (`None` before it is made).
+pub async fn connector(
+    state: &DataDir,
+    owner: &Owner,
+) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+    let Some(tls) = state
+        .read(owner, Item::Tls)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    shadowkeep_server::https::connector_from_pem(
+        tls.get("ca.crt"),
+        Some((tls.get("tls.crt"), tls.get("tls.key"))),
+    )
+    .map(Some)
+    .map_err(|e| format!("the replica certificate of {owner}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,3 +93,20 @@ impl Layout {
         self.root.join("up.lock")
     }
 }
+
+/// Writes `dir/name` (made, mode 0700, when missing) unless it already holds `bytes`, whole
+/// and fsynced; its path.
+pub fn write_if_changed(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let path = dir.join(name);
+    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+        shadowkeep_server::durable::write_atomically(dir, name, bytes)
+            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}

@@ -21,7 +21,7 @@ use shadowkeep_api::server_config::{PeerConfig, ServerConfig, TlsFiles};
 use super::addresses::Addresses;
 use super::certificates;
 use super::estate_file::Client;
-use super::layout::Layout;
+use super::layout::{Layout, write_if_changed};
 use super::supervise::{Role, ServerSpec};
 use crate::build::{ADMIN_PORT, Inputs, KMIP_PORT, Material, port, replicas_of, server_config};
 use crate::core::drive_moves::{DriveIndex, Origins};
@@ -443,20 +443,6 @@ fn localise(
         replication.client_key.clone_from(&files.key);
         replication.peers = peers.to_vec();
     }
-}
-
-/// Writes `dir/name` unless it already holds `bytes`; its path.
-fn write_if_changed(
-    dir: &std::path::Path,
-    name: &str,
-    bytes: &[u8],
-) -> Result<std::path::PathBuf, String> {
-    let path = dir.join(name);
-    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-        shadowkeep_server::durable::write_atomically(dir, name, bytes)
-            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
-    }
-    Ok(path)
 }
 
 /// The servers of every KeyManager, by key.

@@ -22,10 +22,9 @@ use sha2::{Digest as _, Sha256};
 use shadowkeep_api::crd::{KeyManager, Shadow, ShadowStatus};
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::license::LicenseSigner;
-use tokio_rustls::TlsConnector;
 
 use super::certificates;
-use super::layout::Layout;
+use super::layout::{Layout, write_if_changed};
 use super::reconcile::{Local, local_key_manager, namespace_of, server_key};
 use super::supervise::{Role, ServerSpec};
 use crate::build::shadow::{ShadowInputs, shadow_config};
@@ -36,7 +35,7 @@ use crate::core::shadow::observe;
 use crate::core::shadow::rotation::Event;
 use crate::core::shadow::supervise;
 use crate::core::shadow::tick::{Input, Shell, tick as core_tick};
-use crate::core::state::{Item, Owner, State as _};
+use crate::core::state::{Item, Owner};
 
 /// The Shadows of the estate with the KeyManager each names, when it is declared.
 pub fn shadows_of(estate: &Estate) -> Vec<(&Shadow, Option<&KeyManager>)> {
@@ -72,19 +71,6 @@ fn declared_for(estate: &Estate, km: &KeyManager) -> Vec<String> {
 
 fn owner_of(km: &KeyManager) -> Owner {
     Owner::new(namespace_of(km), km.name_any())
-}
-
-fn write_if_changed(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
-    let path = dir.join(name);
-    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
-        }
-        shadowkeep_server::durable::write_atomically(dir, name, bytes)
-            .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
-    }
-    Ok(path)
 }
 
 /// Writes the replicas' verifiers file of `km` from the records of its declared Shadows;
@@ -315,20 +301,13 @@ async fn tick_key_manager(
 ) -> Result<(), String> {
     let owner = owner_of(km);
     let (signer, _) = signer(local.layout, &owner).await?;
-    let Some(connector) = connector(local.layout, &owner).await? else {
+    let Some(connector) = certificates::connector(&local.layout.state(), &owner).await? else {
         return Ok(());
     };
     let replicas: Vec<ReplicaAddress> = local
         .replica_admins(&Inputs::of_key_manager(km))
         .into_iter()
-        .map(|p| ReplicaAddress {
-            server_name: p
-                .address
-                .rsplit_once(':')
-                .map_or_else(|| p.address.clone(), |(h, _)| h.to_owned()),
-            replica: p.name,
-            address: p.address,
-        })
+        .map(ReplicaAddress::of)
         .collect();
     let answers = observe::replicas(&replicas, &connector).await;
     let siblings: Vec<&Shadow> = shadows_of(local.estate)
@@ -392,22 +371,4 @@ fn write_status(
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let bytes = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
     write_if_changed(&dir, &format!("{shadow}.json"), &bytes).map(drop)
-}
-
-/// How the control core reaches a KeyManager's servers: its replica certificate.
-pub async fn connector(layout: &Layout, owner: &Owner) -> Result<Option<TlsConnector>, String> {
-    let Some(tls) = layout
-        .state()
-        .read(owner, Item::Tls)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    shadowkeep_server::https::connector_from_pem(
-        tls.get("ca.crt"),
-        Some((tls.get("tls.crt"), tls.get("tls.key"))),
-    )
-    .map(Some)
-    .map_err(|e| format!("the replica certificate of {owner}: {e}"))
 }

@@ -12,10 +12,12 @@ use serde::Serialize;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::DigestReply;
 use shadowkeep_api::shadow::wire::{ShadowStateReport, StateReport};
-use shadowkeep_server::https::{connector_from_pem, http1_connect_as, send};
+use shadowkeep_server::https::http1_connect_as;
 
+use super::certificates;
 use super::estate_file::{EstateFile, Server, table};
 use super::layout::Layout;
+use crate::core::keystore_sync::{ReplicaAddress, digest_of, request};
 use crate::core::state::{Item, Owner, State as _};
 
 /// How long one server may take to answer.
@@ -251,44 +253,34 @@ async fn look(
     server: &Server,
 ) -> Result<(DigestReply, Option<ShadowStateReport>), String> {
     let owner = Owner::new(&server.namespace, &server.key_manager);
-    let tls = layout
-        .state()
-        .read(&owner, Item::Tls)
-        .await
-        .map_err(|e| e.to_string())?
+    let connector = certificates::connector(&layout.state(), &owner)
+        .await?
         .ok_or_else(|| format!("KeyManager {owner} has no replica certificate"))?;
-    let connector = connector_from_pem(
-        tls.get("ca.crt"),
-        Some((tls.get("tls.crt"), tls.get("tls.key"))),
-    )
-    .map_err(|e| e.to_string())?;
     let host = server
         .admin
         .rsplit_once(':')
         .map_or(server.admin.as_str(), |(h, _)| h);
-    let mut sender = http1_connect_as(&server.admin, host, &connector).await?;
-    let mut get = async |path: &str| -> Result<Vec<u8>, String> {
-        let (status, body) = send(
-            &mut sender,
-            &server.admin,
-            hyper::Method::GET,
-            path,
-            Vec::new(),
-        )
-        .await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{path}: HTTP {status}"))
-        }
+    let address = ReplicaAddress {
+        replica: server.name.clone(),
+        address: server.admin.clone(),
+        server_name: host.to_owned(),
     };
-    let digest = serde_json::from_slice(&get("/v1/keystore/digest").await?)
-        .map_err(|e| format!("its digest: {e}"))?;
+    let mut sender = http1_connect_as(&server.admin, host, &connector).await?;
+    let digest = digest_of(&mut sender, &address).await?;
     if server.role != "shadow" {
         return Ok((digest, None));
     }
+    let state = request(
+        &mut sender,
+        &address,
+        hyper::Method::GET,
+        "/v1/state",
+        Vec::new(),
+        "/v1/state: ",
+    )
+    .await?;
     let state: StateReport =
-        serde_json::from_slice(&get("/v1/state").await?).map_err(|e| format!("its state: {e}"))?;
+        serde_json::from_slice(&state).map_err(|e| format!("its state: {e}"))?;
     Ok((digest, state.shadow))
 }
 

@@ -74,11 +74,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
             .map(|s| (*s, s.status.as_ref()))
             .collect::<Vec<_>>(),
     );
-    // Client required: what the replicas report of duplicates.
-    let duplicates = {
-        use crate::core::drive_moves::Origins as _;
-        crate::core::shadow::observe::duplicates(&ctx.replicas(&inputs).await?).await
-    };
+    // What the replicas report of duplicates.
+    let duplicates = crate::core::shadow::observe::duplicates(&prepared.replicas).await;
     let observed = Observed {
         replicas,
         ready,

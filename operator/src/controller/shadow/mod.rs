@@ -28,7 +28,7 @@ use shadowkeep_api::pki::Authority;
 
 use super::conditions::publish_transitions;
 use super::key_manager::apply::apply;
-use super::state::{Kube, bytes};
+use super::state::{Kube, bytes, status_apply};
 use super::{Context, Error, ReadError, StatusError};
 use crate::build::shadow::{
     ShadowInputs, ShadowMaterial, license_secret, password_secret, shadow_children, shadow_tls,
@@ -256,17 +256,21 @@ async fn gate(
         .is_some_and(|s| s.password_rotated_at.is_some());
     // No client required.
     if key_manager.is_none() && ran {
-        let found = quiet(
-            None,
-            true,
-            format!("KeyManager {km_name} does not exist; the shadow keeps its data"),
-        );
-        write_status(ctx, shadow, &found, &[], now).await?;
+        let found = Quiet {
+            invalid: None,
+            key_manager_missing: true,
+            why: format!("KeyManager {km_name} does not exist; the shadow keeps its data"),
+        };
+        write_status(ctx, shadow, &found, now).await?;
         return Ok(Gate::Stop(Action::requeue(AT_REST)));
     }
     if let Err(invalid) = validate(shadow, key_manager.as_ref()) {
-        let found = quiet(Some(invalid), false, "the spec is refused".to_owned());
-        write_status(ctx, shadow, &found, &[], now).await?;
+        let found = Quiet {
+            invalid: Some(invalid),
+            key_manager_missing: false,
+            why: "the spec is refused".to_owned(),
+        };
+        write_status(ctx, shadow, &found, now).await?;
         return Ok(Gate::Stop(Action::await_change()));
     }
     let Some(km) = key_manager else {
@@ -274,12 +278,12 @@ async fn gate(
     };
     let owner = Owner::new(namespace, km_name);
     let Some(signer) = supervise::signer(&Kube::new(ctx.client.clone()), &owner).await? else {
-        let found = quiet(
-            None,
-            false,
-            format!("waiting for KeyManager {km_name} to make its licence key"),
-        );
-        write_status(ctx, shadow, &found, &[], now).await?;
+        let found = Quiet {
+            invalid: None,
+            key_manager_missing: false,
+            why: format!("waiting for KeyManager {km_name} to make its licence key"),
+        };
+        write_status(ctx, shadow, &found, now).await?;
         return Ok(Gate::Stop(Action::requeue(SOON)));
     };
     Ok(Gate::Run(Box::new((km, signer))))
@@ -353,9 +357,7 @@ pub async fn reconcile(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Action,
         tracing::info!(shadow = %name, "{done}");
     }
     // No client required.
-    let (record, _) =
-        supervise::ensure(&state, &owner, &name, &signer, &km.spec.server_id, now).await?;
-    let children = shadow_children(&inputs, &material(&record.current, &public_key, tls))?;
+    let children = shadow_children(&inputs, &material(&output.pair, &public_key, tls))?;
     // Client required.
     apply(&ctx, &namespace, &children).await?;
     publish(&ctx, &shadow, &output.events).await;
@@ -368,14 +370,6 @@ pub async fn reconcile(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Action,
 }
 
 /// What is found of a Shadow that is not run (refused, without KeyManager, waiting).
-fn quiet(invalid: Option<String>, key_manager_missing: bool, why: String) -> Quiet {
-    Quiet {
-        invalid,
-        key_manager_missing,
-        why,
-    }
-}
-
 struct Quiet {
     invalid: Option<String>,
     key_manager_missing: bool,
@@ -386,7 +380,6 @@ async fn write_status(
     ctx: &Context,
     shadow: &Shadow,
     quiet: &Quiet,
-    placement: &[String],
     now: Timestamp,
 ) -> Result<(), Error> {
     let found = Found {
@@ -395,7 +388,7 @@ async fn write_status(
         state: Err(quiet.why.clone()),
         address: None,
         duplicates: &[],
-        placement,
+        placement: &[],
         record: None,
         rotation: None,
     };
@@ -461,11 +454,7 @@ async fn write(ctx: &Context, shadow: &Shadow, status: &ShadowStatus) -> Result<
     )
     .await;
     let namespace = shadow.namespace().unwrap_or_else(|| "default".to_owned());
-    let apply = serde_json::json!({
-        "apiVersion": Shadow::api_version(&()),
-        "kind": Shadow::kind(&()),
-        "status": status,
-    });
+    let apply = status_apply::<Shadow, _>(status);
     Api::<Shadow>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
             &shadow.name_any(),

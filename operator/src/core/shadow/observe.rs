@@ -10,11 +10,11 @@ use hyper::Method;
 use serde::de::DeserializeOwned;
 use shadowkeep_api::crd::DesiredShadowState;
 use shadowkeep_api::shadow::wire::{DesiredStateRequest, Duplicate, ShadowsReply, StateReport};
-use shadowkeep_server::https::{http1_connect_as, send};
+use shadowkeep_server::https::http1_connect_as;
 use tokio_rustls::TlsConnector;
 
 use super::rotation::{Observed, ReplicaSees};
-use crate::core::keystore_sync::ReplicaAddress;
+use crate::core::keystore_sync::{ReplicaAddress, request};
 
 /// How long one call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,15 +32,15 @@ async fn call(
 ) -> Result<Vec<u8>, String> {
     let exchange = async {
         let mut sender = http1_connect_as(&server.address, &server.server_name, connector).await?;
-        let (status, reply) = send(&mut sender, &server.address, method, path, body).await?;
-        if status.is_success() {
-            Ok(reply)
-        } else {
-            Err(format!(
-                "{path}: HTTP {status}: {}",
-                String::from_utf8_lossy(&reply).trim()
-            ))
-        }
+        request(
+            &mut sender,
+            server,
+            method,
+            path,
+            body,
+            &format!("{path}: "),
+        )
+        .await
     };
     tokio::time::timeout(timeout, exchange)
         .await

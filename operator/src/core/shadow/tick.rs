@@ -90,6 +90,8 @@ pub struct Output {
     pub done: Vec<String>,
     /// Whether a rotation is under way (look again soon).
     pub rotating: bool,
+    /// The pair the shadow is to hold now.
+    pub pair: Issued,
 }
 
 /// Looks after one Shadow once.
@@ -183,6 +185,7 @@ pub async fn tick<S: State, H: Shell>(
     Ok(Output {
         status,
         rotating: stepped.record.rotating(),
+        pair: stepped.record.current,
         events: stepped.events,
         problems,
         done,
