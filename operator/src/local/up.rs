@@ -340,6 +340,10 @@ impl Up {
                             done.prepared.keys, synced.message
                         ),
                     );
+                    // The operator's KeyHistoryCarried Event, told here.
+                    for carried in &done.prepared.carried {
+                        self.log.line(UP, &format!("KeyManager {name}: {}", carried.note));
+                    }
                     if !done.prepared.risks.is_empty() {
                         self.log.line(
                             UP,
