@@ -246,10 +246,16 @@ fn drive_table_and_key_group_changes_leave_the_pod_templates_alone() {
     assert_eq!(all_rendered(&dir), before);
     // A drive identity added to the DriveTable.
     let mut table = std::fs::read_to_string(dir.join("drivetable.yaml")).unwrap();
-    table.push_str("    - serial: \"1013000126\"\n      certificateIdentity: library-b.tape.example.com\n");
+    table.push_str(
+        "    - serial: \"1013000126\"\n      certificateIdentity: library-b.tape.example.com\n",
+    );
     std::fs::write(dir.join("drivetable.yaml"), table).unwrap();
     let added = all_rendered(&dir);
-    assert_ne!(configs(&added).0, configs(&before).0, "the ConfigMap changes");
+    assert_ne!(
+        configs(&added).0,
+        configs(&before).0,
+        "the ConfigMap changes"
+    );
     assert_eq!(
         templates(&added),
         templates(&before),
@@ -267,7 +273,11 @@ fn drive_table_and_key_group_changes_leave_the_pod_templates_alone() {
     );
     std::fs::write(dir.join("keygroup.yaml"), groups).unwrap();
     let grouped = all_rendered(&dir);
-    assert_ne!(configs(&grouped).0, configs(&added).0, "the ConfigMap changes");
+    assert_ne!(
+        configs(&grouped).0,
+        configs(&added).0,
+        "the ConfigMap changes"
+    );
     assert_eq!(templates(&grouped), templates(&before));
     let names: Vec<String> = server_config(&grouped)
         .drives
@@ -296,7 +306,12 @@ fn drive_table_and_key_group_changes_leave_the_pod_templates_alone() {
     );
     let tls = all_rendered(&dir);
     assert_ne!(templates(&tls).0, templates(&imaged).0);
-    edit(&dir, "keymanager.yaml", "peerAcknowledgements: 1", "peerAcknowledgements: 0");
+    edit(
+        &dir,
+        "keymanager.yaml",
+        "peerAcknowledgements: 1",
+        "peerAcknowledgements: 0",
+    );
     let acks = all_rendered(&dir);
     let hash = |objects: &[Value]| {
         named(objects, "StatefulSet", "tape-keys")["spec"]["template"]["metadata"]["annotations"]
