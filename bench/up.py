@@ -6,7 +6,7 @@ prints min/median/max over TRIALS runs:
 - reference: one bare `shadowkeep server --config` from that directory to listening —
   what a start costs without `up`;
 - edit propagation: a DriveTable edit saved to a Create by the new certificate identity
-  answered on both replicas (validate, reconcile, rolling restart);
+  answered on both replicas (validate, reconcile, the drive table pushed without a restart);
 - restart: a replica killed with SIGKILL to it answering a Get again;
 - stop: SIGINT to `up` exited with every server gone.
 

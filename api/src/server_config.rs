@@ -9,9 +9,59 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::shadow::registration::AcceptedVerifier;
+
+/// Largest configuration a server takes, from its file or pushed to its admin API: a
+/// ConfigMap's own limit, so that whatever the operator can render fits.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The fields a running server applies without restarting: the drive policy, `drives`
+/// (`drives.acceptUnknown`, `drives.drives`, `drives.keyGroups`). They are everything
+/// DriveTables and KeyGroups render into a server configuration, so that a change to either
+/// reaches a running server without a restart. Any other field only takes effect when the
+/// server starts.
+pub const LIVE_FIELDS: &[&str] = &["drives"];
+
+/// The hex SHA-256 of a drive policy, the live part of a configuration ([`LIVE_FIELDS`]):
+/// what a server reports as its configuration digest and the operator compares with what it
+/// rendered. Computed over the policy's JSON, so that the same policy has the same digest
+/// however its file was written.
+pub fn live_digest(policy: &DrivePolicy) -> String {
+    // A DrivePolicy is plain strings and booleans: its JSON cannot fail.
+    let json = serde_json::to_vec(policy).unwrap_or_default();
+    hex::encode(Sha256::digest(json))
+}
+
+/// The hex SHA-256 of everything in a configuration but its live part: what only a restart
+/// applies. A change of it (TLS, KEK, listeners, peers, ...) must restart the server; a
+/// change of the live part alone must not.
+pub fn restart_digest(config: &ServerConfig) -> String {
+    let json = serde_json::to_vec(&config.restart_part()).unwrap_or_default();
+    hex::encode(Sha256::digest(json))
+}
+
+/// The configuration a server runs with, as `GET /v1/state` and `PUT /v1/configuration`
+/// report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigurationReport {
+    /// [`live_digest`] of the drive policy in force: on a replica, its configuration's; on
+    /// a shadow, the one it mirrors from the replicas.
+    pub digest: String,
+    /// When the drive policy in force was taken.
+    pub applied_at: Timestamp,
+    /// Why the last configuration read or pushed was refused (the one in force stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Fields of the last configuration taken that differ from those the server started
+    /// with and only a restart applies; the live part was applied all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+}
 
 /// The whole configuration of one key server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,6 +481,43 @@ impl ServerConfig {
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_yaml::to_string(self).map_err(|e| ConfigError(e.to_string()))
     }
+
+    /// The configuration without its live part ([`LIVE_FIELDS`]): what only a restart
+    /// applies.
+    #[must_use]
+    pub fn restart_part(&self) -> Self {
+        Self {
+            drives: DrivePolicy::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The fields of `other`, by their names in the file, that differ from this one's and
+    /// need a restart to apply; empty when only the live part differs.
+    pub fn needs_restart_for(&self, other: &Self) -> Vec<String> {
+        let fields = [
+            ("serverId", self.server_id != other.server_id),
+            ("kmip", self.kmip != other.kmip),
+            ("tls", self.tls != other.tls),
+            ("dataDir", self.data_dir != other.data_dir),
+            ("kekFile", self.kek_file != other.kek_file),
+            ("replication", self.replication != other.replication),
+            ("keystoreFile", self.keystore_file != other.keystore_file),
+            ("licence", self.licence != other.licence),
+            ("shadow", self.shadow != other.shadow),
+        ];
+        let differ: Vec<String> = fields
+            .iter()
+            .filter(|(_, differs)| *differs)
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        debug_assert_eq!(
+            differ.is_empty(),
+            self.restart_part() == other.restart_part(),
+            "a field of ServerConfig is missing from needs_restart_for"
+        );
+        differ
+    }
 }
 
 /// The ids of the inline verifiers are bounded as the verifiers file's are.
@@ -499,6 +586,30 @@ fn check_shadow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_live_part_is_the_drive_policy_and_nothing_else_restarts_for_it() {
+        let base = "serverId: tape\ntls: {cert: s.pem, key: s.key, clientCa: ca.pem}\ndataDir: /d\nkekFile: /k\n";
+        let config = ServerConfig::from_yaml(base).unwrap();
+        let drives = "drives:\n  keyGroups: [{name: lto, default: true}]\n  drives: [{serial: D1, certificateIdentity: lib}]\n";
+        let more = ServerConfig::from_yaml(&format!("{base}{drives}")).unwrap();
+        assert!(config.needs_restart_for(&more).is_empty());
+        assert_eq!(restart_digest(&config), restart_digest(&more));
+        assert_ne!(live_digest(&config.drives), live_digest(&more.drives));
+        assert_eq!(live_digest(&more.drives).len(), 64);
+        // The same policy written another way (JSON, other spacing) has the same digest.
+        let json = serde_json::to_string(&more).unwrap();
+        let again = ServerConfig::from_yaml(&json).unwrap();
+        assert_eq!(live_digest(&again.drives), live_digest(&more.drives));
+        let moved = ServerConfig::from_yaml(
+            &format!("{base}{drives}").replace("kekFile: /k", "kekFile: /other"),
+        )
+        .unwrap();
+        assert_eq!(more.needs_restart_for(&moved), vec!["kekFile".to_owned()]);
+        assert_ne!(restart_digest(&more), restart_digest(&moved));
+        let tls = ServerConfig::from_yaml(&base.replace("s.pem", "t.pem")).unwrap();
+        assert_eq!(config.needs_restart_for(&tls), vec!["tls".to_owned()]);
+    }
 
     #[test]
     fn round_trips_and_refuses_unknown_fields() {

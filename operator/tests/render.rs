@@ -208,37 +208,118 @@ fn server_config(objects: &[Value]) -> shadowkeep_api::server_config::ServerConf
     shadowkeep_api::server_config::ServerConfig::from_yaml(config).unwrap()
 }
 
+/// Every object `render` prints for the manifests in `dir`, replicas' and shadow's.
+fn all_rendered(dir: &Path) -> Vec<Value> {
+    let (code, text) = rendered(&[dir.to_owned()]);
+    assert_eq!(code, 0, "{text}");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect()
+}
+
+/// The pod templates of the replicas' and the shadow's StatefulSets, as applied.
+fn templates(objects: &[Value]) -> (String, String) {
+    let template = |name| {
+        serde_json::to_string(&named(objects, "StatefulSet", name)["spec"]["template"]).unwrap()
+    };
+    (template("tape-keys"), template("tape-keys-dr"))
+}
+
+fn configs(objects: &[Value]) -> (Value, Value) {
+    (
+        named(objects, "ConfigMap", "tape-keys-config")["data"].clone(),
+        named(objects, "ConfigMap", "tape-keys-dr-config")["data"].clone(),
+    )
+}
+
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert!(text.contains(from), "{file} has no {from:?}");
+    std::fs::write(dir.join(file), text.replacen(from, to, 1)).unwrap();
+}
+
 #[test]
-fn a_drive_table_change_changes_the_config_hash_and_rolls_the_pods() {
+fn drive_table_and_key_group_changes_leave_the_pod_templates_alone() {
     let dir = quickstart_copy("hash");
+    let before = all_rendered(&dir);
+    // The same inputs build the same objects.
+    assert_eq!(all_rendered(&dir), before);
+    // A drive identity added to the DriveTable.
+    let mut table = std::fs::read_to_string(dir.join("drivetable.yaml")).unwrap();
+    table.push_str(
+        "    - serial: \"1013000126\"\n      certificateIdentity: library-b.tape.example.com\n",
+    );
+    std::fs::write(dir.join("drivetable.yaml"), table).unwrap();
+    let added = all_rendered(&dir);
+    assert_ne!(
+        configs(&added).0,
+        configs(&before).0,
+        "the ConfigMap changes"
+    );
+    assert_eq!(
+        templates(&added),
+        templates(&before),
+        "no pod template changes"
+    );
+    let parsed = server_config(&added);
+    assert_eq!(parsed.server_id, "tape-keys-eu1");
+    assert!(parsed.drives.drives.iter().any(|d| d.serial == "1013000126"
+        && d.certificate_identity.as_deref() == Some("library-b.tape.example.com")));
+    // A KeyGroup change: no longer the default group, and another one added.
+    edit(&dir, "keygroup.yaml", "default: true", "default: false");
+    let mut groups = std::fs::read_to_string(dir.join("keygroup.yaml")).unwrap();
+    groups.push_str(
+        "---\napiVersion: shadowkeep.io/v1alpha1\nkind: KeyGroup\nmetadata:\n  name: lto-gold\nspec:\n  keyManagerRef:\n    name: tape-keys\n  algorithm: AES\n  length: 256\n  keyCount: 2\n  namePrefix: GOLD\n  rotationInterval: 720h\n",
+    );
+    std::fs::write(dir.join("keygroup.yaml"), groups).unwrap();
+    let grouped = all_rendered(&dir);
+    assert_ne!(
+        configs(&grouped).0,
+        configs(&added).0,
+        "the ConfigMap changes"
+    );
+    assert_eq!(templates(&grouped), templates(&before));
+    let names: Vec<String> = server_config(&grouped)
+        .drives
+        .key_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    assert_eq!(names, ["lto-default", "lto-gold"]);
+    // What only a restart applies still rolls the pods: the image, the TLS source and a
+    // configuration field outside the drive policy (peer acknowledgements).
+    edit(
+        &dir,
+        "keymanager.yaml",
+        "  serverId: tape-keys-eu1\n",
+        "  serverId: tape-keys-eu1\n  image: registry.example/shadowkeep-server:next\n",
+    );
+    let imaged = all_rendered(&dir);
+    let (replicas, shadow) = templates(&imaged);
+    assert_ne!(replicas, templates(&grouped).0);
+    assert_ne!(shadow, templates(&grouped).1);
+    edit(
+        &dir,
+        "keymanager.yaml",
+        "    source: Generated\n",
+        "    source: Secret\n    secretName: my-replica-tls\n",
+    );
+    let tls = all_rendered(&dir);
+    assert_ne!(templates(&tls).0, templates(&imaged).0);
+    edit(
+        &dir,
+        "keymanager.yaml",
+        "peerAcknowledgements: 1",
+        "peerAcknowledgements: 0",
+    );
+    let acks = all_rendered(&dir);
     let hash = |objects: &[Value]| {
         named(objects, "StatefulSet", "tape-keys")["spec"]["template"]["metadata"]["annotations"]
             ["shadowkeep.io/config-hash"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+            .clone()
     };
-    let before = objects(&dir, &material());
-    // The same inputs build the same objects.
-    assert_eq!(objects(&dir, &material()), before);
-    let table = std::fs::read_to_string(dir.join("drivetable.yaml")).unwrap();
-    std::fs::write(
-        dir.join("drivetable.yaml"),
-        table.replace("1013000125", "1013000126"),
-    )
-    .unwrap();
-    let after = objects(&dir, &material());
-    assert_ne!(hash(&before), hash(&after));
-    // The configuration the server reads is one it accepts.
-    let parsed = server_config(&after);
-    assert_eq!(parsed.server_id, "tape-keys-eu1");
-    let serials: Vec<&str> = parsed
-        .drives
-        .drives
-        .iter()
-        .map(|d| d.serial.as_str())
-        .collect();
-    assert!(serials.contains(&"1013000126") && !serials.contains(&"1013000125"));
+    assert_ne!(hash(&acks), hash(&tls));
+    assert_ne!(configs(&acks).0, configs(&tls).0);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -8,6 +8,9 @@
 //!   lacks, as a keystore serialisation
 //! - `POST /v1/keystore/merge`: body a keystore serialisation; merged (never replacing
 //!   anything) and made durable before the answer, a [`MergeReply`]
+//! - `PUT /v1/configuration`: body the configuration file's content (YAML or JSON, at most
+//!   [`MAX_CONFIG_BYTES`]); its live part applied at once (`crate::live`), answered with
+//!   the configuration in force, or refused with `invalid-configuration`
 //!
 //! A caller is judged before its request body is read: only peers may send one, of at most
 //! 256 MiB, and a body that stalls for the idle timeout is refused. Connections are bounded
@@ -33,6 +36,7 @@ use hyper_util::service::TowerToHyperService;
 use jiff::Timestamp;
 use shadowkeep_api::keystore::{Kek, Key, Keystore};
 use shadowkeep_api::replica_sync::{DigestReply, MergeReply, Summary, delta};
+use shadowkeep_api::server_config::MAX_CONFIG_BYTES;
 use shadowkeep_api::shadow::registration::{
     MAX_REQUEST_BYTES, RegistrationReply, ShadowRegistration,
 };
@@ -46,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::replication::{INSTANCE_HEADER, REPLICA_HEADER};
 use crate::shadow::registry::{NewDuplicate, PeerSightings, Registration, Registry};
@@ -99,6 +104,8 @@ pub struct AdminState {
     pub peers_seen: Arc<PeerSightings>,
     /// On a shadow: its state machine.
     pub shadow: Option<Arc<ShadowHandle>>,
+    /// The configuration in force, and what can change of it while the server runs.
+    pub live: Arc<LiveConfig>,
 }
 
 impl AdminState {
@@ -134,6 +141,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/shadows", get(shadows))
         .route("/v1/shadow/sync", post(sync))
         .route("/v1/shadow/desired-state", put(desired_state))
+        .route("/v1/configuration", put(configuration))
         .route_layer(middleware::from_fn_with_state(state.clone(), peers_only));
     let mirror = Router::new()
         .route("/v1/keystore/delta", post(delta_handler))
@@ -528,7 +536,7 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn state_handler(State(state): State<AdminState>) -> Response {
-    let report = match &state.shadow {
+    let mut report = match &state.shadow {
         Some(shadow) => shadow.report(state.instance_id),
         None => StateReport {
             role: ServerRole::Replica,
@@ -548,9 +556,32 @@ async fn state_handler(State(state): State<AdminState>) -> Response {
                 .as_ref()
                 .map(|r| r.accepted_labels())
                 .unwrap_or_default(),
+            configuration: None,
         },
     };
+    report.configuration = Some(state.live.report());
     Json(report).into_response()
+}
+
+/// `PUT /v1/configuration`: the configuration file's content, pushed. Its live part is
+/// applied at once; what needs a restart is reported, not applied. An invalid one changes
+/// nothing and is refused, naming the field.
+async fn configuration(State(state): State<AdminState>, request: Request) -> Response {
+    let body = match body_within(&state, request, MAX_CONFIG_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    match state.live.apply(&body, "the admin API push") {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            state.metrics.refused(LISTENER, "invalid_configuration");
+            refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid-configuration",
+                &e.to_string(),
+            )
+        }
+    }
 }
 
 async fn hints(State(state): State<AdminState>) -> Response {

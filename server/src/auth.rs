@@ -2,11 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use shadowkeep_api::server_config::DrivePolicy;
+use jiff::Timestamp;
+use shadowkeep_api::server_config::{DrivePolicy, live_digest};
 
-/// The drive table, indexed for lookups.
-#[derive(Clone, Debug, Default)]
+/// The drive table, indexed for lookups. A running server swaps it whole (a new
+/// configuration, a shadow's new mirror); a request judges by the one it took first.
+#[derive(Clone, Debug)]
 pub struct DriveTable {
+    /// [`live_digest`] of the policy it was built from, and when it was built: what the
+    /// server reports as its configuration in force.
+    digest: String,
+    built_at: Timestamp,
     accept_unknown: bool,
     /// Certificate identity to the key groups of the drives behind it, in table order: a
     /// library's drives usually share its one certificate.
@@ -74,6 +80,8 @@ impl DriveTable {
             }
         }
         Self {
+            digest: live_digest(policy),
+            built_at: Timestamp::now(),
             accept_unknown: policy.accept_unknown,
             by_identity,
             by_serial: policy
@@ -88,6 +96,16 @@ impl DriveTable {
                 .collect(),
             default_group,
         }
+    }
+
+    /// [`live_digest`] of the policy the table was built from.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// When the table was built: when its policy was taken.
+    pub fn built_at(&self) -> Timestamp {
+        self.built_at
     }
 
     /// Judges a client by the names in its certificate and, when the request carries a

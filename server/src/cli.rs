@@ -105,16 +105,24 @@ fn repair(dir: &std::path::Path) -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
-    let config = match (&args.config, &args.data_dir) {
+    let (config, file) = match (&args.config, &args.data_dir) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("failed to read {}: {e}", path.display()))?;
-            ServerConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            let config =
+                ServerConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            (config, Some((path.clone(), text.into_bytes())))
         }
-        (None, Some(dir)) => dev::prepare(dir, args.listen).map_err(|e| e.to_string())?,
+        (None, Some(dir)) => (
+            dev::prepare(dir, args.listen).map_err(|e| e.to_string())?,
+            None,
+        ),
         (None, None) => return Err("either --config or --dev --data-dir is required".to_owned()),
     };
-    let server = Server::new(&config).map_err(|e| e.to_string())?;
+    let mut server = Server::new(&config).map_err(|e| e.to_string())?;
+    if let Some((path, started)) = file {
+        server = server.with_config_file(path, started);
+    }
     let listener = TcpListener::bind(config.kmip.listen)
         .await
         .map_err(|e| format!("failed to listen on {}: {e}", config.kmip.listen))?;

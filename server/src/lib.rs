@@ -27,6 +27,7 @@ pub mod import;
 pub mod instance;
 pub mod kmip;
 mod listener;
+pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod replication;

@@ -27,6 +27,7 @@ use crate::kmip::enums::result_reason;
 use crate::kmip::ops::Kmip;
 use crate::kmip::{self, KmipError};
 use crate::listener::{SHUTDOWN_GRACE, Slot, Slots, accept};
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::replication::{Replication, ReplicationError};
 use crate::shadow::Access;
@@ -92,6 +93,10 @@ pub struct Server {
     runner: Option<crate::shadow::runner::Runner>,
     /// A licensed replica's verifiers file, watched by [`Server::serve`].
     verifiers: Option<(VerifiersFile, Arc<Registry>)>,
+    /// The configuration in force, and what can change of it while the server runs.
+    live: Arc<LiveConfig>,
+    /// The configuration file to watch, and the bytes the server started with.
+    config_file: Option<(std::path::PathBuf, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -140,23 +145,20 @@ impl Server {
         )?
         .unzip();
         let drives = drive_table(config, shadow.as_ref());
+        let live = Arc::new(LiveConfig::new(config, &drives, registry.as_ref()));
         let shadow_push = shadow_push_for(config, registry.as_ref(), &metrics)?;
         let (replication, admin) = match &config.replication {
             Some(r) => {
                 let replication = if is_shadow {
                     None
                 } else {
-                    Some(Replication::start(
-                        r,
-                        &config.tls.client_ca,
-                        store.clone(),
-                        kek.clone(),
-                        Arc::clone(&metrics),
-                        cancel.clone(),
-                        &crate::replication::PeerIdentity {
-                            name: crate::replication::replica_name(),
-                            instance_id,
-                        },
+                    Some(start_replication(
+                        config,
+                        &store,
+                        &kek,
+                        &metrics,
+                        &cancel,
+                        instance_id,
                     )?)
                 };
                 let state = AdminState {
@@ -172,6 +174,7 @@ impl Server {
                     registry: registry.clone(),
                     peers_seen: Arc::default(),
                     shadow: shadow.clone(),
+                    live: Arc::clone(&live),
                 };
                 let admin_tls =
                     TlsAcceptor::from(tls::server_config(&config.tls, ClientAuth::Optional)?);
@@ -179,15 +182,13 @@ impl Server {
             }
             None => (None, None),
         };
-        tracing::info!(
-            server_id = %config.server_id,
-            role = if is_shadow { "shadow" } else { "replica" },
-            licensed = licensed.is_some(),
-            instance_id = %instance_id,
-            keys = store.read(shadowkeep_api::keystore::Keystore::len),
-            kek = kek.fingerprint(),
-            peers = peers.len(),
-            "keystore opened"
+        log_opened(
+            config,
+            licensed.is_some(),
+            instance_id,
+            &store,
+            &kek,
+            peers.len(),
         );
         Ok(Self {
             shared: Arc::new(Shared {
@@ -218,7 +219,23 @@ impl Server {
             cancel,
             runner,
             verifiers: verifiers.zip(registry),
+            live,
+            config_file: None,
         })
+    }
+
+    /// Watches `path`, the configuration file the server was started from with content
+    /// `started`, while it serves: a change of its live part is applied without a restart
+    /// (`crate::live`).
+    #[must_use]
+    pub fn with_config_file(mut self, path: std::path::PathBuf, started: Vec<u8>) -> Self {
+        self.config_file = Some((path, started));
+        self
+    }
+
+    /// The configuration in force, as `GET /v1/state` reports it.
+    pub fn configuration(&self) -> shadowkeep_api::server_config::ConfigurationReport {
+        self.live.report()
     }
 
     /// Binds the admin API's listener, if replication is configured, and returns its address.
@@ -271,6 +288,11 @@ impl Server {
                 self.kek.clone(),
                 cancel.clone(),
             ));
+        }
+        if let Some((path, started)) = self.config_file {
+            let live = Arc::clone(&self.live);
+            let cancel = cancel.clone();
+            tracker.spawn(async move { live.watch(path, &started, cancel).await });
         }
         if let Some((file, registry)) = self.verifiers {
             tracker.spawn(file.watch(registry, Arc::clone(&self.shared.metrics), cancel.clone()));
@@ -328,6 +350,53 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A replica's replication with its peers.
+fn start_replication(
+    config: &ServerConfig,
+    store: &Store,
+    kek: &Kek,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    instance_id: uuid::Uuid,
+) -> Result<Arc<Replication>, ServerError> {
+    let Some(r) = &config.replication else {
+        return Err(ReplicationError::new("replication is not configured").into());
+    };
+    Ok(Replication::start(
+        r,
+        &config.tls.client_ca,
+        store.clone(),
+        kek.clone(),
+        Arc::clone(metrics),
+        cancel.clone(),
+        &crate::replication::PeerIdentity {
+            name: crate::replication::replica_name(),
+            instance_id,
+        },
+    )?)
+}
+
+/// Says what the server opened.
+fn log_opened(
+    config: &ServerConfig,
+    licensed: bool,
+    instance_id: uuid::Uuid,
+    store: &Store,
+    kek: &Kek,
+    peers: usize,
+) {
+    tracing::info!(
+        server_id = %config.server_id,
+        role = if config.shadow.is_some() { "shadow" } else { "replica" },
+        licensed,
+        instance_id = %instance_id,
+        keys = store.read(shadowkeep_api::keystore::Keystore::len),
+        kek = kek.fingerprint(),
+        peers,
+        "keystore opened"
+    );
 }
 
 /// A licensed replica's register of shadows: it judges their registrations by the licence

@@ -636,6 +636,64 @@ def rotated_on(up, request, name="tape-keys-dr"):
     return status if c and c["reason"] == "Rotated" else None
 
 
+def configuration_of(up, server):
+    """The configuration `server` reports it runs with (`GET /v1/state`)."""
+    status, body = admin_call(up, server, "GET", "/v1/state", operator_certs(up))
+    assert status == 200, body
+    return json.loads(body)["configuration"]
+
+
+def test_a_drive_table_edit_reaches_every_replica_and_the_shadow_without_a_restart(up):
+    # A short grace period first (a restart of the shadow: its own timing changed), so that
+    # the shadow can be seen serving the new drive later.
+    old_shadow = shadow_pid(up)
+    shadow_file = up.manifests / "shadow.yaml"
+    shadow_file.write_text(shadow_file.read_text().replace("takeoverGracePeriod: 5m", "takeoverGracePeriod: 3s"))
+    wait_for("the shadow restarted with its new grace period", lambda: (
+        shadow_pid(up) not in (None, old_shadow) and all(s["pid"] for s in up.estate()["servers"])))
+    estate = up.estate()
+    pids = {s["name"]: s["pid"] for s in estate["servers"]}
+    before = {s["name"]: configuration_of(up, s)["digest"] for s in estate["servers"]}
+    assert len(set(before.values())) == 1, before
+    edited_at = len(up.output())
+
+    table = up.manifests / "drivetable.yaml"
+    table.write_text(table.read_text() + """    - serial: "2013000001"
+      certificateIdentity: library-b.tape.example.com
+      keyGroup: lto-default
+""")
+    estate = wait_for("library-b's certificate in estate.json", lambda: (
+        (e := up.estate()) and any(c["identity"] == "library-b.tape.example.com" for c in e["clients"]) and e))
+
+    def every_server_took_it():
+        now = {s["name"]: configuration_of(up, s) for s in estate["servers"]}
+        digests = {c["digest"] for c in now.values()}
+        return now if len(digests) == 1 and digests != set(before.values()) else None
+
+    taken = wait_for("every replica and the shadow on the new drive table", every_server_took_it)
+    assert all("problem" not in c and "restartNeeded" not in c for c in taken.values()), taken
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    shadow = next(s for s in estate["servers"] if s["role"] == "shadow")
+    uid, material = wait_for("library-b served", lambda: create(
+        estate, replicas[0], "TAPE-LIVE-1", identity="library-b.tape.example.com"))
+    assert get(estate, replicas[1], uid, identity="library-b.tape.example.com") == material
+    # No process restarted: the same pids, and `up` restarted nothing.
+    assert {s["name"]: s["pid"] for s in up.estate()["servers"]} == pids
+    assert "restarting" not in up.output()[edited_at:], up.output()[edited_at:]
+
+    # The shadow admits library-b too: with the replicas frozen it serves the key to it.
+    wait_for("the key mirrored", lambda: the_shadow(up)["keys"] == 12)
+    for r in replicas:
+        os.kill(r["pid"], signal.SIGSTOP)
+    try:
+        wait_for("the shadow serving", lambda: the_shadow(up)["state"] == "Serving")
+        assert get(estate, shadow, uid, identity="library-b.tape.example.com") == material
+    finally:
+        for r in replicas:
+            os.kill(r["pid"], signal.SIGCONT)
+    assert {s["name"]: s["pid"] for s in up.estate()["servers"]} == pids
+
+
 def test_a_requested_sync_mirrors_at_once_and_each_value_is_answered_once(up):
     estate = up.estate()
     replicas = [s for s in estate["servers"] if s["role"] == "replica"]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registration::DecodeError;
 use super::state::{DesiredShadowState, ShadowState};
-use crate::server_config::DrivePolicy;
+use crate::server_config::{ConfigurationReport, DrivePolicy};
 
 /// Largest poll report or desired-state request accepted, in bytes.
 pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
@@ -98,6 +98,10 @@ pub struct StateReport {
     /// new password over.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub accepted_verifiers: BTreeMap<String, Vec<VerifierLabel>>,
+    /// The configuration in force: its live part's digest, when it was taken, and what of
+    /// the last one read or pushed was refused or waits for a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<ConfigurationReport>,
 }
 
 /// An accepted verifier as `GET /v1/state` shows it: never the PHC string.

@@ -7,10 +7,9 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt as _;
-use sha2::{Digest as _, Sha256};
 use shadowkeep_api::server_config::{
     DriveEntry, DrivePolicy, KeyGroupEntry, KmipConfig, LicenceConfig, PeerConfig,
-    ReplicationConfig, ServerConfig, TlsFiles,
+    ReplicationConfig, ServerConfig, TlsFiles, restart_digest,
 };
 
 use super::{ADMIN_PORT, BuildError, Inputs, KMIP_PORT};
@@ -145,11 +144,9 @@ pub fn replicas_of(inputs: &Inputs<'_>) -> Vec<PeerConfig> {
         .collect()
 }
 
-/// The ConfigMap holding the configuration file.
-pub fn config_map(inputs: &Inputs<'_>, license_public_key: &str) -> Result<ConfigMap, BuildError> {
-    let yaml = server_config(inputs, license_public_key)
-        .to_yaml()
-        .map_err(|e| BuildError(e.to_string()))?;
+/// The ConfigMap holding the configuration file of `config`.
+pub fn config_map(inputs: &Inputs<'_>, config: &ServerConfig) -> Result<ConfigMap, BuildError> {
+    let yaml = config.to_yaml().map_err(|e| BuildError(e.to_string()))?;
     Ok(ConfigMap {
         metadata: inputs.meta(&inputs.names().config, true),
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), yaml)])),
@@ -176,14 +173,10 @@ pub fn shadow_hints_config_map(inputs: &Inputs<'_>, addresses: &[String]) -> Con
     }
 }
 
-/// A hash of the configuration, put on the pod template so that a change rolls the pods.
-pub fn config_hash(config: &ConfigMap) -> String {
-    let mut hash = Sha256::new();
-    for (key, value) in config.data.iter().flatten() {
-        hash.update(key.as_bytes());
-        hash.update([0]);
-        hash.update(value.as_bytes());
-        hash.update([0]);
-    }
-    hex::encode(&hash.finalize()[..16])
+/// A hash of the parts of `config` that only a restart applies, put on the pod template so
+/// that a change of them rolls the pods. The live part (the drive policy: DriveTables and
+/// KeyGroups) is left out: servers re-read it from the ConfigMap, and the operator pushes
+/// it, without a restart.
+pub fn config_hash(config: &ServerConfig) -> String {
+    restart_digest(config)[..32].to_owned()
 }

@@ -318,9 +318,9 @@ pub fn applied(inputs: &Inputs<'_>, material: &Material) -> Result<Vec<Child>, B
         inputs,
         &shadowkeep_api::crd::hint_list(&inputs.shadows),
     )));
-    let config = config_map(inputs, &material.license_public_key)?;
-    let hash = config_hash(&config);
-    out.push(Child::ConfigMap(config));
+    let server = server_config(inputs, &material.license_public_key);
+    out.push(Child::ConfigMap(config_map(inputs, &server)?));
+    let hash = config_hash(&server);
     out.push(Child::Service(peer_service(inputs)));
     out.push(Child::Service(client_service(inputs)));
     out.push(Child::StatefulSet(statefulset(inputs, &hash)));

@@ -1,7 +1,8 @@
 //! The StatefulSet of the replicas: one data volume each, spread over hosts and zones,
 //! locked down (non-root, read-only root file system, no capabilities), probed on the
-//! admin API, and rolled when the configuration changes. The container, the lock-down and
-//! the data volume are the shadows' too (`build::shadow`).
+//! admin API, and rolled when a part of the configuration that only a restart applies
+//! changes. The container, the lock-down and the data volume are the shadows' too
+//! (`build::shadow`).
 
 use std::collections::BTreeMap;
 
@@ -289,7 +290,8 @@ pub(super) fn data_claim(
     }
 }
 
-/// The StatefulSet; `config_hash` is the hash of the rendered ConfigMap.
+/// The StatefulSet; `config_hash` is [`super::config_hash`] of the configuration: it rolls
+/// the pods for what only a restart applies, never for a DriveTable or KeyGroup change.
 pub fn statefulset(inputs: &Inputs<'_>, config_hash: &str) -> StatefulSet {
     let km = &inputs.key_manager.spec;
     let names = inputs.names();

@@ -19,6 +19,8 @@ pub mod types {
     pub const KEY_HISTORY_AT_RISK: &str = "KeyHistoryAtRisk";
     /// Every replica's keys are in the canonical keystore.
     pub const KEYSTORE_IN_SYNC: &str = "KeystoreInSync";
+    /// Every replica and active shadow runs with the configuration's drive table.
+    pub const CONFIGURATION_APPLIED: &str = "ConfigurationApplied";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes conventions ask).
@@ -47,6 +49,10 @@ pub mod reasons {
     pub const REPLICA_UNREACHABLE: &str = "ReplicaUnreachable";
     /// No replica is ready to be asked.
     pub const NO_REPLICA_READY: &str = "NoReplicaReady";
+    /// Every server runs with the configuration's drive table.
+    pub const CONFIGURATION_IN_FORCE: &str = "ConfigurationInForce";
+    /// A server could not be asked, or did not take the configuration.
+    pub const SERVERS_BEHIND: &str = "ServersBehind";
     /// Another writer changed the keystore or a drive history during the reconcile; it
     /// runs again from what is stored.
     pub const STATE_CHANGED: &str = "StateChanged";

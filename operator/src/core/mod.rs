@@ -6,6 +6,7 @@
 //! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
+//! - [`configuration`]: bringing every server to a new drive table without a restart.
 //! - [`prepare`]: the stateful step of a KeyManager's reconcile, run by both shells.
 //! - [`shadow`]: shadow credentials and their rotation without outage.
 //! - [`status`]: the KeyManager's status, computed purely from what its reconcile found.
@@ -16,6 +17,7 @@
 //! The controllers (`crate::controller`) depend on this module, never the other way.
 
 pub mod conditions;
+pub mod configuration;
 pub mod drive_moves;
 pub mod keystore;
 pub mod keystore_sync;

@@ -35,6 +35,8 @@ pub struct Observed<'a> {
     /// Duplicates its replicas reported: two running servers claiming one shadow's or one
     /// replica's identity.
     pub duplicates: &'a [Duplicate],
+    /// `ConfigurationApplied`, when the servers were brought to the configuration.
+    pub configuration: Option<&'a Condition>,
 }
 
 /// The Shadows window of a KeyManager: each of its Shadows with its zone, and the state
@@ -113,6 +115,7 @@ pub fn report(
     report_duplicates(&mut conditions, observed.duplicates);
     conditions.push(risk_condition(&prepared.risks, km.metadata.generation, now));
     conditions.push(prepared.synced.condition.clone());
+    conditions.extend(observed.configuration.cloned());
     let status = next_status(km, previous, conditions, |s| {
         s.replicas = Some(replicas);
         s.ready_replicas = Some(ready);

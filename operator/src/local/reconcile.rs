@@ -16,7 +16,9 @@ use sha2::{Digest as _, Sha256};
 use shadowkeep_api::crd::{KeyManager, TlsSource};
 use shadowkeep_api::drive_history::DriveHistory;
 use shadowkeep_api::estate::Estate;
-use shadowkeep_api::server_config::{PeerConfig, ServerConfig, TlsFiles};
+use shadowkeep_api::server_config::{
+    PeerConfig, ServerConfig, TlsFiles, live_digest, restart_digest,
+};
 
 use super::addresses::Addresses;
 use super::certificates;
@@ -42,6 +44,8 @@ pub struct Reconciled {
     pub clients: Vec<Client>,
     /// What the core found: risks, the keystore sync.
     pub prepared: Box<Prepared>,
+    /// The digest of its drive table (`live_digest`), which its servers must report.
+    pub live_digest: String,
 }
 
 /// How a KeyManager's reconcile ended.
@@ -258,10 +262,13 @@ pub async fn reconcile(local: &Local<'_>, km: &KeyManager, now: &Time) -> Result
     let servers = servers(local, &inputs, &authority, &prepared.material)?;
     let clients = clients(local, &inputs, &authority)?;
     write_status(local, &declared, &inputs, &prepared, now).await?;
+    let live_digest =
+        live_digest(&server_config(&inputs, &prepared.material.license_public_key).drives);
     Ok(Ended::Reconciled(Reconciled {
         servers,
         clients,
         prepared,
+        live_digest,
     }))
 }
 
@@ -309,8 +316,9 @@ fn servers(
         }
         let yaml = mine.to_yaml().map_err(|e| e.to_string())?;
         let written = write_if_changed(&dir, "server.yaml", yaml.as_bytes())?;
+        // Only what a restart applies restarts it: a new drive table is re-read or pushed.
         let mut digest = Sha256::new();
-        digest.update(yaml.as_bytes());
+        digest.update(restart_digest(&mine).as_bytes());
         digest.update(std::fs::read(&files.cert).map_err(|e| e.to_string())?);
         servers.push(ServerSpec {
             key,
@@ -404,6 +412,8 @@ async fn write_status(
         twins: &twins,
         shadows: &shadows,
         duplicates: &duplicates,
+        // `up` tells how the servers took the configuration in its log.
+        configuration: None,
     };
     let state = local.layout.state();
     let previous = state.read_status(&owner).await.map_err(|e| e.to_string())?;

@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use shadowkeep_api::crd::{KeyManager, Shadow, ShadowStatus};
 use shadowkeep_api::estate::Estate;
 use shadowkeep_api::license::LicenseSigner;
+use shadowkeep_api::server_config::restart_digest;
 
 use super::certificates;
 use super::layout::{Layout, write_if_changed};
@@ -174,8 +175,9 @@ pub async fn prepare(
     }
     let yaml = config.to_yaml().map_err(|e| e.to_string())?;
     let written = write_if_changed(&dir, "server.yaml", yaml.as_bytes())?;
+    // Only what a restart applies restarts it, as for the replicas.
     let mut digest = Sha256::new();
-    digest.update(yaml.as_bytes());
+    digest.update(restart_digest(&config).as_bytes());
     digest.update(std::fs::read(&files.cert).map_err(|e| e.to_string())?);
     Ok(ServerSpec {
         key,

@@ -14,16 +14,20 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
 use sha2::{Digest as _, Sha256};
+use shadowkeep_api::crd::DesiredShadowState;
 use shadowkeep_api::estate::Estate;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::Addresses;
+use super::certificates;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
 use super::shadows::{self, shadow_keys};
-use super::supervise::{Log, ServerSpec, Supervisor};
+use super::supervise::{Log, Role, ServerSpec, Supervisor};
+use crate::core::configuration::{self, Brought, Target};
 use crate::core::drive_moves::risk_message;
+use crate::core::keystore_sync::ReplicaAddress;
 use crate::core::prepare::resync_after;
 use crate::core::state::{Item, Owner, State as _};
 use crate::manifests::files::{ManifestFiles, read_manifest};
@@ -42,8 +46,9 @@ pub struct Options {
 
 /// How long `up` waits for a server to listen before it carries on without it.
 const READY_LIMIT: Duration = Duration::from_mins(1);
-/// How often the manifest files are read for changes.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the manifest files are read for changes: often, so that a DriveTable edit
+/// reaches the servers within the 2 s the live configuration is held to.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the shadows' rotation, desired state and status are looked after.
 const SHADOWS_EVERY: Duration = Duration::from_secs(2);
@@ -326,6 +331,8 @@ impl Up {
             running: &running,
             ready: &ready,
         };
+        // Each reconciled KeyManager and the digest of its drive table, for the push.
+        let mut live = Vec::new();
         for km in self.estate.key_managers() {
             let name = format!("{}/{}", namespace_of(km), km.name_any());
             self.next_sync
@@ -356,6 +363,10 @@ impl Up {
                     for server in &done.servers {
                         self.log.widen(server.name.len());
                     }
+                    live.push((
+                        Owner::new(namespace_of(km), km.name_any()),
+                        done.live_digest,
+                    ));
                     wanted.extend(reconcile::by_key(done.servers));
                     clients.extend(done.clients);
                 }
@@ -395,8 +406,66 @@ impl Up {
         )
         .map_err(|e| format!("failed to write {}: {e}", self.layout.ca_bundle().display()))?;
         self.clients = clients;
+        let servers: Vec<ServerSpec> = wanted.values().cloned().collect();
         self.apply(wanted, &kept).await;
+        self.push_configuration(&live, &servers).await;
         Ok(())
+    }
+
+    /// Brings every replica and active shadow of the KeyManagers in `live` (each with the
+    /// digest of its drive table) to its configuration file without a restart, through
+    /// the control core's push: the files are written already and the servers re-read
+    /// them, but a push applies them now.
+    async fn push_configuration(&self, live: &[(Owner, String)], servers: &[ServerSpec]) {
+        let state = self.layout.state();
+        for (owner, digest) in live {
+            let connector = match certificates::connector(&state, owner).await {
+                Ok(Some(connector)) => connector,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.say(&format!("KeyManager {owner}: {e}"));
+                    continue;
+                }
+            };
+            let active = |name: &str| {
+                self.estate.shadows().iter().any(|s| {
+                    namespace_of(s) == owner.namespace
+                        && s.name_any() == name
+                        && s.spec.state == DesiredShadowState::Active
+                })
+            };
+            let targets: Vec<Target> = servers
+                .iter()
+                .filter(|s| s.namespace == owner.namespace && s.key_manager == owner.name)
+                .filter_map(|s| {
+                    let server = ReplicaAddress {
+                        replica: s.key.clone(),
+                        address: s.admin.to_string(),
+                        server_name: s.admin.ip().to_string(),
+                    };
+                    match s.role {
+                        Role::Replica => Some(Target::Replica {
+                            server,
+                            file: std::fs::read(&s.config).ok()?,
+                        }),
+                        Role::Shadow => active(&s.name).then_some(Target::Shadow { server }),
+                    }
+                })
+                .collect();
+            for outcome in configuration::apply(&targets, &connector, digest).await {
+                match outcome.result {
+                    Ok(Brought::Pushed) => self.say(&format!(
+                        "{}: drive table applied without a restart",
+                        outcome.server
+                    )),
+                    Ok(Brought::AlreadyInForce) => {}
+                    Err(e) => self.say(&format!(
+                        "{}: failed to apply the configuration now ({e}); it re-reads its file",
+                        outcome.server
+                    )),
+                }
+            }
+        }
     }
 
     /// Every declared server's address: kept from earlier runs, new ones assigned.

@@ -39,7 +39,8 @@ pub struct Registry {
     verifier: LicenseVerifier,
     /// Swapped whole when the verifiers file changes; judges take a snapshot.
     accepted: RwLock<Arc<Accepted>>,
-    drives: DrivePolicy,
+    /// The drive policy shadows mirror: swapped whole when the configuration changes.
+    drives: RwLock<Arc<DrivePolicy>>,
     inner: Mutex<Inner>,
 }
 
@@ -78,7 +79,7 @@ impl Registry {
             server_id: server_id.to_owned(),
             verifier,
             accepted: RwLock::new(Arc::new(accepted)),
-            drives,
+            drives: RwLock::new(Arc::new(drives)),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -96,6 +97,14 @@ impl Registry {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// Replaces the drive policy the shadows mirror, from their next poll on.
+    pub fn set_drives(&self, drives: DrivePolicy) {
+        *self
+            .drives
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(drives);
     }
 
     /// Replaces the accepted verifiers and drops the registered shadows whose verifier is
@@ -267,7 +276,12 @@ impl Registry {
         let new = duplicate.and_then(|d| record(&mut inner, d));
         (
             ShadowView {
-                drives: self.drives.clone(),
+                drives: DrivePolicy::clone(
+                    &self
+                        .drives
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                ),
                 siblings,
             },
             new,

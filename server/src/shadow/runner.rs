@@ -191,6 +191,7 @@ impl ShadowHandle {
             }),
             duplicates: Vec::new(),
             accepted_verifiers: std::collections::BTreeMap::new(),
+            configuration: None,
         }
     }
 

@@ -187,9 +187,11 @@ pub fn shadow_children(
     if let Some(certificate) = shadow_certificate(inputs)? {
         out.push(Child::Certificate(certificate));
     }
-    let config = shadow_config_map(inputs, &material.license_public_key)?;
-    let hash = config_hash(&config);
-    out.push(Child::ConfigMap(config));
+    out.push(Child::ConfigMap(shadow_config_map(
+        inputs,
+        &material.license_public_key,
+    )?));
+    let hash = config_hash(&shadow_config(inputs, &material.license_public_key));
     out.push(Child::Service(admin_service(inputs)));
     out.push(Child::Service(kmip_service(inputs)));
     out.push(Child::StatefulSet(statefulset(inputs, &hash)));

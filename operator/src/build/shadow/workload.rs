@@ -163,7 +163,8 @@ fn pod(inputs: &ShadowInputs<'_>) -> PodSpec {
     }
 }
 
-/// The StatefulSet of the one shadow pod; `config_hash` is the hash of its ConfigMap.
+/// The StatefulSet of the one shadow pod; `config_hash` is [`crate::build::config_hash`] of
+/// its configuration.
 pub fn statefulset(inputs: &ShadowInputs<'_>, config_hash: &str) -> StatefulSet {
     let names = inputs.names();
     StatefulSet {

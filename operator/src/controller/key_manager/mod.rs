@@ -17,16 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
-use shadowkeep_api::crd::KeyManager;
+use shadowkeep_api::crd::{DesiredShadowState, KeyManager};
 use shadowkeep_api::estate::Estate;
+use shadowkeep_api::server_config::live_digest;
 
 use super::{Context, Error};
 use crate::build::{self, BuildError, Inputs};
+use crate::core::conditions::reasons;
+use crate::core::configuration::{self, Target};
+use crate::core::keystore_sync::Replicas;
 use crate::core::status::Observed;
-use material::Outcome;
+use material::{Outcome, Prepared};
 
 /// How soon a reconcile that waits (a drive not yet released, a keystore changed under it)
 /// runs again.
@@ -62,6 +66,8 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     let children = build::applied(&inputs, &prepared.material)?;
     // Client required.
     apply::apply(&ctx, &inputs.namespace(), &children).await?;
+    // The servers take the drive table now, not at the kubelet's refresh of the ConfigMap.
+    let configuration = push_configuration(&ctx, &inputs, &prepared, &now).await;
     // No client required.
     let (replicas, ready) = read
         .statefulset
@@ -82,6 +88,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
         twins: &read.twins,
         shadows: &shadows,
         duplicates: &duplicates,
+        configuration: Some(&configuration),
     };
     let report = crate::core::status::report(
         &read.declared(),
@@ -98,6 +105,60 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action,
     } else {
         crate::core::prepare::resync_after(&read.key_manager)
     }))
+}
+
+/// Brings every replica, and every active Shadow, to the configuration just applied,
+/// without a restart; `ConfigurationApplied` says how it went.
+async fn push_configuration(
+    ctx: &Context,
+    inputs: &Inputs<'_>,
+    prepared: &Prepared,
+    now: &Time,
+) -> Condition {
+    let generation = inputs.key_manager.metadata.generation;
+    let (addresses, connector) = match &prepared.replicas {
+        Replicas::Ask {
+            addresses,
+            connector,
+        } => (addresses, connector),
+        Replicas::Skip { reason, message } => {
+            return configuration::not_asked(reason, message, generation, now);
+        }
+    };
+    let config = build::server_config(inputs, &prepared.material.license_public_key);
+    let file = match config.to_yaml() {
+        Ok(yaml) => yaml.into_bytes(),
+        Err(e) => {
+            return configuration::not_asked(
+                reasons::SERVERS_BEHIND,
+                &format!("failed to write the configuration: {e}"),
+                generation,
+                now,
+            );
+        }
+    };
+    let namespace = inputs.namespace();
+    let mut targets: Vec<Target> = addresses
+        .iter()
+        .map(|server| Target::Replica {
+            server: server.clone(),
+            file: file.clone(),
+        })
+        .collect();
+    for shadow in inputs
+        .shadows
+        .iter()
+        .filter(|s| s.spec.state == DesiredShadowState::Active)
+    {
+        let name = shadow.name_any();
+        let server = match &ctx.shadow_resolver {
+            Some(resolve) => resolve(&namespace, &name),
+            None => Some(super::shadow::in_cluster(&namespace, &name)),
+        };
+        targets.extend(server.map(|server| Target::Shadow { server }));
+    }
+    let outcomes = configuration::apply(&targets, connector, &live_digest(&config.drives)).await;
+    configuration::applied_condition(&outcomes, generation, now)
 }
 
 fn inputs<'a>(estate: &'a Estate, ctx: &Context) -> Result<Inputs<'a>, BuildError> {
