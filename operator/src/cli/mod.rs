@@ -69,6 +69,10 @@ pub enum Command {
         /// estates that run side by side different bases.
         #[arg(long, value_name = "IP", default_value = "127.0.0.2")]
         address_base: std::net::Ipv4Addr,
+        /// Where the Secrets that S3 backup targets name are, laid out like a Secret
+        /// volume: DIR/NAMESPACE/NAME/KEY, one file per key.
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
     },
     /// Show the KeyManagers and servers that `shadowkeep up` runs, as they answer now.
     Status {
@@ -139,10 +143,12 @@ pub fn run(cli: Cli) -> ExitCode {
             paths,
             data_dir,
             address_base,
+            secrets,
         } => crate::local::up::run(crate::local::up::Options {
             paths,
             data_dir,
             address_base,
+            secrets,
         }),
         Command::Status { data_dir, output } => {
             crate::local::status::run(&crate::local::status::Options {

@@ -18,6 +18,7 @@ use shadowkeep_api::estate::Estate;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::Addresses;
+use super::backup::LocalTargets;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
@@ -38,6 +39,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The first loopback address to give a server.
     pub address_base: Ipv4Addr,
+    /// Where the Secrets S3 backup targets name are, as `NAMESPACE/NAME/KEY` files.
+    pub secrets: Option<PathBuf>,
 }
 
 /// How long `up` waits for a server to listen before it carries on without it.
@@ -214,6 +217,9 @@ async fn up(options: Options) -> ExitCode {
         next_sync: BTreeMap::new(),
         seen,
         next_shadows: tokio::time::Instant::now(),
+        targets: LocalTargets {
+            secrets: options.secrets.clone(),
+        },
     };
     let started = tokio::select! {
         started = up.start() => Some(started),
@@ -280,6 +286,8 @@ struct Up {
     seen: String,
     /// When the shadows are next looked after.
     next_shadows: tokio::time::Instant,
+    /// The backup targets, with credentials from `--secrets`.
+    targets: LocalTargets,
 }
 
 impl Up {
@@ -325,6 +333,7 @@ impl Up {
             addresses: &addresses,
             running: &running,
             ready: &ready,
+            targets: &self.targets,
         };
         for km in self.estate.key_managers() {
             let name = format!("{}/{}", namespace_of(km), km.name_any());
@@ -340,6 +349,12 @@ impl Up {
                             done.prepared.keys, synced.message
                         ),
                     );
+                    for (target, error) in &done.prepared.backups.failures {
+                        self.log.line(
+                            UP,
+                            &format!("KeyManager {name}: backup target {target}: {error}"),
+                        );
+                    }
                     if !done.prepared.risks.is_empty() {
                         self.log.line(
                             UP,
@@ -608,6 +623,7 @@ impl Up {
             addresses: &addresses,
             running: &running,
             ready: &ready,
+            targets: &self.targets,
         };
         for line in shadows::tick(&local).await {
             self.log.line(UP, &line);

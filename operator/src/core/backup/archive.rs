@@ -616,7 +616,10 @@ mod tests {
         let wrong = age::x25519::Identity::generate();
         let (sealed, _) = sealed(&[identity.to_public().to_string()]);
         let opened = open(&sealed.bytes).unwrap();
-        let error = opened.kek(std::slice::from_ref(&wrong)).unwrap_err().to_string();
+        let error = opened
+            .kek(std::slice::from_ref(&wrong))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(&sealed.name), "{error}");
         assert!(error.contains("tapes/tape-keys"), "{error}");
         assert!(error.contains("wrong recovery key"), "{error}");
