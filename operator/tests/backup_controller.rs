@@ -171,6 +171,39 @@ async fn a_target_that_refuses_writes_is_named_and_the_key_manager_still_served(
             .unwrap()
             .is_some()
     );
+    // A Warning Event names the failing target; the escrow warning has its own.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let warned = |reason: &str, text: &str| {
+        events.iter().any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reason)
+                && e.note.as_deref().unwrap_or("").contains(text)
+        })
+    };
+    assert!(
+        warned("BackupTargetFailed", "backup target locked"),
+        "{events:?}"
+    );
+    assert!(warned("NoRecoveryKey", "losing the cluster"), "{events:?}");
+    // At the next reconcile the same failure is no news: no second Event for it.
+    run(&client).await;
+    let again = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let failed = |items: &[k8s_openapi::api::events::v1::Event]| {
+        items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("BackupTargetFailed"))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum::<i32>()
+    };
+    assert_eq!(failed(&again), failed(&events));
 }
 
 #[tokio::test]
