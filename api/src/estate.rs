@@ -73,6 +73,7 @@ impl Estate {
         self.check_serial_only_drives(&mut findings);
         self.check_default_groups(&mut findings);
         self.check_redundancy(&mut findings);
+        self.check_backups(&mut findings);
         findings.sort();
         findings.dedup();
         findings
@@ -373,6 +374,39 @@ impl Estate {
                     risk.field,
                     risk.message,
                 ));
+            }
+        }
+    }
+}
+
+impl Estate {
+    /// Backups must be kept apart from the KeyManager, and readable without it: a KEK
+    /// escrowed to nobody dies with the cluster, and a backup Secret beside the keystore
+    /// goes with its namespace.
+    fn check_backups(&self, findings: &mut Vec<Finding>) {
+        for km in &self.key_managers {
+            let backup = &km.spec.backup;
+            if backup.recovery_recipients.is_empty() {
+                findings.push(Finding::warning(
+                    Some(object_ref("KeyManager", km)),
+                    "spec.backup.recoveryRecipients",
+                    "no recovery recipient: the KEK exists only in the cluster, so losing the cluster would lose every key; add the public key of a recovery key kept off the cluster (age-keygen)",
+                ));
+            }
+            let own = km.metadata.namespace.as_deref();
+            for (i, target) in backup.targets.iter().enumerate() {
+                if let Some(secret) = &target.secret
+                    && own == Some(secret.namespace.as_str())
+                {
+                    findings.push(Finding::error(
+                        Some(object_ref("KeyManager", km)),
+                        format!("spec.backup.targets[{i}].secret.namespace"),
+                        format!(
+                            "backup target {:?} writes to the KeyManager's own namespace {:?}: a backup beside its keystore is lost with it; name another namespace",
+                            target.name, secret.namespace
+                        ),
+                    ));
+                }
             }
         }
     }

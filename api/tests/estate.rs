@@ -54,7 +54,7 @@ fn site() -> impl Strategy<Value = Site> {
 
 /// A well-formed estate: unique server ids and serials, drives with their own certificate
 /// identities, resolving references, one default group per KeyManager, shadows outside
-/// their KeyManager's zones.
+/// their KeyManager's zones, a recovery recipient for every KEK.
 fn build(sites: &[Site]) -> Vec<Resource> {
     let mut out = Vec::new();
     let mut serial = 0;
@@ -64,7 +64,8 @@ fn build(sites: &[Site]) -> Vec<Resource> {
             "KeyManager",
             &km,
             &json!({"serverId": format!("site-{k}"), "replicas": site.replicas,
-                   "placement": {"zones": [format!("zone-{k}")]}}),
+                   "placement": {"zones": [format!("zone-{k}")]},
+                   "backup": {"recoveryRecipients": [RECIPIENT]}}),
         ));
         for s in 0..site.shadows {
             out.push(resource(
@@ -98,6 +99,9 @@ fn build(sites: &[Site]) -> Vec<Resource> {
     }
     out
 }
+
+/// age's documented example recipient.
+const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
 fn validate(resources: &[Resource]) -> Vec<Finding> {
     let mut estate = Estate::new();
@@ -177,6 +181,30 @@ proptest! {
             ("km-0".to_owned(), "spec.serverId".to_owned()),
         ]);
     }
+}
+
+#[test]
+fn a_key_manager_without_a_recovery_recipient_is_warned_that_losing_the_cluster_loses_every_key() {
+    let mut resources = build(&[Site {
+        replicas: 2,
+        shadows: 1,
+        tables: vec![],
+        groups: 1,
+    }]);
+    resources[0] = resource(
+        "KeyManager",
+        "km-0",
+        &json!({"serverId": "site-0", "replicas": 2, "placement": {"zones": ["zone-0"]}}),
+    );
+    let findings = validate(&resources);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].severity, Severity::Warning);
+    assert_eq!(findings[0].field, "spec.backup.recoveryRecipients");
+    assert!(
+        findings[0]
+            .message
+            .contains("losing the cluster would lose every key")
+    );
 }
 
 #[test]

@@ -406,6 +406,29 @@ fn scenarios() -> Vec<Scenario> {
             exit: EXIT_RISKS,
         },
         Scenario {
+            name: "recovery-recipient-removed",
+            base: || {
+                let mut files = quickstart();
+                edit(
+                    &mut files,
+                    "estate/keymanager.yaml",
+                    "    retention: 30\n",
+                    "    retention: 30\n    recoveryRecipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]\n",
+                );
+                files
+            },
+            head: |f| {
+                edit(
+                    f,
+                    "estate/keymanager.yaml",
+                    "    recoveryRecipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]\n",
+                    "",
+                );
+            },
+            codes: &[codes::NEW_WARNING],
+            exit: EXIT_RISKS,
+        },
+        Scenario {
             name: "no-risk",
             base: quickstart,
             head: |f| {

@@ -421,10 +421,12 @@ async fn the_whole_step_reaches_a_fixed_point<S: State>(state: &S) {
         reason: "NoReplicaReady",
         message: "none runs".to_owned(),
     };
+    let targets = shadowkeep::local::backup::LocalTargets { secrets: None };
     let around = Surroundings {
         origins: &Deleted,
         others_serving: &nobody,
         replicas: &unasked,
+        targets: &targets,
     };
     let run = |history: DriveHistory, version: Option<String>| {
         let around = &around;

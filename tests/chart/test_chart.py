@@ -114,7 +114,7 @@ def test_lint_would_catch_a_broken_template(tmp_path):
 def test_every_rendered_object_passes_strict_validation(chart, tmp_path):
     renders = {
         "default": {},
-        "one-namespace": {"watchNamespaces": ["tapes"]},
+        "one-namespace": {"watchNamespaces": ["tapes"], "backupNamespaces": ["tape-backups"]},
         "no-leader-election": {"leaderElection": {"enabled": False}, "serverImage": "example.org/s:1"},
     }
     files, expected = [], []
@@ -230,6 +230,23 @@ def test_one_watched_namespace_gets_a_role_and_the_namespace_flag(chart):
     args = container["args"]
     assert args[args.index("--namespace") + 1] == "tapes"
     assert args.count("--namespace") == 1
+
+
+def test_backup_namespaces_get_a_role_for_backup_secrets_only(chart):
+    objects = render(chart, {"watchNamespaces": ["tapes"], "backupNamespaces": ["tape-backups"]})
+    roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
+    assert set(roles) == {"tapes", "tape-backups", NAMESPACE}
+    assert permissions([roles["tape-backups"]]) == {
+        ("", "secrets", v) for v in ("get", "list", "create", "delete")
+    }
+    assert bindings["tape-backups"]["roleRef"]["name"] == roles["tape-backups"]["metadata"]["name"]
+    assert bindings["tape-backups"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "shadowkeep", "namespace": NAMESPACE}
+    ]
+    # Watching every namespace, the ClusterRole covers them: no extra Role.
+    everywhere = render(chart, {"backupNamespaces": ["tape-backups"]})
+    assert [r["metadata"]["namespace"] for r in of_kind(everywhere, "Role")] == [NAMESPACE]
 
 
 def test_two_watched_namespaces_fail_the_render_clearly(chart):

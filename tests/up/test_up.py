@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,8 +88,9 @@ def tree_digest(root):
 class Up:
     """One `shadowkeep up` process."""
 
-    def __init__(self, tmp_path, manifests, data_dir=None, base=None):
+    def __init__(self, tmp_path, manifests, data_dir=None, base=None, extra=()):
         self.manifests = manifests
+        self.extra = list(extra)
         self.data_dir = data_dir or tmp_path / "data"
         self.base = base or f"127.{100 + os.getpid() % 100}.{next(_ranges)}.2"
         self.log = tmp_path / f"up-{time.monotonic_ns()}.log"
@@ -97,7 +100,7 @@ class Up:
         self.out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [binary(), "up", str(self.manifests), "--data-dir", str(self.data_dir),
-             "--address-base", self.base],
+             "--address-base", self.base, *self.extra],
             stdout=self.out, stderr=subprocess.STDOUT,
         )
         return self
@@ -822,3 +825,126 @@ def test_two_shadows_asked_to_rotate_at_once_rotate_one_after_the_other(tmp_path
             assert "rotation" not in record and "retiring" not in record
     finally:
         assert running.interrupt() == 0
+
+
+class Moto:
+    """moto's S3 server on a free loopback port: a real S3 API for the backup tests.
+
+    From $SHADOWKEEP_MOTO_SERVER, else beside this Python (.venv/bin/moto_server, which
+    .ci/run installs). Missing, the test is skipped, loudly; with SHADOWKEEP_REQUIRE_MOTO
+    set (as .ci/run sets it) it fails instead."""
+
+    def __init__(self, tmp_path):
+        path = Path(os.environ.get("SHADOWKEEP_MOTO_SERVER") or Path(sys.executable).parent / "moto_server")
+        if not path.exists():
+            if os.environ.get("SHADOWKEEP_REQUIRE_MOTO"):
+                pytest.fail(f"moto_server is required (SHADOWKEEP_REQUIRE_MOTO) but {path} does not exist")
+            pytest.skip(f"*** moto_server not found at {path}: install moto[server] (tests/requirements.txt) ***")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(tmp_path / "moto.log", "wb")
+        self.proc = subprocess.Popen(
+            [path, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+        def listening():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_for("moto_server listening", listening, limit=60)
+
+    def s3(self):
+        """An S3 client of this server (boto3 comes with moto)."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="AKIDSHADOWKEEPTEST", aws_secret_access_key="test",
+        )
+
+    def keys(self, bucket, prefix):
+        listed = self.s3().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def test_up_backs_up_to_s3_after_a_create_and_the_backup_opens_with_the_recovery_key(tmp_path, manifests):
+    moto = Moto(tmp_path)
+    try:
+        moto.s3().create_bucket(Bucket="backups-bucket")
+        key = tmp_path / "recovery.key"
+        public = subprocess.run(
+            [binary(), "recovery-key", "new", "--out", key], capture_output=True, check=True, timeout=60,
+        ).stdout.decode().strip()
+        assert public.startswith("age1") and oct(key.stat().st_mode & 0o777) == "0o600"
+        secret = tmp_path / "secrets" / "default" / "backup-s3"
+        secret.mkdir(parents=True)
+        (secret / "accessKeyId").write_text("AKIDSHADOWKEEPTEST")
+        (secret / "secretAccessKey").write_text("moto-secret-value-never-printed")
+        manifest = manifests / "keymanager.yaml"
+        manifest.write_text(manifest.read_text().replace(
+            "    retention: 30\n",
+            "    retention: 30\n"
+            f"    recoveryRecipients: [{public}]\n"
+            "    targets:\n"
+            "      - name: offsite\n"
+            f"        s3: {{endpoint: '{moto.endpoint}', allowHttp: true, bucket: backups-bucket,"
+            " prefix: estates, credentialsSecretRef: {name: backup-s3}}\n",
+            1,
+        ))
+        up = Up(tmp_path, manifests, extra=["--secrets", str(tmp_path / "secrets")]).start()
+        try:
+            up.wait_ready()
+            status_file = up.data_dir / "key-managers" / "default" / "tape-keys" / "status.json"
+
+            def backed_up(previous=None):
+                s = json.loads(status_file.read_text())
+                b = s.get("backups", [{}])[0]
+                new = b.get("lastBackup") and b.get("lastBackup") != previous and not b.get("error")
+                return (s, b) if new else None
+
+            _, first = wait_for("a first backup in the bucket", backed_up)
+            assert first["escrowed"] is True
+            estate = up.estate()
+            create(estate, estate["servers"][0], "TAPE0100")
+            manifest.write_text(manifest.read_text().replace(
+                "  name: tape-keys\n",
+                "  name: tape-keys\n  annotations:\n    shadowkeep.io/reconcile-requested-at: \"2026-12-02T23:00:00Z\"\n",
+                1,
+            ))
+            status, second = wait_for(
+                "a second backup after the Create", lambda: backed_up(first["lastBackup"]),
+            )
+            assert second["keystoreSha256"] != first["keystoreSha256"]
+            prefix = "estates/default/tape-keys/"
+            names = moto.keys("backups-bucket", prefix)
+            assert names == [prefix + first["lastBackup"], prefix + second["lastBackup"]], names
+            newest = tmp_path / second["lastBackup"]
+            newest.write_bytes(moto.s3().get_object(Bucket="backups-bucket", Key=names[-1])["Body"].read())
+            verified = json.loads(subprocess.run(
+                [binary(), "backup", "verify", newest, "--recovery-key", key],
+                capture_output=True, check=True, timeout=60,
+            ).stdout)
+            assert verified["keyManager"] == "default/tape-keys"
+            assert verified["recovered"] is True and verified["escrowed"] is True
+            assert verified["keystoreDigest"] == status["keystoreDigest"]
+            assert verified["keys"] == status["keyCount"] == 12
+            assert verified["keystoreSha256"].startswith(second["keystoreSha256"])
+            # A wrong recovery key is refused, naming the backup.
+            wrong = tmp_path / "wrong.key"
+            subprocess.run([binary(), "recovery-key", "new", "--out", wrong], capture_output=True, check=True, timeout=60)
+            refused = subprocess.run(
+                [binary(), "backup", "verify", newest, "--recovery-key", wrong], capture_output=True, timeout=60,
+            )
+            assert refused.returncode == 1
+            assert second["lastBackup"] in refused.stderr.decode() and "wrong recovery key" in refused.stderr.decode()
+            assert "moto-secret-value-never-printed" not in up.output()
+        finally:
+            assert up.interrupt() == 0, up.output()[-4000:]
+    finally:
+        moto.stop()

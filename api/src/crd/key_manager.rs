@@ -234,22 +234,147 @@ pub enum IssuerKind {
     ClusterIssuer,
 }
 
-/// Versioned keystore backups.
+/// Versioned keystore backups: kept in the KeyManager's namespace before every change,
+/// and written to targets kept apart from it, with the KEK sealed to recovery keys that
+/// never touch the cluster.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// How many versions of the canonical keystore to keep. A version is written before
-    /// every change, so this is how many changes can be rolled back.
+    /// How many versions of the canonical keystore to keep, in the KeyManager's namespace
+    /// and in each target. A version is written before every change, so this is how many
+    /// changes can be rolled back; a target's newest backup is never deleted.
     #[serde(default = "default_retention")]
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 1000").message("must be between 1 and 1000"))]
     pub retention: i32,
+
+    /// Public keys (`age1...`, made with `age-keygen` or `shadowkeep recovery-key new`) the
+    /// KEK is sealed to in every backup written to a target. Without one, a backup holds
+    /// keys nobody outside the cluster can open: losing the cluster would lose every key.
+    /// The private recovery keys stay off the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 16").message("must list at most 16 recipients"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(r, r.matches('^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$'))").message("each must be an age X25519 public key (age1 followed by 58 characters), never a private key"))]
+    #[schemars(length(max = 16), inner(length(max = 62)))]
+    pub recovery_recipients: Vec<String>,
+
+    /// Where backups are written, apart from the KeyManager: every change of the canonical
+    /// keystore becomes a new, never-overwritten object in each target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.size() <= 8").message("must list at most 8 targets"))]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub targets: Vec<BackupTarget>,
 }
 
 impl Default for BackupSpec {
     fn default() -> Self {
         Self {
             retention: default_retention(),
+            recovery_recipients: Vec::new(),
+            targets: Vec::new(),
         }
+    }
+}
+
+/// One place backups are written to: exactly one of `secret` and `s3`.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secret) != has(self.s3)").message("exactly one of secret and s3 must be set"))]
+pub struct BackupTarget {
+    /// The target's name, for status, conditions and Events.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// Backups as immutable Secrets in another namespace, which those who may read the
+    /// KeyManager's namespace need not be able to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretBackupTarget>,
+
+    /// Backups as objects in an S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3BackupTarget>,
+}
+
+/// Backups as Secrets in another namespace. A Secret holds at most 1 MiB, so this suits
+/// keystores of up to a few thousand keys; larger ones belong in a bucket.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretBackupTarget {
+    /// The namespace the Secrets are written to; never the KeyManager's own, since a
+    /// backup beside what it backs up is lost with it (`shadowkeep validate` and the
+    /// operator refuse it: CEL cannot see a resource's namespace).
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("must be a namespace name"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+}
+
+/// Backups as objects in an S3-compatible bucket, written with a conditional create so
+/// that an object once written is never overwritten.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.endpoint) || self.endpoint.startsWith('https://') || (self.endpoint.startsWith('http://') && has(self.allowHttp) && self.allowHttp)").message("endpoint must be an https:// URL, or http:// with allowHttp: true").field_path(".endpoint"))]
+pub struct S3BackupTarget {
+    /// The S3 endpoint URL; AWS's endpoint for `region` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+
+    /// The bucket's region; `us-east-1` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub region: Option<String>,
+
+    /// The bucket. It must exist: the operator never creates one.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')").message("must be an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'"))]
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+
+    /// A path prefix inside the bucket, before the KeyManager's `NAMESPACE/NAME/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("!self.startsWith('/') && !self.contains('..') && !self.contains('//')").message("must be a relative path without '..' or empty segments"))]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+
+    /// The Secret, in the KeyManager's namespace, holding the access key (under `up`: the
+    /// files `--secrets DIR/NAMESPACE/NAME/KEY`).
+    pub credentials_secret_ref: S3CredentialsRef,
+
+    /// Allows an `http://` endpoint (a test server on the same machine); credentials and
+    /// backups then cross the network in the clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+}
+
+/// Where an S3 target's credentials are.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// The key holding the access key id; `accessKeyId` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub access_key_id_key: Option<String>,
+
+    /// The key holding the secret access key; `secretAccessKey` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_access_key_key: Option<String>,
+}
+
+impl S3CredentialsRef {
+    /// The key holding the access key id.
+    pub fn access_key_id_key(&self) -> &str {
+        self.access_key_id_key.as_deref().unwrap_or("accessKeyId")
+    }
+
+    /// The key holding the secret access key.
+    pub fn secret_access_key_key(&self) -> &str {
+        self.secret_access_key_key
+            .as_deref()
+            .unwrap_or("secretAccessKey")
     }
 }
 
@@ -354,6 +479,11 @@ pub struct KeyManagerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
 
+    /// The last backup each target holds, and why the last attempt failed when it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub backups: Vec<BackupTargetStatus>,
+
     /// What each replica answered at the last keystore sync.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -377,6 +507,35 @@ pub struct KeyManagerShadow {
     /// When it last held every key of this key manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synchronized: Option<Time>,
+}
+
+/// One backup target, as the last reconcile found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupTargetStatus {
+    /// The target (`spec.backup.targets[].name`).
+    pub name: String,
+
+    /// The newest backup it holds (object or Secret name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+
+    /// The first 12 hex digits of the SHA-256 of the keystore in that backup; a new
+    /// backup is written when the canonical keystore's differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore_sha256: Option<String>,
+
+    /// When that backup was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_at: Option<Time>,
+
+    /// Whether that backup holds the KEK sealed to recovery recipients.
+    #[serde(default)]
+    pub escrowed: bool,
+
+    /// Why the last attempt failed; unset when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One replica's keystore, as the last keystore sync found it.

@@ -14,9 +14,10 @@ pub use common::{API_VERSION, GROUP, Interval, IntervalError, KeyManagerRef, VER
 pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus};
 pub use key_group::{KeyGroup, KeyGroupSpec, KeyGroupStatus};
 pub use key_manager::{
-    BackupSpec, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT, KeyManager, KeyManagerShadow,
-    KeyManagerSpec, KeyManagerStatus, KmipServiceSpec, PlacementSpec, ReplicaSyncStatus,
-    ServiceType, StorageSpec, TlsSource, TlsSpec,
+    BackupSpec, BackupTarget, BackupTargetStatus, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT,
+    KeyManager, KeyManagerShadow, KeyManagerSpec, KeyManagerStatus, KmipServiceSpec, PlacementSpec,
+    ReplicaSyncStatus, S3BackupTarget, S3CredentialsRef, SecretBackupTarget, ServiceType,
+    StorageSpec, TlsSource, TlsSpec,
 };
 pub use shadow::{
     DesiredShadowState, MAX_HINTS, Shadow, ShadowPlacement, ShadowSpec, ShadowState, ShadowStatus,

@@ -2,6 +2,7 @@
 
 pub mod crds;
 pub mod plan;
+pub mod recovery;
 pub mod render;
 
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ pub enum Command {
         /// estates that run side by side different bases.
         #[arg(long, value_name = "IP", default_value = "127.0.0.2")]
         address_base: std::net::Ipv4Addr,
+        /// Where the Secrets that S3 backup targets name are, laid out like a Secret
+        /// volume: DIR/NAMESPACE/NAME/KEY, one file per key.
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
     },
     /// Show the KeyManagers and servers that `shadowkeep up` runs, as they answer now.
     Status {
@@ -78,6 +83,18 @@ pub enum Command {
         /// `json` for a machine-readable answer.
         #[arg(short = 'o', long = "output", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
         output: String,
+    },
+    /// Recovery keys: the age keys every backup's KEK is sealed to.
+    RecoveryKey {
+        /// What to do.
+        #[command(subcommand)]
+        command: RecoveryKeyCommand,
+    },
+    /// Backups written to a KeyManager's targets.
+    Backup {
+        /// What to do.
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Run the key server (the same as the `shadowkeep-server` binary).
     Server(shadowkeep_server::cli::Args),
@@ -114,6 +131,33 @@ pub enum Command {
     },
 }
 
+/// `shadowkeep recovery-key ...`.
+#[derive(Debug, Subcommand)]
+pub enum RecoveryKeyCommand {
+    /// Make a recovery key on this machine (never on the cluster): write it to FILE and
+    /// print its public key for `spec.backup.recoveryRecipients`.
+    New {
+        /// Where to write the private key (mode 0600; an existing file is never replaced).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `shadowkeep backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Check a backup object: its checksum, format and keystore, and with a recovery key
+    /// that its KEK opens and opens every key. Prints what it holds as JSON.
+    Verify {
+        /// The backup object (`keystore-....skb`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// A recovery key file (age's format, as `recovery-key new` writes it).
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<PathBuf>,
+    },
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -139,10 +183,12 @@ pub fn run(cli: Cli) -> ExitCode {
             paths,
             data_dir,
             address_base,
+            secrets,
         } => crate::local::up::run(crate::local::up::Options {
             paths,
             data_dir,
             address_base,
+            secrets,
         }),
         Command::Status { data_dir, output } => {
             crate::local::status::run(&crate::local::status::Options {
@@ -150,6 +196,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 json: output == "json",
             })
         }
+        Command::RecoveryKey {
+            command: RecoveryKeyCommand::New { out },
+        } => recovery::new_key(&out),
+        Command::Backup {
+            command: BackupCommand::Verify { file, recovery_key },
+        } => recovery::verify(&file, recovery_key.as_deref()),
         Command::Server(args) => shadowkeep_server::cli::main(args),
         Command::Plan {
             base,

@@ -5,6 +5,7 @@
 //! own error, whose step is its category in metrics and Events.
 
 pub mod applied;
+pub mod backup;
 pub mod conditions;
 pub mod drive_moves;
 pub mod key_manager;

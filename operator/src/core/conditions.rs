@@ -21,6 +21,10 @@ pub mod types {
     pub const KEYSTORE_IN_SYNC: &str = "KeystoreInSync";
     /// Every replica and active shadow runs with the configuration's drive table.
     pub const CONFIGURATION_APPLIED: &str = "ConfigurationApplied";
+    /// The KEK is sealed to recovery keys in every backup: losing the cluster loses no key.
+    pub const KEK_ESCROWED: &str = "KekEscrowed";
+    /// Every backup target holds the current keystore.
+    pub const BACKUPS_CURRENT: &str = "BackupsCurrent";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes conventions ask).
@@ -56,6 +60,18 @@ pub mod reasons {
     /// Another writer changed the keystore or a drive history during the reconcile; it
     /// runs again from what is stored.
     pub const STATE_CHANGED: &str = "StateChanged";
+    /// No recovery recipient: the KEK is in the cluster only.
+    pub const NO_RECOVERY_KEY: &str = "NoRecoveryKey";
+    /// A recovery recipient is not an age public key.
+    pub const INVALID_RECIPIENT: &str = "InvalidRecipient";
+    /// The KEK is sealed to the recovery recipients.
+    pub const RECOVERY_KEYS_SET: &str = "RecoveryKeysSet";
+    /// No backup target is set.
+    pub const NO_BACKUP_TARGET: &str = "NoBackupTarget";
+    /// Every backup target holds the current keystore.
+    pub const BACKUPS_CURRENT: &str = "BackupsCurrent";
+    /// A backup target could not be written.
+    pub const BACKUP_TARGET_FAILED: &str = "BackupTargetFailed";
 }
 
 /// A condition as computed now.

@@ -3,6 +3,7 @@
 //!
 //! - [`material`]: what is generated once — the KEK, the replica certificate and its CA,
 //!   the license.
+//! - [`backup`]: backups kept apart (another namespace, an S3 bucket), the KEK escrowed.
 //! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
@@ -16,6 +17,7 @@
 //!
 //! The controllers (`crate::controller`) depend on this module, never the other way.
 
+pub mod backup;
 pub mod conditions;
 pub mod configuration;
 pub mod drive_moves;

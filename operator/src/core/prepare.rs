@@ -15,6 +15,7 @@ use shadowkeep_api::estate::Estate;
 use shadowkeep_api::manifest::Resource as Object;
 
 use super::Error;
+use super::backup::{self, Backups, Source, Targets};
 use super::drive_moves::{
     self, Carried, Carries, Claim, DriveRisk, Origins, conflicts, key_manager_ref, without_blocked,
 };
@@ -85,6 +86,8 @@ pub struct Prepared {
     pub digest: String,
     /// How its replicas were asked, for what else the shell asks them.
     pub replicas: Replicas,
+    /// What its backup targets hold.
+    pub backups: Backups,
 }
 
 impl Prepared {
@@ -138,6 +141,8 @@ pub struct Surroundings<'a, O> {
     pub others_serving: &'a (dyn Fn(&str, &str) -> Vec<String> + Send + Sync),
     /// How to ask this KeyManager's own replicas for their keys, given its material.
     pub replicas: &'a (dyn Fn(&Material) -> Replicas + Send + Sync),
+    /// How to reach its backup targets.
+    pub targets: &'a dyn Targets,
 }
 
 /// Runs the step.
@@ -221,7 +226,7 @@ async fn prepared<S: State, O: Origins>(
         .collect();
     drive_moves::write_served(
         state,
-        &Owner::new(read.namespace, read.name),
+        &owner,
         &served,
         read.groups,
         history,
@@ -229,7 +234,29 @@ async fn prepared<S: State, O: Origins>(
         carries.history_changed,
     )
     .await?;
+    // Last, and never an error: a target that fails is reported, while the keys stored
+    // above are served.
+    let previous = state.read_status(&owner).await.ok().flatten();
+    let manifests = backup::manifests(read);
+    let backups = backup::back_up(
+        around.targets,
+        &Source {
+            owner: &owner,
+            spec: &read.key_manager.spec.backup,
+            keystore: &material.keystore,
+            kek: &material.kek,
+            manifests: &manifests,
+            generation,
+        },
+        previous
+            .as_ref()
+            .map(|s| s.backups.as_slice())
+            .unwrap_or_default(),
+        now,
+    )
+    .await;
     Ok(Prepared {
+        backups,
         keys: keystore.keystore().len(),
         digest: keystore
             .keystore()

@@ -79,6 +79,8 @@ pub struct Report {
     pub groups: Vec<(String, KeyGroupStatus)>,
     /// The drives whose keys were carried here, for an Event each.
     pub carried: Vec<Carried>,
+    /// The backup targets that failed, with why, for a Warning Event each.
+    pub backup_failures: Vec<(String, String)>,
 }
 
 /// The KeyManager's status: `conditions` merged into the `previous` ones, and `observe`
@@ -116,12 +118,14 @@ pub fn report(
     conditions.push(risk_condition(&prepared.risks, km.metadata.generation, now));
     conditions.push(prepared.synced.condition.clone());
     conditions.extend(observed.configuration.cloned());
+    conditions.extend(prepared.backups.conditions.iter().cloned());
     let status = next_status(km, previous, conditions, |s| {
         s.replicas = Some(replicas);
         s.ready_replicas = Some(ready);
         s.key_count = Some(i64::try_from(prepared.keys).unwrap_or(i64::MAX));
         s.keystore_digest = Some(prepared.digest.clone());
         s.replica_sync.clone_from(&prepared.synced.replicas);
+        s.backups.clone_from(&prepared.backups.targets);
         s.shadows = observed.shadows.to_vec();
         s.shadow_hints = hint_list(&inputs.shadows);
     });
@@ -144,6 +148,7 @@ pub fn report(
         tables,
         groups: prepared.groups.iter().map(group_status).collect(),
         carried: prepared.carried.clone(),
+        backup_failures: prepared.backups.failures.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`layout`]: what is where in the data directory.
 //! - [`addresses`]: each server's loopback address, kept across runs.
+//! - [`backup`]: the backup targets, with credentials from files.
 //! - [`certificates`]: server and client certificates from each KeyManager's CA.
 //! - [`reconcile`]: the local shell around [`crate::core::prepare`].
 //! - [`shadows`]: the Shadows, their credentials and rotation, run by the core.
@@ -12,6 +13,7 @@
 //! - [`up`]: the command, and [`status`]: `shadowkeep status`.
 
 pub mod addresses;
+pub mod backup;
 pub mod certificates;
 pub mod estate_file;
 pub mod layout;

@@ -21,6 +21,7 @@ use shadowkeep_api::server_config::{
 };
 
 use super::addresses::Addresses;
+use super::backup::LocalTargets;
 use super::certificates;
 use super::estate_file::Client;
 use super::layout::{Layout, write_if_changed};
@@ -104,6 +105,8 @@ pub struct Local<'a> {
     pub running: &'a BTreeSet<String>,
     /// The servers that listen now.
     pub ready: &'a BTreeSet<String>,
+    /// The backup targets, with credentials from `--secrets`.
+    pub targets: &'a LocalTargets,
 }
 
 impl Local<'_> {
@@ -233,6 +236,7 @@ pub async fn reconcile(local: &Local<'_>, km: &KeyManager, now: &Time) -> Result
         origins: local,
         others_serving: &others,
         replicas: &own,
+        targets: local.targets,
     };
     let declared = Declared {
         key_manager: &km,

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use shadowkeep_api::crd::BackupTargetStatus;
 use shadowkeep_api::keystore::Keystore;
 use shadowkeep_api::replica_sync::DigestReply;
 use shadowkeep_api::shadow::wire::{ShadowStateReport, StateReport};
@@ -67,6 +68,8 @@ pub struct KeyManagerStatus {
     pub keystore_in_sync: bool,
     /// The conditions of its last reconcile, as the operator would report them.
     pub conditions: Vec<ConditionSummary>,
+    /// What each backup target held at its last reconcile.
+    pub backups: Vec<BackupTargetStatus>,
 }
 
 /// One condition of a KeyManager's last reconcile.
@@ -89,7 +92,10 @@ pub struct ConditionSummary {
 impl ConditionSummary {
     /// Whether the condition asks for attention.
     pub fn troubling(&self) -> bool {
-        let fine_when_true = matches!(self.type_.as_str(), "Ready" | "KeystoreInSync");
+        let fine_when_true = matches!(
+            self.type_.as_str(),
+            "Ready" | "KeystoreInSync" | "KekEscrowed" | "BackupsCurrent"
+        );
         let quiet = matches!(self.type_.as_str(), "Progressing");
         !quiet && ((self.status == "True") != fine_when_true)
     }
@@ -167,12 +173,12 @@ pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
     for ((namespace, name), replicas) in by_key_manager {
         let owner = Owner::new(&namespace, &name);
         let canonical = canonical(layout, &owner).await;
-        let conditions = layout
-            .state()
-            .read_status(&owner)
-            .await
-            .ok()
-            .flatten()
+        let stored = layout.state().read_status(&owner).await.ok().flatten();
+        let backups = stored
+            .as_ref()
+            .map(|s| s.backups.clone())
+            .unwrap_or_default();
+        let conditions = stored
             .map(|s| {
                 s.conditions
                     .into_iter()
@@ -196,6 +202,7 @@ pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
             replicas: replicas.len(),
             ready,
             conditions,
+            backups,
             name,
             namespace,
         });
@@ -203,6 +210,29 @@ pub async fn status(layout: &Layout, estate: &EstateFile) -> Status {
     Status {
         key_managers,
         servers,
+    }
+}
+
+/// One backup target: its newest backup and how old it is, or why it failed.
+fn backup_line(b: &BackupTargetStatus) -> String {
+    let newest = match (&b.last_backup, &b.last_backup_at) {
+        (Some(name), Some(at)) => {
+            let age = jiff::Timestamp::now().duration_since(at.0).as_secs().max(0);
+            format!(
+                "{name} (keystore sha256 {}..., {age}s old{})",
+                b.keystore_sha256.as_deref().unwrap_or("?"),
+                if b.escrowed {
+                    ", KEK escrowed"
+                } else {
+                    ", KEK not escrowed"
+                }
+            )
+        }
+        _ => "no backup yet".to_owned(),
+    };
+    match &b.error {
+        Some(e) => format!("backup target {}: {newest}; failing: {e}", b.name),
+        None => format!("backup target {}: {newest}", b.name),
     }
 }
 
@@ -316,6 +346,9 @@ pub fn describe(status: &Status) -> String {
                 c.message,
                 c.last_transition_time
             );
+        }
+        for b in &km.backups {
+            let _ = writeln!(out, "  {}/{}: {}", km.namespace, km.name, backup_line(b));
         }
     }
     out.push('\n');

@@ -19,6 +19,7 @@ use shadowkeep_api::estate::Estate;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::Addresses;
+use super::backup::LocalTargets;
 use super::certificates;
 use super::estate_file::{self, EstateFile};
 use super::layout::Layout;
@@ -42,6 +43,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The first loopback address to give a server.
     pub address_base: Ipv4Addr,
+    /// Where the Secrets S3 backup targets name are, as `NAMESPACE/NAME/KEY` files.
+    pub secrets: Option<PathBuf>,
 }
 
 /// How long `up` waits for a server to listen before it carries on without it.
@@ -219,6 +222,9 @@ async fn up(options: Options) -> ExitCode {
         next_sync: BTreeMap::new(),
         seen,
         next_shadows: tokio::time::Instant::now(),
+        targets: LocalTargets {
+            secrets: options.secrets.clone(),
+        },
     };
     let started = tokio::select! {
         started = up.start() => Some(started),
@@ -285,6 +291,8 @@ struct Up {
     seen: String,
     /// When the shadows are next looked after.
     next_shadows: tokio::time::Instant,
+    /// The backup targets, with credentials from `--secrets`.
+    targets: LocalTargets,
 }
 
 impl Up {
@@ -330,6 +338,7 @@ impl Up {
             addresses: &addresses,
             running: &running,
             ready: &ready,
+            targets: &self.targets,
         };
         // Each reconciled KeyManager and the digest of its drive table, for the push.
         let mut live = Vec::new();
@@ -350,6 +359,12 @@ impl Up {
                     // The operator's KeyHistoryCarried Event, told here.
                     for carried in &done.prepared.carried {
                         self.log.line(UP, &format!("KeyManager {name}: {}", carried.note));
+                    }
+                    for (target, error) in &done.prepared.backups.failures {
+                        self.log.line(
+                            UP,
+                            &format!("KeyManager {name}: backup target {target}: {error}"),
+                        );
                     }
                     if !done.prepared.risks.is_empty() {
                         self.log.line(
@@ -681,6 +696,7 @@ impl Up {
             addresses: &addresses,
             running: &running,
             ready: &ready,
+            targets: &self.targets,
         };
         for line in shadows::tick(&local).await {
             self.log.line(UP, &line);

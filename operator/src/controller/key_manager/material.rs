@@ -8,6 +8,7 @@ use shadowkeep_api::crd::TlsSource;
 use super::dereference::Dereferenced;
 use crate::build::{Inputs, Material};
 use crate::controller::Context;
+use crate::controller::backup::KubeTargets;
 use crate::controller::state::{Kube, certificate_of, replicas};
 use crate::core::Error;
 use crate::core::keystore_sync::Replicas;
@@ -41,10 +42,12 @@ pub async fn prepare(ctx: &Context, read: &Dereferenced, now: &Time) -> Result<O
         )
     };
     let others = |serial: &str, me: &str| ctx.drive_index.others_serving(serial, me);
+    let targets = KubeTargets::new(ctx.client.clone());
     let around = Surroundings {
         origins: ctx,
         others_serving: &others,
         replicas: &own,
+        targets: &targets,
     };
     core_prepare(&state, &around, &read.declared(), now).await
 }

@@ -26,6 +26,8 @@ fn is_warning(c: &Condition) -> bool {
     match c.type_.as_str() {
         types::READY => c.reason == reasons::INVALID_SPEC,
         types::PROGRESSING => false,
+        // Trouble when False: the KEK escrowed to nobody, a target behind.
+        types::KEK_ESCROWED | types::BACKUPS_CURRENT => c.status == "False",
         _ => c.status == "True",
     }
 }
@@ -110,6 +112,30 @@ pub async fn write(ctx: &Context, read: &Dereferenced, report: Report) -> Result
             )
             .await;
         }
+    }
+    // A failure is news when the target was not failing: its messages carry timings and
+    // names that differ at every attempt, so a changed message is not news.
+    let before = read
+        .key_manager
+        .status
+        .as_ref()
+        .map(|s| s.backups.as_slice())
+        .unwrap_or_default();
+    for (target, error) in &report.backup_failures {
+        if before
+            .iter()
+            .any(|b| b.name == *target && b.error.is_some())
+        {
+            continue;
+        }
+        ctx.publish(
+            &read.key_manager.object_ref(&()),
+            EventType::Warning,
+            reasons::BACKUP_TARGET_FAILED,
+            "BackUp",
+            &format!("backup target {target}: {error}"),
+        )
+        .await;
     }
     write_status(ctx, read, &report.status).await
 }
