@@ -13,11 +13,13 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::crd::{DriveTable, GitSource, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, drive_moves, error_policy, key_manager, measured, references};
+use super::{
+    Context, Error, drive_moves, error_policy, git_source, key_manager, measured, references,
+};
 
 /// The objects of an owned kind, as they change: each change wakes the KeyManager that
 /// owns it, and a change someone else made makes the next reconcile apply it again.
@@ -62,6 +64,8 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// Reconciles run at once, per controller.
     pub concurrency: u16,
+    /// Where GitSources fetch their branches.
+    pub git_cache: std::path::PathBuf,
 }
 
 /// Why the operator stopped.
@@ -136,6 +140,35 @@ async fn reconcile_shadow(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Acti
             Arc::clone(&shadow),
             Arc::clone(&ctx),
         )),
+    )
+    .await
+}
+
+/// The GitSource controller: each GitSource's branch fetched every `spec.interval`, its
+/// head planned and applied, or held.
+fn git_source_controller(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    concurrency: u16,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> {
+    Controller::new(api::<GitSource>(client, ns), config.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile_git_source, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "git source reconcile failed");
+            }
+        })
+}
+
+async fn reconcile_git_source(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(
+        &ctx,
+        source.as_ref(),
+        git_source::reconcile(Arc::clone(&source), Arc::clone(&ctx)),
     )
     .await
 }
@@ -238,6 +271,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         applied: Arc::default(),
         shadow_resolver: None,
         rotation_locks: Arc::default(),
+        git_cache: options.git_cache.clone(),
     });
     let controller = controller
         .owns_stream(owned::<StatefulSet>(&client, ns, &config, &ctx))
@@ -285,7 +319,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         futures::future::join(tables, groups)
     };
     let shadows = shadow_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
-    let all = futures::future::join3(controller, referrers, shadows);
+    let git_sources =
+        git_source_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
+    let all = futures::future::join4(controller, referrers, shadows, git_sources);
     match lease {
         None => {
             all.await;

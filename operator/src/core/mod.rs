@@ -5,6 +5,8 @@
 //!   the license.
 //! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
+//! - [`git_sync`]: following a Git branch — fetch, verify, plan, apply or hold, prune
+//!   safely — for the GitSource controller and `up --git`.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
 //! - [`prepare`]: the stateful step of a KeyManager's reconcile, run by both shells.
 //! - [`shadow`]: shadow credentials and their rotation without outage.
@@ -17,6 +19,7 @@
 
 pub mod conditions;
 pub mod drive_moves;
+pub mod git_sync;
 pub mod keystore;
 pub mod keystore_sync;
 pub mod material;

@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::addresses::Addresses;
 use super::estate_file::{self, EstateFile};
+use super::git::{self, Follow, GitDirs};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
 use super::shadows::{self, shadow_keys};
@@ -38,6 +39,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The first loopback address to give a server.
     pub address_base: Ipv4Addr,
+    /// A Git branch to follow instead of `paths`: its applied objects are the manifests.
+    pub git: Option<Follow>,
 }
 
 /// How long `up` waits for a server to listen before it carries on without it.
@@ -153,10 +156,14 @@ async fn up(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let found = following(&options, &say).await.inspect_err(|why| say(why));
+    let Ok((early_lock, paths, follow)) = found else {
+        return ExitCode::FAILURE;
+    };
     // Taken before the manifests are read: an edit saved while they are read, or while the
     // servers start, differs from it and is applied once `up` runs.
-    let seen = fingerprint(&options.paths, &options.data_dir);
-    let first = read(&options.paths, &options.data_dir);
+    let seen = fingerprint(&paths, &options.data_dir);
+    let first = read(&paths, &options.data_dir);
     for line in &first.lines {
         say(line);
     }
@@ -188,7 +195,7 @@ async fn up(options: Options) -> ExitCode {
         }
     };
     let layout = Layout::new(&root);
-    let _lock = match lock(&layout) {
+    let _lock = match early_lock.map_or_else(|| lock(&layout), Ok) {
         Ok(lock) => lock,
         Err(e) => {
             say(&e);
@@ -214,6 +221,8 @@ async fn up(options: Options) -> ExitCode {
         next_sync: BTreeMap::new(),
         seen,
         next_shadows: tokio::time::Instant::now(),
+        next_git: tokio::time::Instant::now(),
+        follow,
     };
     let started = tokio::select! {
         started = up.start() => Some(started),
@@ -234,9 +243,52 @@ async fn up(options: Options) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    let code = up.run(&options.paths, &mut signals).await;
+    let code = up.run(&paths, &mut signals).await;
     up.write_estate(false);
     code
+}
+
+/// The data directory's lock, taken early when following a branch.
+type Following = (
+    Option<std::fs::File>,
+    Vec<PathBuf>,
+    Option<(GitDirs, Follow)>,
+);
+
+/// Following a branch, the first step writes into the data directory: it is locked first
+/// (the lock is returned), and the manifests are what the branch's applied revision holds.
+/// `Err` when no revision of it was ever applied: nothing to start. Without a branch, the
+/// paths given.
+async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, String> {
+    let Some(follow) = &options.git else {
+        return Ok((None, options.paths.clone(), None));
+    };
+    let root = std::path::absolute(&options.data_dir)
+        .map_err(|e| format!("failed to use {}: {e}", options.data_dir.display()))?;
+    let lock = lock(&Layout::new(&root))?;
+    let dirs = GitDirs::new(&root);
+    let branch = &follow.branch;
+    say(&format!(
+        "following {} branch {}{}",
+        branch.url,
+        branch.branch,
+        branch
+            .path
+            .as_ref()
+            .map(|p| format!(" (path {p})"))
+            .unwrap_or_default()
+    ));
+    for line in git::step(&dirs, follow).await {
+        say(&line);
+    }
+    if !git::applied_before(&dirs) {
+        return Err("no revision of the branch is applied: nothing started".to_owned());
+    }
+    Ok((
+        Some(lock),
+        vec![dirs.estate()],
+        Some((dirs, follow.clone())),
+    ))
 }
 
 /// Holds the data directory's lock while `up` runs.
@@ -280,6 +332,10 @@ struct Up {
     seen: String,
     /// When the shadows are next looked after.
     next_shadows: tokio::time::Instant,
+    /// The branch followed, with where its files are.
+    follow: Option<(GitDirs, Follow)>,
+    /// When the branch is next fetched (when one is followed).
+    next_git: tokio::time::Instant,
 }
 
 impl Up {
@@ -540,6 +596,15 @@ impl Up {
                     }
                 }
                 _ = watch.tick() => {
+                    if self.follow.is_some() && self.next_git <= tokio::time::Instant::now() {
+                        let stopped = tokio::select! {
+                            () = self.follow_git() => false,
+                            () = signals.next() => true,
+                        };
+                        if stopped {
+                            break;
+                        }
+                    }
                     let now = fingerprint(paths, &data_dir);
                     let edited = now != self.seen;
                     self.seen = now;
@@ -611,6 +676,18 @@ impl Up {
         };
         for line in shadows::tick(&local).await {
             self.log.line(UP, &line);
+        }
+    }
+
+    /// One step of following the branch: what it applies lands in the estate directory,
+    /// which the watch then reads like any edit.
+    async fn follow_git(&mut self) {
+        let Some((dirs, follow)) = &self.follow else {
+            return;
+        };
+        self.next_git = tokio::time::Instant::now() + follow.interval;
+        for line in git::step(dirs, follow).await {
+            self.say(&line);
         }
     }
 
