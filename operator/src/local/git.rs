@@ -195,13 +195,20 @@ pub async fn step(dirs: &GitDirs, follow: &Follow) -> Vec<String> {
     let step = sync(&input, &mut Files { dir: dirs.estate() }).await;
     let now = Time(Timestamp::now());
     let next = after(&previous, &follow.branch, &step, None, &now);
+    // Said once per head and outcome, not at every fetch.
     let ready = |s: &GitSourceStatus| {
         s.conditions
             .iter()
             .find(|c| c.type_ == types::READY)
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
-    if ready(&next) != ready(&previous) {
+    let news = |s: &GitSourceStatus| {
+        (
+            ready(s).map(|(reason, _)| reason),
+            s.last_attempted_revision.clone(),
+        )
+    };
+    if news(&next) != news(&previous) {
         if let Some((_, message)) = ready(&next) {
             lines.push(format!("git: {message}"));
         }
