@@ -164,6 +164,25 @@ fn git_source_controller(
         })
 }
 
+/// Whether the API server serves GitSources: an operator upgraded before its CRDs (Helm
+/// does not upgrade them) runs without git sync and says how to turn it on, rather than
+/// watching a kind that is not there.
+async fn git_sources_served(client: &Client, ns: Option<&str>) -> bool {
+    match api::<GitSource>(client, ns)
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(
+                "the GitSource CRD is not installed: git sync is off until it is (kubectl apply -f charts/shadowkeep/crds/) and the operator restarts"
+            );
+            false
+        }
+        // Any other answer: the controller's watch retries as it does for every kind.
+        _ => true,
+    }
+}
+
 async fn reconcile_git_source(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     measured(
         &ctx,
@@ -319,8 +338,17 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         futures::future::join(tables, groups)
     };
     let shadows = shadow_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
-    let git_sources =
-        git_source_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
+    let git_sources = if git_sources_served(&client, ns).await {
+        futures::future::Either::Left(git_source_controller(
+            &client,
+            ns,
+            &config,
+            options.concurrency,
+            Arc::clone(&ctx),
+        ))
+    } else {
+        futures::future::Either::Right(futures::future::ready(()))
+    };
     let all = futures::future::join4(controller, referrers, shadows, git_sources);
     match lease {
         None => {
