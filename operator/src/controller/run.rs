@@ -145,14 +145,17 @@ async fn reconcile_shadow(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// The GitSource controller: each GitSource's branch fetched every `spec.interval`, its
-/// head planned and applied, or held.
-fn git_source_controller(
+/// head planned and applied, or held. Not run when the API server has no GitSource kind.
+async fn git_source_controller(
     client: &Client,
     ns: Option<&str>,
     config: &watcher::Config,
     concurrency: u16,
     ctx: Arc<Context>,
-) -> impl std::future::Future<Output = ()> {
+) {
+    if !git_sources_served(client, ns).await {
+        return;
+    }
     Controller::new(api::<GitSource>(client, ns), config.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
@@ -162,6 +165,7 @@ fn git_source_controller(
                 tracing::warn!(error = %e, "git source reconcile failed");
             }
         })
+        .await;
 }
 
 /// Whether the API server serves GitSources: an operator upgraded before its CRDs (Helm
@@ -338,17 +342,8 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         futures::future::join(tables, groups)
     };
     let shadows = shadow_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
-    let git_sources = if git_sources_served(&client, ns).await {
-        futures::future::Either::Left(git_source_controller(
-            &client,
-            ns,
-            &config,
-            options.concurrency,
-            Arc::clone(&ctx),
-        ))
-    } else {
-        futures::future::Either::Right(futures::future::ready(()))
-    };
+    let git_sources =
+        git_source_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
     let all = futures::future::join4(controller, referrers, shadows, git_sources);
     match lease {
         None => {
