@@ -401,6 +401,10 @@ fn a_git_source_names_an_allowed_url_a_branch_a_path_inside_and_a_bounded_interv
         vec!["spec.url: must be an https://, ssh://, file:/// or user@host:path URL"]
     );
     assert_eq!(
+        refused(json!({"url": "https://bot:token@git.example.org/estate.git"})),
+        vec!["spec.url: must not hold credentials: put them in the Secret credentialsRef names"]
+    );
+    assert_eq!(
         refused(json!({"url": "file:///r", "branch": "a..b"})),
         vec![
             "spec.branch: must be a branch name: letters, digits, '.', '_', '/' or '-', without '..'"

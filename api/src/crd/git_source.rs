@@ -45,6 +45,7 @@ pub struct GitSourceSpec {
     /// The repository: `https://`, `ssh://` (or `user@host:path`), or `file://` for a
     /// repository on the operator's own file system (tests, air-gapped mirrors).
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('ssh://') || self.startsWith('file:///') || self.matches('^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/].*$')").message("must be an https://, ssh://, file:/// or user@host:path URL"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^https://[^/]*@')").message("must not hold credentials: put them in the Secret credentialsRef names"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
 

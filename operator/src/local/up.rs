@@ -270,7 +270,7 @@ async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, 
     let branch = &follow.branch;
     say(&format!(
         "following {} branch {}{}",
-        branch.url,
+        crate::core::git_sync::fetch::redact(&branch.url),
         branch.branch,
         branch
             .path

@@ -75,6 +75,19 @@ pub struct Fetched {
     pub last_applied: LastApplied,
 }
 
+/// `url` with any user information (`https://user:token@host/...`) masked, for messages
+/// and statuses: a token put in a URL must not reach them.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// The transport a URL needs that this build lacks, if any.
 fn missing_transport(url: &str) -> Option<&'static str> {
     let lower = url.to_ascii_lowercase();
@@ -99,7 +112,7 @@ pub fn fetch(
 ) -> Result<Fetched, FetchError> {
     if let Some(transport) = missing_transport(&branch.url) {
         return Err(FetchError::Transport {
-            url: branch.url.clone(),
+            url: redact(&branch.url),
             transport,
         });
     }
@@ -122,7 +135,7 @@ pub fn fetch(
         old.delete().map_err(cache_error)?;
     }
     let fetch_error = |e: git2::Error| FetchError::Fetch {
-        url: branch.url.clone(),
+        url: redact(&branch.url),
         branch: branch.branch.clone(),
         message: e.message().to_owned(),
     };
@@ -136,7 +149,7 @@ pub fn fetch(
     let head = repo
         .refname_to_id(&tracking)
         .map_err(|_| FetchError::NoBranch {
-            url: branch.url.clone(),
+            url: redact(&branch.url),
             branch: branch.branch.clone(),
         })?;
     let relation = match last_applied.map(Oid::from_str) {
@@ -167,7 +180,20 @@ pub fn mark_applied(cache: &Path, commit: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::missing_transport;
+    use super::{missing_transport, redact};
+
+    #[test]
+    fn credentials_in_a_url_are_masked() {
+        assert_eq!(
+            redact("https://bot:s3cret@git.example.org/estate.git"),
+            "https://***@git.example.org/estate.git"
+        );
+        assert_eq!(
+            redact("ssh://git@git.example.org/a@b"),
+            "ssh://***@git.example.org/a@b"
+        );
+        assert_eq!(redact("file:///srv/estate.git"), "file:///srv/estate.git");
+    }
 
     #[test]
     fn remote_transports_are_named_local_ones_pass() {

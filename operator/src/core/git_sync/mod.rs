@@ -120,8 +120,6 @@ pub enum Outcome {
         pruned: Vec<AppliedObject>,
         /// Objects removed from the branch and kept (KeyManagers).
         orphaned: Vec<AppliedObject>,
-        /// Whether the head equals the revision applied before (a periodic re-apply).
-        unchanged: bool,
     },
     /// The head has risks and no acceptance names it: nothing applied.
     Held {
@@ -478,7 +476,6 @@ async fn apply<A: Applier>(
         pruned.push(object);
     }
     Outcome::Applied {
-        unchanged: input.last_applied == Some(commit.as_str()),
         commit,
         inventory,
         pruned,
