@@ -662,3 +662,82 @@ async fn a_signed_head_is_applied_an_unsigned_or_foreign_one_refused() {
     assert_eq!(ready(&status).1, "VerificationFailed");
     assert!(condition(&status, "Ready").message.contains("OpenPGP"));
 }
+
+#[tokio::test]
+async fn an_invalid_head_a_binary_manifest_or_a_missing_path_is_refused_and_changes_nothing() {
+    let root = scratch("invalid");
+    let work = Work::new(&root);
+    std::fs::create_dir_all(work.dir.join("site")).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    for file in [
+        "keymanager.yaml",
+        "keygroup.yaml",
+        "drivetable.yaml",
+        "shadow.yaml",
+    ] {
+        work.write(
+            &format!("site/{file}"),
+            &std::fs::read_to_string(dir.join(file)).unwrap(),
+        );
+    }
+    work.write("README.yaml", "not: [valid");
+    let first = work.commit("the quickstart under site/");
+    let client = cluster().await;
+    create_source(
+        &client,
+        serde_json::json!({"url": work.url(), "path": "site"}),
+    )
+    .await;
+    let cache = root.join("cache");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status).1,
+        "Succeeded",
+        "only site/ is read: {status:?}"
+    );
+
+    // A manifest that does not parse, under the path.
+    work.write(
+        "site/drivetable.yaml",
+        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: library-a\n",
+    );
+    let broken = work.commit("a broken table");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "InvalidHead".into()),
+        "{status:?}"
+    );
+    let message = &condition(&status, "Ready").message;
+    assert!(
+        message.contains("site/drivetable.yaml") && message.contains("nothing applied"),
+        "{message}"
+    );
+    assert!(status.last_attempted_revision.unwrap().ends_with(&broken));
+    assert!(status.last_applied_revision.unwrap().ends_with(&first));
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+
+    // A binary file named as a manifest.
+    std::fs::write(work.dir.join("site/drivetable.yaml"), b"\x00\x01binary\xff").unwrap();
+    work.commit("a binary table");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidHead");
+    assert!(
+        condition(&status, "Ready").message.contains("binary"),
+        "{status:?}"
+    );
+
+    // The path gone from the branch: nothing to apply, nothing pruned.
+    work.git(&["rm", "-q", "-r", "site"]);
+    work.commit("site/ moved away");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "EmptySource", "{status:?}");
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("holds no shadowkeep object under site")
+    );
+    assert_eq!(names::<KeyManager>(&client).await, ["tape-keys"]);
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+}

@@ -322,8 +322,14 @@ fn decide(input: &Decide<'_>) -> Decided {
         return refuse(
             status::reasons::EMPTY_SOURCE,
             format!(
-                "{} holds no shadowkeep object: nothing applied, nothing pruned",
-                short(&commit)
+                "{} holds no shadowkeep object{}: nothing applied, nothing pruned",
+                short(&commit),
+                input
+                    .branch
+                    .path
+                    .as_ref()
+                    .map(|p| format!(" under {p}"))
+                    .unwrap_or_default()
             ),
         );
     }
