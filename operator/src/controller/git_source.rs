@@ -160,7 +160,8 @@ pub async fn reconcile(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Acti
         Err(message) => {
             let next = sync_status::invalid_spec(&previous, &message, generation, &now);
             write(&ctx, &source, &next).await?;
-            return Ok(Action::await_change());
+            // The Secret it names is not watched: look again at the next interval.
+            return Ok(Action::requeue(interval));
         }
     };
     let branch = Branch {
