@@ -40,8 +40,8 @@ pub struct Follow {
 pub struct ParseError(String);
 
 /// Reads `URL[#branch][:path]`: the branch defaults to `main`. Without `#`, a `:path` is
-/// read only after a scheme's `://` (`file:///r.git:dir`), since a plain path may hold a
-/// colon.
+/// read only in the path part of a URL with a scheme (`file:///r.git:dir`): a plain path
+/// may hold a colon, and a URL's authority may hold a port or credentials.
 /// A local path is made absolute, so that `up` can be started from anywhere.
 pub fn parse(spec: &str) -> Result<Branch, ParseError> {
     let fail = || ParseError(spec.to_owned());
@@ -56,14 +56,17 @@ pub fn parse(spec: &str) -> Result<Branch, ParseError> {
         };
         (url.to_owned(), branch.to_owned(), path.map(str::to_owned))
     } else {
-        let after_scheme = url.find("://").map_or(0, |i| i + 3);
-        match url[after_scheme..].rfind(':') {
-            Some(i) if after_scheme > 0 => (
-                url[..after_scheme + i].to_owned(),
+        // Past the scheme and the authority (which may hold a port or user:password).
+        let path_start = url
+            .find("://")
+            .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j));
+        match path_start.and_then(|start| url[start..].rfind(':').map(|i| start + i)) {
+            Some(colon) => (
+                url[..colon].to_owned(),
                 "main".to_owned(),
-                Some(url[after_scheme + i + 1..].to_owned()),
+                Some(url[colon + 1..].to_owned()),
             ),
-            _ => (url.to_owned(), "main".to_owned(), None),
+            None => (url.to_owned(), "main".to_owned(), None),
         }
     };
     if url.is_empty() || branch.is_empty() || path.as_deref() == Some("") {
@@ -262,6 +265,14 @@ mod tests {
             (b.url.as_str(), b.path.as_deref()),
             ("file:///srv/estate.git", Some("examples"))
         );
+        // A port or credentials are no path.
+        for url in [
+            "https://git.example.org:8443/estate.git",
+            "https://bot:token@git.example.org/estate.git",
+        ] {
+            let b = parse(url).unwrap();
+            assert_eq!((b.url.as_str(), b.path), (url, None));
+        }
         let b = parse("/srv/estate#dev").unwrap();
         assert_eq!((b.url.as_str(), b.branch.as_str()), ("/srv/estate", "dev"));
         assert!(parse("#main").is_err());
