@@ -1,6 +1,7 @@
 //! The shadowkeep API: custom resource types and the domain model, with no I/O.
 //!
-//! - [`crd`]: the four custom resources (KeyManager, Shadow, DriveTable, KeyGroup) and
+//! - [`crd`]: the four custom resources of the estate (KeyManager, Shadow, DriveTable,
+//!   KeyGroup), the GitSource that follows a branch holding them, and
 //!   their generated CRDs, CEL rules included.
 //! - [`manifest`]: strict decoding of YAML manifests into those types, every problem
 //!   reported with its field path.

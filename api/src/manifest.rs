@@ -1,4 +1,4 @@
-//! Strict decoding of manifests into the four resource types.
+//! Strict decoding of manifests into the resource types.
 //!
 //! Decoding reports every problem it can find in one pass, each with the field's path:
 //! unknown fields (the API server would silently prune them, hiding a typo), wrong types,
@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::crd::{API_VERSION, DriveTable, GROUP, KeyGroup, KeyManager, Shadow, crds};
+use crate::crd::{API_VERSION, DriveTable, GROUP, GitSource, KeyGroup, KeyManager, Shadow, crds};
 use crate::finding::{Finding, ObjectRef};
 
 /// One of the four shadowkeep resources.
@@ -51,6 +51,9 @@ impl Resource {
 pub enum Decoded {
     /// A valid shadowkeep resource.
     Resource(Box<Resource>),
+    /// A valid GitSource: checked like the estate's kinds, but not part of the estate (git
+    /// sync applies only the four kinds a branch declares).
+    GitSource(Box<GitSource>),
     /// An object of another API, which shadowkeep does not check.
     Foreign {
         /// Its `apiVersion`.
@@ -204,12 +207,20 @@ impl Decoder {
             "KeyGroup" => self
                 .typed(doc, &object, &mut findings)
                 .map(Resource::KeyGroup),
+            "GitSource" => {
+                let source: Option<GitSource> = self.typed(doc, &object, &mut findings);
+                findings.sort();
+                return match source {
+                    Some(source) if findings.is_empty() => Ok(Decoded::GitSource(Box::new(source))),
+                    _ => Err(findings),
+                };
+            }
             _ => {
                 findings.push(Finding::error(
                     Some(object),
                     "kind",
                     format!(
-                        "unknown kind {kind:?}; {GROUP} has KeyManager, Shadow, DriveTable and KeyGroup"
+                        "unknown kind {kind:?}; {GROUP} has KeyManager, Shadow, DriveTable, KeyGroup and GitSource"
                     ),
                 ));
                 None
@@ -338,10 +349,16 @@ fn check_bounds(
 }
 
 fn kind_name(kind: &str) -> &'static str {
-    ["KeyManager", "Shadow", "DriveTable", "KeyGroup"]
-        .into_iter()
-        .find(|k| *k == kind)
-        .unwrap_or("")
+    [
+        "KeyManager",
+        "Shadow",
+        "DriveTable",
+        "KeyGroup",
+        "GitSource",
+    ]
+    .into_iter()
+    .find(|k| *k == kind)
+    .unwrap_or("")
 }
 
 fn check_metadata(doc: &Value, object: &ObjectRef) -> Vec<Finding> {

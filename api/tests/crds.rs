@@ -8,7 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt as _;
 use kube::core::cel::{ScopeContext, ValidationErrors, WarningKind, analyze_rule, compile_schema};
 use serde_json::{Value, json};
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow, crds};
+use shadowkeep_api::crd::{DriveTable, GitSource, KeyGroup, KeyManager, Shadow, crds};
 
 fn schema_of(crd: &CustomResourceDefinition) -> Value {
     let version = &crd.spec.versions[0];
@@ -25,12 +25,13 @@ fn schema_of(crd: &CustomResourceDefinition) -> Value {
 }
 
 #[test]
-fn four_namespaced_crds_in_one_group_with_status_and_short_names() {
+fn five_namespaced_crds_in_one_group_with_status_and_short_names() {
     let expected = [
         ("keymanagers.shadowkeep.io", "KeyManager", "km"),
         ("shadows.shadowkeep.io", "Shadow", "shd"),
         ("drivetables.shadowkeep.io", "DriveTable", "dt"),
         ("keygroups.shadowkeep.io", "KeyGroup", "kg"),
+        ("gitsources.shadowkeep.io", "GitSource", "gs"),
     ];
     let crds = crds();
     assert_eq!(crds.len(), expected.len());
@@ -104,6 +105,14 @@ fn printer_columns_are_the_documented_windows() {
             ("KeyManager", ".spec.keyManagerRef.name"),
             ("Keys", ".status.keys"),
             ("Active Key", ".status.activeKey"),
+            ("Age", ".metadata.creationTimestamp"),
+        ])
+    );
+    assert_eq!(
+        columns(&GitSource::crd()),
+        pairs(&[
+            ("Revision", ".status.lastAppliedRevision"),
+            ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
             ("Age", ".metadata.creationTimestamp"),
         ])
     );
@@ -358,4 +367,76 @@ fn limits_must_be_positive_and_rotation_at_least_an_hour() {
         vec!["spec.passwordRotationInterval: must be at least 1h"]
     );
     assert!(with(rotation, "1h").validate_cel().is_ok());
+}
+
+fn git_source(spec: &Value) -> GitSource {
+    serde_json::from_value(json!({
+        "apiVersion": "shadowkeep.io/v1alpha1",
+        "kind": "GitSource",
+        "metadata": {"name": "estate"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_git_source_names_an_allowed_url_a_branch_a_path_inside_and_a_bounded_interval() {
+    let ok = git_source(&json!({"url": "file:///srv/estate.git"}));
+    assert_eq!(ok.spec.branch, "main");
+    assert_eq!(ok.spec.interval.to_string(), "1m");
+    assert!(ok.validate_cel().is_ok());
+    for url in [
+        "https://git.example.org/estate.git",
+        "ssh://git@git.example.org/estate.git",
+        "git@git.example.org:estate.git",
+    ] {
+        assert!(
+            git_source(&json!({"url": url})).validate_cel().is_ok(),
+            "{url}"
+        );
+    }
+    let refused = |spec: Value| messages(&git_source(&spec).validate_cel().unwrap_err());
+    assert_eq!(
+        refused(json!({"url": "ftp://example.org/estate.git"})),
+        vec!["spec.url: must be an https://, ssh://, file:/// or user@host:path URL"]
+    );
+    assert_eq!(
+        refused(json!({"url": "https://bot:token@git.example.org/estate.git"})),
+        vec!["spec.url: must not hold credentials: put them in the Secret credentialsRef names"]
+    );
+    assert_eq!(
+        refused(json!({"url": "file:///r", "branch": "a..b"})),
+        vec![
+            "spec.branch: must be a branch name: letters, digits, '.', '_', '/' or '-', without '..'"
+        ]
+    );
+    for path in ["/etc", "a/../../b"] {
+        assert_eq!(
+            refused(json!({"url": "file:///r", "path": path})),
+            vec!["spec.path: must be a path inside the repository: relative, without '..'"],
+            "{path}"
+        );
+    }
+    for interval in ["9s", "25h"] {
+        assert_eq!(
+            refused(json!({"url": "file:///r", "interval": interval})),
+            vec!["spec.interval: must be between 10s and 24h"]
+        );
+    }
+    assert_eq!(
+        refused(json!({"url": "file:///r", "credentialsRef": {"name": "c"}})),
+        vec!["spec.credentialsRef: is not used with a file:// URL"]
+    );
+    assert_eq!(
+        refused(json!({"url": "file:///r", "verify": {"mode": "ssh"}})),
+        vec![
+            "spec.verify: ssh needs allowedSignersRef, openpgp needs keyRingRef, and not the other"
+        ]
+    );
+    assert!(
+        git_source(&json!({"url": "file:///r",
+                           "verify": {"mode": "ssh", "allowedSignersRef": {"name": "s"}}}))
+        .validate_cel()
+        .is_ok()
+    );
 }

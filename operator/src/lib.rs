@@ -2,14 +2,15 @@
 //! command-line tools around them.
 //!
 //! - [`core`]: the estate's rules with no Kubernetes client — material, the canonical
-//!   keystore, drive moves, keystore sync — and the one interface for the state they keep,
-//!   implemented by Kubernetes objects and by a data directory.
+//!   keystore, drive moves, keystore sync, following a Git branch — and the one interface
+//!   for the state they keep, implemented by Kubernetes objects and by a data directory.
 //! - [`build`]: pure builders, from a KeyManager and the objects naming it to the
 //!   Kubernetes objects applied for it.
 //! - [`controller`]: the Kubernetes shell — each reconcile a pipeline of dereference,
 //!   validate, material and carry (the core), build, apply and status.
 //! - [`local`]: the local shell — `shadowkeep up` runs an estate's replicas as local
-//!   key servers on the same core, and `shadowkeep status` asks them.
+//!   key servers on the same core (from files, or from a Git branch with `--git`), and
+//!   `shadowkeep status` asks them.
 //! - [`manifests`]: reading and validating manifests, for every command that takes them.
 //! - [`plan`]: `shadowkeep plan`, a change between two Git revisions of the estate, its
 //!   diff and its risks.

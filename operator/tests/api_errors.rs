@@ -93,6 +93,7 @@ fn context(client: kube::Client) -> Arc<Context> {
         applied: Arc::default(),
         shadow_resolver: None,
         rotation_locks: Arc::default(),
+        git_cache: std::env::temp_dir().join("shadowkeep-git-unused"),
     })
 }
 

@@ -194,3 +194,30 @@ fn a_manifest_named_by_several_paths_is_read_once() {
     );
     assert_eq!(report.files, 4);
 }
+
+#[test]
+fn a_git_source_is_checked_like_the_other_kinds_and_is_no_part_of_the_estate() {
+    let dir = tempdir("validate-gitsource");
+    let source = "apiVersion: shadowkeep.io/v1alpha1\nkind: GitSource\nmetadata:\n  name: estate\nspec:\n  url: file:///srv/estate.git\n  branch: main\n  path: sites/a\n";
+    std::fs::write(dir.join("source.yaml"), source).unwrap();
+    let report = validate_paths(std::slice::from_ref(&dir));
+    assert_eq!(report.lines(), Vec::<String>::new());
+    assert_eq!(report.exit_code(), EXIT_VALID);
+    assert_eq!(report.objects, 1);
+
+    std::fs::write(
+        dir.join("source.yaml"),
+        source.replace("file:///srv/estate.git", "ftp://example.org/estate.git"),
+    )
+    .unwrap();
+    let report = validate_paths(std::slice::from_ref(&dir));
+    assert_eq!(report.exit_code(), EXIT_INVALID);
+    let lines = report.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].ends_with(
+            "error: GitSource estate: spec.url: must be an https://, ssh://, file:/// or user@host:path URL"
+        ),
+        "{lines:?}"
+    );
+}

@@ -24,11 +24,16 @@ REFRESH = "cp crds/*.yaml charts/shadowkeep/crds/"
 # What the operator may do, as (apiGroup, resource, verb): nothing more, nothing less.
 WATCHED = {
     *{("shadowkeep.io", r, v)
-      for r in ("keymanagers", "drivetables", "keygroups", "shadows")
+      for r in ("keymanagers", "drivetables", "keygroups", "shadows", "gitsources")
       for v in ("get", "list", "watch")},
     *{("shadowkeep.io", f"{r}/status", v)
-      for r in ("keymanagers", "drivetables", "keygroups", "shadows")
+      for r in ("keymanagers", "drivetables", "keygroups", "shadows", "gitsources")
       for v in ("get", "patch", "update")},
+    # Git sync applies a branch's objects and prunes removed ones, never a KeyManager.
+    *{("shadowkeep.io", "keymanagers", v) for v in ("create", "patch")},
+    *{("shadowkeep.io", r, v)
+      for r in ("drivetables", "keygroups", "shadows")
+      for v in ("create", "patch", "delete")},
     *{("", "services", v) for v in ("get", "list", "watch", "create", "patch")},
     # Drive histories are replaced (update) with a resourceVersion precondition.
     *{("", "configmaps", v) for v in ("get", "list", "watch", "create", "patch", "update")},
@@ -45,7 +50,7 @@ WATCHED = {
 LEASES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
 CRD_NAMES = {
     "keymanagers.shadowkeep.io", "shadows.shadowkeep.io",
-    "drivetables.shadowkeep.io", "keygroups.shadowkeep.io",
+    "drivetables.shadowkeep.io", "keygroups.shadowkeep.io", "gitsources.shadowkeep.io",
 }
 
 
@@ -152,6 +157,11 @@ def test_default_deployment_runs_the_operator_with_leader_election(chart):
     assert args[args.index("--concurrency") + 1] == "4"
     assert "--leader-elect" in args
     assert "--namespace" not in args
+    # GitSources fetch into a writable emptyDir: the root file system is read-only.
+    cache = args[args.index("--git-cache") + 1]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
 
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -291,7 +301,7 @@ def test_without_leader_election_there_is_no_flag_and_no_lease_permission(chart)
 
 def test_chart_crds_are_the_generated_crds_byte_for_byte():
     generated = sorted((REPO / "crds").glob("*.yaml"))
-    assert len(generated) == 4, generated
+    assert len(generated) == 5, generated
     copies = sorted((CHART / "crds").glob("*.yaml"))
     assert [p.name for p in copies] == [p.name for p in generated], (
         f"charts/shadowkeep/crds/ lists other files than crds/; refresh with `{REFRESH}` "
@@ -305,9 +315,9 @@ def test_chart_crds_are_the_generated_crds_byte_for_byte():
         )
 
 
-def test_loaded_chart_lists_the_four_crds(chart):
+def test_loaded_chart_lists_the_five_crds(chart):
     crds = chart.crds
-    assert len(crds) == 4
+    assert len(crds) == 5
     names, kinds = set(), set()
     for crd in crds:
         [doc] = [d for d in yaml.safe_load_all(crd["data"]) if d]
@@ -318,7 +328,7 @@ def test_loaded_chart_lists_the_four_crds(chart):
         names.add(doc["metadata"]["name"])
         kinds.add(doc["spec"]["names"]["kind"])
     assert names == CRD_NAMES
-    assert kinds == {"KeyManager", "Shadow", "DriveTable", "KeyGroup"}
+    assert kinds == {"KeyManager", "Shadow", "DriveTable", "KeyGroup", "GitSource"}
     # CRDs are not templates: none is rendered with the release.
     assert not [o for o in render(chart) if o["kind"] == "CustomResourceDefinition"]
 

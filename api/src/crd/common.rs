@@ -1,4 +1,4 @@
-//! Types shared by the four custom resources.
+//! Types shared by the custom resources.
 
 use std::{fmt, str::FromStr, time::Duration};
 

@@ -1,4 +1,5 @@
-//! The four custom resources of the `shadowkeep.io/v1alpha1` API, and their CRDs.
+//! The custom resources of the `shadowkeep.io/v1alpha1` API, and their CRDs: the four
+//! kinds of the estate, and the GitSource that can follow a branch holding them.
 //!
 //! Rules that types cannot say (ranges, immutability, cross-field constraints) are CEL
 //! rules in the schema, so the API server enforces them and `shadowkeep validate` checks
@@ -6,12 +7,17 @@
 
 mod common;
 mod drive_table;
+mod git_source;
 mod key_group;
 mod key_manager;
 mod shadow;
 
 pub use common::{API_VERSION, GROUP, Interval, IntervalError, KeyManagerRef, VERSION};
 pub use drive_table::{Drive, DriveTable, DriveTableSpec, DriveTableStatus};
+pub use git_source::{
+    AppliedObject, GitSource, GitSourceSpec, GitSourceStatus, GitVerify, HeldRisk, SecretRef,
+    VerifyMode,
+};
 pub use key_group::{KeyGroup, KeyGroupSpec, KeyGroupStatus};
 pub use key_manager::{
     BackupSpec, BackupTarget, BackupTargetStatus, DurabilitySpec, IssuerKind, IssuerRef, KMIP_PORT,
@@ -27,12 +33,13 @@ pub use shadow::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// The CRDs of all four kinds, in a fixed order.
+/// The CRDs of all five kinds, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         KeyManager::crd(),
         Shadow::crd(),
         DriveTable::crd(),
         KeyGroup::crd(),
+        GitSource::crd(),
     ]
 }

@@ -86,11 +86,19 @@ election, release namespace only).
 */}}
 {{- define "shadowkeep.rules" -}}
 - apiGroups: ["shadowkeep.io"]
-  resources: ["keymanagers", "drivetables", "keygroups", "shadows"]
+  resources: ["keymanagers", "drivetables", "keygroups", "shadows", "gitsources"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["shadowkeep.io"]
-  resources: ["keymanagers/status", "drivetables/status", "keygroups/status", "shadows/status"]
+  resources: ["keymanagers/status", "drivetables/status", "keygroups/status", "shadows/status", "gitsources/status"]
   verbs: ["get", "patch", "update"]
+{{- /* Git sync (GitSource) applies the objects of a branch with server-side apply and
+prunes those removed from it, except KeyManagers: sync never deletes one, and cannot. */}}
+- apiGroups: ["shadowkeep.io"]
+  resources: ["keymanagers"]
+  verbs: ["create", "patch"]
+- apiGroups: ["shadowkeep.io"]
+  resources: ["drivetables", "keygroups", "shadows"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]

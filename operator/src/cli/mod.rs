@@ -42,8 +42,12 @@ pub enum Command {
         /// while the API server keeps up.
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
+        /// Where GitSources fetch their branches (one bare repository each); losing it
+        /// loses nothing.
+        #[arg(long, value_name = "DIR", default_value = "/var/cache/shadowkeep/git")]
+        git_cache: PathBuf,
     },
-    /// Print the CRDs of all four kinds, or write them to a directory.
+    /// Print the CRDs of all five kinds, or write them to a directory.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
         #[arg(long, value_name = "DIR")]
@@ -61,8 +65,24 @@ pub enum Command {
     /// data directory. Runs until Ctrl-C; manifest edits are applied as they are saved.
     Up {
         /// Files or directories to read; directories are searched for *.yaml and *.yml.
-        #[arg(required = true, value_name = "PATH")]
+        #[arg(
+            required_unless_present = "git",
+            conflicts_with = "git",
+            value_name = "PATH"
+        )]
         paths: Vec<PathBuf>,
+        /// Follow a Git branch instead of reading files: `URL[#branch][:path]` (branch
+        /// `main` by default; a local path or file:// URL). Each new head is planned against
+        /// the last applied one and applied, or held while it has risks until its commit is
+        /// written into DIR/git/accept-risks.
+        #[arg(long, value_name = "URL[#BRANCH][:PATH]")]
+        git: Option<String>,
+        /// How often the branch is fetched.
+        #[arg(long, value_name = "DURATION", default_value = "10s", requires = "git")]
+        git_interval: shadowkeep_api::crd::Interval,
+        /// Refuse a head not signed (SSH signature) by a key of this allowed-signers file.
+        #[arg(long, value_name = "FILE", requires = "git")]
+        git_allowed_signers: Option<PathBuf>,
         /// Where the keys, certificates and servers' stores are kept; reused by later runs.
         #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
         data_dir: PathBuf,
@@ -168,12 +188,14 @@ pub fn run(cli: Cli) -> ExitCode {
             leader_elect,
             lease_namespace,
             concurrency,
+            git_cache,
         } => operator(crate::controller::run::Options {
             namespace,
             listen,
             leader_elect,
             lease_namespace,
             concurrency,
+            git_cache,
         }),
         Command::Render { paths } => {
             let code = render::render(&paths, &mut std::io::stdout().lock());
@@ -181,15 +203,32 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Up {
             paths,
+            git,
+            git_interval,
+            git_allowed_signers,
             data_dir,
             address_base,
             secrets,
-        } => crate::local::up::run(crate::local::up::Options {
-            paths,
-            data_dir,
-            address_base,
-            secrets,
-        }),
+        } => {
+            let git = match git.as_deref().map(crate::local::git::parse).transpose() {
+                Ok(branch) => branch.map(|branch| crate::local::git::Follow {
+                    branch,
+                    interval: git_interval.as_duration(),
+                    allowed_signers: git_allowed_signers,
+                }),
+                Err(e) => {
+                    eprintln!("shadowkeep up: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            crate::local::up::run(crate::local::up::Options {
+                paths,
+                data_dir,
+                address_base,
+                secrets,
+                git,
+            })
+        }
         Command::Status { data_dir, output } => {
             crate::local::status::run(&crate::local::status::Options {
                 data_dir,

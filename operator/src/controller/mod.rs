@@ -8,6 +8,7 @@ pub mod applied;
 pub mod backup;
 pub mod conditions;
 pub mod drive_moves;
+pub mod git_source;
 pub mod key_manager;
 pub mod lease;
 pub mod references;
@@ -58,6 +59,8 @@ pub struct Context {
     pub shadow_resolver: Option<shadow::ShadowResolver>,
     /// One lock per KeyManager for its Shadows' rotation steps.
     pub rotation_locks: std::sync::Arc<shadow::RotationLocks>,
+    /// Where GitSources fetch their branches, one bare repository each.
+    pub git_cache: std::path::PathBuf,
 }
 
 impl Context {
@@ -92,6 +95,7 @@ impl Context {
             applied: std::sync::Arc::default(),
             shadow_resolver: None,
             rotation_locks: std::sync::Arc::default(),
+            git_cache: std::env::temp_dir().join("shadowkeep-git"),
         })
     }
 }

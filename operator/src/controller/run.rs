@@ -13,11 +13,13 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use shadowkeep_api::crd::{DriveTable, KeyGroup, KeyManager, Shadow};
+use shadowkeep_api::crd::{DriveTable, GitSource, KeyGroup, KeyManager, Shadow};
 
 use super::lease::LeaderLease;
 use super::telemetry::{self, Metrics};
-use super::{Context, Error, drive_moves, error_policy, key_manager, measured, references};
+use super::{
+    Context, Error, drive_moves, error_policy, git_source, key_manager, measured, references,
+};
 
 /// The objects of an owned kind, as they change: each change wakes the KeyManager that
 /// owns it, and a change someone else made makes the next reconcile apply it again.
@@ -62,6 +64,8 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// Reconciles run at once, per controller.
     pub concurrency: u16,
+    /// Where GitSources fetch their branches.
+    pub git_cache: std::path::PathBuf,
 }
 
 /// Why the operator stopped.
@@ -136,6 +140,58 @@ async fn reconcile_shadow(shadow: Arc<Shadow>, ctx: Arc<Context>) -> Result<Acti
             Arc::clone(&shadow),
             Arc::clone(&ctx),
         )),
+    )
+    .await
+}
+
+/// The GitSource controller: each GitSource's branch fetched every `spec.interval`, its
+/// head planned and applied, or held. Not run when the API server has no GitSource kind.
+async fn git_source_controller(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    concurrency: u16,
+    ctx: Arc<Context>,
+) {
+    if !git_sources_served(client, ns).await {
+        return;
+    }
+    Controller::new(api::<GitSource>(client, ns), config.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile_git_source, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "git source reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Whether the API server serves GitSources: an operator upgraded before its CRDs (Helm
+/// does not upgrade them) runs without git sync and says how to turn it on, rather than
+/// watching a kind that is not there.
+async fn git_sources_served(client: &Client, ns: Option<&str>) -> bool {
+    match api::<GitSource>(client, ns)
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(
+                "the GitSource CRD is not installed: git sync is off until it is (kubectl apply -f charts/shadowkeep/crds/) and the operator restarts"
+            );
+            false
+        }
+        // Any other answer: the controller's watch retries as it does for every kind.
+        _ => true,
+    }
+}
+
+async fn reconcile_git_source(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(
+        &ctx,
+        source.as_ref(),
+        git_source::reconcile(Arc::clone(&source), Arc::clone(&ctx)),
     )
     .await
 }
@@ -238,6 +294,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         applied: Arc::default(),
         shadow_resolver: None,
         rotation_locks: Arc::default(),
+        git_cache: options.git_cache.clone(),
     });
     let controller = controller
         .owns_stream(owned::<StatefulSet>(&client, ns, &config, &ctx))
@@ -285,7 +342,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         futures::future::join(tables, groups)
     };
     let shadows = shadow_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
-    let all = futures::future::join3(controller, referrers, shadows);
+    let git_sources =
+        git_source_controller(&client, ns, &config, options.concurrency, Arc::clone(&ctx));
+    let all = futures::future::join4(controller, referrers, shadows, git_sources);
     match lease {
         None => {
             all.await;

@@ -6,6 +6,8 @@
 //! - [`backup`]: backups kept apart (another namespace, an S3 bucket), the KEK escrowed.
 //! - [`keystore`]: the canonical keystore and the KeyGroup pools kept in it.
 //! - [`drive_moves`]: which KeyManager holds a drive's keys, and when a drive is held back.
+//! - [`git_sync`]: following a Git branch — fetch, verify, plan, apply or hold, prune
+//!   safely — for the GitSource controller and `up --git`.
 //! - [`keystore_sync`]: pulling the keys each replica holds into the canonical keystore.
 //! - [`configuration`]: bringing every server to a new drive table without a restart.
 //! - [`prepare`]: the stateful step of a KeyManager's reconcile, run by both shells.
@@ -21,6 +23,7 @@ pub mod backup;
 pub mod conditions;
 pub mod configuration;
 pub mod drive_moves;
+pub mod git_sync;
 pub mod keystore;
 pub mod keystore_sync;
 pub mod material;

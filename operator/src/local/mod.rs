@@ -10,12 +10,14 @@
 //! - [`shadows`]: the Shadows, their credentials and rotation, run by the core.
 //! - [`supervise`]: the server processes.
 //! - [`estate_file`]: `estate.json`, what runs where.
+//! - [`git`]: `up --git`, following a branch with the core's git sync.
 //! - [`up`]: the command, and [`status`]: `shadowkeep status`.
 
 pub mod addresses;
 pub mod backup;
 pub mod certificates;
 pub mod estate_file;
+pub mod git;
 pub mod layout;
 pub mod reconcile;
 pub mod shadows;

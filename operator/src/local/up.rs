@@ -22,6 +22,7 @@ use super::addresses::Addresses;
 use super::backup::LocalTargets;
 use super::certificates;
 use super::estate_file::{self, EstateFile};
+use super::git::{self, Follow, GitDirs};
 use super::layout::Layout;
 use super::reconcile::{self, Ended, Local, namespace_of, replica_keys};
 use super::shadows::{self, shadow_keys};
@@ -45,6 +46,8 @@ pub struct Options {
     pub address_base: Ipv4Addr,
     /// Where the Secrets S3 backup targets name are, as `NAMESPACE/NAME/KEY` files.
     pub secrets: Option<PathBuf>,
+    /// A Git branch to follow instead of `paths`: its applied objects are the manifests.
+    pub git: Option<Follow>,
 }
 
 /// How long `up` waits for a server to listen before it carries on without it.
@@ -161,10 +164,14 @@ async fn up(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let found = following(&options, &say).await.inspect_err(|why| say(why));
+    let Ok((early_lock, paths, follow)) = found else {
+        return ExitCode::FAILURE;
+    };
     // Taken before the manifests are read: an edit saved while they are read, or while the
     // servers start, differs from it and is applied once `up` runs.
-    let seen = fingerprint(&options.paths, &options.data_dir);
-    let first = read(&options.paths, &options.data_dir);
+    let seen = fingerprint(&paths, &options.data_dir);
+    let first = read(&paths, &options.data_dir);
     for line in &first.lines {
         say(line);
     }
@@ -196,7 +203,7 @@ async fn up(options: Options) -> ExitCode {
         }
     };
     let layout = Layout::new(&root);
-    let _lock = match lock(&layout) {
+    let _lock = match early_lock.map_or_else(|| lock(&layout), Ok) {
         Ok(lock) => lock,
         Err(e) => {
             say(&e);
@@ -225,6 +232,8 @@ async fn up(options: Options) -> ExitCode {
         targets: LocalTargets {
             secrets: options.secrets.clone(),
         },
+        next_git: tokio::time::Instant::now(),
+        follow,
     };
     let started = tokio::select! {
         started = up.start() => Some(started),
@@ -245,9 +254,52 @@ async fn up(options: Options) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    let code = up.run(&options.paths, &mut signals).await;
+    let code = up.run(&paths, &mut signals).await;
     up.write_estate(false);
     code
+}
+
+/// The data directory's lock, taken early when following a branch.
+type Following = (
+    Option<std::fs::File>,
+    Vec<PathBuf>,
+    Option<(GitDirs, Follow)>,
+);
+
+/// Following a branch, the first step writes into the data directory: it is locked first
+/// (the lock is returned), and the manifests are what the branch's applied revision holds.
+/// `Err` when no revision of it was ever applied: nothing to start. Without a branch, the
+/// paths given.
+async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, String> {
+    let Some(follow) = &options.git else {
+        return Ok((None, options.paths.clone(), None));
+    };
+    let root = std::path::absolute(&options.data_dir)
+        .map_err(|e| format!("failed to use {}: {e}", options.data_dir.display()))?;
+    let lock = lock(&Layout::new(&root))?;
+    let dirs = GitDirs::new(&root);
+    let branch = &follow.branch;
+    say(&format!(
+        "following {} branch {}{}",
+        crate::core::git_sync::fetch::redact(&branch.url),
+        branch.branch,
+        branch
+            .path
+            .as_ref()
+            .map(|p| format!(" (path {p})"))
+            .unwrap_or_default()
+    ));
+    for line in git::step(&dirs, follow).await {
+        say(&line);
+    }
+    if !git::applied_before(&dirs) {
+        return Err("no revision of the branch is applied: nothing started".to_owned());
+    }
+    Ok((
+        Some(lock),
+        vec![dirs.estate()],
+        Some((dirs, follow.clone())),
+    ))
 }
 
 /// Holds the data directory's lock while `up` runs.
@@ -293,6 +345,10 @@ struct Up {
     next_shadows: tokio::time::Instant,
     /// The backup targets, with credentials from `--secrets`.
     targets: LocalTargets,
+    /// The branch followed, with where its files are.
+    follow: Option<(GitDirs, Follow)>,
+    /// When the branch is next fetched (when one is followed).
+    next_git: tokio::time::Instant,
 }
 
 impl Up {
@@ -628,6 +684,15 @@ impl Up {
                     }
                 }
                 _ = watch.tick() => {
+                    if self.follow.is_some() && self.next_git <= tokio::time::Instant::now() {
+                        let stopped = tokio::select! {
+                            () = self.follow_git() => false,
+                            () = signals.next() => true,
+                        };
+                        if stopped {
+                            break;
+                        }
+                    }
                     let now = fingerprint(paths, &data_dir);
                     let edited = now != self.seen;
                     self.seen = now;
@@ -700,6 +765,18 @@ impl Up {
         };
         for line in shadows::tick(&local).await {
             self.log.line(UP, &line);
+        }
+    }
+
+    /// One step of following the branch: what it applies lands in the estate directory,
+    /// which the watch then reads like any edit.
+    async fn follow_git(&mut self) {
+        let Some((dirs, follow)) = &self.follow else {
+            return;
+        };
+        self.next_git = tokio::time::Instant::now() + follow.interval;
+        for line in git::step(dirs, follow).await {
+            self.say(&line);
         }
     }
 

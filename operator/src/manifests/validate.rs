@@ -131,6 +131,8 @@ pub struct DecodedFile(Result<Vec<DecodedDocument>, String>);
 #[derive(Debug)]
 enum DecodedDocument {
     Resource(Box<shadowkeep_api::manifest::Resource>),
+    /// A valid GitSource: counted, not part of the estate.
+    GitSource,
     Refused(Vec<Finding>),
     Foreign {
         api_version: String,
@@ -198,6 +200,7 @@ pub fn decode_file(text: Result<String, String>, decoder: &Decoder) -> DecodedFi
         docs.into_iter()
             .map(|doc| match decoder.decode(&doc) {
                 Ok(Decoded::Resource(resource)) => DecodedDocument::Resource(resource),
+                Ok(Decoded::GitSource(_)) => DecodedDocument::GitSource,
                 Ok(Decoded::Foreign { api_version, kind }) => DecodedDocument::Foreign {
                     api_version,
                     kind,
@@ -232,6 +235,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = (String, &'a DecodedFile)>) 
                         .or_insert_with(|| name.clone());
                     loaded.estate.add((**resource).clone());
                 }
+                DecodedDocument::GitSource => report.objects += 1,
                 DecodedDocument::Foreign {
                     api_version,
                     kind,

@@ -137,21 +137,53 @@ pub struct Plan {
 /// Reads both revisions, validates the head and compares them.
 pub fn plan(options: &Options) -> Result<Plan, PlanError> {
     let source = Source::open(&options.repo)?;
-    let base = source.revision(&options.base, &options.paths)?;
-    let head = source.revision(&options.head, &options.paths)?;
+    plan_in(
+        &source,
+        Some(&options.base),
+        &options.head,
+        &options.paths,
+        &options.secret_salt,
+    )
+    .map(|planned| planned.plan)
+}
+
+/// A plan, and the head's objects as validated for it: what git sync applies when the plan
+/// lets it.
+#[derive(Debug)]
+pub struct Planned {
+    /// The plan.
+    pub plan: Plan,
+    /// The head's manifests, decoded and validated.
+    pub head: Loaded,
+}
+
+/// [`plan`] over an opened repository; with no `base`, the change starts from an empty
+/// estate (a branch followed for the first time).
+pub fn plan_in(
+    source: &Source,
+    base_rev: Option<&str>,
+    head_rev: &str,
+    paths: &[String],
+    salt: &[u8; 32],
+) -> Result<Planned, PlanError> {
+    let base = match base_rev {
+        Some(rev) => source.revision(rev, paths)?,
+        None => Revision::empty(),
+    };
+    let head = source.revision(head_rev, paths)?;
     if base.files.is_empty() && head.files.is_empty() {
-        let (what, why) = if options.paths.is_empty() {
+        let (what, why) = if paths.is_empty() {
             ("the repository".to_owned(), "has no *.yaml or *.yml file")
         } else if base.any_path_found || head.any_path_found {
-            (options.paths.join(", "), "has no *.yaml or *.yml file")
+            (paths.join(", "), "has no *.yaml or *.yml file")
         } else {
-            (options.paths.join(", "), "does not exist")
+            (paths.join(", "), "does not exist")
         };
         return Err(PlanError::NoManifests {
             what,
             why,
-            base: options.base.clone(),
-            head: options.head.clone(),
+            base: base.rev.clone(),
+            head: head_rev.to_owned(),
         });
     }
     // Compiling the CEL rules is dear: once for both revisions. Checking them is dearer:
@@ -175,7 +207,6 @@ pub fn plan(options: &Options) -> Result<Plan, PlanError> {
         )
     };
     let (old, new) = (load(&base), load(&head));
-    let salt = &options.secret_salt;
     // Objects of the head that did not decode: not removed, only unknown.
     let invalid: BTreeSet<ObjectRef> = new
         .report
@@ -199,16 +230,17 @@ pub fn plan(options: &Options) -> Result<Plan, PlanError> {
     } else {
         EXIT_CHANGES
     };
-    Ok(Plan {
+    let plan = Plan {
         base: summary(&base, &old),
         head: summary(&head, &new),
-        paths: options.paths.clone(),
+        paths: paths.to_vec(),
         risks,
         head_errors,
         changes,
         topology: topology::topology(&old.estate, &new.estate, &invalid),
         exit_code,
-    })
+    };
+    Ok(Planned { plan, head: new })
 }
 
 fn summary(revision: &Revision, loaded: &Loaded) -> RevisionSummary {

@@ -103,6 +103,19 @@ enum Node {
     File(Oid),
 }
 
+impl Revision {
+    /// No revision: an estate with no manifests, for a change that starts from nothing.
+    pub fn empty() -> Self {
+        Self {
+            rev: "(none)".to_owned(),
+            commit: String::new(),
+            subject: String::new(),
+            files: Vec::new(),
+            any_path_found: false,
+        }
+    }
+}
+
 impl Source {
     /// Opens the repository at `dir` (a work tree, any directory in one, or a bare
     /// repository).

@@ -1,0 +1,212 @@
+//! Fetching a branch into a bare cache repository with libgit2.
+//!
+//! This build has libgit2's local transport only (no OpenSSL or libssh2): `file://` URLs
+//! and local paths are fetched; `https://` and `ssh://` are refused with an error saying
+//! so, before anything is touched.
+
+use std::path::Path;
+
+use git2::{FetchOptions, Oid, Repository};
+
+use super::Branch;
+
+/// The ref the cache keeps the last applied commit under, so that it stays readable
+/// after a force push removed it from the branch.
+pub const APPLIED_REF: &str = "refs/shadowkeep/applied";
+
+/// Why a branch could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL needs a transport this build does not have.
+    #[error(
+        "failed to fetch {url}: this shadowkeep is built without libgit2's {transport} transport; fetch from a file:// mirror of the repository"
+    )]
+    Transport {
+        /// The URL.
+        url: String,
+        /// `https` or `ssh`.
+        transport: &'static str,
+    },
+    /// The cache could not be made or opened.
+    #[error("failed to use the cache {path}: {message}")]
+    Cache {
+        /// The cache directory.
+        path: String,
+        /// What libgit2 said.
+        message: String,
+    },
+    /// The fetch itself failed: unreachable, not a repository, refused.
+    #[error("failed to fetch branch {branch} from {url}: {message}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// The branch.
+        branch: String,
+        /// What libgit2 said.
+        message: String,
+    },
+    /// The repository has no such branch.
+    #[error("failed to find branch {branch} in {url}")]
+    NoBranch {
+        /// The URL.
+        url: String,
+        /// The branch.
+        branch: String,
+    },
+}
+
+/// The last applied commit, as the fetched head relates to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastApplied {
+    /// None was applied, or the head descends from it (or is it).
+    Ancestor,
+    /// The head does not descend from it: the branch was force-pushed.
+    NotDescendant,
+    /// It is in neither the cache nor the branch.
+    Missing,
+}
+
+/// A fetched branch.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// The head commit, 40 hexadecimal digits.
+    pub head: String,
+    /// How the head relates to the last applied commit.
+    pub last_applied: LastApplied,
+}
+
+/// `url` with any user information (`https://user:token@host/...`) masked, for messages
+/// and statuses: a token put in a URL must not reach them.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The transport a URL needs that this build lacks, if any.
+fn missing_transport(url: &str) -> Option<&'static str> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        Some("https")
+    } else if lower.starts_with("ssh://")
+        || lower.starts_with("git+ssh://")
+        || (!lower.contains("://") && !lower.starts_with('/') && lower.contains('@'))
+    {
+        Some("ssh")
+    } else {
+        None
+    }
+}
+
+/// Fetches `branch` into the bare repository at `cache` (made when missing) and tells how
+/// its head relates to `last_applied`.
+pub fn fetch(
+    branch: &Branch,
+    cache: &Path,
+    last_applied: Option<&str>,
+) -> Result<Fetched, FetchError> {
+    if let Some(transport) = missing_transport(&branch.url) {
+        return Err(FetchError::Transport {
+            url: redact(&branch.url),
+            transport,
+        });
+    }
+    let cache_error = |e: git2::Error| FetchError::Cache {
+        path: cache.display().to_string(),
+        message: e.message().to_owned(),
+    };
+    let repo = if let Ok(repo) = Repository::open_bare(cache) {
+        repo
+    } else {
+        std::fs::create_dir_all(cache).map_err(|e| FetchError::Cache {
+            path: cache.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Repository::init_bare(cache).map_err(cache_error)?
+    };
+    let tracking = format!("refs/remotes/origin/{}", branch.branch);
+    // A branch deleted upstream must not leave its old head here to be applied again.
+    if let Ok(mut old) = repo.find_reference(&tracking) {
+        old.delete().map_err(cache_error)?;
+    }
+    let fetch_error = |e: git2::Error| FetchError::Fetch {
+        url: redact(&branch.url),
+        branch: branch.branch.clone(),
+        message: e.message().to_owned(),
+    };
+    let mut remote = repo.remote_anonymous(&branch.url).map_err(fetch_error)?;
+    let refspec = format!("+refs/heads/{}:{tracking}", branch.branch);
+    let mut options = FetchOptions::new();
+    options.download_tags(git2::AutotagOption::None);
+    remote
+        .fetch(&[refspec.as_str()], Some(&mut options), None)
+        .map_err(fetch_error)?;
+    let head = repo
+        .refname_to_id(&tracking)
+        .map_err(|_| FetchError::NoBranch {
+            url: redact(&branch.url),
+            branch: branch.branch.clone(),
+        })?;
+    let relation = match last_applied.map(Oid::from_str) {
+        None => LastApplied::Ancestor,
+        Some(Err(_)) => LastApplied::Missing,
+        Some(Ok(last)) if repo.find_commit(last).is_err() => LastApplied::Missing,
+        Some(Ok(last)) if last == head => LastApplied::Ancestor,
+        Some(Ok(last)) => match repo.graph_descendant_of(head, last) {
+            Ok(true) => LastApplied::Ancestor,
+            Ok(false) => LastApplied::NotDescendant,
+            Err(e) => return Err(cache_error(e)),
+        },
+    };
+    Ok(Fetched {
+        head: head.to_string(),
+        last_applied: relation,
+    })
+}
+
+/// Marks `commit` as applied in the cache, so that it stays readable after a force push.
+pub fn mark_applied(cache: &Path, commit: &str) -> Result<(), String> {
+    let repo = Repository::open_bare(cache).map_err(|e| e.message().to_owned())?;
+    let oid = Oid::from_str(commit).map_err(|e| e.message().to_owned())?;
+    repo.reference(APPLIED_REF, oid, true, "applied")
+        .map(|_| ())
+        .map_err(|e| e.message().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{missing_transport, redact};
+
+    #[test]
+    fn credentials_in_a_url_are_masked() {
+        assert_eq!(
+            redact("https://bot:s3cret@git.example.org/estate.git"),
+            "https://***@git.example.org/estate.git"
+        );
+        assert_eq!(
+            redact("ssh://git@git.example.org/a@b"),
+            "ssh://***@git.example.org/a@b"
+        );
+        assert_eq!(redact("file:///srv/estate.git"), "file:///srv/estate.git");
+    }
+
+    #[test]
+    fn remote_transports_are_named_local_ones_pass() {
+        assert_eq!(
+            missing_transport("https://example.org/r.git"),
+            Some("https")
+        );
+        assert_eq!(
+            missing_transport("ssh://git@example.org/r.git"),
+            Some("ssh")
+        );
+        assert_eq!(missing_transport("git@example.org:estate.git"), Some("ssh"));
+        assert_eq!(missing_transport("file:///srv/estate.git"), None);
+        assert_eq!(missing_transport("/srv/estate"), None);
+    }
+}

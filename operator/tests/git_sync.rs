@@ -1,0 +1,743 @@
+//! The GitSource reconcile against an in-memory API server (kube-fake-client), following
+//! real Git repositories built here with the `git` binary: a branch applied, updated and
+//! force-pushed; a risky head held until its commit is accepted; pruning that never
+//! deletes a KeyManager and prunes nothing from an empty branch; an unreachable repository
+//! that changes nothing; signed and unsigned heads.
+
+// Helpers outside #[test] functions fail loudly too; that is what a test wants.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ListParams, PostParams};
+use kube_fake_client::ClientBuilder;
+use shadowkeep::controller::{Context, git_source};
+use shadowkeep_api::crd::{
+    AppliedObject, DriveTable, GitSource, GitSourceStatus, KeyGroup, KeyManager, Shadow,
+};
+
+const NS: &str = "default";
+const SOURCE: &str = "estate";
+
+/// A scratch directory, removed first if an earlier run left it.
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("shadowkeep-git-sync-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A work tree on branch `main`, committed to with the `git` binary as a user would.
+struct Work {
+    dir: PathBuf,
+}
+
+impl Work {
+    fn new(root: &Path) -> Self {
+        let dir = root.join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        let work = Self { dir };
+        work.git(&["init", "-q", "-b", "main"]);
+        work
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(&self.dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args([
+                "-c",
+                "user.name=test",
+                "-c",
+                "user.email=test@example.com",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.join(name), text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.join(name)).unwrap();
+    }
+
+    /// Commits every change; the new head.
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    /// Writes the quickstart's four manifests.
+    fn quickstart(&self) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        for file in [
+            "keymanager.yaml",
+            "keygroup.yaml",
+            "drivetable.yaml",
+            "shadow.yaml",
+        ] {
+            self.write(file, &std::fs::read_to_string(dir.join(file)).unwrap());
+        }
+    }
+}
+
+/// An empty in-memory API with the five kinds.
+async fn cluster() -> kube::Client {
+    ClientBuilder::new()
+        .with_resource::<KeyManager>()
+        .with_resource::<DriveTable>()
+        .with_resource::<KeyGroup>()
+        .with_resource::<Shadow>()
+        .with_resource::<GitSource>()
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn context(client: &kube::Client, cache: &Path) -> Arc<Context> {
+    let mut ctx = Context::listed(client.clone(), "shadowkeep-test")
+        .await
+        .unwrap();
+    ctx.git_cache = cache.to_path_buf();
+    Arc::new(ctx)
+}
+
+async fn create_source(client: &kube::Client, spec: serde_json::Value) {
+    let source: GitSource = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shadowkeep.io/v1alpha1", "kind": "GitSource",
+        "metadata": {"name": SOURCE, "namespace": NS},
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<GitSource>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &source)
+        .await
+        .unwrap();
+}
+
+/// One reconcile of the GitSource as it is stored; its status after.
+async fn reconcile(client: &kube::Client, cache: &Path) -> GitSourceStatus {
+    let api = Api::<GitSource>::namespaced(client.clone(), NS);
+    let source = api.get(SOURCE).await.unwrap();
+    git_source::reconcile(Arc::new(source), context(client, cache).await)
+        .await
+        .unwrap();
+    api.get(SOURCE).await.unwrap().status.unwrap()
+}
+
+fn condition<'a>(status: &'a GitSourceStatus, type_: &str) -> &'a Condition {
+    status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+fn ready(status: &GitSourceStatus) -> (String, String) {
+    let c = condition(status, "Ready");
+    (c.status.clone(), c.reason.clone())
+}
+
+async fn names<K>(client: &kube::Client) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut names: Vec<String> = Api::<K>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| o.meta().name.clone().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The (type, reason) of every Event about the GitSource.
+async fn events(client: &kube::Client) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some("GitSource"))
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn annotate_accept(client: &kube::Client, commit: &str) {
+    let api = Api::<GitSource>::namespaced(client.clone(), NS);
+    let mut source = api.get(SOURCE).await.unwrap();
+    source
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("shadowkeep.io/accept-risks".to_owned(), commit.to_owned());
+    api.replace(SOURCE, &PostParams::default(), &source)
+        .await
+        .unwrap();
+}
+
+async fn drives(client: &kube::Client) -> Vec<String> {
+    Api::<DriveTable>::namespaced(client.clone(), NS)
+        .get("library-a")
+        .await
+        .unwrap()
+        .spec
+        .drives
+        .into_iter()
+        .map(|d| d.serial)
+        .collect()
+}
+
+fn with_drive(table: &str, serial: &str) -> String {
+    format!(
+        "{table}    - serial: \"{serial}\"\n      certificateIdentity: library-a.tape.example.com\n"
+    )
+}
+
+fn quickstart_file(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/quickstart")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_branch_is_applied_updated_and_followed_through_a_force_push() {
+    let root = scratch("follow");
+    let work = Work::new(&root);
+    work.quickstart();
+    let first = work.commit("the quickstart");
+    let client = cluster().await;
+    create_source(
+        &client,
+        serde_json::json!({"url": work.url(), "interval": "30s"}),
+    )
+    .await;
+    let cache = root.join("cache");
+
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.last_applied_revision.as_deref(),
+        Some(format!("main@sha1:{first}").as_str())
+    );
+    assert_eq!(status.last_attempted_revision, status.last_applied_revision);
+    assert_eq!(condition(&status, "Stalled").status, "False");
+    assert_eq!(condition(&status, "Reconciling").status, "False");
+    assert_eq!(names::<KeyManager>(&client).await, ["tape-keys"]);
+    assert_eq!(names::<KeyGroup>(&client).await, ["lto-default"]);
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+    assert_eq!(
+        status
+            .inventory
+            .iter()
+            .map(|o| o.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["KeyManager", "KeyGroup", "DriveTable", "Shadow"],
+        "apply order"
+    );
+
+    // An update: one more drive.
+    work.write(
+        "drivetable.yaml",
+        &with_drive(&quickstart_file("drivetable.yaml"), "1013000126"),
+    );
+    let second = work.commit("a drive for library A");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status), ("True".into(), "Succeeded".into()));
+    assert!(drives(&client).await.contains(&"1013000126".to_owned()));
+    assert!(status.last_applied_revision.unwrap().ends_with(&second));
+
+    // A force push: the head no longer descends from what was applied.
+    work.write(
+        "keygroup.yaml",
+        &quickstart_file("keygroup.yaml").replace("keyCount: 10", "keyCount: 12"),
+    );
+    work.git(&["add", "-A"]);
+    work.git(&["commit", "-q", "--amend", "-m", "rewritten"]);
+    let rewritten = work.git(&["rev-parse", "HEAD"]);
+    let status = reconcile(&client, &cache).await;
+    let (state, reason) = ready(&status);
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "Succeeded"));
+    assert!(
+        condition(&status, "Ready").message.contains("force-pushed"),
+        "{status:?}"
+    );
+    assert!(status.last_applied_revision.unwrap().ends_with(&rewritten));
+    let group = Api::<KeyGroup>::namespaced(client.clone(), NS)
+        .get("lto-default")
+        .await
+        .unwrap();
+    assert_eq!(group.spec.key_count, 12);
+    assert!(
+        events(&client)
+            .await
+            .iter()
+            .any(|(t, r, note)| t == "Warning" && r == "ForcePushed" && note.contains(&second)),
+        "{:?}",
+        events(&client).await
+    );
+}
+
+#[tokio::test]
+async fn a_risky_head_is_held_until_its_commit_is_accepted() {
+    let root = scratch("held");
+    let work = Work::new(&root);
+    work.quickstart();
+    let first = work.commit("the quickstart");
+    let client = cluster().await;
+    create_source(&client, serde_json::json!({"url": work.url()})).await;
+    let cache = root.join("cache");
+    reconcile(&client, &cache).await;
+
+    // The last active Shadow of tape-keys removed: a risk `plan` names.
+    work.remove("shadow.yaml");
+    let risky = work.commit("no more shadow");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "RiskHeld".into()),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Stalled").status, "True");
+    assert!(
+        status
+            .held_risks
+            .iter()
+            .any(|r| r.code == "last-active-shadow"),
+        "{:?}",
+        status.held_risks
+    );
+    assert!(condition(&status, "Ready").message.contains(&risky));
+    assert!(status.last_applied_revision.unwrap().ends_with(&first));
+    assert!(status.last_attempted_revision.unwrap().ends_with(&risky));
+    assert_eq!(
+        names::<Shadow>(&client).await,
+        ["tape-keys-dr"],
+        "held: nothing pruned"
+    );
+    assert!(
+        events(&client)
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "RiskHeld")
+    );
+
+    // Accepting another commit, or too short a prefix, accepts nothing.
+    annotate_accept(&client, &first).await;
+    assert_eq!(ready(&reconcile(&client, &cache).await).1, "RiskHeld");
+    annotate_accept(&client, &risky[..6]).await;
+    assert_eq!(ready(&reconcile(&client, &cache).await).1, "RiskHeld");
+
+    annotate_accept(&client, &risky[..12]).await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert!(status.held_risks.is_empty());
+    assert!(status.last_applied_revision.unwrap().ends_with(&risky));
+    assert!(
+        names::<Shadow>(&client).await.is_empty(),
+        "pruned once accepted"
+    );
+}
+
+#[tokio::test]
+async fn pruning_never_deletes_a_key_manager_and_an_empty_branch_prunes_nothing() {
+    let root = scratch("prune");
+    let work = Work::new(&root);
+    work.quickstart();
+    work.commit("the quickstart");
+    let client = cluster().await;
+    create_source(&client, serde_json::json!({"url": work.url()})).await;
+    let cache = root.join("cache");
+    reconcile(&client, &cache).await;
+
+    // A removed DriveTable is pruned (once its risk, drives unlisted, is accepted).
+    work.remove("drivetable.yaml");
+    let head = work.commit("library A retired");
+    annotate_accept(&client, &head).await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "Succeeded", "{status:?}");
+    assert!(names::<DriveTable>(&client).await.is_empty());
+
+    // Everything of tape-keys removed, another KeyManager declared: the KeyManager is
+    // kept and reported orphaned; its KeyGroup and Shadow are pruned.
+    for file in ["keymanager.yaml", "keygroup.yaml", "shadow.yaml"] {
+        work.remove(file);
+    }
+    work.write(
+        "other.yaml",
+        &quickstart_file("keymanager.yaml")
+            .replace("name: tape-keys", "name: vault-keys")
+            .replace("serverId: tape-keys-eu1", "serverId: vault-keys-eu1"),
+    );
+    let head = work.commit("tape-keys retired");
+    let status = reconcile(&client, &cache).await;
+    assert!(
+        status
+            .held_risks
+            .iter()
+            .any(|r| r.code == "key-manager-deleted"),
+        "{:?}",
+        status.held_risks
+    );
+    annotate_accept(&client, &head).await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "Succeeded", "{status:?}");
+    assert_eq!(
+        names::<KeyManager>(&client).await,
+        ["tape-keys", "vault-keys"]
+    );
+    assert!(names::<KeyGroup>(&client).await.is_empty());
+    assert!(names::<Shadow>(&client).await.is_empty());
+    let orphan = AppliedObject {
+        kind: "KeyManager".into(),
+        namespace: NS.into(),
+        name: "tape-keys".into(),
+    };
+    assert_eq!(status.orphaned, std::slice::from_ref(&orphan));
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("KeyManager default/tape-keys")
+    );
+
+    // Still reported on the next revision, which does not declare it either.
+    work.write("notes.txt", "a file that is not a manifest\n");
+    work.commit("notes");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(status.orphaned, [orphan]);
+
+    // An empty branch, even accepted, prunes nothing.
+    work.remove("other.yaml");
+    let empty = work.commit("everything removed");
+    annotate_accept(&client, &empty).await;
+    let before = status.last_applied_revision.clone();
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "EmptySource".into()),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Stalled").status, "True");
+    assert_eq!(status.last_applied_revision, before);
+    assert_eq!(
+        names::<KeyManager>(&client).await,
+        ["tape-keys", "vault-keys"]
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_repository_changes_nothing() {
+    let root = scratch("unreachable");
+    let work = Work::new(&root);
+    work.quickstart();
+    work.commit("the quickstart");
+    let client = cluster().await;
+    create_source(&client, serde_json::json!({"url": work.url()})).await;
+    let cache = root.join("cache");
+    let applied = reconcile(&client, &cache).await;
+
+    // The repository goes away.
+    std::fs::rename(&work.dir, root.join("gone")).unwrap();
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "FetchFailed".into()),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Reconciling").status, "True");
+    assert_eq!(condition(&status, "Stalled").status, "False");
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("nothing pruned")
+    );
+    assert_eq!(status.last_applied_revision, applied.last_applied_revision);
+    assert_eq!(status.inventory, applied.inventory);
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+    assert!(
+        events(&client)
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "FetchFailed")
+    );
+
+    // A transport this build lacks says so.
+    let api = Api::<GitSource>::namespaced(client.clone(), NS);
+    let mut source = api.get(SOURCE).await.unwrap();
+    source.spec.url = "https://git.example.org/estate.git".to_owned();
+    api.replace(SOURCE, &PostParams::default(), &source)
+        .await
+        .unwrap();
+    let status = reconcile(&client, &cache).await;
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("built without libgit2's https transport"),
+        "{status:?}"
+    );
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+}
+
+/// An Ed25519 key made with `ssh-keygen`: (private key file, its allowed-signers line).
+fn ssh_key(root: &Path, name: &str) -> (PathBuf, String) {
+    let key = root.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let line = format!(
+        "test@example.com {} {}\n",
+        fields.next().unwrap(),
+        fields.next().unwrap()
+    );
+    (key, line)
+}
+
+fn signed_commit(work: &Work, key: &Path, message: &str) -> String {
+    work.git(&["add", "-A"]);
+    work.git(&[
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &format!("user.signingkey={}", key.display()),
+        "commit",
+        "-q",
+        "-S",
+        "--allow-empty",
+        "-m",
+        message,
+    ]);
+    work.git(&["rev-parse", "HEAD"])
+}
+
+#[tokio::test]
+async fn a_signed_head_is_applied_an_unsigned_or_foreign_one_refused() {
+    let root = scratch("signed");
+    let work = Work::new(&root);
+    let (key, allowed) = ssh_key(&root, "signer");
+    let (stranger, _) = ssh_key(&root, "stranger");
+    work.quickstart();
+    let signed = signed_commit(&work, &key, "the quickstart, signed");
+    let client = cluster().await;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("signers".to_owned()),
+            namespace: Some(NS.to_owned()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "allowed_signers".to_owned(),
+                k8s_openapi::ByteString(allowed.into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    create_source(
+        &client,
+        serde_json::json!({"url": work.url(),
+                           "verify": {"mode": "ssh", "allowedSignersRef": {"name": "signers"}}}),
+    )
+    .await;
+    let cache = root.join("cache");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert!(status.last_applied_revision.unwrap().ends_with(&signed));
+
+    // Unsigned: refused, nothing applied.
+    work.write(
+        "drivetable.yaml",
+        &with_drive(&quickstart_file("drivetable.yaml"), "1013000126"),
+    );
+    let unsigned = work.commit("a drive, unsigned");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "VerificationFailed".into())
+    );
+    assert!(
+        condition(&status, "Ready").message.contains("not signed"),
+        "{status:?}"
+    );
+    assert!(status.last_attempted_revision.unwrap().ends_with(&unsigned));
+    assert!(status.last_applied_revision.unwrap().ends_with(&signed));
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    // Signed by a key that is not an allowed signer: refused too.
+    signed_commit(&work, &stranger, "a drive, signed by a stranger");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "VerificationFailed");
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("not an allowed signer"),
+        "{status:?}"
+    );
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    // Signed by the allowed key: applied.
+    let good = signed_commit(&work, &key, "a drive, signed");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "Succeeded", "{status:?}");
+    assert!(status.last_applied_revision.unwrap().ends_with(&good));
+    assert!(drives(&client).await.contains(&"1013000126".to_owned()));
+
+    // OpenPGP is refused by name, never applied unchecked.
+    let api = Api::<GitSource>::namespaced(client.clone(), NS);
+    let mut source = api.get(SOURCE).await.unwrap();
+    source.spec.verify = serde_json::from_value(
+        serde_json::json!({"mode": "openpgp", "keyRingRef": {"name": "signers"}}),
+    )
+    .unwrap();
+    api.replace(SOURCE, &PostParams::default(), &source)
+        .await
+        .unwrap();
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "VerificationFailed");
+    assert!(condition(&status, "Ready").message.contains("OpenPGP"));
+}
+
+#[tokio::test]
+async fn an_invalid_head_a_binary_manifest_or_a_missing_path_is_refused_and_changes_nothing() {
+    let root = scratch("invalid");
+    let work = Work::new(&root);
+    std::fs::create_dir_all(work.dir.join("site")).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    for file in [
+        "keymanager.yaml",
+        "keygroup.yaml",
+        "drivetable.yaml",
+        "shadow.yaml",
+    ] {
+        work.write(
+            &format!("site/{file}"),
+            &std::fs::read_to_string(dir.join(file)).unwrap(),
+        );
+    }
+    work.write("README.yaml", "not: [valid");
+    let first = work.commit("the quickstart under site/");
+    let client = cluster().await;
+    create_source(
+        &client,
+        serde_json::json!({"url": work.url(), "path": "site"}),
+    )
+    .await;
+    let cache = root.join("cache");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status).1,
+        "Succeeded",
+        "only site/ is read: {status:?}"
+    );
+
+    // A manifest that does not parse, under the path.
+    work.write(
+        "site/drivetable.yaml",
+        "apiVersion: shadowkeep.io/v1alpha1\nkind: DriveTable\nmetadata: {name: library-a\n",
+    );
+    let broken = work.commit("a broken table");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "InvalidHead".into()),
+        "{status:?}"
+    );
+    let message = &condition(&status, "Ready").message;
+    assert!(
+        message.contains("site/drivetable.yaml") && message.contains("nothing applied"),
+        "{message}"
+    );
+    assert!(status.last_attempted_revision.unwrap().ends_with(&broken));
+    assert!(status.last_applied_revision.unwrap().ends_with(&first));
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+
+    // A binary file named as a manifest.
+    std::fs::write(work.dir.join("site/drivetable.yaml"), b"\x00\x01binary\xff").unwrap();
+    work.commit("a binary table");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidHead");
+    assert!(
+        condition(&status, "Ready").message.contains("binary"),
+        "{status:?}"
+    );
+
+    // The path gone from the branch: nothing to apply, nothing pruned.
+    work.git(&["rm", "-q", "-r", "site"]);
+    work.commit("site/ moved away");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "EmptySource", "{status:?}");
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("holds no shadowkeep object under site")
+    );
+    assert_eq!(names::<KeyManager>(&client).await, ["tape-keys"]);
+    assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+}

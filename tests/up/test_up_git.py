@@ -1,0 +1,124 @@
+"""`shadowkeep up --git`: the quickstart followed from a local Git repository built here with
+the `git` binary. A commit changes what `up` serves; a risky commit is held (the estate keeps
+running as it was) until its commit is written into DIR/git/accept-risks.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from test_up import QUICKSTART, Up, binary, create, get, processes_using, wait_for
+
+GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def git(repo, *args):
+    out = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
+         "-c", "commit.gpgsign=false", *args],
+        cwd=repo, env=GIT_ENV, capture_output=True, text=True, check=True, timeout=60,
+    )
+    return out.stdout.strip()
+
+
+def commit(repo, message):
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+class GitUp(Up):
+    """`shadowkeep up --git` following branch main of `repo`, fetched every second."""
+
+    def start(self):
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [binary(), "up", "--git", f"file://{self.manifests}#main", "--git-interval", "1s",
+             "--data-dir", str(self.data_dir), "--address-base", self.base],
+            stdout=self.out, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def git_status(self):
+        return json.loads((self.data_dir / "git" / "status.json").read_text())
+
+    def ready(self):
+        status = self.git_status()
+        [ready] = [c for c in status["conditions"] if c["type"] == "Ready"]
+        return ready
+
+
+@pytest.fixture
+def repo(tmp_path):
+    dest = tmp_path / "repo"
+    shutil.copytree(QUICKSTART, dest)
+    git(dest, "init", "-q", "-b", "main")
+    commit(dest, "the quickstart")
+    return dest
+
+
+@pytest.fixture
+def up(tmp_path, repo):
+    running = GitUp(tmp_path, repo).start()
+    running.wait_ready()
+    yield running
+    if running.proc.poll() is None:
+        code = running.interrupt()
+        assert code == 0, running.output()[-4000:]
+    wait_for("no server left", lambda: not processes_using(running.data_dir), limit=30)
+
+
+def test_a_commit_to_the_followed_branch_changes_what_up_serves(up, repo):
+    first = git(repo, "rev-parse", "HEAD")
+    assert f"git: applied main@sha1:{first}" in up.output()
+    assert up.git_status()["lastAppliedRevision"] == f"main@sha1:{first}"
+    pid = up.proc.pid
+
+    table = repo / "drivetable.yaml"
+    table.write_text(table.read_text() + """    - serial: "2013000001"
+      certificateIdentity: library-b.tape.example.com
+      keyGroup: lto-default
+""")
+    second = commit(repo, "library B")
+
+    def admitted():
+        e = up.estate()
+        if not any(c["identity"] == "library-b.tape.example.com" for c in e["clients"]):
+            return None
+        return e if all(s["pid"] for s in e["servers"]) else None
+
+    estate = wait_for("library-b's certificate in estate.json", admitted)
+    replicas = [s for s in estate["servers"] if s["role"] == "replica"]
+    uid, material = wait_for(
+        "library-b served",
+        lambda: create(estate, replicas[0], "TAPE-B-0001", identity="library-b.tape.example.com"),
+    )
+    assert get(estate, replicas[1], uid, identity="library-b.tape.example.com") == material
+    assert up.git_status()["lastAppliedRevision"] == f"main@sha1:{second}"
+    assert up.proc.poll() is None and up.proc.pid == pid
+
+
+def test_a_risky_commit_is_held_until_its_commit_is_written_to_accept_risks(up, repo):
+    shadows = [s["name"] for s in up.estate()["servers"] if s["role"] == "shadow"]
+    assert shadows == ["tape-keys-dr"]
+
+    (repo / "shadow.yaml").unlink()
+    risky = commit(repo, "no more shadow")
+    held = wait_for("the commit held", lambda: up.ready()["reason"] == "RiskHeld" and up.ready())
+    assert risky in held["message"]
+    assert "last-active-shadow" in [r["code"] for r in up.git_status()["heldRisks"]]
+    assert f"echo {risky} >" in up.output()
+    # Held: the shadow keeps running, the applied revision stays.
+    assert up.git_status()["lastAppliedRevision"] != f"main@sha1:{risky}"
+    assert [s["name"] for s in up.estate()["servers"] if s["role"] == "shadow"] == shadows
+
+    (up.data_dir / "git" / "accept-risks").write_text(risky + "\n")
+    wait_for("the accepted commit applied",
+             lambda: up.git_status()["lastAppliedRevision"] == f"main@sha1:{risky}")
+    wait_for("the pruned shadow stopped",
+             lambda: not [s for s in up.estate()["servers"] if s["role"] == "shadow"])
+    assert up.git_status()["heldRisks"] == []
+    assert "git: pruned Shadow default/tape-keys-dr" in up.output()
