@@ -3,5 +3,7 @@
 //! sealed to the user's recovery keys.
 //!
 //! - [`archive`]: one backup as one self-contained object; sealed, opened, verified.
+//! - [`restore`]: a backup merged back into its KeyManager, or a lost one rebuilt.
 
 pub mod archive;
+pub mod restore;
