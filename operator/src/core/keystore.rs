@@ -177,6 +177,15 @@ impl Canonical {
         Ok(report)
     }
 
+    /// Merges a backup's keystore: keys it lacks, states that moved forward and conflicts
+    /// to quarantine all change what is stored.
+    pub fn merge_backup(&mut self, backup: &Keystore) -> Result<MergeReport, Error> {
+        let report = self.keystore.merge(backup).map_err(Error::Keystore)?;
+        self.changed |=
+            !report.added.is_empty() || !report.updated.is_empty() || !report.conflicts.is_empty();
+        Ok(report)
+    }
+
     /// Copies the keys of `group` (every key when `None`) from another KeyManager's
     /// keystore, re-sealed under this KEK; how many were added.
     pub fn carry_from(&mut self, from: &Self, group: Option<&str>) -> Result<usize, Error> {

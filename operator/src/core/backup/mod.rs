@@ -4,6 +4,7 @@
 //!
 //! - [`archive`]: one backup as one self-contained object; sealed, opened, verified.
 //! - [`s3`]: an S3-compatible bucket as a target (both shells).
+//! - [`restore`]: a backup merged back into its KeyManager, or a lost one rebuilt.
 //!
 //! [`back_up`] decides and writes, the same in both shells: a target whose newest backup
 //! (as the status remembers it, else as its own listing says) does not hold the canonical
@@ -12,6 +13,7 @@
 //! keystore sync go on.
 
 pub mod archive;
+pub mod restore;
 pub mod s3;
 
 use std::time::Duration;
