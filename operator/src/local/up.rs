@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
 use sha2::{Digest as _, Sha256};
-use shadowkeep_api::crd::DesiredShadowState;
+use shadowkeep_api::crd::{DesiredShadowState, KeyManager};
 use shadowkeep_api::estate::Estate;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -30,7 +30,7 @@ use super::supervise::{Log, Role, ServerSpec, Supervisor};
 use crate::core::configuration::{self, Brought, Target};
 use crate::core::drive_moves::risk_message;
 use crate::core::keystore_sync::ReplicaAddress;
-use crate::core::prepare::resync_after;
+use crate::core::prepare::{Prepared, resync_after};
 use crate::core::state::{Item, Owner, State as _};
 use crate::manifests::files::{ManifestFiles, read_manifest};
 use crate::manifests::validate::{EXIT_VALID, load_except};
@@ -192,30 +192,17 @@ async fn up(options: Options) -> ExitCode {
         say(&format!("{e}: nothing started, nothing written"));
         return ExitCode::FAILURE;
     }
-    let root = match std::path::absolute(&options.data_dir) {
-        Ok(root) => root,
-        Err(e) => {
-            say(&format!(
-                "failed to use {}: {e}",
-                options.data_dir.display()
-            ));
-            return ExitCode::FAILURE;
-        }
-    };
-    let layout = Layout::new(&root);
-    let _lock = match early_lock.map_or_else(|| lock(&layout), Ok) {
-        Ok(lock) => lock,
+    let (layout, exe) = match place(&options.data_dir) {
+        Ok(place) => place,
         Err(e) => {
             say(&e);
             return ExitCode::FAILURE;
         }
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
+    let _lock = match early_lock.map_or_else(|| lock(&layout), Ok) {
+        Ok(lock) => lock,
         Err(e) => {
-            say(&format!(
-                "failed to find this program to start the servers: {e}"
-            ));
+            say(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -257,6 +244,15 @@ async fn up(options: Options) -> ExitCode {
     let code = up.run(&paths, &mut signals).await;
     up.write_estate(false);
     code
+}
+
+/// The data directory's layout, and this program, which runs the servers.
+fn place(data_dir: &Path) -> Result<(Layout, PathBuf), String> {
+    let root = std::path::absolute(data_dir)
+        .map_err(|e| format!("failed to use {}: {e}", data_dir.display()))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("failed to find this program to start the servers: {e}"))?;
+    Ok((Layout::new(&root), exe))
 }
 
 /// The data directory's lock, taken early when following a branch.
@@ -352,6 +348,38 @@ struct Up {
 }
 
 impl Up {
+    /// What a KeyManager's reconcile came to: its keys and sync, and what the operator
+    /// tells in Events (keys carried, backup targets failing) and conditions (risks).
+    fn tell_reconciled(&self, name: &str, km: &KeyManager, prepared: &Prepared) {
+        let synced = &prepared.synced.condition;
+        self.log.line(
+            UP,
+            &format!(
+                "KeyManager {name}: {} keys; {}",
+                prepared.keys, synced.message
+            ),
+        );
+        for carried in &prepared.carried {
+            self.log
+                .line(UP, &format!("KeyManager {name}: {}", carried.note));
+        }
+        for (target, error) in &prepared.backups.failures {
+            self.log.line(
+                UP,
+                &format!("KeyManager {name}: backup target {target}: {error}"),
+            );
+        }
+        if !prepared.risks.is_empty() {
+            self.log.line(
+                UP,
+                &format!(
+                    "KeyManager {name}: {}",
+                    risk_message(&prepared.risks, &km.name_any())
+                ),
+            );
+        }
+    }
+
     fn say(&self, line: &str) {
         self.log.line(UP, line);
     }
@@ -404,33 +432,7 @@ impl Up {
                 .insert(name.clone(), tokio::time::Instant::now() + resync_after(km));
             match reconcile::reconcile(&local, km, &now).await {
                 Ok(Ended::Reconciled(done)) => {
-                    let synced = &done.prepared.synced.condition;
-                    self.log.line(
-                        UP,
-                        &format!(
-                            "KeyManager {name}: {} keys; {}",
-                            done.prepared.keys, synced.message
-                        ),
-                    );
-                    // The operator's KeyHistoryCarried Event, told here.
-                    for carried in &done.prepared.carried {
-                        self.log.line(UP, &format!("KeyManager {name}: {}", carried.note));
-                    }
-                    for (target, error) in &done.prepared.backups.failures {
-                        self.log.line(
-                            UP,
-                            &format!("KeyManager {name}: backup target {target}: {error}"),
-                        );
-                    }
-                    if !done.prepared.risks.is_empty() {
-                        self.log.line(
-                            UP,
-                            &format!(
-                                "KeyManager {name}: {}",
-                                risk_message(&done.prepared.risks, &km.name_any())
-                            ),
-                        );
-                    }
+                    self.tell_reconciled(&name, km, &done.prepared);
                     for server in &done.servers {
                         self.log.widen(server.name.len());
                     }

@@ -58,7 +58,7 @@ pub enum RestoreError {
         into: String,
         /// The cause.
         #[source]
-        source: Error,
+        source: Box<Error>,
     },
 }
 
@@ -104,7 +104,7 @@ pub async fn restore<S: State>(
     }
     let core = |source: Error| RestoreError::Core {
         into: into.reference(),
-        source,
+        source: Box::new(source),
     };
     let archived = verified(backup, kek)?;
     let in_backup = archived.keystore().len();
