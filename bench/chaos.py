@@ -370,8 +370,24 @@ class Run:
     def victims(self):
         return [s for s in self.up.estate()["servers"] if s["role"] == "replica"]
 
+    def tape_replicas(self):
+        """tape-keys' replicas once estate.json names a live process for each (a killed
+        one is restarted by `up` first)."""
+        def alive():
+            found = [s for s in self.victims() if s["keyManager"] == "tape-keys"]
+            for s in found:
+                if not s["pid"]:
+                    return None
+                os.kill(s["pid"], 0)
+            return found if len(found) == 2 else None
+        return until("both tape-keys replicas running", alive, limit=120)
+
     def random_fault(self):
-        victim = self.rng.choice(self.victims())
+        victims = [v for v in self.victims() if v["pid"]]
+        if not victims:
+            self.stop.wait(0.5)
+            return
+        victim = self.rng.choice(victims)
         # Every kind in turn, in an order of the seed's: even a short run meets each.
         if not self.kinds:
             self.kinds = ["kill", "freeze", "cut"]
@@ -379,32 +395,44 @@ class Run:
         kind = self.kinds.pop()
         length = self.rng.uniform(2, 5)
         address = victim["kmip"].rsplit(":", 1)[0]
-        self.faults[kind] += 1
-        if kind == "kill":
-            self.note(f"SIGKILL {victim['name']} (pid {victim['pid']})")
-            os.kill(victim["pid"], signal.SIGKILL)
-            self.stop.wait(length)
-        elif kind == "freeze":
-            self.note(f"SIGSTOP {victim['name']} for {length:.1f} s")
-            self.frozen.add(victim["pid"])
-            os.kill(victim["pid"], signal.SIGSTOP)
-            self.stop.wait(length)
-            os.kill(victim["pid"], signal.SIGCONT)
+        try:
+            if kind == "kill":
+                os.kill(victim["pid"], signal.SIGKILL)
+                self.note(f"SIGKILL {victim['name']} (pid {victim['pid']})")
+                self.faults[kind] += 1
+                self.stop.wait(length)
+            elif kind == "freeze":
+                self.frozen.add(victim["pid"])
+                os.kill(victim["pid"], signal.SIGSTOP)
+                self.note(f"SIGSTOP {victim['name']} for {length:.1f} s")
+                self.faults[kind] += 1
+                try:
+                    self.stop.wait(length)
+                finally:
+                    os.kill(victim["pid"], signal.SIGCONT)
+                    self.frozen.discard(victim["pid"])
+            else:
+                self.note(f"cut off {victim['name']} ({address}) for {length:.1f} s")
+                self.faults[kind] += 1
+                self.cut_off.add(address)
+                cut(address)
+                try:
+                    self.stop.wait(length)
+                finally:
+                    reconnect(address)
+                    self.cut_off.discard(address)
+        except ProcessLookupError:
+            # estate.json still named a process `up` had already restarted: the next
+            # fault picks again.
             self.frozen.discard(victim["pid"])
-        else:
-            self.note(f"cut off {victim['name']} ({address}) for {length:.1f} s")
-            self.cut_off.add(address)
-            cut(address)
-            self.stop.wait(length)
-            reconnect(address)
-            self.cut_off.discard(address)
+            self.kinds.append(kind)
 
     def takeover(self):
         """Freezes both tape-keys replicas until the shadow serves an acknowledged key and
         refuses a Create, then thaws them until it hands back."""
         with self.lock:
             known = [(u, m) for u, (_, m, _) in self.acked.items() if m is not None]
-        replicas = [s for s in self.victims() if s["keyManager"] == "tape-keys"]
+        replicas = self.tape_replicas()
         self.note("SIGSTOP both tape-keys replicas: the shadow should take over")
         for r in replicas:
             self.frozen.add(r["pid"])
@@ -502,7 +530,7 @@ class Run:
         self.note("the password rotation is done")
 
         # The shadow serves every acknowledged key once both replicas are gone.
-        replicas = [s for s in self.victims() if s["keyManager"] == "tape-keys"]
+        replicas = self.tape_replicas()
         for r in replicas:
             os.kill(r["pid"], signal.SIGSTOP)
             self.frozen.add(r["pid"])
