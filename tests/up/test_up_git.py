@@ -55,6 +55,12 @@ class GitUp(Up):
 def repo(tmp_path):
     dest = tmp_path / "repo"
     shutil.copytree(QUICKSTART, dest)
+    # A recovery recipient (its private key thrown away): without one the head carries the
+    # "no recovery key" warning, a risk that would hold the first sync.
+    km = dest / "keymanager.yaml"
+    km.write_text(km.read_text().replace(
+        "  backup:\n",
+        "  backup:\n    recoveryRecipients: [age1hy3xdcy84zv0ux2msjyne60kecsz72sjlj08hxq3v6552xpaef7qcvqxp0]\n", 1))
     git(dest, "init", "-q", "-b", "main")
     commit(dest, "the quickstart")
     return dest
