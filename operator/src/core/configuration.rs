@@ -18,12 +18,11 @@ use hyper::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use shadowkeep_api::server_config::ConfigurationReport;
 use shadowkeep_api::shadow::wire::StateReport;
-use shadowkeep_server::https::http1_connect_as;
 use tokio_rustls::TlsConnector;
 
 use super::conditions::{condition, reasons, types};
-use super::keystore_sync::{ReplicaAddress, request};
-use super::shadow::observe::{CALL_TIMEOUT, SYNC_TIMEOUT};
+use super::keystore_sync::ReplicaAddress;
+use super::shadow::observe::{CALL_TIMEOUT, call, sync_now};
 
 /// A server to bring to the configuration.
 #[derive(Clone, Debug)]
@@ -116,33 +115,14 @@ async fn bring(target: &Target, connector: &TlsConnector, digest: &str) -> Resul
                 Method::PUT,
                 "/v1/configuration",
                 file.clone(),
+                CALL_TIMEOUT,
             )
             .await?;
             serde_json::from_slice::<ConfigurationReport>(&reply)
                 .map_err(|e| format!("/v1/configuration: its answer: {e}"))?
         }
         Target::Shadow { .. } => {
-            let sync = async {
-                let mut sender =
-                    http1_connect_as(&server.address, &server.server_name, connector).await?;
-                request(
-                    &mut sender,
-                    server,
-                    Method::POST,
-                    "/v1/shadow/sync",
-                    Vec::new(),
-                    "/v1/shadow/sync: ",
-                )
-                .await
-            };
-            tokio::time::timeout(SYNC_TIMEOUT, sync)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "/v1/shadow/sync: no answer within {} s",
-                        SYNC_TIMEOUT.as_secs()
-                    ))
-                })?;
+            sync_now(server, connector).await?;
             configuration_of(server, connector).await?
         }
     };
@@ -166,41 +146,20 @@ async fn configuration_of(
     server: &ReplicaAddress,
     connector: &TlsConnector,
 ) -> Result<ConfigurationReport, String> {
-    let body = call(server, connector, Method::GET, "/v1/state", Vec::new()).await?;
+    let body = call(
+        server,
+        connector,
+        Method::GET,
+        "/v1/state",
+        Vec::new(),
+        CALL_TIMEOUT,
+    )
+    .await?;
     let state: StateReport =
         serde_json::from_slice(&body).map_err(|e| format!("/v1/state: its answer: {e}"))?;
     state.configuration.ok_or_else(|| {
         "/v1/state: reports no configuration (a server too old to take one live)".to_owned()
     })
-}
-
-async fn call(
-    server: &ReplicaAddress,
-    connector: &TlsConnector,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    let exchange = async {
-        let mut sender = http1_connect_as(&server.address, &server.server_name, connector).await?;
-        request(
-            &mut sender,
-            server,
-            method,
-            path,
-            body,
-            &format!("{path}: "),
-        )
-        .await
-    };
-    tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "{path}: no answer within {} s",
-                CALL_TIMEOUT.as_secs()
-            ))
-        })
 }
 
 /// `ConfigurationApplied`: True when every server runs with the configuration, else the

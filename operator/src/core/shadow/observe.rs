@@ -21,8 +21,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a sync-now may take: the shadow answers once its round is done.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(35);
 
-/// Calls `method path` on `server` and returns the answer's body, or why there is none.
-async fn call(
+/// Calls `method path` on `server` and returns the answer's body, or why there is none
+/// within `timeout`.
+pub async fn call(
     server: &ReplicaAddress,
     connector: &TlsConnector,
     method: Method,
