@@ -305,3 +305,137 @@ async fn refusals_kube() {
 async fn refusals_dir() {
     refusals_change_nothing(DataDir::new(temp_dir("refusals"))).await;
 }
+
+/// The in-memory API server holding KeyManager tapes/tape-keys, its backups escrowed to
+/// `identity`, with a `secret` target `vault` holding two backups of it (the newest with
+/// two keys); and the restore command's cluster shell over it.
+async fn cluster_with_two_backups(
+    identity: &age::x25519::Identity,
+) -> (kube::Client, shadowkeep::cli::restore::Cluster) {
+    use kube::api::{Api, PostParams};
+    use shadowkeep::cli::restore::Cluster;
+    use shadowkeep::controller::backup::KubeTargets;
+    use shadowkeep::core::backup::Targets as _;
+    use shadowkeep_api::crd::KeyManager;
+
+    let client = ClientBuilder::new()
+        .with_resource::<KeyManager>()
+        .build()
+        .await
+        .unwrap();
+    let key_manager: KeyManager = serde_yaml::from_str(&format!(
+        "apiVersion: shadowkeep.io/v1alpha1\nkind: KeyManager\nmetadata: {{name: tape-keys, namespace: tapes}}\n\
+         spec:\n  serverId: tape-keys-eu1\n  backup:\n    recoveryRecipients: [{}]\n    targets:\n      - {{name: vault, secret: {{namespace: vault}}}}\n",
+        identity.to_public()
+    ))
+    .unwrap();
+    Api::<KeyManager>::namespaced(client.clone(), "tapes")
+        .create(&PostParams::default(), &key_manager)
+        .await
+        .unwrap();
+    let targets = KubeTargets::new(client.clone());
+    let vault = &key_manager.spec.backup.targets[0];
+    let target = targets.open(&owner(), vault).await.unwrap();
+    for (names, at) in [
+        (&["TAPE01"][..], "2026-12-02T10:00:00Z"),
+        (&["TAPE01", "TAPE02"][..], "2026-12-02T11:00:00Z"),
+    ] {
+        let sealed = archive::seal(&Contents {
+            owner: &owner(),
+            keystore: &keystore(&OLD_KEK, names).to_bytes().unwrap(),
+            kek: &OLD_KEK,
+            recipients: &[identity.to_public().to_string()],
+            manifests: &[],
+            created_at: at.parse().unwrap(),
+        })
+        .unwrap();
+        target.create(&sealed.name, sealed.bytes).await.unwrap();
+    }
+    (client.clone(), Cluster { client, targets })
+}
+
+/// `shadowkeep restore` in the cluster shell, against the in-memory API server: the newest
+/// backup of the KeyManager's `secret` target (another namespace) rebuilds its lost KEK and
+/// keystore, the KeyManager is annotated to wake the operator, a second restore adds
+/// nothing, and a target it does not declare is refused naming what it declares.
+#[tokio::test]
+async fn the_restore_command_rebuilds_from_a_secret_target_in_the_cluster() {
+    use kube::api::Api;
+    use shadowkeep::cli::restore::{RESTORED_ANNOTATION, Source, restore_in};
+    use shadowkeep_api::crd::KeyManager;
+
+    let identity = age::x25519::Identity::generate();
+    let (client, shell) = cluster_with_two_backups(&identity).await;
+    let state = Kube::new(client.clone());
+    let from = |name: &str| Source::Target {
+        name: name.into(),
+        backup: None,
+    };
+    let identities = std::slice::from_ref(&identity);
+
+    let done = restore_in(
+        &state,
+        &shell,
+        &from("vault"),
+        Some(owner()),
+        identities,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.how, done.keys_in_backup, done.added, done.written),
+        ("rebuilt", 2, 2, true),
+        "{done:?}"
+    );
+    let (kek, keystore_bytes) = stored(&state).await;
+    assert_eq!(kek.unwrap(), OLD_KEK);
+    assert_eq!(
+        Keystore::from_bytes(&keystore_bytes.unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
+    let annotated = Api::<KeyManager>::namespaced(client.clone(), "tapes")
+        .get("tape-keys")
+        .await
+        .unwrap();
+    assert_eq!(
+        annotated
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(RESTORED_ANNOTATION),
+        Some(&done.backup)
+    );
+
+    let again = restore_in(
+        &state,
+        &shell,
+        &from("vault"),
+        Some(owner()),
+        identities,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.how, again.added, again.written),
+        ("merged", 0, false)
+    );
+
+    let unknown = restore_in(
+        &state,
+        &shell,
+        &from("offsite"),
+        Some(owner()),
+        identities,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        unknown.contains("declares no backup target \"offsite\"") && unknown.contains("vault"),
+        "{unknown}"
+    );
+}

@@ -873,30 +873,56 @@ class Moto:
         self.log.close()
 
 
+def with_s3_backups(tmp_path, manifests, moto):
+    """Declares target `offsite` (moto's bucket `backups-bucket`, prefix `estates`) and a new
+    recovery key on the quickstart's KeyManager; its credentials as files under
+    tmp_path/secrets. Returns the recovery key file."""
+    moto.s3().create_bucket(Bucket="backups-bucket")
+    key = tmp_path / "recovery.key"
+    public = subprocess.run(
+        [binary(), "recovery-key", "new", "--out", key], capture_output=True, check=True, timeout=60,
+    ).stdout.decode().strip()
+    assert public.startswith("age1") and oct(key.stat().st_mode & 0o777) == "0o600"
+    secret = tmp_path / "secrets" / "default" / "backup-s3"
+    secret.mkdir(parents=True)
+    (secret / "accessKeyId").write_text("AKIDSHADOWKEEPTEST")
+    (secret / "secretAccessKey").write_text("moto-secret-value-never-printed")
+    manifest = manifests / "keymanager.yaml"
+    manifest.write_text(manifest.read_text().replace(
+        "    retention: 30\n",
+        "    retention: 30\n"
+        f"    recoveryRecipients: [{public}]\n"
+        "    targets:\n"
+        "      - name: offsite\n"
+        f"        s3: {{endpoint: '{moto.endpoint}', allowHttp: true, bucket: backups-bucket,"
+        " prefix: estates, credentialsSecretRef: {name: backup-s3}}\n",
+        1,
+    ))
+    return key
+
+
+def request_reconcile(manifests, at):
+    """Edits the KeyManager's reconcile-requested-at annotation to `at`: `up` reconciles it
+    at once (pulling new keys into the canonical keystore, then backing it up)."""
+    manifest = manifests / "keymanager.yaml"
+    text = manifest.read_text()
+    marker = "    shadowkeep.io/reconcile-requested-at: "
+    if marker in text:
+        head, rest = text.split(marker, 1)
+        text = head + marker + f'"{at}"\n' + rest.split("\n", 1)[1]
+    else:
+        text = text.replace(
+            "  name: tape-keys\n",
+            f'  name: tape-keys\n  annotations:\n{marker}"{at}"\n',
+            1,
+        )
+    manifest.write_text(text)
+
+
 def test_up_backs_up_to_s3_after_a_create_and_the_backup_opens_with_the_recovery_key(tmp_path, manifests):
     moto = Moto(tmp_path)
     try:
-        moto.s3().create_bucket(Bucket="backups-bucket")
-        key = tmp_path / "recovery.key"
-        public = subprocess.run(
-            [binary(), "recovery-key", "new", "--out", key], capture_output=True, check=True, timeout=60,
-        ).stdout.decode().strip()
-        assert public.startswith("age1") and oct(key.stat().st_mode & 0o777) == "0o600"
-        secret = tmp_path / "secrets" / "default" / "backup-s3"
-        secret.mkdir(parents=True)
-        (secret / "accessKeyId").write_text("AKIDSHADOWKEEPTEST")
-        (secret / "secretAccessKey").write_text("moto-secret-value-never-printed")
-        manifest = manifests / "keymanager.yaml"
-        manifest.write_text(manifest.read_text().replace(
-            "    retention: 30\n",
-            "    retention: 30\n"
-            f"    recoveryRecipients: [{public}]\n"
-            "    targets:\n"
-            "      - name: offsite\n"
-            f"        s3: {{endpoint: '{moto.endpoint}', allowHttp: true, bucket: backups-bucket,"
-            " prefix: estates, credentialsSecretRef: {name: backup-s3}}\n",
-            1,
-        ))
+        key = with_s3_backups(tmp_path, manifests, moto)
         up = Up(tmp_path, manifests, extra=["--secrets", str(tmp_path / "secrets")]).start()
         try:
             up.wait_ready()
@@ -912,11 +938,7 @@ def test_up_backs_up_to_s3_after_a_create_and_the_backup_opens_with_the_recovery
             assert first["escrowed"] is True
             estate = up.estate()
             create(estate, estate["servers"][0], "TAPE0100")
-            manifest.write_text(manifest.read_text().replace(
-                "  name: tape-keys\n",
-                "  name: tape-keys\n  annotations:\n    shadowkeep.io/reconcile-requested-at: \"2026-12-02T23:00:00Z\"\n",
-                1,
-            ))
+            request_reconcile(manifests, "2026-12-02T23:00:00Z")
             status, second = wait_for(
                 "a second backup after the Create", lambda: backed_up(first["lastBackup"]),
             )

@@ -4,6 +4,7 @@ pub mod crds;
 pub mod plan;
 pub mod recovery;
 pub mod render;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,11 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Restore a backup: merge it into its KeyManager's keystore (grow-only, never a
+    /// rollback), or rebuild a lost KeyManager's KEK and keystore from it, in the cluster of
+    /// the kubeconfig or, with --data-dir, in `shadowkeep up`'s data directory (with `up`
+    /// stopped). Exit 0 when restored, 1 when refused; a refusal writes nothing.
+    Restore(restore::Options),
     /// Run the key server (the same as the `shadowkeep-server` binary).
     Server(shadowkeep_server::cli::Args),
     /// Show what a change to the estate's Git repository does, object by object, and its
@@ -241,6 +247,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Backup {
             command: BackupCommand::Verify { file, recovery_key },
         } => recovery::verify(&file, recovery_key.as_deref()),
+        Command::Restore(options) => restore::run(&options),
         Command::Server(args) => shadowkeep_server::cli::main(args),
         Command::Plan {
             base,

@@ -127,11 +127,24 @@ pub fn verify(file: &Path, recovery_key: Option<&Path>) -> ExitCode {
     }
 }
 
-fn verified(file: &Path, recovery_key: Option<&Path>) -> Result<Verified, String> {
+/// The bytes of backup file `file`, read no further than a backup may reach (the archive
+/// refuses what is longer).
+pub fn read_backup_file(file: &Path) -> Result<Vec<u8>, String> {
+    let failed = |e: String| format!("failed to read backup {}: {e}", file.display());
+    // A FIFO would block the open itself: only a regular file is opened.
+    let meta = std::fs::metadata(file).map_err(|e| failed(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(failed("not a regular file".into()));
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(file)
         .and_then(|f| f.take(MAX_BYTES as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("failed to read: {e}"))?;
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn verified(file: &Path, recovery_key: Option<&Path>) -> Result<Verified, String> {
+    let bytes = read_backup_file(file)?;
     let opened = archive::open(&bytes).map_err(|e| e.to_string())?;
     let keystore = Keystore::from_bytes(&opened.keystore)
         .map_err(|e| format!("failed to read its keystore: {e}"))?;

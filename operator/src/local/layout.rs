@@ -92,6 +92,35 @@ impl Layout {
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("up.lock")
     }
+
+    /// Takes the directory's lock (made when missing), held for as long as the file is
+    /// open: one process writes a data directory at a time, `up` or `restore`.
+    pub fn lock(&self) -> Result<std::fs::File, String> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let root = self.root();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| format!("failed to create {}: {e}", root.display()))?;
+        let path = self.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("failed to open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another `shadowkeep up` runs with {} (or a restore into it); stop it first",
+                root.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("failed to lock {}: {e}", path.display()))
+            }
+        }
+    }
 }
 
 /// Writes `dir/name` (made, mode 0700, when missing) unless it already holds `bytes`, whole

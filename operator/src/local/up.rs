@@ -199,7 +199,7 @@ async fn up(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _lock = match early_lock.map_or_else(|| lock(&layout), Ok) {
+    let _lock = match early_lock.map_or_else(|| layout.lock(), Ok) {
         Ok(lock) => lock,
         Err(e) => {
             say(&e);
@@ -272,7 +272,7 @@ async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, 
     };
     let root = std::path::absolute(&options.data_dir)
         .map_err(|e| format!("failed to use {}: {e}", options.data_dir.display()))?;
-    let lock = lock(&Layout::new(&root))?;
+    let lock = Layout::new(&root).lock()?;
     let dirs = GitDirs::new(&root);
     let branch = &follow.branch;
     say(&format!(
@@ -296,34 +296,6 @@ async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, 
         vec![dirs.estate()],
         Some((dirs, follow.clone())),
     ))
-}
-
-/// Holds the data directory's lock while `up` runs.
-fn lock(layout: &Layout) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let root = layout.root();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-        .map_err(|e| format!("failed to create {}: {e}", root.display()))?;
-    let path = layout.lock_file();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("failed to open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another `shadowkeep up` runs with {}; stop it first",
-            root.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("failed to lock {}: {e}", path.display()))
-        }
-    }
 }
 
 struct Up {

@@ -12,9 +12,11 @@
 //! Every key of the backup is opened with the recovered KEK before anything is written: a
 //! backup whose keys do not open under it changes nothing.
 
+use shadowkeep_api::crd::BackupSpec;
 use shadowkeep_api::keystore::Keystore;
 
-use super::archive::Opened;
+use super::Targets;
+use super::archive::{Opened, is_backup_name};
 use crate::core::Error;
 use crate::core::keystore::Canonical;
 use crate::core::material;
@@ -180,6 +182,61 @@ pub async fn restore<S: State>(
         }
     }
     Ok(restored)
+}
+
+/// Reads a backup from target `target` of `owner` (as `spec` declares it, reached through
+/// the shell's `targets`): backup `backup` when named, else the newest it holds. Returns its
+/// name and bytes.
+pub async fn fetch(
+    targets: &dyn Targets,
+    owner: &Owner,
+    spec: &BackupSpec,
+    target: &str,
+    backup: Option<&str>,
+) -> Result<(String, Vec<u8>), String> {
+    let declared = spec
+        .targets
+        .iter()
+        .find(|t| t.name == target)
+        .ok_or_else(|| {
+            let names: Vec<&str> = spec.targets.iter().map(|t| t.name.as_str()).collect();
+            format!(
+                "KeyManager {owner} declares no backup target {target:?} (spec.backup.targets: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let what = format!("target {target} of KeyManager {owner}");
+    let store = targets
+        .open(owner, declared)
+        .await
+        .map_err(|e| format!("failed to open {what}: {e}"))?;
+    let name = match backup {
+        Some(name) if !is_backup_name(name) => {
+            return Err(format!(
+                "{name:?} is not a backup's name (keystore-MILLIS-DIGEST.skb)"
+            ));
+        }
+        Some(name) => name.to_owned(),
+        None => {
+            let mut names = store
+                .list()
+                .await
+                .map_err(|e| format!("failed to list {what}: {e}"))?;
+            names.sort();
+            names
+                .pop()
+                .ok_or_else(|| format!("{what} holds no backup"))?
+        }
+    };
+    let bytes = store
+        .read(&name)
+        .await
+        .map_err(|e| format!("failed to read backup {name} from {what}: {e}"))?;
+    Ok((name, bytes))
 }
 
 /// The backup's keystore under its KEK, every key opened once to prove it.
