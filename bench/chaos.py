@@ -25,12 +25,17 @@ At the end every fault is healed and the run waits until: both replicas and the 
 the same keystore digest; every acknowledged key is served by both replicas with the
 material the client saw; the rotation is done; the moved drive's keys are on vault-keys with
 identical material. The shadow is then made to serve once more (both replicas frozen) and
-every acknowledged key is read from it. It prints: acknowledged, lost (must be 0), conflicts
+every acknowledged key is read from it. Last, the latest backup: tape-keys backs up to an S3
+bucket (moto's real S3 server, run inside the namespace) with its KEK sealed to a recovery
+key; once the newest backup holds the replicas' keystore, it is restored with
+`shadowkeep restore` into a new data directory, a second `up` serves it, and every
+acknowledged key is read from that. It prints: acknowledged, lost (must be 0), conflicts
 (a key whose material differs anywhere, must be 0), failed and unknown-outcome Creates,
 faults by kind, and the time to converge after the last fault. Exit status 0 only when
 nothing was lost, nothing conflicted and every check held; 3 when the run could not be set up.
 
-BIN defaults to target/release/shadowkeep; S to 120; N to 4.
+BIN defaults to target/release/shadowkeep; S to 120; N to 4. moto_server is taken from beside
+this Python (.venv/bin, `pip install -r tests/requirements.txt`) unless --moto names it.
 """
 import argparse
 import json
@@ -97,6 +102,8 @@ def arguments():
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--moto", type=Path, default=Path(sys.executable).parent / "moto_server",
+                   help="moto's S3 server, for the backups")
     p.add_argument("--inside", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -129,6 +136,10 @@ def outside(args):
     if os.geteuid() != 0 or not shutil.which("ip"):
         print("chaos run not possible: it needs root and iproute2's `ip` to make its own "
               "network namespace", file=sys.stderr)
+        return 3
+    if not args.moto.exists():
+        print(f"chaos run not possible: no moto_server at {args.moto} for the backups "
+              "(pip install -r tests/requirements.txt, or --moto PATH)", file=sys.stderr)
         return 3
     name = f"skchaos{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
@@ -236,12 +247,13 @@ def read_everything(up, name, uids, tries=3):
 
 
 class Up:
-    def __init__(self, binary, manifests, data, log):
+    def __init__(self, binary, manifests, data, log, secrets, base="127.0.1.2"):
         self.data = data
         self.log_path = log
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(
-            [binary, "up", str(manifests), "--data-dir", str(data), "--address-base", "127.0.1.2"],
+            [binary, "up", str(manifests), "--data-dir", str(data), "--address-base", base,
+             "--secrets", str(secrets)],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.binary = binary
 
@@ -303,6 +315,69 @@ def write_vault(manifests, moved):
         VAULT.format(annotations=annotations, moved=RECEIVED_ENTRY if moved else ""))
 
 
+class Moto:
+    """moto's S3 server on 127.0.0.1 inside the namespace (no fault touches that address),
+    holding tape-keys' backups."""
+
+    BUCKET = "chaos-backups"
+    PREFIX = "estates/default/tape-keys/"
+
+    def __init__(self, path, work):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(work / "moto.log", "wb")
+        self.proc = subprocess.Popen([path, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+        def listening():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        until("moto_server listening", listening, limit=60)
+        self.s3().create_bucket(Bucket=self.BUCKET)
+
+    def s3(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="AKIDCHAOS", aws_secret_access_key="chaos")
+
+    def declare(self, binary, keymanager, recovery_key, secrets):
+        """A recovery key, the credentials as `up --secrets` files, and target `offsite` in
+        the KeyManager's manifest."""
+        public = subprocess.run([binary, "recovery-key", "new", "--out", recovery_key],
+                                capture_output=True, check=True, timeout=60).stdout.decode().strip()
+        creds = secrets / "default" / "backup-s3"
+        creds.mkdir(parents=True)
+        (creds / "accessKeyId").write_text("AKIDCHAOS")
+        (creds / "secretAccessKey").write_text("chaos")
+        text = keymanager.read_text()
+        assert "    retention: 30\n" in text
+        keymanager.write_text(text.replace(
+            "    retention: 30\n",
+            "    retention: 30\n"
+            f"    recoveryRecipients: [{public}]\n"
+            "    targets:\n"
+            f"      - name: offsite\n        s3: {{endpoint: '{self.endpoint}', allowHttp: true, "
+            f"bucket: {self.BUCKET}, prefix: estates, credentialsSecretRef: {{name: backup-s3}}}}\n",
+            1))
+
+    def newest(self, into):
+        """The newest backup, copied to file `into`; its name."""
+        listed = self.s3().list_objects_v2(Bucket=self.BUCKET, Prefix=self.PREFIX)
+        names = sorted(o["Key"] for o in listed.get("Contents", []))
+        if not names:
+            return None
+        into.write_bytes(self.s3().get_object(Bucket=self.BUCKET, Key=names[-1])["Body"].read())
+        return names[-1]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -317,7 +392,12 @@ class Run:
         shadow.write_text(shadow.read_text().replace("takeoverGracePeriod: 5m",
                                                      "takeoverGracePeriod: 3s"))
         write_vault(self.manifests, moved=False)
-        self.up = Up(args.binary, self.manifests, work / "data", work / "up.log")
+        self.moto = Moto(args.moto, work)
+        self.recovery_key = work / "recovery.key"
+        self.secrets = work / "secrets"
+        self.moto.declare(args.binary, self.manifests / "keymanager.yaml", self.recovery_key,
+                          self.secrets)
+        self.up = Up(args.binary, self.manifests, work / "data", work / "up.log", self.secrets)
         self.lock = threading.Lock()
         self.acked = {}       # uid -> (barcode, material or None, when acknowledged)
         self.failed = 0       # Creates answered with an error or refused at connect
@@ -562,6 +642,45 @@ class Run:
         differ = sum(1 for u in before if there[u] is not None and here[u] != there[u])
         return len(before), missing, differ
 
+    def latest_backup(self, uids):
+        """Waits until the newest backup holds the keystore the replicas converged on, restores
+        it into a new data directory, serves that with a second `up`, and reads every
+        acknowledged key from it."""
+        servers = [s for s in self.up.status()["servers"] if s["keyManager"] == "tape-keys"]
+        digest = servers[0]["digest"]
+        # A reconcile now, rather than at the next sync interval: it pulls, then backs up.
+        annotate(self.manifests / "keymanager.yaml", "tape-keys",
+                 "shadowkeep.io/reconcile-requested-at", "chaos")
+        copy = self.work / "newest.skb"
+
+        def holds_it():
+            if not self.moto.newest(copy):
+                return None
+            verified = subprocess.run(
+                [self.args.binary, "backup", "verify", copy, "--recovery-key", self.recovery_key],
+                capture_output=True, check=True, timeout=120)
+            found = json.loads(verified.stdout)
+            return found if found["keystoreDigest"] == digest and found["recovered"] else None
+        found = until("the newest backup holding the converged keystore", holds_it,
+                      limit=300, every=1.0)
+        restored_dir = self.work / "restored"
+        done = subprocess.run(
+            [self.args.binary, "restore", "--from", copy, "--recovery-key", self.recovery_key,
+             "--data-dir", restored_dir, "-o", "json"],
+            capture_output=True, timeout=300)
+        if done.returncode != 0:
+            raise Failed(f"restore of the newest backup failed: {done.stderr.decode()[-2000:]}")
+        report = json.loads(done.stdout)
+        self.note(f"the newest backup ({found['keys']} keys) restored into a new data directory: "
+                  f"{report['how']}, {report['added']} keys")
+        second = Up(self.args.binary, self.manifests, restored_dir, self.work / "restored-up.log",
+                    self.secrets, base="127.0.2.2")
+        try:
+            second.ready()
+            self.served["backup"] = read_everything(second, "tape-keys-0", uids)
+        finally:
+            second.stop()
+
     def run(self):
         self.up.ready()
         self.started = time.monotonic()
@@ -582,6 +701,7 @@ class Run:
         self.note(f"faults over; {len(self.acked)} Creates acknowledged")
         self.converge()
         moved, moved_lost, moved_conflicts = self.moved_keys()
+        self.latest_backup(sorted(self.acked))
         lost = 0
         conflicts = 0
         for uid, (barcode, material, _) in self.acked.items():
@@ -629,6 +749,7 @@ def inside(args):
         return 1
     finally:
         run.heal()
+        run.moto.stop()
     run.up.stop()
     if args.json:
         print(json.dumps(result))

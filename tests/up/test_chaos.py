@@ -1,10 +1,11 @@
 """The chaos run (bench/chaos.py), short: tape-style Creates from three clients for 30 s while
 replicas are killed, frozen and cut off, the shadow takes over and hands back, a password
 rotation and an accepted drive move run. Every acknowledged key must then be served, with
-the material its client saw, by both replicas and by the shadow, and the moved drive's keys
-by the KeyManager it moved to.
+the material its client saw, by both replicas, by the shadow, and by a new data directory
+restored from the newest S3 backup (moto), and the moved drive's keys by the KeyManager it
+moved to.
 
-It needs root and `ip` (its own network namespace). Without them it skips, saying so —
+It needs root, `ip` (its own network namespace) and moto_server. Without them it skips, saying so —
 except under `.ci/run` (SHADOWKEEP_CI set), where that is a failure.
 """
 
@@ -42,5 +43,5 @@ def test_a_short_chaos_run_loses_no_acknowledged_key(tmp_path):
     # server was read.
     assert figures["acknowledged"] >= 50, figures
     assert all(n >= 1 for n in figures["faults"].values()), figures
-    assert figures["checkedOn"] == ["tape-keys-0", "tape-keys-1", "tape-keys-dr"], figures
+    assert figures["checkedOn"] == ["backup", "tape-keys-0", "tape-keys-1", "tape-keys-dr"], figures
     assert figures["movedDriveKeysCarried"] >= 1, figures
