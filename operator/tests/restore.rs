@@ -261,6 +261,48 @@ async fn refusals_change_nothing<S: State>(state: S) {
     assert_eq!(stored(&state).await, before, "nothing changed");
 }
 
+/// A rebuild that stopped after storing the KEK (a full disk, a killed process) is made
+/// whole by the next restore of that backup; a KEK of another without a keystore is refused.
+async fn a_half_rebuild_is_completed_by_the_next_restore<S: State>(state: S) {
+    let store = keystore(&OLD_KEK, &["TAPE01", "TAPE02"]);
+    let (opened, kek) = backup(&owner(), &OLD_KEK, &store);
+    state
+        .create(&owner(), Item::Kek, Fields::of([("kek", NEW_KEK.to_vec())]))
+        .await
+        .unwrap();
+    let refused = restore(&state, &opened, &kek, &owner(), 5, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, RestoreError::Inconsistent { .. }),
+        "{refused}"
+    );
+    assert_eq!(stored(&state).await, (Some(NEW_KEK.to_vec()), None));
+
+    let other = Owner::new("tapes", "tape-keys-2");
+    let (opened, kek) = backup(&other, &OLD_KEK, &store);
+    state
+        .create(&other, Item::Kek, Fields::of([("kek", OLD_KEK.to_vec())]))
+        .await
+        .unwrap();
+    let done = restore(&state, &opened, &kek, &other, 5, false)
+        .await
+        .unwrap();
+    assert!(done.rebuilt && done.written && done.added == 2, "{done:?}");
+    let keystore_after = state.read(&other, Item::Keystore).await.unwrap().unwrap();
+    assert_eq!(keystore_after.get("keystore"), opened.keystore);
+}
+
+#[tokio::test]
+async fn half_rebuild_kube() {
+    a_half_rebuild_is_completed_by_the_next_restore(kube().await).await;
+}
+
+#[tokio::test]
+async fn half_rebuild_dir() {
+    a_half_rebuild_is_completed_by_the_next_restore(DataDir::new(temp_dir("half"))).await;
+}
+
 async fn kube() -> Kube {
     Kube::new(ClientBuilder::new().build().await.unwrap())
 }

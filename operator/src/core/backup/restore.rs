@@ -123,12 +123,15 @@ pub async fn restore<S: State>(
         in_backup,
         ..Restored::default()
     };
+    // Lost, or half rebuilt by a restore that stopped between its two writes (the KEK
+    // stored is the backup's): made whole.
+    let lost = stored_keystore.is_none() && stored_kek.as_ref().is_none_or(|f| f.get("kek") == kek);
     match (stored_kek, stored_keystore) {
-        (None, None) if dry_run => {
+        (_, None) if lost && dry_run => {
             restored.rebuilt = true;
             restored.added = in_backup;
         }
-        (None, None) => {
+        (_, None) if lost => {
             restored.rebuilt = true;
             if rebuild(state, into, kek, &backup.keystore)
                 .await
@@ -153,10 +156,10 @@ pub async fn restore<S: State>(
                 restored.written = current.commit(state).await.map_err(core)?;
             }
         }
-        (Some(_), None) | (None, Some(_)) => {
+        (_, None) | (None, Some(_)) => {
             return Err(RestoreError::Inconsistent {
                 into: into.reference(),
-                reason: "it has a KEK without a keystore, or a keystore without a KEK".into(),
+                reason: "it has a KEK (not the backup's) without a keystore, or a keystore without a KEK".into(),
             });
         }
         (Some(kek_fields), Some(keystore_fields)) => {
