@@ -675,6 +675,13 @@ def test_a_drive_table_edit_reaches_every_replica_and_the_shadow_without_a_resta
 
     taken = wait_for("every replica and the shadow on the new drive table", every_server_took_it)
     assert all("problem" not in c and "restartNeeded" not in c for c in taken.values()), taken
+
+    def applied():
+        km = next(k for k in up.status()["keyManagers"] if k["name"] == "tape-keys")
+        c = next((c for c in km["conditions"] if c["type"] == "ConfigurationApplied"), None)
+        return c if c and c["status"] == "True" else None
+    # Recorded in the status as the operator records it: both replicas and the shadow.
+    assert "(3 server(s))" in wait_for("ConfigurationApplied in the status", applied)["message"]
     replicas = [s for s in estate["servers"] if s["role"] == "replica"]
     shadow = next(s for s in estate["servers"] if s["role"] == "shadow")
     uid, material = wait_for("library-b served", lambda: create(

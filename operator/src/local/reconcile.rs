@@ -416,7 +416,8 @@ async fn write_status(
         twins: &twins,
         shadows: &shadows,
         duplicates: &duplicates,
-        // `up` tells how the servers took the configuration in its log.
+        // `up` pushes the configuration once the servers run, and records
+        // `ConfigurationApplied` then (`Up::record_applied`); the merge keeps it.
         configuration: None,
     };
     let state = local.layout.state();

@@ -497,7 +497,9 @@ impl Up {
                     }
                 })
                 .collect();
-            for outcome in configuration::apply(&targets, &connector, digest).await {
+            let outcomes = configuration::apply(&targets, &connector, digest).await;
+            self.record_applied(&state, owner, &outcomes).await;
+            for outcome in outcomes {
                 match outcome.result {
                     Ok(Brought::Pushed) => self.say(&format!(
                         "{}: drive table applied without a restart",
@@ -509,6 +511,30 @@ impl Up {
                         outcome.server
                     )),
                 }
+            }
+        }
+    }
+
+    /// Records `ConfigurationApplied` in `owner`'s status, as the operator does in the
+    /// KeyManager's; the reconcile that wrote the rest keeps it.
+    async fn record_applied(
+        &self,
+        state: &crate::core::state::dir::DataDir,
+        owner: &Owner,
+        outcomes: &[configuration::Outcome],
+    ) {
+        let Ok(Some(mut status)) = state.read_status(owner).await else {
+            return;
+        };
+        let now = Time(Timestamp::now());
+        let condition = configuration::applied_condition(outcomes, None, &now);
+        let conditions = crate::core::conditions::merge(&status.conditions, vec![condition]);
+        if conditions != status.conditions {
+            status.conditions = conditions;
+            if let Err(e) = state.write_status(owner, &status).await {
+                self.say(&format!(
+                    "KeyManager {owner}: failed to write its status: {e}"
+                ));
             }
         }
     }
