@@ -437,6 +437,57 @@ def test_a_drive_moved_to_another_key_manager_is_held_back_until_accepted(tmp_pa
         assert running.interrupt() == 0
 
 
+def test_an_accepted_move_whose_carry_failed_is_served_once_a_later_reconcile_carries_it(tmp_path, manifests):
+    (manifests / "vault.yaml").write_text(SECOND_KEY_MANAGER)
+    running = Up(tmp_path, manifests).start()
+    try:
+        estate = running.wait_ready()
+        tape = [s for s in estate["servers"] if s["keyManager"] == "tape-keys" and s["role"] == "replica"]
+        uid, material = create(estate, tape[0], "TAPE-CARRIED")
+        # A tape-keys replica frozen: the move is accepted, but its keys cannot be carried.
+        os.kill(tape[1]["pid"], signal.SIGSTOP)
+        try:
+            table = manifests / "drivetable.yaml"
+            text = table.read_text()
+            moved = """    - serial: "1013000124"
+      wwn: "500104F000AB1235"
+      certificateIdentity: library-a.tape.example.com
+      keyGroup: lto-default
+      description: Library A, frame 1, drive 2
+"""
+            assert moved in text
+            table.write_text(text.replace(moved, ""))
+            (manifests / "vault.yaml").write_text(SECOND_KEY_MANAGER.replace(
+                "  name: library-v\n",
+                "  name: library-v\n  annotations:\n    shadowkeep.io/accept-drive-moves: \"1013000124\"\n",
+            ) + """    - serial: "1013000124"
+      certificateIdentity: library-a.tape.example.com
+""")
+            wait_for("the carry refused while a replica is frozen", lambda: (
+                'drive "1013000124" (DriveTable library-v) was served by KeyManager "default/tape-keys", '
+                "and the move is accepted, but its keys could not be carried" in running.output()))
+        finally:
+            os.kill(tape[1]["pid"], signal.SIGCONT)
+
+        def client_listed():
+            e = running.estate()
+            return e if any(c["identity"] == "library-a.tape.example.com" and c["keyManager"] == "vault-keys"
+                            for c in e["clients"]) else None
+        # No edit: the next periodic reconcile (at most 30 s) carries the keys, and estate.json
+        # lists the client certificate that reaches them on vault-keys.
+        estate = wait_for("estate.json listing library-a's certificate for vault-keys", client_listed)
+        vault = next(s for s in estate["servers"] if s["name"] == "vault-keys-0")
+        c = next(c for c in estate["clients"]
+                 if c["identity"] == "library-a.tape.example.com" and c["keyManager"] == "vault-keys")
+        host, port = vault["kmip"].rsplit(":", 1)
+        with ProxyKmipClient(hostname=host, port=int(port), cert=c["cert"], key=c["key"], ca=estate["ca"],
+                             ssl_version="PROTOCOL_TLSv1_2", kmip_version=enums.KMIPVersion.KMIP_1_2,
+                             config_file="/dev/null") as k:
+            assert k.get(uid).value == material
+    finally:
+        assert running.interrupt() == 0
+
+
 def test_an_address_outside_loopback_starts_nothing_and_writes_nothing(tmp_path, manifests):
     refused = Up(tmp_path, manifests, data_dir=tmp_path / "never", base="10.0.0.1").start()
     assert refused.proc.wait(timeout=60) == 1

@@ -709,6 +709,7 @@ impl Up {
                         }
                         continue;
                     }
+                    let clients = self.clients.clone();
                     // A reconcile can wait a minute for a restarted server; a signal
                     // meanwhile stops `up` at once rather than after it.
                     let stopped = tokio::select! {
@@ -718,7 +719,9 @@ impl Up {
                     if stopped {
                         break;
                     }
-                    if edited {
+                    // A periodic reconcile changes the clients too: a held-back drive
+                    // whose keys it carried is served now, with a client certificate.
+                    if edited || self.clients != clients {
                         pids = self.pids();
                         self.write_estate(false);
                     }
