@@ -83,6 +83,11 @@ pub enum Command {
         /// Refuse a head not signed (SSH signature) by a key of this allowed-signers file.
         #[arg(long, value_name = "FILE", requires = "git")]
         git_allowed_signers: Option<PathBuf>,
+        /// Fetch with the credentials of this Secret, read from --secrets
+        /// DIR/default/NAME/KEY: username and password (and optionally ca.crt) for https,
+        /// identity and `known_hosts` for ssh.
+        #[arg(long, value_name = "NAME", requires_all = ["git", "secrets"])]
+        git_credentials: Option<String>,
         /// Where the keys, certificates and servers' stores are kept; reused by later runs.
         #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
         data_dir: PathBuf,
@@ -206,6 +211,7 @@ pub fn run(cli: Cli) -> ExitCode {
             git,
             git_interval,
             git_allowed_signers,
+            git_credentials,
             data_dir,
             address_base,
             secrets,
@@ -215,6 +221,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     branch,
                     interval: git_interval.as_duration(),
                     allowed_signers: git_allowed_signers,
+                    credentials: git_credentials
+                        .zip(secrets.clone())
+                        .map(|(name, secrets)| crate::local::git::SecretFiles { secrets, name }),
                 }),
                 Err(e) => {
                     eprintln!("shadowkeep up: {e}");
