@@ -72,7 +72,7 @@ pub enum Command {
         )]
         paths: Vec<PathBuf>,
         /// Follow a Git branch instead of reading files: `URL[#branch][:path]` (branch
-        /// `main` by default; a local path or file:// URL). Each new head is planned against
+        /// `main` by default; https://, ssh://, a local path or file:// URL). Each new head is planned against
         /// the last applied one and applied, or held while it has risks until its commit is
         /// written into DIR/git/accept-risks.
         #[arg(long, value_name = "URL[#BRANCH][:PATH]")]
