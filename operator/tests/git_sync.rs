@@ -1111,6 +1111,37 @@ async fn a_branch_is_fetched_over_ssh_with_a_key_and_known_hosts_from_a_secret()
     );
     unchanged(&status);
 
+    // An encrypted identity: there is no passphrase to give, said so.
+    let encrypted = root.join("encrypted");
+    output(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "a passphrase",
+            "-f",
+            encrypted.to_str().unwrap(),
+        ],
+    );
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", &std::fs::read(&encrypted).unwrap()),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidSpec", "{status:?}");
+    assert!(
+        ready_message(&status).contains("key \"identity\" is encrypted"),
+        "{status:?}"
+    );
+    unchanged(&status);
+
     // The right key and host key again: the pushed head is applied.
     put_secret(
         &client,

@@ -133,6 +133,12 @@ impl Credentials {
                     "{origin} is given for a local repository, which is read without credentials"
                 ));
             }
+            Transport::Https if !url.to_ascii_lowercase().starts_with("https://") => {
+                return Err(format!(
+                    "{origin} is given for {}, a plain http URL: a password is sent only over https",
+                    super::fetch::redact(url)
+                ));
+            }
             Transport::Https => {
                 let username = text(USERNAME, true)?.unwrap_or_default();
                 let password = text(PASSWORD, true)?.unwrap_or_default();
@@ -459,7 +465,19 @@ pub(super) fn ssh_port(url: &str) -> u16 {
 
 #[cfg(test)]
 mod tests {
-    use super::{KnownHosts, Transport, glob, ssh_port};
+    use zeroize::Zeroizing;
+
+    use super::{Credentials, KnownHosts, Transport, glob, ssh_port};
+
+    #[test]
+    fn a_password_is_never_given_to_plain_http_or_a_local_repository() {
+        let mut read = |_: &str| Ok(Some(Zeroizing::new(b"value".to_vec())));
+        let e =
+            Credentials::read("http://git.example.org/r.git", "Secret a/b", &mut read).unwrap_err();
+        assert!(e.contains("a password is sent only over https"), "{e}");
+        let e = Credentials::read("file:///srv/r.git", "Secret a/b", &mut read).unwrap_err();
+        assert!(e.contains("local repository"), "{e}");
+    }
 
     #[test]
     fn transports_are_told_from_the_url() {
