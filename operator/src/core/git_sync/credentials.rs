@@ -470,6 +470,20 @@ mod tests {
     use super::{Credentials, KnownHosts, Transport, glob, ssh_port};
 
     #[test]
+    fn debug_names_where_credentials_came_from_never_a_value() {
+        let mut read = |key: &str| {
+            Ok((key != super::CA).then(|| Zeroizing::new(format!("{key}-s3cret").into_bytes())))
+        };
+        let credentials =
+            Credentials::read("https://git.example.org/r.git", "Secret a/b", &mut read).unwrap();
+        let shown = format!("{credentials:?}");
+        assert!(
+            shown.contains("Secret a/b") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn a_password_is_never_given_to_plain_http_or_a_local_repository() {
         let mut read = |_: &str| Ok(Some(Zeroizing::new(b"value".to_vec())));
         let e =
