@@ -2,7 +2,9 @@
 //! real Git repositories built here with the `git` binary: a branch applied, updated and
 //! force-pushed; a risky head held until its commit is accepted; pruning that never
 //! deletes a KeyManager and prunes nothing from an empty branch; an unreachable repository
-//! that changes nothing; signed and unsigned heads.
+//! that changes nothing; signed and unsigned heads; fetching over ssh from a real `sshd`
+//! and over https from `git http-backend` behind TLS and basic auth, with credentials from
+//! a Secret.
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
 #![allow(clippy::unwrap_used)]
@@ -518,20 +520,23 @@ async fn an_unreachable_repository_changes_nothing() {
             .any(|(t, r, _)| t == "Warning" && r == "FetchFailed")
     );
 
-    // A transport this build lacks says so.
+    // An https server that is not there: the same, nothing changed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
     let api = Api::<GitSource>::namespaced(client.clone(), NS);
     let mut source = api.get(SOURCE).await.unwrap();
-    source.spec.url = "https://git.example.org/estate.git".to_owned();
+    source.spec.url = format!("https://127.0.0.1:{port}/estate.git");
     api.replace(SOURCE, &PostParams::default(), &source)
         .await
         .unwrap();
     let status = reconcile(&client, &cache).await;
-    assert!(
-        condition(&status, "Ready")
-            .message
-            .contains("built without libgit2's https transport"),
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "FetchFailed".into()),
         "{status:?}"
     );
+    assert_eq!(status.last_applied_revision, applied.last_applied_revision);
     assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
 }
 
@@ -744,4 +749,588 @@ async fn an_invalid_head_a_binary_manifest_or_a_missing_path_is_refused_and_chan
     assert_eq!(names::<KeyManager>(&client).await, ["tape-keys"]);
     assert_eq!(names::<DriveTable>(&client).await, ["library-a"]);
     assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+}
+
+/// Creates or replaces Secret `name` with `data`.
+async fn put_secret(client: &kube::Client, name: &str, data: &[(&str, &[u8])]) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(NS.to_owned()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), k8s_openapi::ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let api = Api::<Secret>::namespaced(client.clone(), NS);
+    if api.get_opt(name).await.unwrap().is_some() {
+        api.replace(name, &PostParams::default(), &secret)
+            .await
+            .unwrap();
+    } else {
+        api.create(&PostParams::default(), &secret).await.unwrap();
+    }
+}
+
+fn ready_message(status: &GitSourceStatus) -> String {
+    condition(status, "Ready").message.clone()
+}
+
+/// Fails when a secret's value shows in the status or in an Event.
+async fn assert_secret_kept(client: &kube::Client, status: &GitSourceStatus, secret: &str) {
+    let events = events(client).await;
+    assert!(
+        !format!("{status:?}").contains(secret) && !format!("{events:?}").contains(secret),
+        "a secret value is in the status or an Event"
+    );
+}
+
+/// A child process killed when the test ends, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (at most 30 s) until `port` accepts connections; fails with `log` if `child`
+/// ends first.
+fn wait_listening(child: &mut Killed, port: u16, log: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!(
+                "the server ended ({exit}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A bare clone of `work` under `root/srv`, which the servers below serve.
+fn bare(work: &Work, root: &Path) -> PathBuf {
+    let srv = root.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let bare = srv.join("estate.git");
+    work.git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+    bare
+}
+
+/// A real `sshd` on 127.0.0.1 with its own host key, letting in the key `authorized`
+/// (whose public half is `authorized.pub`) as the user running the test; `git
+/// upload-pack` serves repositories by path. `None` where sshd is not installed, said on
+/// stderr; under CI (`SHADOWKEEP_CI`) its absence fails the test.
+struct Sshd {
+    _child: Killed,
+    port: u16,
+    user: String,
+    /// The host key's public line: `ssh-ed25519 AAAA... comment`.
+    host_key: String,
+}
+
+fn sshd(root: &Path, authorized: &Path) -> Option<Sshd> {
+    let Some(binary) = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        assert!(
+            std::env::var_os("SHADOWKEEP_CI").is_none(),
+            "sshd is not installed (apt-get install openssh-server)"
+        );
+        eprintln!("skipped: sshd is not installed (apt-get install openssh-server)");
+        return None;
+    };
+    let dir = root.join("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (host_key_file, _) = ssh_key(&dir, "host_key");
+    let host_key = std::fs::read_to_string(host_key_file.with_extension("pub")).unwrap();
+    std::fs::copy(
+        authorized.with_extension("pub"),
+        dir.join("authorized_keys"),
+    )
+    .unwrap();
+    if output("id", &["-u"]) == "0" {
+        // sshd run by root separates privileges into this directory, which only a booted
+        // system makes.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+    }
+    let user = output("id", &["-un"]);
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel VERBOSE\n",
+            host_key_file.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    let mut child = Killed(
+        Command::new(binary)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut child, port, &log);
+    Some(Sshd {
+        _child: child,
+        port,
+        user,
+        host_key,
+    })
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // one story: applied, impostor host, unknown host, no or bad identity, applied
+async fn a_branch_is_fetched_over_ssh_with_a_key_and_known_hosts_from_a_secret() {
+    let root = scratch("ssh");
+    let work = Work::new(&root);
+    work.quickstart();
+    let first = work.commit("the quickstart");
+    let bare = bare(&work, &root);
+    let (client_key, _) = ssh_key(&root, "client");
+    let Some(server) = sshd(&root, &client_key) else {
+        return;
+    };
+    let identity = std::fs::read_to_string(&client_key).unwrap();
+    // A line of the private key's body: it must never show anywhere.
+    let secret_line = identity.lines().nth(2).unwrap().to_owned();
+    let known = |key: &str| {
+        let mut fields = key.split_whitespace();
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            server.port,
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        )
+    };
+    let known_hosts = known(&server.host_key);
+    let client = cluster().await;
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", identity.as_bytes()),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        server.user,
+        server.port,
+        bare.display()
+    );
+    create_source(
+        &client,
+        serde_json::json!({"url": url, "credentialsRef": {"name": "git-ssh"}}),
+    )
+    .await;
+    let cache = root.join("cache");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert!(status.last_applied_revision.unwrap().ends_with(&first));
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+
+    // A new head pushed; from here on each refusal must leave it unapplied.
+    work.write(
+        "drivetable.yaml",
+        &with_drive(&quickstart_file("drivetable.yaml"), "1013000126"),
+    );
+    let second = work.commit("a drive");
+    work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
+    let unchanged = |status: &GitSourceStatus| {
+        assert!(
+            status
+                .last_applied_revision
+                .as_ref()
+                .unwrap()
+                .ends_with(&first),
+            "{status:?}"
+        );
+    };
+
+    // known_hosts lists another key for this host: refused, whatever the identity.
+    let (impostor, _) = ssh_key(&root, "impostor");
+    let impostor = std::fs::read_to_string(impostor.with_extension("pub")).unwrap();
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", identity.as_bytes()),
+            ("known_hosts", known(&impostor).as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "FetchFailed".into()),
+        "{status:?}"
+    );
+    let message = ready_message(&status);
+    assert!(
+        message.contains(&format!(
+            "is not the one known_hosts lists for it: refused (key \"known_hosts\" of Secret {NS}/git-ssh"
+        )),
+        "{message}"
+    );
+    unchanged(&status);
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+    assert_secret_kept(&client, &status, &secret_line).await;
+
+    // known_hosts does not list this host at all: refused too.
+    let elsewhere = known_hosts.replace(&format!(":{}]", server.port), ":1]");
+    let elsewhere = format!(
+        "[127.0.0.1]:1{}",
+        &elsewhere[elsewhere.find(' ').unwrap()..]
+    );
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", identity.as_bytes()),
+            ("known_hosts", elsewhere.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    let message = ready_message(&status);
+    assert!(
+        message.contains(&format!(
+            "[127.0.0.1]:{} is not listed in known_hosts",
+            server.port
+        )),
+        "{message}"
+    );
+    unchanged(&status);
+
+    // No identity: the Secret and the key are named, nothing is fetched.
+    put_secret(
+        &client,
+        "git-ssh",
+        &[("known_hosts", known_hosts.as_bytes())],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "InvalidSpec".into()),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Stalled").status, "True");
+    assert_eq!(
+        ready_message(&status),
+        format!(
+            "Secret {NS}/git-ssh (credentialsRef of GitSource {NS}/{SOURCE}) has no key \"identity\": nothing fetched or applied"
+        )
+    );
+    unchanged(&status);
+
+    // An identity the server does not let in: refused by the server, said so.
+    let (stranger, _) = ssh_key(&root, "stranger");
+    let stranger = std::fs::read_to_string(stranger).unwrap();
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", stranger.as_bytes()),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "FetchFailed", "{status:?}");
+    assert!(
+        ready_message(&status).contains(&format!(
+            "the server refused user \"{}\" with key \"identity\" of Secret {NS}/git-ssh",
+            server.user
+        )),
+        "{status:?}"
+    );
+    unchanged(&status);
+    assert_secret_kept(&client, &status, stranger.lines().nth(2).unwrap()).await;
+
+    // Not a private key at all: named before anything is fetched.
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", b"not a key"),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidSpec", "{status:?}");
+    assert!(
+        ready_message(&status).contains("key \"identity\" is not an OpenSSH private key"),
+        "{status:?}"
+    );
+    unchanged(&status);
+
+    // An encrypted identity: there is no passphrase to give, said so.
+    let encrypted = root.join("encrypted");
+    output(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "a passphrase",
+            "-f",
+            encrypted.to_str().unwrap(),
+        ],
+    );
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", &std::fs::read(&encrypted).unwrap()),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidSpec", "{status:?}");
+    assert!(
+        ready_message(&status).contains("key \"identity\" is encrypted"),
+        "{status:?}"
+    );
+    unchanged(&status);
+
+    // The right key and host key again: the pushed head is applied.
+    put_secret(
+        &client,
+        "git-ssh",
+        &[
+            ("identity", identity.as_bytes()),
+            ("known_hosts", known_hosts.as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "Succeeded", "{status:?}");
+    assert!(status.last_applied_revision.unwrap().ends_with(&second));
+    assert!(drives(&client).await.contains(&"1013000126".to_owned()));
+}
+
+/// `git http-backend` behind TLS and basic auth (`tests/fixtures/git_https.py`), serving
+/// the bare repositories of `root/srv` to `user` with `password`.
+struct Https {
+    _child: Killed,
+    port: u16,
+}
+
+fn https(root: &Path, cert: &shadowkeep_api::pki::Pair, user: &str, password: &str) -> Https {
+    let dir = root.join("https");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pem.as_bytes()).unwrap();
+    let backend = Path::new(&output("git", &["--exec-path"])).join("git-http-backend");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/git_https.py");
+    let log = dir.join("server.log");
+    let mut child = Command::new("python3")
+        .arg(&fixture)
+        .arg(root.join("srv"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(&backend)
+        .env("GIT_TEST_USER", user)
+        .env("GIT_TEST_PASSWORD", password)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Killed(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "the https fixture did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    wait_listening(&mut child, port, &log);
+    Https {
+        _child: child,
+        port,
+    }
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // one story: wrong password, no or another CA, no password, applied
+async fn a_branch_is_fetched_over_https_with_a_password_and_a_private_ca_from_a_secret() {
+    use shadowkeep_api::pki::{Authority, Usage};
+
+    let root = scratch("https");
+    let work = Work::new(&root);
+    work.quickstart();
+    let first = work.commit("the quickstart");
+    bare(&work, &root);
+    let ca = Authority::generate("git test CA").unwrap();
+    let cert = ca
+        .leaf("git", &["127.0.0.1".to_owned()], Usage::Server)
+        .unwrap();
+    let password = "correct horse battery staple";
+    let server = https(&root, &cert, "bot", password);
+    let client = cluster().await;
+    let url = format!("https://127.0.0.1:{}/estate.git", server.port);
+    create_source(
+        &client,
+        serde_json::json!({"url": url, "credentialsRef": {"name": "git-https"}}),
+    )
+    .await;
+    let cache = root.join("cache");
+
+    // A wrong password: refused by the server, said so without either password.
+    let wrong = "tr0ub4dor&3";
+    put_secret(
+        &client,
+        "git-https",
+        &[
+            ("username", b"bot"),
+            ("password", wrong.as_bytes()),
+            ("ca.crt", ca.cert_pem().as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("False".into(), "FetchFailed".into()),
+        "{status:?}"
+    );
+    assert!(
+        ready_message(&status).contains(&format!(
+            "the server refused user \"bot\" with key \"password\" of Secret {NS}/git-https (credentialsRef of GitSource {NS}/{SOURCE})"
+        )),
+        "{status:?}"
+    );
+    assert!(status.last_applied_revision.is_none());
+    assert!(names::<Shadow>(&client).await.is_empty());
+    assert_secret_kept(&client, &status, wrong).await;
+
+    // The right password, without ca.crt: the private CA is not trusted.
+    put_secret(
+        &client,
+        "git-https",
+        &[("username", b"bot"), ("password", password.as_bytes())],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "FetchFailed", "{status:?}");
+    assert!(
+        ready_message(&status).contains("as key ca.crt of its credentials Secret"),
+        "{status:?}"
+    );
+    assert!(names::<Shadow>(&client).await.is_empty());
+    assert_secret_kept(&client, &status, password).await;
+
+    // Another CA's ca.crt: refused by the check of this source.
+    let other = Authority::generate("another CA").unwrap();
+    put_secret(
+        &client,
+        "git-https",
+        &[
+            ("username", b"bot"),
+            ("password", password.as_bytes()),
+            ("ca.crt", other.cert_pem().as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "FetchFailed", "{status:?}");
+    assert!(
+        ready_message(&status).contains(&format!(
+            "the certificate of 127.0.0.1 is not trusted by key \"ca.crt\" of Secret {NS}/git-https"
+        )),
+        "{status:?}"
+    );
+    assert!(names::<Shadow>(&client).await.is_empty());
+
+    // No password key: named, nothing fetched.
+    put_secret(
+        &client,
+        "git-https",
+        &[("username", b"bot"), ("ca.crt", ca.cert_pem().as_bytes())],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "InvalidSpec", "{status:?}");
+    assert!(
+        ready_message(&status).contains("has no key \"password\""),
+        "{status:?}"
+    );
+
+    // The right password and the private CA: applied.
+    put_secret(
+        &client,
+        "git-https",
+        &[
+            ("username", b"bot"),
+            ("password", password.as_bytes()),
+            ("ca.crt", ca.cert_pem().as_bytes()),
+        ],
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .last_applied_revision
+            .as_ref()
+            .unwrap()
+            .ends_with(&first)
+    );
+    assert_eq!(names::<Shadow>(&client).await, ["tape-keys-dr"]);
+    assert_secret_kept(&client, &status, password).await;
 }

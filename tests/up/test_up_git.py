@@ -1,12 +1,15 @@
 """`shadowkeep up --git`: the quickstart followed from a local Git repository built here with
 the `git` binary. A commit changes what `up` serves; a risky commit is held (the estate keeps
-running as it was) until its commit is written into DIR/git/accept-risks.
+running as it was) until its commit is written into DIR/git/accept-risks. Over HTTPS (git http-backend behind
+TLS and basic auth, a private CA), the credentials are read from `--secrets` files.
 """
 
 import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +131,121 @@ def test_a_risky_commit_is_held_until_its_commit_is_written_to_accept_risks(up, 
              lambda: not [s for s in up.estate()["servers"] if s["role"] == "shadow"])
     assert up.git_status()["heldRisks"] == []
     assert "git: pruned Shadow default/tape-keys-dr" in up.output()
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def private_ca_and_server_cert(directory):
+    """A CA made here and a certificate for 127.0.0.1 it signs: (CA PEM, cert file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "git test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                         critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "git")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), cert_file, key_file
+
+
+@pytest.fixture
+def https_url(tmp_path, repo):
+    """The repository served over HTTPS with basic auth (user bot, PASSWORD) by
+    operator/tests/fixtures/git_https.py, behind a private CA: (URL, the CA's PEM)."""
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    git(repo, "clone", "-q", "--bare", ".", str(srv / "estate.git"))
+    ca, cert, key = private_ca_and_server_cert(tmp_path)
+    backend = Path(git(repo, "--exec-path")) / "git-http-backend"
+    fixture = Path(__file__).resolve().parents[2] / "operator" / "tests" / "fixtures" / "git_https.py"
+    server = subprocess.Popen(
+        [sys.executable, str(fixture), str(srv), str(cert), str(key), str(backend)],
+        stdout=subprocess.PIPE, env={**os.environ, "GIT_TEST_USER": "bot", "GIT_TEST_PASSWORD": PASSWORD},
+    )
+    port = int(server.stdout.readline())
+    yield f"https://127.0.0.1:{port}/estate.git", ca
+    server.kill()
+    server.wait()
+
+
+class UrlUp(GitUp):
+    """`shadowkeep up --git URL#main` with `extra` arguments."""
+
+    def __init__(self, tmp_path, url, extra):
+        super().__init__(tmp_path, None, extra=extra)
+        self.url = url
+
+    def start(self):
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [binary(), "up", "--git", f"{self.url}#main", "--git-interval", "1s",
+             "--data-dir", str(self.data_dir), "--address-base", self.base, *self.extra],
+            stdout=self.out, stderr=subprocess.STDOUT,
+        )
+        return self
+
+
+def test_up_fetches_over_https_with_credentials_read_from_secrets_files(tmp_path, repo, https_url):
+    url, ca = https_url
+    secrets = tmp_path / "secrets"
+    secret = secrets / "default" / "estate-git"
+    secret.mkdir(parents=True)
+    (secret / "username").write_text("bot\n")
+    (secret / "ca.crt").write_text(ca)
+    extra = ["--secrets", str(secrets), "--git-credentials", "estate-git"]
+
+    # No password: the Secret, its directory and the key named; nothing starts.
+    refused = UrlUp(tmp_path, url, extra).start()
+    assert refused.proc.wait(timeout=120) == 1, refused.output()[-4000:]
+    assert (f'git: Secret default/estate-git ({secret}, --git-credentials) has no key "password"; '
+            "nothing fetched or applied") in refused.output()
+    assert not processes_using(refused.data_dir)
+
+    # A wrong password: the server's refusal said, without the password; nothing starts.
+    (secret / "password").write_text("tr0ub4dor&3\n")
+    wrong = UrlUp(tmp_path, url, extra).start()
+    assert wrong.proc.wait(timeout=120) == 1, wrong.output()[-4000:]
+    assert 'the server refused user "bot" with key "password" of Secret default/estate-git' in wrong.output()
+    assert "tr0ub4dor" not in wrong.output()
+
+    (secret / "password").write_text(PASSWORD + "\n")
+    running = UrlUp(tmp_path, url, extra).start()
+    try:
+        running.wait_ready()
+        head = git(repo, "rev-parse", "HEAD")
+        assert running.git_status()["lastAppliedRevision"] == f"main@sha1:{head}"
+        assert f"git: applied main@sha1:{head}" in running.output()
+        assert PASSWORD not in running.output()
+    finally:
+        if running.proc.poll() is None:
+            assert running.interrupt() == 0, running.output()[-4000:]
+    wait_for("no server left", lambda: not processes_using(running.data_dir), limit=30)

@@ -43,7 +43,8 @@ use super::common::{Interval, interval_rule};
 #[x_kube(validation = kube::core::Rule::new("!self.url.startsWith('file://') || !has(self.credentialsRef)").message("is not used with a file:// URL").field_path(".credentialsRef"))]
 pub struct GitSourceSpec {
     /// The repository: `https://`, `ssh://` (or `user@host:path`), or `file://` for a
-    /// repository on the operator's own file system (tests, air-gapped mirrors).
+    /// repository on the operator's own file system (tests, air-gapped mirrors). Credentials
+    /// go in the Secret `credentialsRef` names, never in the URL.
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('ssh://') || self.startsWith('file:///') || self.matches('^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/].*$')").message("must be an https://, ssh://, file:/// or user@host:path URL"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('^https://[^/]*@')").message("must not hold credentials: put them in the Secret credentialsRef names"))]
     #[schemars(length(min = 1, max = 2048))]
@@ -68,8 +69,11 @@ pub struct GitSourceSpec {
     #[x_kube(validation = interval_rule!(min "10s", max "24h"))]
     pub interval: Interval,
 
-    /// A Secret in the same namespace with the credentials: `username` and `password` for
-    /// https, `identity` (a private key) and `known_hosts` for ssh. Never for file://.
+    /// A Secret in the same namespace with the credentials. https: `username` and
+    /// `password` (a token is a password), and optionally `ca.crt`, the PEM certificate of
+    /// a private CA trusted for this repository only. ssh (required for it): `identity`,
+    /// an unencrypted OpenSSH private key, and `known_hosts`, the host keys accepted (a
+    /// host key not listed for the host is refused). Never for file://.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<SecretRef>,
 

@@ -73,7 +73,7 @@ pub enum Command {
         )]
         paths: Vec<PathBuf>,
         /// Follow a Git branch instead of reading files: `URL[#branch][:path]` (branch
-        /// `main` by default; a local path or file:// URL). Each new head is planned against
+        /// `main` by default; https://, ssh://, a local path or file:// URL). Each new head is planned against
         /// the last applied one and applied, or held while it has risks until its commit is
         /// written into DIR/git/accept-risks.
         #[arg(long, value_name = "URL[#BRANCH][:PATH]")]
@@ -84,6 +84,11 @@ pub enum Command {
         /// Refuse a head not signed (SSH signature) by a key of this allowed-signers file.
         #[arg(long, value_name = "FILE", requires = "git")]
         git_allowed_signers: Option<PathBuf>,
+        /// Fetch with the credentials of this Secret, read from --secrets
+        /// DIR/default/NAME/KEY: username and password (and optionally ca.crt) for https,
+        /// identity and `known_hosts` for ssh.
+        #[arg(long, value_name = "NAME", requires_all = ["git", "secrets"])]
+        git_credentials: Option<String>,
         /// Where the keys, certificates and servers' stores are kept; reused by later runs.
         #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
         data_dir: PathBuf,
@@ -212,6 +217,7 @@ pub fn run(cli: Cli) -> ExitCode {
             git,
             git_interval,
             git_allowed_signers,
+            git_credentials,
             data_dir,
             address_base,
             secrets,
@@ -221,6 +227,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     branch,
                     interval: git_interval.as_duration(),
                     allowed_signers: git_allowed_signers,
+                    credentials: git_credentials
+                        .zip(secrets.clone())
+                        .map(|(name, secrets)| crate::local::git::SecretFiles { secrets, name }),
                 }),
                 Err(e) => {
                     eprintln!("shadowkeep up: {e}");

@@ -1,6 +1,6 @@
 //! The GitSource controller: the cluster shell of git sync ([`crate::core::git_sync`]).
 //!
-//! One reconcile: read (the verification Secret) → the core's step, with this cluster as
+//! One reconcile: read (the credentials and verification Secrets) → the core's step, with this cluster as
 //! its [`Applier`] (server-side apply under [`FIELD_MANAGER`], deletes for what may be
 //! pruned) → status and Events → again after `spec.interval`. A fetch that fails changes
 //! nothing and prunes nothing; the status says why and the next interval tries again.
@@ -25,6 +25,7 @@ use shadowkeep_api::manifest::Resource as Object;
 use super::conditions::publish_transitions;
 use super::state::status_apply;
 use super::{Context, Error, ReadError, StatusError};
+use crate::core::git_sync::credentials::Credentials;
 use crate::core::git_sync::status::{self as sync_status, reasons, types};
 use crate::core::git_sync::{
     ACCEPT_RISKS, Applier, Branch, FIELD_MANAGER, Input, Outcome, Verification, commit_of, sync,
@@ -148,6 +149,42 @@ async fn verification(
     }
 }
 
+/// The credentials `spec.credentialsRef` names, read from its Secret; `Err` names what is
+/// missing or wrong (the GitSource, the Secret and the key), never a value.
+async fn credentials(
+    ctx: &Context,
+    source: &GitSource,
+    ns: &str,
+) -> Result<Result<Option<Credentials>, String>, Error> {
+    let Some(secret_ref) = &source.spec.credentials_ref else {
+        return Ok(Ok(None));
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(ReadError::of(format!(
+            "read Secret {ns}/{}",
+            secret_ref.name
+        )))?;
+    let origin = format!(
+        "Secret {ns}/{} (credentialsRef of GitSource {ns}/{})",
+        secret_ref.name,
+        source.name_any()
+    );
+    let Some(secret) = secret else {
+        return Ok(Err(format!(
+            "{origin} does not exist: nothing fetched or applied"
+        )));
+    };
+    let data = secret.data.unwrap_or_default();
+    let read = Credentials::read(&source.spec.url, &origin, &mut |key| {
+        Ok(data.get(key).map(|v| zeroize::Zeroizing::new(v.0.clone())))
+    });
+    Ok(read
+        .map(Some)
+        .map_err(|e| format!("{e}: nothing fetched or applied")))
+}
+
 /// Fetches the GitSource's branch and applies its head when the plan allows it.
 pub async fn reconcile(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = source.namespace().unwrap_or_else(|| "default".to_owned());
@@ -161,6 +198,14 @@ pub async fn reconcile(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Acti
             let next = sync_status::invalid_spec(&previous, &message, generation, &now);
             write(&ctx, &source, &next).await?;
             // The Secret it names is not watched: look again at the next interval.
+            return Ok(Action::requeue(interval));
+        }
+    };
+    let credentials = match credentials(&ctx, &source, &ns).await? {
+        Ok(c) => c,
+        Err(message) => {
+            let next = sync_status::invalid_spec(&previous, &message, generation, &now);
+            write(&ctx, &source, &next).await?;
             return Ok(Action::requeue(interval));
         }
     };
@@ -183,6 +228,7 @@ pub async fn reconcile(source: Arc<GitSource>, ctx: Arc<Context>) -> Result<Acti
         orphaned: &previous.orphaned,
         accepted: accepted.as_deref(),
         verification: verification.as_ref(),
+        credentials: credentials.as_ref(),
     };
     let step = sync(
         &input,

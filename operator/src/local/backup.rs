@@ -25,7 +25,7 @@ pub struct LocalTargets {
 
 /// The value of `key` of Secret `name` in `namespace` under `dir`, or `None` when the file
 /// does not exist.
-fn read_key(
+pub(super) fn read_key(
     dir: &Path,
     namespace: &str,
     name: &str,

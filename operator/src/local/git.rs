@@ -16,8 +16,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use shadowkeep_api::crd::{AppliedObject, GitSourceStatus};
 use shadowkeep_api::manifest::Resource;
 
+use super::backup::read_key;
 use super::layout::write_if_changed;
 use super::reconcile::DEFAULT_NAMESPACE;
+use crate::core::git_sync::credentials::Credentials;
 use crate::core::git_sync::status::{after, types};
 use crate::core::git_sync::{Applier, Branch, Input, Outcome, Verification, commit_of, sync};
 
@@ -30,6 +32,35 @@ pub struct Follow {
     pub interval: Duration,
     /// An allowed-signers file: when set, a head not signed by one of its keys is refused.
     pub allowed_signers: Option<PathBuf>,
+    /// The Secret the branch is fetched with, as `--secrets` files.
+    pub credentials: Option<SecretFiles>,
+}
+
+/// A Secret in the default namespace, read from files as `up --secrets DIR` lays them out
+/// (`DIR/default/NAME/KEY`), as S3 backup credentials are.
+#[derive(Clone, Debug)]
+pub struct SecretFiles {
+    /// The `--secrets` directory.
+    pub secrets: PathBuf,
+    /// The Secret's name.
+    pub name: String,
+}
+
+impl SecretFiles {
+    /// The credentials for `url`, read again at each step so that a changed file counts.
+    fn read(&self, url: &str) -> Result<Credentials, String> {
+        let origin = format!(
+            "Secret {DEFAULT_NAMESPACE}/{} ({}, --git-credentials)",
+            self.name,
+            self.secrets
+                .join(DEFAULT_NAMESPACE)
+                .join(&self.name)
+                .display()
+        );
+        Credentials::read(url, &origin, &mut |key| {
+            read_key(&self.secrets, DEFAULT_NAMESPACE, &self.name, key)
+        })
+    }
 }
 
 /// Why `--git` could not be understood.
@@ -180,6 +211,15 @@ pub async fn step(dirs: &GitDirs, follow: &Follow) -> Vec<String> {
             }
         },
     };
+    let credentials = match follow
+        .credentials
+        .as_ref()
+        .map(|c| c.read(&follow.branch.url))
+        .transpose()
+    {
+        Ok(credentials) => credentials,
+        Err(e) => return vec![format!("git: {e}; nothing fetched or applied")],
+    };
     let accepted = std::fs::read_to_string(dirs.accept_file()).ok();
     let cache = dirs.cache();
     let input = Input {
@@ -194,6 +234,7 @@ pub async fn step(dirs: &GitDirs, follow: &Follow) -> Vec<String> {
         orphaned: &previous.orphaned,
         accepted: accepted.as_deref(),
         verification: verification.as_ref(),
+        credentials: credentials.as_ref(),
     };
     let step = sync(&input, &mut Files { dir: dirs.estate() }).await;
     let now = Time(Timestamp::now());

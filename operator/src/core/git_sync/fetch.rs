@@ -1,14 +1,15 @@
-//! Fetching a branch into a bare cache repository with libgit2.
-//!
-//! This build has libgit2's local transport only (no OpenSSL or libssh2): `file://` URLs
-//! and local paths are fetched; `https://` and `ssh://` are refused with an error saying
-//! so, before anything is touched.
+//! Fetching a branch into a bare cache repository with libgit2: over https (OpenSSL),
+//! ssh (libssh2), or from a local path or `file://` URL, with the [`Credentials`] the
+//! shell read. The host key or certificate is checked in this fetch's own callback, so
+//! that one repository's `known_hosts` or private CA trusts nothing for another.
 
+use std::cell::RefCell;
 use std::path::Path;
 
-use git2::{FetchOptions, Oid, Repository};
+use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use super::Branch;
+use super::credentials::{Credentials, Transport, ssh_port};
 
 /// The ref the cache keeps the last applied commit under, so that it stays readable
 /// after a force push removed it from the branch.
@@ -17,15 +18,13 @@ pub const APPLIED_REF: &str = "refs/shadowkeep/applied";
 /// Why a branch could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The URL needs a transport this build does not have.
+    /// An ssh URL without credentials: there is no `known_hosts` to check the host with.
     #[error(
-        "failed to fetch {url}: this shadowkeep is built without libgit2's {transport} transport; fetch from a file:// mirror of the repository"
+        "failed to fetch {url}: an ssh repository needs credentials, a Secret with keys identity and known_hosts"
     )]
-    Transport {
+    NoSshCredentials {
         /// The URL.
         url: String,
-        /// `https` or `ssh`.
-        transport: &'static str,
     },
     /// The cache could not be made or opened.
     #[error("failed to use the cache {path}: {message}")]
@@ -88,32 +87,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The transport a URL needs that this build lacks, if any.
-fn missing_transport(url: &str) -> Option<&'static str> {
-    let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") || lower.starts_with("http://") {
-        Some("https")
-    } else if lower.starts_with("ssh://")
-        || lower.starts_with("git+ssh://")
-        || (!lower.contains("://") && !lower.starts_with('/') && lower.contains('@'))
-    {
-        Some("ssh")
-    } else {
-        None
-    }
-}
-
-/// Fetches `branch` into the bare repository at `cache` (made when missing) and tells how
-/// its head relates to `last_applied`.
+/// Fetches `branch` into the bare repository at `cache` (made when missing), with
+/// `credentials` when the server asks, and tells how its head relates to `last_applied`.
 pub fn fetch(
     branch: &Branch,
     cache: &Path,
     last_applied: Option<&str>,
+    credentials: Option<&Credentials>,
 ) -> Result<Fetched, FetchError> {
-    if let Some(transport) = missing_transport(&branch.url) {
-        return Err(FetchError::Transport {
+    if Transport::of(&branch.url) == Transport::Ssh && credentials.is_none() {
+        return Err(FetchError::NoSshCredentials {
             url: redact(&branch.url),
-            transport,
         });
     }
     let cache_error = |e: git2::Error| FetchError::Cache {
@@ -134,15 +118,56 @@ pub fn fetch(
     if let Ok(mut old) = repo.find_reference(&tracking) {
         old.delete().map_err(cache_error)?;
     }
-    let fetch_error = |e: git2::Error| FetchError::Fetch {
+    // What a callback refused, said instead of libgit2's shorter account of it.
+    let refused: RefCell<Option<String>> = RefCell::new(None);
+    let fetch_error = |e: git2::Error| {
+        FetchError::Fetch {
         url: redact(&branch.url),
         branch: branch.branch.clone(),
-        message: e.message().to_owned(),
+        message: refused.borrow_mut().take().unwrap_or_else(|| {
+            // libgit2's own check (the system's trust) refused the server's certificate.
+            if e.class() == git2::ErrorClass::Ssl && e.message().contains("certificate") {
+                format!(
+                    "{}; a private CA's certificate is trusted for this repository as key ca.crt of its credentials Secret",
+                    e.message()
+                )
+            } else {
+                e.message().to_owned()
+            }
+        }),
+    }
     };
     let mut remote = repo.remote_anonymous(&branch.url).map_err(fetch_error)?;
     let refspec = format!("+refs/heads/{}:{tracking}", branch.branch);
+    let mut callbacks = RemoteCallbacks::new();
+    let refuse = |message: String| {
+        let error = git2::Error::from_str(&message);
+        *refused.borrow_mut() = Some(message);
+        error
+    };
+    let mut attempt = 0;
+    callbacks.credentials(|_, user, allowed| {
+        let Some(credentials) = credentials else {
+            return Err(refuse(
+                "the server asks for credentials and none are given".to_owned(),
+            ));
+        };
+        if !allowed.contains(git2::CredentialType::USERNAME) {
+            attempt += 1;
+        }
+        credentials.cred(user, allowed, attempt).map_err(refuse)
+    });
+    let port = ssh_port(&branch.url);
+    callbacks.certificate_check(|cert, host| {
+        match Credentials::check(credentials, cert, host, port) {
+            Ok(true) => Ok(CertificateCheckStatus::CertificateOk),
+            Ok(false) => Ok(CertificateCheckStatus::CertificatePassthrough),
+            Err(message) => Err(refuse(message)),
+        }
+    });
     let mut options = FetchOptions::new();
     options.download_tags(git2::AutotagOption::None);
+    options.remote_callbacks(callbacks);
     remote
         .fetch(&[refspec.as_str()], Some(&mut options), None)
         .map_err(fetch_error)?;
@@ -180,7 +205,7 @@ pub fn mark_applied(cache: &Path, commit: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{missing_transport, redact};
+    use super::redact;
 
     #[test]
     fn credentials_in_a_url_are_masked() {
@@ -193,20 +218,5 @@ mod tests {
             "ssh://***@git.example.org/a@b"
         );
         assert_eq!(redact("file:///srv/estate.git"), "file:///srv/estate.git");
-    }
-
-    #[test]
-    fn remote_transports_are_named_local_ones_pass() {
-        assert_eq!(
-            missing_transport("https://example.org/r.git"),
-            Some("https")
-        );
-        assert_eq!(
-            missing_transport("ssh://git@example.org/r.git"),
-            Some("ssh")
-        );
-        assert_eq!(missing_transport("git@example.org:estate.git"), Some("ssh"));
-        assert_eq!(missing_transport("file:///srv/estate.git"), None);
-        assert_eq!(missing_transport("/srv/estate"), None);
     }
 }

@@ -1,15 +1,17 @@
 //! Git sync: one step that follows a branch, run by the GitSource controller and by
 //! `shadowkeep up --git` alike.
 //!
-//! The step fetches the branch into a cache ([`fetch`]), notices a force push, checks the
-//! head's signature when asked ([`verify`]), plans the head against the last applied
-//! revision with the same code as `shadowkeep plan` ([`crate::plan::plan_in`]) and
+//! The step fetches the branch into a cache ([`fetch`], with the [`credentials`] a shell
+//! read from a Secret), notices a force push, checks the head's signature when asked
+//! ([`verify`]), plans the head against the last applied revision with the same code as
+//! `shadowkeep plan` ([`crate::plan::plan_in`]) and
 //! decides: apply, hold (risks nobody accepted), or refuse (an invalid, unsigned or empty
 //! head). Applying goes through an [`Applier`], the one thing a shell provides: server-side
 //! apply in a cluster, files in the directory `up` reads on one machine. Removed objects are
 //! pruned only when that cannot lose keys ([`prune`]); the status both shells show comes
 //! from [`status`].
 
+pub mod credentials;
 pub mod fetch;
 pub mod prune;
 pub mod status;
@@ -94,6 +96,8 @@ pub struct Input<'a> {
     pub accepted: Option<&'a str>,
     /// The head's signature check, when asked.
     pub verification: Option<&'a Verification>,
+    /// What the branch is fetched with, when its Secret is named.
+    pub credentials: Option<&'a credentials::Credentials>,
 }
 
 /// What a shell does with a decision to apply.
@@ -173,6 +177,7 @@ pub async fn sync<A: Applier>(input: &Input<'_>, applier: &mut A) -> Step {
         let last_applied = input.last_applied.map(str::to_owned);
         let accepted = input.accepted.map(str::to_owned);
         let verification = input.verification.cloned();
+        let credentials = input.credentials.cloned();
         tokio::task::spawn_blocking(move || {
             decide(&Decide {
                 branch: &branch,
@@ -181,6 +186,7 @@ pub async fn sync<A: Applier>(input: &Input<'_>, applier: &mut A) -> Step {
                 last_applied: last_applied.as_deref(),
                 accepted: accepted.as_deref(),
                 verification: verification.as_ref(),
+                credentials: credentials.as_ref(),
             })
         })
         .await
@@ -224,6 +230,13 @@ struct Decide<'a> {
     last_applied: Option<&'a str>,
     accepted: Option<&'a str>,
     verification: Option<&'a Verification>,
+    credentials: Option<&'a credentials::Credentials>,
+}
+
+impl Decide<'_> {
+    fn fetch(&self) -> Result<fetch::Fetched, fetch::FetchError> {
+        fetch::fetch(self.branch, self.cache, self.last_applied, self.credentials)
+    }
 }
 
 struct Decided {
@@ -254,7 +267,7 @@ fn decide(input: &Decide<'_>) -> Decided {
         decision: Decision::Done(outcome),
         force_push: None,
     };
-    let fetched = match fetch::fetch(input.branch, input.cache, input.last_applied) {
+    let fetched = match input.fetch() {
         Ok(fetched) => fetched,
         Err(e) => {
             return done(Outcome::Failed {
