@@ -83,6 +83,15 @@ pub enum Command {
         /// Refuse a head not signed (SSH signature) by a key of this allowed-signers file.
         #[arg(long, value_name = "FILE", requires = "git")]
         git_allowed_signers: Option<PathBuf>,
+        /// Refuse a head not signed (OpenPGP signature) by a key of this armored keyring
+        /// (`gpg --armor --export KEY...`).
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "git",
+            conflicts_with = "git_allowed_signers"
+        )]
+        git_keyring: Option<PathBuf>,
         /// Where the keys, certificates and servers' stores are kept; reused by later runs.
         #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
         data_dir: PathBuf,
@@ -206,6 +215,7 @@ pub fn run(cli: Cli) -> ExitCode {
             git,
             git_interval,
             git_allowed_signers,
+            git_keyring,
             data_dir,
             address_base,
             secrets,
@@ -214,7 +224,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(branch) => branch.map(|branch| crate::local::git::Follow {
                     branch,
                     interval: git_interval.as_duration(),
-                    allowed_signers: git_allowed_signers,
+                    signers: match (git_allowed_signers, git_keyring) {
+                        (Some(file), _) => Some(crate::local::git::Signers::Ssh(file)),
+                        (None, Some(file)) => Some(crate::local::git::Signers::OpenPgp(file)),
+                        (None, None) => None,
+                    },
                 }),
                 Err(e) => {
                     eprintln!("shadowkeep up: {e}");
