@@ -824,6 +824,57 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_judged_as_it_was_when_it_signed() {
+        let root = scratch("expiry");
+        let Some(gpg) = gpg(&root) else { return };
+        let at = |time: &str| format!("--faked-system-time={time}!");
+        gpg.run(&[
+            &at("20200101T000000"),
+            "--quick-gen-key",
+            "Old <old@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let key = gpg.fingerprints("old@example.com")[0].clone();
+        let data = root.join("data");
+        std::fs::write(&data, b"signed data").unwrap();
+        let sign = |time: &str, name: &str| {
+            let out = root.join(name);
+            gpg.run(&[
+                &at(time),
+                "--armor",
+                "--detach-sign",
+                "--local-user",
+                &key,
+                "--output",
+                out.to_str().unwrap(),
+                data.to_str().unwrap(),
+            ]);
+            std::fs::read(out).unwrap()
+        };
+        let early = sign("20200101T060000", "early.asc");
+        // Signed while the key did not expire yet; then it is given an expiry of one day
+        // (a self-signature made on 1 January at noon), long past now.
+        let late = sign("20200105T000000", "late.asc");
+        gpg.run(&[&at("20200101T120000"), "--quick-set-expire", &key, "1d"]);
+        let keys = keyring_keys(&gpg.export(&[&key])).unwrap();
+
+        // Expired now, valid when it signed: accepted.
+        assert_eq!(
+            verify_openpgp("c", &early, b"signed data", &keys).unwrap(),
+            format!("OpenPGP key {key}")
+        );
+        let e = verify_openpgp("c", &late, b"signed data", &keys).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "failed to verify commit c: OpenPGP key {key} had expired when the signature was made"
+            )
+        );
+    }
+
+    #[test]
     fn a_malformed_or_oversized_keyring_is_refused_naming_it() {
         let root = scratch("keyring");
         let Some(gpg) = gpg(&root) else { return };
@@ -837,6 +888,7 @@ mod tests {
             bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
             String::from_utf8(bytes).unwrap()
         };
+        let truncated = armored[..armored.len() / 2].to_owned();
         let cases = [
             ("", "no -----BEGIN PGP PUBLIC KEY BLOCK----- found"),
             (
@@ -844,7 +896,7 @@ mod tests {
                 "no -----BEGIN PGP PUBLIC KEY BLOCK----- found",
             ),
             (&secret, "it holds a private key"),
-            (&damaged, "armor block 1: "),
+            (&truncated, "armor block 1: "),
             (
                 "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n-----END PGP PUBLIC KEY BLOCK-----\n",
                 "armor block 1",
@@ -859,6 +911,13 @@ mod tests {
             assert!(e.contains(expected), "{e} does not say {expected:?}");
             assert!(!e.contains("PRIVATE KEY BLOCK-----\n"), "{e}");
         }
+        // Where the changed character lands decides what breaks: the packets, or a
+        // self-signature; either way the keyring is refused.
+        let e = keyring_keys(&damaged).unwrap_err().to_string();
+        assert!(
+            e.contains("armor block 1: ") || e.contains("carries no valid self-signature"),
+            "{e}"
+        );
         let oversized = format!("{armored}{}", " ".repeat(MAX_KEYRING_BYTES));
         let e = keyring_keys(&oversized).unwrap_err().to_string();
         assert!(e.contains("more than the 1048576 bytes"), "{e}");
