@@ -2,9 +2,9 @@
 //! real Git repositories built here with the `git` binary: a branch applied, updated and
 //! force-pushed; a risky head held until its commit is accepted; pruning that never
 //! deletes a KeyManager and prunes nothing from an empty branch; an unreachable repository
-//! that changes nothing; signed and unsigned heads; fetching over ssh from a real `sshd`
-//! and over https from `git http-backend` behind TLS and basic auth, with credentials from
-//! a Secret.
+//! that changes nothing; signed (SSH and OpenPGP) and unsigned heads; fetching over ssh
+//! from a real `sshd` and over https from `git http-backend` behind TLS and basic auth, with
+//! credentials from a Secret.
 
 // Helpers outside #[test] functions fail loudly too; that is what a test wants.
 #![allow(clippy::unwrap_used)]
@@ -661,7 +661,7 @@ async fn a_signed_head_is_applied_an_unsigned_or_foreign_one_refused() {
     assert!(status.last_applied_revision.unwrap().ends_with(&good));
     assert!(drives(&client).await.contains(&"1013000126".to_owned()));
 
-    // OpenPGP is refused by name, never applied unchecked.
+    // OpenPGP asked of a Secret without keyring.asc: the spec is refused, naming the key.
     let api = Api::<GitSource>::namespaced(client.clone(), NS);
     let mut source = api.get(SOURCE).await.unwrap();
     source.spec.verify = serde_json::from_value(
@@ -672,8 +672,232 @@ async fn a_signed_head_is_applied_an_unsigned_or_foreign_one_refused() {
         .await
         .unwrap();
     let status = reconcile(&client, &cache).await;
-    assert_eq!(ready(&status).1, "VerificationFailed");
-    assert!(condition(&status, "Ready").message.contains("OpenPGP"));
+    assert_eq!(ready(&status).1, "InvalidSpec");
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .contains("(verify.keyRingRef) has no keyring.asc key"),
+        "{status:?}"
+    );
+}
+
+/// A `GnuPG` home of its own, its agent stopped when dropped.
+struct Gpg {
+    home: PathBuf,
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
+impl Gpg {
+    /// `gpg` in a home under `root`; `None` (the test skips, saying so) when there is no
+    /// gpg, except under CI (`SHADOWKEEP_CI=1`), where that is a failure.
+    fn new(root: &Path) -> Option<Self> {
+        if Command::new("gpg").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("SHADOWKEEP_CI").is_none(),
+                "gpg is required under CI (apt-get install gnupg)"
+            );
+            eprintln!("skipped: no gpg on PATH");
+            return None;
+        }
+        let home = root.join("gnupg");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        Some(Self { home })
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--batch", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A new Ed25519 signing key; its fingerprint.
+    fn key(&self, uid: &str) -> String {
+        self.run(&["--quick-gen-key", uid, "ed25519", "sign", "never"]);
+        let listed = self.run(&["--with-colons", "--list-keys", uid]);
+        listed
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .unwrap()
+            .trim_matches(':')
+            .to_owned()
+    }
+
+    /// Commits every change, signed by `key` through `git commit -S`; the new head.
+    fn commit(&self, work: &Work, key: &str, message: &str) -> String {
+        work.git(&["add", "-A"]);
+        let out = Command::new("git")
+            .current_dir(&work.dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GNUPGHOME", &self.home)
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            .args([
+                "-c",
+                "gpg.program=gpg",
+                "-c",
+                &format!("user.signingkey={key}"),
+            ])
+            .args(["commit", "-q", "-S", "--allow-empty", "-m", message])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git commit -S: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        work.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Creates or replaces the Secret `keyring` with `keyring.asc`.
+async fn keyring_secret(client: &kube::Client, keyring: &str) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("keyring".to_owned()),
+            namespace: Some(NS.to_owned()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "keyring.asc".to_owned(),
+                k8s_openapi::ByteString(keyring.as_bytes().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let api = Api::<Secret>::namespaced(client.clone(), NS);
+    if api.get_opt("keyring").await.unwrap().is_some() {
+        api.replace("keyring", &PostParams::default(), &secret)
+            .await
+            .unwrap();
+    } else {
+        api.create(&PostParams::default(), &secret).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_openpgp_signed_head_is_applied_an_unsigned_foreign_or_ssh_signed_one_refused() {
+    let root = scratch("openpgp");
+    let Some(gpg) = Gpg::new(&root) else { return };
+    let key = gpg.key("Signer <signer@example.com>");
+    let stranger = gpg.key("Stranger <stranger@example.com>");
+    let keyring = gpg.run(&["--armor", "--export", &key]);
+    let (ssh, _) = ssh_key(&root, "ssh-signer");
+    let work = Work::new(&root);
+    work.quickstart();
+    let signed = gpg.commit(&work, &key, "the quickstart, signed");
+    let client = cluster().await;
+    keyring_secret(&client, &keyring).await;
+    create_source(
+        &client,
+        serde_json::json!({"url": work.url(),
+                           "verify": {"mode": "openpgp", "keyRingRef": {"name": "keyring"}}}),
+    )
+    .await;
+    let cache = root.join("cache");
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(
+        ready(&status),
+        ("True".into(), "Succeeded".into()),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .last_applied_revision
+            .as_ref()
+            .unwrap()
+            .ends_with(&signed)
+    );
+    assert!(
+        condition(&status, "Ready")
+            .message
+            .ends_with(&format!("(signed by OpenPGP key {key})")),
+        "{status:?}"
+    );
+
+    // Each refused head adds the same drive: it must never be applied.
+    let refused = |status: &GitSourceStatus, says: &str| {
+        assert_eq!(ready(status).1, "VerificationFailed", "{status:?}");
+        let message = &condition(status, "Ready").message;
+        assert!(message.contains(says), "{message} does not say {says:?}");
+        assert!(
+            status
+                .last_applied_revision
+                .as_ref()
+                .unwrap()
+                .ends_with(&signed)
+        );
+    };
+    work.write(
+        "drivetable.yaml",
+        &with_drive(&quickstart_file("drivetable.yaml"), "1013000126"),
+    );
+    let unsigned = work.commit("a drive, unsigned");
+    let status = reconcile(&client, &cache).await;
+    refused(
+        &status,
+        &format!("failed to verify commit {unsigned}: it is not signed"),
+    );
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    gpg.commit(&work, &stranger, "a drive, signed by a stranger");
+    let status = reconcile(&client, &cache).await;
+    refused(
+        &status,
+        &format!("signed by OpenPGP key {stranger}, which is not in the keyring"),
+    );
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    signed_commit(&work, &ssh, "a drive, signed with SSH");
+    let status = reconcile(&client, &cache).await;
+    refused(
+        &status,
+        "the signature is not an OpenPGP signature (an SSH or X.509 one?), and verify.mode is openpgp",
+    );
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    // A malformed keyring refuses even a head its key signed, naming keyring.asc.
+    let good = gpg.commit(&work, &key, "a drive, signed");
+    keyring_secret(
+        &client,
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot a key\n",
+    )
+    .await;
+    let status = reconcile(&client, &cache).await;
+    refused(
+        &status,
+        "failed to read the OpenPGP keyring (keyring.asc): armor block 1",
+    );
+    assert!(!drives(&client).await.contains(&"1013000126".to_owned()));
+
+    // The keyring mended: the signed head is applied.
+    keyring_secret(&client, &keyring).await;
+    let status = reconcile(&client, &cache).await;
+    assert_eq!(ready(&status).1, "Succeeded", "{status:?}");
+    assert!(status.last_applied_revision.unwrap().ends_with(&good));
+    assert!(drives(&client).await.contains(&"1013000126".to_owned()));
 }
 
 #[tokio::test]

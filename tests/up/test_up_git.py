@@ -1,7 +1,9 @@
 """`shadowkeep up --git`: the quickstart followed from a local Git repository built here with
 the `git` binary. A commit changes what `up` serves; a risky commit is held (the estate keeps
-running as it was) until its commit is written into DIR/git/accept-risks. Over HTTPS (git http-backend behind
-TLS and basic auth, a private CA), the credentials are read from `--secrets` files.
+running as it was) until its commit is written into DIR/git/accept-risks; with
+`--git-keyring`, only heads signed (by real `gpg`) with a key of the keyring are applied. Over
+HTTPS (git http-backend behind TLS and basic auth, a private CA), the credentials are read
+from `--secrets` files.
 """
 
 import json
@@ -40,7 +42,7 @@ class GitUp(Up):
         self.out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [binary(), "up", "--git", f"file://{self.manifests}#main", "--git-interval", "1s",
-             "--data-dir", str(self.data_dir), "--address-base", self.base],
+             "--data-dir", str(self.data_dir), "--address-base", self.base, *self.extra],
             stdout=self.out, stderr=subprocess.STDOUT,
         )
         return self
@@ -249,3 +251,64 @@ def test_up_fetches_over_https_with_credentials_read_from_secrets_files(tmp_path
         if running.proc.poll() is None:
             assert running.interrupt() == 0, running.output()[-4000:]
     wait_for("no server left", lambda: not processes_using(running.data_dir), limit=30)
+
+
+def test_up_applies_only_heads_signed_by_a_key_of_its_openpgp_keyring(tmp_path, repo):
+    if shutil.which("gpg") is None:
+        # CI installs gnupg: there a missing gpg is a failure, not a skip.
+        if os.environ.get("SHADOWKEEP_CI"):
+            pytest.fail("gpg is required under CI (apt-get install gnupg)")
+        pytest.skip("no gpg on PATH")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**GIT_ENV, "GNUPGHOME": str(home)}
+
+    def gpg(*args):
+        return subprocess.run(["gpg", "--batch", "--passphrase", "", *args], env=env,
+                              capture_output=True, text=True, check=True, timeout=120).stdout
+
+    try:
+        gpg("--quick-gen-key", "Signer <signer@example.com>", "ed25519", "sign", "never")
+        fingerprint = next(line.strip(":").split(":")[-1] for line in
+                           gpg("--with-colons", "--list-keys", "signer@example.com").splitlines()
+                           if line.startswith("fpr:"))
+        keyring = tmp_path / "keyring.asc"
+        keyring.write_text(gpg("--armor", "--export", fingerprint))
+        extra = ["--git-keyring", str(keyring)]
+
+        # The fixture's head is unsigned: nothing was ever applied and nothing can be.
+        refused = GitUp(tmp_path, repo, extra=extra).start()
+        assert refused.proc.wait(timeout=120) == 1, refused.output()[-4000:]
+        head = git(repo, "rev-parse", "HEAD")
+        assert f"failed to verify commit {head}: it is not signed" in refused.output()
+        assert not processes_using(refused.data_dir)
+
+        def signed_commit(message):
+            subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
+                            "-c", "gpg.program=gpg", "-c", f"user.signingkey={fingerprint}",
+                            "commit", "-q", "-S", "--allow-empty", "-m", message],
+                           cwd=repo, env=env, check=True, capture_output=True, timeout=60)
+            return git(repo, "rev-parse", "HEAD")
+
+        signed = signed_commit("signed")
+        running = GitUp(tmp_path, repo, extra=extra).start()
+        try:
+            running.wait_ready()
+            assert running.git_status()["lastAppliedRevision"] == f"main@sha1:{signed}"
+            assert running.ready()["message"].endswith(f"(signed by OpenPGP key {fingerprint})")
+
+            # An unsigned head is refused; the signed one stays applied and served.
+            git(repo, "commit", "-q", "--allow-empty", "-m", "unsigned")
+            unsigned = git(repo, "rev-parse", "HEAD")
+            refusal = wait_for("the unsigned head refused",
+                               lambda: running.ready()["reason"] == "VerificationFailed"
+                               and running.ready())
+            assert f"failed to verify commit {unsigned}: it is not signed" in refusal["message"]
+            assert running.git_status()["lastAppliedRevision"] == f"main@sha1:{signed}"
+            assert running.proc.poll() is None
+        finally:
+            if running.proc.poll() is None:
+                assert running.interrupt() == 0, running.output()[-4000:]
+            wait_for("no server left", lambda: not processes_using(running.data_dir), limit=30)
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)

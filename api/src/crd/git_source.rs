@@ -105,7 +105,8 @@ pub struct SecretRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'ssh' ? (has(self.allowedSignersRef) && !has(self.keyRingRef)) : (has(self.keyRingRef) && !has(self.allowedSignersRef))").message("ssh needs allowedSignersRef, openpgp needs keyRingRef, and not the other"))]
 pub struct GitVerify {
-    /// `ssh` (commits signed with `gpg.format=ssh`) or `openpgp`.
+    /// `ssh` (commits signed with `gpg.format=ssh`) or `openpgp` (signed with gpg, Git's
+    /// default `gpg.format`).
     pub mode: VerifyMode,
 
     /// For `ssh`: a Secret whose `allowed_signers` key holds the allowed signers, in the
@@ -115,7 +116,9 @@ pub struct GitVerify {
     pub allowed_signers_ref: Option<SecretRef>,
 
     /// For `openpgp`: a Secret whose `keyring.asc` key holds the armored public keys
-    /// allowed to sign.
+    /// allowed to sign (`gpg --armor --export KEY...`; one or more keys, in one or more
+    /// blocks, at most 1 MiB). A signature by a key's primary key or by a subkey bound for
+    /// signing is accepted; a revoked key, or one expired when it signed, is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_ring_ref: Option<SecretRef>,
 }

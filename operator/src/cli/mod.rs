@@ -89,6 +89,15 @@ pub enum Command {
         /// identity and `known_hosts` for ssh.
         #[arg(long, value_name = "NAME", requires_all = ["git", "secrets"])]
         git_credentials: Option<String>,
+        /// Refuse a head not signed (OpenPGP signature) by a key of this armored keyring
+        /// (`gpg --armor --export KEY...`).
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "git",
+            conflicts_with = "git_allowed_signers"
+        )]
+        git_keyring: Option<PathBuf>,
         /// Where the keys, certificates and servers' stores are kept; reused by later runs.
         #[arg(long, value_name = "DIR", default_value = ".shadowkeep")]
         data_dir: PathBuf,
@@ -218,19 +227,20 @@ pub fn run(cli: Cli) -> ExitCode {
             git_interval,
             git_allowed_signers,
             git_credentials,
+            git_keyring,
             data_dir,
             address_base,
             secrets,
         } => {
-            let git = match git.as_deref().map(crate::local::git::parse).transpose() {
-                Ok(branch) => branch.map(|branch| crate::local::git::Follow {
-                    branch,
-                    interval: git_interval.as_duration(),
-                    allowed_signers: git_allowed_signers,
-                    credentials: git_credentials
-                        .zip(secrets.clone())
-                        .map(|(name, secrets)| crate::local::git::SecretFiles { secrets, name }),
-                }),
+            let git = match follow(
+                git.as_deref(),
+                git_interval,
+                git_allowed_signers,
+                git_keyring,
+                git_credentials,
+                secrets.as_ref(),
+            ) {
+                Ok(git) => git,
                 Err(e) => {
                     eprintln!("shadowkeep up: {e}");
                     return ExitCode::FAILURE;
@@ -290,6 +300,34 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(report.exit_code())
         }
     }
+}
+
+/// What `up --git` follows, from its flags: the branch, how often, who may sign, and the
+/// Secret (as `--secrets` files) it is fetched with.
+fn follow(
+    git: Option<&str>,
+    interval: shadowkeep_api::crd::Interval,
+    allowed_signers: Option<PathBuf>,
+    keyring: Option<PathBuf>,
+    credentials: Option<String>,
+    secrets: Option<&PathBuf>,
+) -> Result<Option<crate::local::git::Follow>, crate::local::git::ParseError> {
+    use crate::local::git::{Follow, SecretFiles, Signers, parse};
+    let Some(branch) = git.map(parse).transpose()? else {
+        return Ok(None);
+    };
+    Ok(Some(Follow {
+        branch,
+        interval: interval.as_duration(),
+        signers: match (allowed_signers, keyring) {
+            (Some(file), _) => Some(Signers::Ssh(file)),
+            (None, Some(file)) => Some(Signers::OpenPgp(file)),
+            (None, None) => None,
+        },
+        credentials: credentials
+            .zip(secrets.cloned())
+            .map(|(name, secrets)| SecretFiles { secrets, name }),
+    }))
 }
 
 fn operator(options: crate::controller::run::Options) -> ExitCode {

@@ -33,6 +33,7 @@ use crate::core::git_sync::{
 
 /// The key of the allowed-signers Secret that holds them.
 pub const ALLOWED_SIGNERS_KEY: &str = "allowed_signers";
+pub use crate::core::git_sync::verify::KEYRING_KEY;
 
 /// The cluster as git sync's applier.
 struct Cluster<'c> {
@@ -112,41 +113,53 @@ async fn verification(
     let Some(verify) = &source.spec.verify else {
         return Ok(Ok(None));
     };
-    match verify.mode {
-        VerifyMode::Openpgp => Ok(Ok(Some(Verification::OpenPgp))),
-        VerifyMode::Ssh => {
-            let Some(secret_ref) = &verify.allowed_signers_ref else {
-                return Ok(Err(
-                    "verify.allowedSignersRef is required for ssh".to_owned()
-                ));
-            };
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-                .get_opt(&secret_ref.name)
-                .await
-                .map_err(ReadError::of(format!(
-                    "read Secret {ns}/{}",
-                    secret_ref.name
-                )))?;
-            let Some(secret) = secret else {
-                return Ok(Err(format!(
-                    "Secret {ns}/{} (verify.allowedSignersRef) does not exist: nothing fetched or applied",
-                    secret_ref.name
-                )));
-            };
-            let text = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(ALLOWED_SIGNERS_KEY))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-            match text {
-                Some(allowed_signers) => Ok(Ok(Some(Verification::Ssh { allowed_signers }))),
-                None => Ok(Err(format!(
-                    "Secret {ns}/{} (verify.allowedSignersRef) has no {ALLOWED_SIGNERS_KEY} key: nothing fetched or applied",
-                    secret_ref.name
-                ))),
+    let (secret_ref, field, key) = match verify.mode {
+        VerifyMode::Ssh => (
+            &verify.allowed_signers_ref,
+            "verify.allowedSignersRef",
+            ALLOWED_SIGNERS_KEY,
+        ),
+        VerifyMode::Openpgp => (&verify.key_ring_ref, "verify.keyRingRef", KEYRING_KEY),
+    };
+    let Some(secret_ref) = secret_ref else {
+        return Ok(Err(format!(
+            "{field} is required for verify.mode {}",
+            match verify.mode {
+                VerifyMode::Ssh => "ssh",
+                VerifyMode::Openpgp => "openpgp",
             }
-        }
-    }
+        )));
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(ReadError::of(format!(
+            "read Secret {ns}/{}",
+            secret_ref.name
+        )))?;
+    let Some(secret) = secret else {
+        return Ok(Err(format!(
+            "Secret {ns}/{} ({field}) does not exist: nothing fetched or applied",
+            secret_ref.name
+        )));
+    };
+    let text = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let Some(text) = text else {
+        return Ok(Err(format!(
+            "Secret {ns}/{} ({field}) has no {key} key: nothing fetched or applied",
+            secret_ref.name
+        )));
+    };
+    Ok(Ok(Some(match verify.mode {
+        VerifyMode::Ssh => Verification::Ssh {
+            allowed_signers: text,
+        },
+        VerifyMode::Openpgp => Verification::OpenPgp { keyring: text },
+    })))
 }
 
 /// The credentials `spec.credentialsRef` names, read from its Secret; `Err` names what is

@@ -21,6 +21,7 @@ use super::layout::write_if_changed;
 use super::reconcile::DEFAULT_NAMESPACE;
 use crate::core::git_sync::credentials::Credentials;
 use crate::core::git_sync::status::{after, types};
+use crate::core::git_sync::verify::MAX_KEYRING_BYTES;
 use crate::core::git_sync::{Applier, Branch, Input, Outcome, Verification, commit_of, sync};
 
 /// What `up` follows.
@@ -30,8 +31,8 @@ pub struct Follow {
     pub branch: Branch,
     /// How often it is fetched.
     pub interval: Duration,
-    /// An allowed-signers file: when set, a head not signed by one of its keys is refused.
-    pub allowed_signers: Option<PathBuf>,
+    /// Who may sign the head: when set, a head not signed by one of its keys is refused.
+    pub signers: Option<Signers>,
     /// The Secret the branch is fetched with, as `--secrets` files.
     pub credentials: Option<SecretFiles>,
 }
@@ -61,6 +62,48 @@ impl SecretFiles {
             read_key(&self.secrets, DEFAULT_NAMESPACE, &self.name, key)
         })
     }
+}
+
+/// The file of keys allowed to sign the head.
+#[derive(Clone, Debug)]
+pub enum Signers {
+    /// An allowed-signers file (`gpg.ssh.allowedSignersFile`), for SSH signatures.
+    Ssh(PathBuf),
+    /// An armored OpenPGP keyring (`gpg --armor --export`), for OpenPGP signatures.
+    OpenPgp(PathBuf),
+}
+
+/// The verification `signers` asks for, its file read; `Err` is the line to print.
+fn verification(signers: Option<&Signers>) -> Result<Option<Verification>, String> {
+    let (file, what) = match signers {
+        None => return Ok(None),
+        Some(Signers::Ssh(file)) => (file, "allowed signers"),
+        Some(Signers::OpenPgp(file)) => (file, "OpenPGP keyring"),
+    };
+    let too_large = |len: u64| {
+        format!(
+            "git: failed to read the {what} {}: {len} bytes, more than the {MAX_KEYRING_BYTES} bytes it may hold; nothing fetched or applied",
+            file.display()
+        )
+    };
+    // Checked before reading, so that a huge file is not read into memory every step.
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.len() > MAX_KEYRING_BYTES as u64
+    {
+        return Err(too_large(meta.len()));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "git: failed to read the {what} {}: {e}; nothing fetched or applied",
+            file.display()
+        )
+    })?;
+    Ok(Some(match signers {
+        Some(Signers::OpenPgp(_)) => Verification::OpenPgp { keyring: text },
+        _ => Verification::Ssh {
+            allowed_signers: text,
+        },
+    }))
 }
 
 /// Why `--git` could not be understood.
@@ -199,17 +242,9 @@ impl Applier for Files {
 pub async fn step(dirs: &GitDirs, follow: &Follow) -> Vec<String> {
     let previous = dirs.status();
     let mut lines = Vec::new();
-    let verification = match &follow.allowed_signers {
-        None => None,
-        Some(file) => match std::fs::read_to_string(file) {
-            Ok(allowed_signers) => Some(Verification::Ssh { allowed_signers }),
-            Err(e) => {
-                return vec![format!(
-                    "git: failed to read the allowed signers {}: {e}; nothing fetched or applied",
-                    file.display()
-                )];
-            }
-        },
+    let verification = match verification(follow.signers.as_ref()) {
+        Ok(verification) => verification,
+        Err(line) => return vec![line],
     };
     let credentials = match follow
         .credentials

@@ -73,8 +73,11 @@ pub enum Verification {
         /// The allowed signers, as `git config gpg.ssh.allowedSignersFile` reads them.
         allowed_signers: String,
     },
-    /// OpenPGP signatures, which this build cannot check: refused.
-    OpenPgp,
+    /// OpenPGP signatures against an armored keyring.
+    OpenPgp {
+        /// The armored public keys allowed to sign, as `gpg --armor --export` writes them.
+        keyring: String,
+    },
 }
 
 /// What one step works from: the branch, where its cache is, and what the last step left.
@@ -124,6 +127,8 @@ pub enum Outcome {
         pruned: Vec<AppliedObject>,
         /// Objects removed from the branch and kept (KeyManagers).
         orphaned: Vec<AppliedObject>,
+        /// The key whose signature was verified, when verification is asked.
+        signed_by: Option<String>,
     },
     /// The head has risks and no acceptance names it: nothing applied.
     Held {
@@ -207,7 +212,11 @@ pub async fn sync<A: Applier>(input: &Input<'_>, applier: &mut A) -> Step {
         force_push,
     } = decided;
     let outcome = match decision {
-        Decision::Apply { commit, objects } => apply(input, commit, &objects, applier).await,
+        Decision::Apply {
+            commit,
+            objects,
+            signed_by,
+        } => apply(input, commit, &objects, signed_by, applier).await,
         Decision::Done(outcome) => outcome,
     };
     if let Outcome::Applied { commit, .. } = &outcome
@@ -249,6 +258,7 @@ enum Decision {
         commit: String,
         /// In apply order, namespaces set.
         objects: Vec<Resource>,
+        signed_by: Option<String>,
     },
     Done(Outcome),
 }
@@ -292,11 +302,14 @@ fn decide(input: &Decide<'_>) -> Decided {
         }),
         force_push: force_push.clone(),
     };
-    if let Some(verification) = input.verification
-        && let Err(e) = verify::verify_head(input.cache, &commit, verification)
-    {
-        return refuse(status::reasons::VERIFICATION_FAILED, e.to_string());
-    }
+    let verified = input
+        .verification
+        .map(|v| verify::verify_head(input.cache, &commit, v))
+        .transpose();
+    let signed_by = match verified {
+        Ok(signer) => signer,
+        Err(e) => return refuse(status::reasons::VERIFICATION_FAILED, e.to_string()),
+    };
     let source = match Source::open(input.cache) {
         Ok(source) => source,
         Err(e) => {
@@ -332,19 +345,7 @@ fn decide(input: &Decide<'_>) -> Decided {
         Err(message) => return refuse(status::reasons::INVALID_HEAD, message),
     };
     if objects.is_empty() {
-        return refuse(
-            status::reasons::EMPTY_SOURCE,
-            format!(
-                "{} holds no shadowkeep object{}: nothing applied, nothing pruned",
-                short(&commit),
-                input
-                    .branch
-                    .path
-                    .as_ref()
-                    .map(|p| format!(" under {p}"))
-                    .unwrap_or_default()
-            ),
-        );
+        return refuse(status::reasons::EMPTY_SOURCE, empty(input.branch, &commit));
     }
     let risks = held_risks(
         &planned.plan,
@@ -357,9 +358,26 @@ fn decide(input: &Decide<'_>) -> Decided {
         };
     }
     Decided {
-        decision: Decision::Apply { commit, objects },
+        decision: Decision::Apply {
+            commit,
+            objects,
+            signed_by,
+        },
         force_push,
     }
+}
+
+/// Why a head with no shadowkeep object is refused.
+fn empty(branch: &Branch, commit: &str) -> String {
+    format!(
+        "{} holds no shadowkeep object{}: nothing applied, nothing pruned",
+        short(commit),
+        branch
+            .path
+            .as_ref()
+            .map(|p| format!(" under {p}"))
+            .unwrap_or_default()
+    )
 }
 
 /// Why the head is invalid, when it is: how many errors, and the first.
@@ -468,6 +486,7 @@ async fn apply<A: Applier>(
     input: &Input<'_>,
     commit: String,
     objects: &[Resource],
+    signed_by: Option<String>,
     applier: &mut A,
 ) -> Outcome {
     let inventory: Vec<AppliedObject> = objects.iter().map(applied_object).collect();
@@ -499,6 +518,7 @@ async fn apply<A: Applier>(
         inventory,
         pruned,
         orphaned: pruning.orphaned,
+        signed_by,
     }
 }
 

@@ -71,7 +71,7 @@ pub fn after(
             inventory,
             pruned,
             orphaned,
-            ..
+            signed_by,
         } => {
             next.last_attempted_revision = Some(branch.revision(commit));
             next.last_applied_revision = Some(branch.revision(commit));
@@ -79,6 +79,9 @@ pub fn after(
             next.inventory.clone_from(inventory);
             next.orphaned.clone_from(orphaned);
             let mut message = applied_message(branch, commit, inventory.len(), pruned, orphaned);
+            if let Some(signer) = signed_by {
+                let _ = write!(message, " (signed by {signer})");
+            }
             message.push_str(&force);
             (
                 c(types::READY, true, reasons::SUCCEEDED, &message),
