@@ -130,13 +130,7 @@ async fn verification(
             }
         )));
     };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(ReadError::of(format!(
-            "read Secret {ns}/{}",
-            secret_ref.name
-        )))?;
+    let secret = secret(ctx, ns, &secret_ref.name).await?;
     let Some(secret) = secret else {
         return Ok(Err(format!(
             "Secret {ns}/{} ({field}) does not exist: nothing fetched or applied",
@@ -162,6 +156,14 @@ async fn verification(
     })))
 }
 
+/// Secret `name` in `ns`, if it exists.
+async fn secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    Ok(Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(ReadError::of(format!("read Secret {ns}/{name}")))?)
+}
+
 /// The credentials `spec.credentialsRef` names, read from its Secret; `Err` names what is
 /// missing or wrong (the GitSource, the Secret and the key), never a value.
 async fn credentials(
@@ -172,13 +174,7 @@ async fn credentials(
     let Some(secret_ref) = &source.spec.credentials_ref else {
         return Ok(Ok(None));
     };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(ReadError::of(format!(
-            "read Secret {ns}/{}",
-            secret_ref.name
-        )))?;
+    let secret = secret(ctx, ns, &secret_ref.name).await?;
     let origin = format!(
         "Secret {ns}/{} (credentialsRef of GitSource {ns}/{})",
         secret_ref.name,

@@ -107,6 +107,18 @@ enum Keys {
     OpenPgp(Vec<SignedPublicKey>),
 }
 
+/// The signature as armored text beginning with `header`; `Err` says why not (`other`
+/// when it is armored text of another kind).
+fn armored<'a>(signature: &'a [u8], header: &str, other: &str) -> Result<&'a str, String> {
+    let text =
+        std::str::from_utf8(signature).map_err(|_| "the signature is not text".to_owned())?;
+    if text.trim_start().starts_with(header) {
+        Ok(text)
+    } else {
+        Err(other.to_owned())
+    }
+}
+
 /// Verifies an armored SSH signature over `signed` against the allowed keys; says which
 /// key signed.
 pub fn verify_ssh(
@@ -119,17 +131,12 @@ pub fn verify_ssh(
         commit: commit.to_owned(),
         why,
     };
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| malformed("the signature is not text".to_owned()))?;
-    if !text
-        .trim_start()
-        .starts_with("-----BEGIN SSH SIGNATURE-----")
-    {
-        return Err(malformed(
-            "the signature is not an SSH signature (an OpenPGP one?), and verify.mode is ssh"
-                .to_owned(),
-        ));
-    }
+    let text = armored(
+        signature,
+        "-----BEGIN SSH SIGNATURE-----",
+        "the signature is not an SSH signature (an OpenPGP one?), and verify.mode is ssh",
+    )
+    .map_err(malformed)?;
     let sig =
         SshSig::from_pem(text).map_err(|e| malformed(format!("unreadable SSH signature: {e}")))?;
     if sig.namespace() != GIT_NAMESPACE {
@@ -213,17 +220,12 @@ pub fn verify_openpgp(
         commit: commit.to_owned(),
         why,
     };
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| malformed("the signature is not text".to_owned()))?;
-    if !text
-        .trim_start()
-        .starts_with("-----BEGIN PGP SIGNATURE-----")
-    {
-        return Err(malformed(
-            "the signature is not an OpenPGP signature (an SSH or X.509 one?), and verify.mode is openpgp"
-                .to_owned(),
-        ));
-    }
+    let text = armored(
+        signature,
+        "-----BEGIN PGP SIGNATURE-----",
+        "the signature is not an OpenPGP signature (an SSH or X.509 one?), and verify.mode is openpgp",
+    )
+    .map_err(malformed)?;
     let (detached, _) = DetachedSignature::from_armor_single(text.as_bytes())
         .map_err(|e| malformed(format!("unreadable OpenPGP signature: {e}")))?;
     let sig = &detached.signature;
