@@ -237,7 +237,7 @@ async fn prepared<S: State, O: Origins>(
     // Last, and never an error: a target that fails is reported, while the keys stored
     // above are served.
     let previous = state.read_status(&owner).await.ok().flatten();
-    let manifests = backup::manifests(read);
+    let manifests = backup::manifests(read.key_manager, read.tables, read.groups, read.shadows);
     let backups = backup::back_up(
         around.targets,
         &Source {

@@ -277,7 +277,7 @@ async fn following(options: &Options, say: &impl Fn(&str)) -> Result<Following, 
     let branch = &follow.branch;
     say(&format!(
         "following {} branch {}{}",
-        crate::core::git_sync::fetch::redact(&branch.url),
+        crate::core::git_sync::credentials::redact(&branch.url),
         branch.branch,
         branch
             .path

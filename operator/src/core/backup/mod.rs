@@ -21,10 +21,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use shadowkeep_api::crd::{BackupSpec, BackupTarget, BackupTargetStatus};
+use shadowkeep_api::crd::{
+    BackupSpec, BackupTarget, BackupTargetStatus, DriveTable, KeyGroup, KeyManager, Shadow,
+};
 
 use super::conditions::{condition, reasons, types};
-use super::prepare::Declared;
 use super::state::Owner;
 use archive::{Contents, Sealed, digest_prefix_of, keystore_digest, parse_recipients};
 
@@ -83,9 +84,15 @@ pub struct Backups {
     pub failures: Vec<(String, String)>,
 }
 
-/// The KeyManager's manifests, as a backup holds them: it, and its DriveTables,
-/// KeyGroups and Shadows, as YAML without status or server-side fields. No Secrets.
-pub fn manifests(declared: &Declared<'_>) -> Vec<String> {
+/// The KeyManager's manifests, as a backup holds them: it, and the DriveTables, KeyGroups
+/// and Shadows of its namespace (`tables`, `groups`, `shadows`) that name it, as YAML
+/// without status or server-side fields. No Secrets.
+pub fn manifests(
+    key_manager: &KeyManager,
+    tables: &[DriveTable],
+    groups: &[KeyGroup],
+    shadows: &[Shadow],
+) -> Vec<String> {
     fn yaml<K: kube::Resource + serde::Serialize + Clone>(
         object: &K,
         strip: impl Fn(&mut K),
@@ -100,25 +107,17 @@ pub fn manifests(declared: &Declared<'_>) -> Vec<String> {
         strip(&mut object);
         serde_yaml::to_string(&object).ok()
     }
-    let mine = |name: &str| name == declared.name;
+    let own = key_manager.metadata.name.as_deref().unwrap_or_default();
+    let mine = |name: &str| name == own;
     let mut out = Vec::new();
-    out.extend(yaml(declared.key_manager, |o| o.status = None));
-    for t in declared
-        .tables
-        .iter()
-        .filter(|t| mine(&t.spec.key_manager_ref.name))
-    {
+    out.extend(yaml(key_manager, |o| o.status = None));
+    for t in tables.iter().filter(|t| mine(&t.spec.key_manager_ref.name)) {
         out.extend(yaml(t, |o| o.status = None));
     }
-    for g in declared
-        .groups
-        .iter()
-        .filter(|g| mine(&g.spec.key_manager_ref.name))
-    {
+    for g in groups.iter().filter(|g| mine(&g.spec.key_manager_ref.name)) {
         out.extend(yaml(g, |o| o.status = None));
     }
-    for s in declared
-        .shadows
+    for s in shadows
         .iter()
         .filter(|s| mine(&s.spec.key_manager_ref.name))
     {

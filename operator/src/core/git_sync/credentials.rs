@@ -136,7 +136,7 @@ impl Credentials {
             Transport::Https if !url.to_ascii_lowercase().starts_with("https://") => {
                 return Err(format!(
                     "{origin} is given for {}, a plain http URL: a password is sent only over https",
-                    super::fetch::redact(url)
+                    redact(url)
                 ));
             }
             Transport::Https => {
@@ -463,8 +463,37 @@ pub(super) fn ssh_port(url: &str) -> u16 {
         .unwrap_or(22)
 }
 
+/// `url` with any user information (`https://user:token@host/...`) masked, for messages
+/// and statuses: a token put in a URL must not reach them.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_a_url_are_masked() {
+        assert_eq!(
+            super::redact("https://bot:s3cret@git.example.org/estate.git"),
+            "https://***@git.example.org/estate.git"
+        );
+        assert_eq!(
+            super::redact("ssh://git@git.example.org/a@b"),
+            "ssh://***@git.example.org/a@b"
+        );
+        assert_eq!(
+            super::redact("file:///srv/estate.git"),
+            "file:///srv/estate.git"
+        );
+    }
+
     use zeroize::Zeroizing;
 
     use super::{Credentials, KnownHosts, Transport, glob, ssh_port};

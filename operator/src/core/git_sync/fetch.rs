@@ -9,7 +9,7 @@ use std::path::Path;
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use super::Branch;
-use super::credentials::{Credentials, Transport, ssh_port};
+use super::credentials::{Credentials, Transport, redact, ssh_port};
 
 /// The ref the cache keeps the last applied commit under, so that it stays readable
 /// after a force push removed it from the branch.
@@ -72,19 +72,6 @@ pub struct Fetched {
     pub head: String,
     /// How the head relates to the last applied commit.
     pub last_applied: LastApplied,
-}
-
-/// `url` with any user information (`https://user:token@host/...`) masked, for messages
-/// and statuses: a token put in a URL must not reach them.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 /// Fetches `branch` into the bare repository at `cache` (made when missing), with
@@ -201,22 +188,4 @@ pub fn mark_applied(cache: &Path, commit: &str) -> Result<(), String> {
     repo.reference(APPLIED_REF, oid, true, "applied")
         .map(|_| ())
         .map_err(|e| e.message().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn credentials_in_a_url_are_masked() {
-        assert_eq!(
-            redact("https://bot:s3cret@git.example.org/estate.git"),
-            "https://***@git.example.org/estate.git"
-        );
-        assert_eq!(
-            redact("ssh://git@git.example.org/a@b"),
-            "ssh://***@git.example.org/a@b"
-        );
-        assert_eq!(redact("file:///srv/estate.git"), "file:///srv/estate.git");
-    }
 }
