@@ -631,9 +631,13 @@ class Run:
         the material tape-keys serves. Returns how many were checked, missing and differing."""
         def carried():
             self.up.refused_since(self.move_mark)
-            return f'drive "{MOVED}": ' in self.up.log_path.read_text(errors="replace")
-        until("up reporting the moved drive's keys carried to vault-keys", carried,
-              limit=300, every=1.0)
+            if f'drive "{MOVED}": ' not in self.up.log_path.read_text(errors="replace"):
+                return False
+            # Logged during the reconcile; estate.json lists the client once it ends.
+            return any(c["identity"] == "library-a.tape.example.com" and c["keyManager"] == "vault-keys"
+                       for c in self.up.estate()["clients"])
+        until("up reporting the moved drive's keys carried to vault-keys, and its client listed",
+              carried, limit=300, every=1.0)
         self.note("up reports the moved drive's keys carried to vault-keys")
         before = [u for u, (_, _, when) in self.acked.items() if when < self.moved_at]
         if not before:
