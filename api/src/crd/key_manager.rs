@@ -78,7 +78,9 @@ pub struct KeyManagerSpec {
 
     /// How often every replica's keystore is compared with the others and the union pushed
     /// back. Changes are also pushed as they happen; this bounds how long a missed push can
-    /// leave a replica behind.
+    /// leave a replica behind. The operator pulls every replica's keys into the canonical
+    /// keystore (and pushes it back) at each reconcile of the KeyManager: after every change
+    /// to it, and otherwise every syncInterval but never more often than every 30 s.
     #[serde(default = "default_sync_interval")]
     #[x_kube(validation = interval_rule!(min "1s", max "24h"))]
     pub sync_interval: Interval,
