@@ -750,13 +750,13 @@ def inside(args):
     except Failed as e:
         say(f"FAILED: {e}")
         say(f"up's log: {work / 'up.log'}")
-        run.heal()
-        run.up.stop()
         return 1
     finally:
+        # Whatever ended the run, nothing it started outlives it (an `up` left running
+        # would hold its addresses for the next run).
         run.heal()
+        run.up.stop()
         run.moto.stop()
-    run.up.stop()
     if args.json:
         print(json.dumps(result))
     else:
