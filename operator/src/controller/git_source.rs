@@ -22,8 +22,7 @@ use shadowkeep_api::crd::{
 };
 use shadowkeep_api::manifest::Resource as Object;
 
-use super::conditions::publish_transitions;
-use super::state::status_apply;
+use super::state::write_status;
 use super::{Context, Error, ReadError, StatusError};
 use crate::core::git_sync::credentials::Credentials;
 use crate::core::git_sync::status::{self as sync_status, reasons, types};
@@ -319,33 +318,14 @@ async fn write(
     source: &GitSource,
     status: &GitSourceStatus,
 ) -> Result<(), StatusError> {
-    if source.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let previous = source
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    publish_transitions(
+    write_status(
         ctx,
-        &source.object_ref(&()),
-        previous,
-        &status.conditions,
+        source,
+        source.status.as_ref(),
+        status,
+        |s| s.conditions.as_slice(),
+        FIELD_MANAGER,
         is_warning,
     )
-    .await;
-    let namespace = source.namespace().unwrap_or_else(|| "default".to_owned());
-    Api::<GitSource>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &source.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status_apply::<GitSource, _>(status)),
-        )
-        .await
-        .map_err(StatusError::of(format!(
-            "update the status of GitSource {namespace}/{}",
-            source.name_any()
-        )))?;
-    Ok(())
+    .await
 }

@@ -5,15 +5,17 @@
 //! [`HISTORY_LABEL`].
 
 use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use shadowkeep_api::crd::{KeyManager, KeyManagerStatus};
 use shadowkeep_api::drive_history::{DriveHistory, HISTORY_FILE};
 
-use super::Context;
+use super::conditions::publish_transitions;
+use super::{Context, StatusError};
 use crate::build::{self, Inputs, Names};
 use crate::core::drive_moves::{Origins, RELEASE_DRIVES};
 use crate::core::keystore_sync::{Replicas, ask, in_cluster};
@@ -140,8 +142,8 @@ impl Kube {
     }
 }
 
-/// The status as server-side apply takes it: the operator owns the whole status.
-/// `status` as server-side apply takes it for the status subresource of a `K`.
+/// `status` as server-side apply takes it for the status subresource of a `K`: the
+/// operator owns the whole status.
 pub fn status_apply<K, S>(status: &S) -> serde_json::Value
 where
     K: kube::Resource<DynamicType = ()>,
@@ -152,6 +154,52 @@ where
         "kind": K::kind(&()),
         "status": status,
     })
+}
+
+/// Writes `next` as the status of `object` (whose status now is `current`) by server-side
+/// apply under `field_manager`, unless it has it already, with an Event for each condition
+/// (`conditions` of a status) whose status or reason changed, a Warning when `is_warning`.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    object: &K,
+    current: Option<&S>,
+    next: &S,
+    conditions: fn(&S) -> &[Condition],
+    field_manager: &str,
+    is_warning: fn(&Condition) -> bool,
+) -> Result<(), StatusError>
+where
+    K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(next) {
+        return Ok(());
+    }
+    publish_transitions(
+        ctx,
+        &object.object_ref(&()),
+        current.map(conditions).unwrap_or_default(),
+        conditions(next),
+        is_warning,
+    )
+    .await;
+    let namespace = object.namespace().unwrap_or_else(|| "default".to_owned());
+    Api::<K>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(&status_apply::<K, _>(next)),
+        )
+        .await
+        .map_err(StatusError::of(format!(
+            "update the status of {} {namespace}/{}",
+            K::kind(&()),
+            object.name_any()
+        )))?;
+    Ok(())
 }
 
 impl State for Kube {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource as _, ResourceExt as _};
@@ -26,9 +26,8 @@ use shadowkeep_api::finding::Finding;
 use shadowkeep_api::manifest::Resource as Object;
 use shadowkeep_api::pki::Authority;
 
-use super::conditions::publish_transitions;
 use super::key_manager::apply::apply;
-use super::state::{Kube, bytes, status_apply};
+use super::state::{Kube, bytes};
 use super::{Context, Error, ReadError, StatusError};
 use crate::build::shadow::{
     ShadowInputs, ShadowMaterial, license_secret, password_secret, shadow_children, shadow_tls,
@@ -437,34 +436,14 @@ async fn publish(ctx: &Context, shadow: &Shadow, events: &[Event]) {
 /// Writes the Shadow's status unless it has it already, with an Event for each condition
 /// whose status or reason changed (a Warning when it signals trouble).
 async fn write(ctx: &Context, shadow: &Shadow, status: &ShadowStatus) -> Result<(), StatusError> {
-    if shadow.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let previous = shadow
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    publish_transitions(
+    super::state::write_status(
         ctx,
-        &shadow.object_ref(&()),
-        previous,
-        &status.conditions,
+        shadow,
+        shadow.status.as_ref(),
+        status,
+        |s| s.conditions.as_slice(),
+        build::FIELD_MANAGER,
         is_warning,
     )
-    .await;
-    let namespace = shadow.namespace().unwrap_or_else(|| "default".to_owned());
-    let apply = status_apply::<Shadow, _>(status);
-    Api::<Shadow>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &shadow.name_any(),
-            &PatchParams::apply(build::FIELD_MANAGER).force(),
-            &Patch::Apply(&apply),
-        )
-        .await
-        .map_err(StatusError::of(format!(
-            "update the status of Shadow {namespace}/{}",
-            shadow.name_any()
-        )))?;
-    Ok(())
+    .await
 }
