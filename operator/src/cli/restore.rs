@@ -271,8 +271,9 @@ pub async fn restore_in<S: State, H: Shell>(
     identities: &[age::x25519::Identity],
     dry_run: bool,
 ) -> Result<Report, String> {
-    let bytes = match source {
-        Source::File(path) => read_backup_file(path)?,
+    // The KeyManager read for its target, kept for its retention: asked for once.
+    let (bytes, known) = match source {
+        Source::File(path) => (read_backup_file(path)?, None),
         Source::Target { name, backup } => {
             let owner = wanted.clone().or_else(|| shell.only()).ok_or_else(|| {
                 "name the KeyManager whose target to read with --key-manager NAMESPACE/NAME"
@@ -289,7 +290,7 @@ pub async fn restore_in<S: State, H: Shell>(
                 backup.as_deref(),
             )
             .await?;
-            bytes
+            (bytes, Some((owner, declared)))
         }
     };
     let opened = archive::open(&bytes).map_err(|e| match source {
@@ -298,7 +299,11 @@ pub async fn restore_in<S: State, H: Shell>(
     })?;
     let kek = opened.kek(identities).map_err(|e| e.to_string())?;
     let into = wanted.unwrap_or_else(|| opened.owner.clone());
-    let retention = shell.declared(&into).await?.map_or_else(
+    let declared = match known {
+        Some((owner, declared)) if owner == into => Some(declared),
+        _ => shell.declared(&into).await?,
+    };
+    let retention = declared.map_or_else(
         || shadowkeep_api::crd::BackupSpec::default().retention,
         |k| k.spec.backup.retention,
     );
